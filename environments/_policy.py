@@ -1,0 +1,349 @@
+"""The language policy of the sandbox: what model-written code may name and touch.
+
+Runs inside the worker (imported as a top-level module; standard library and
+RestrictedPython only). RestrictedPython rewrites the code so that every
+attribute read, item read, iteration, attribute/item write and import goes
+through the guard functions defined here; the compile step already rejects any
+name or attribute starting with ``_``. The guards add what the compiler cannot
+see: attribute names that open frames or code objects without an underscore
+(``gi_frame``, ``f_globals`` ...), modules reachable as attributes of allowed
+modules (``statistics.sys``), and format strings that walk attributes.
+
+The policy is one layer; the worker also runs as an unprivileged user with OS
+limits, no network and (where the kernel allows) a seccomp filter, so a hole
+here is contained by the next layer.
+"""
+
+from __future__ import annotations
+
+import _string  # type: ignore[import-not-found]
+import ast
+import builtins
+import collections
+import importlib
+import operator
+import string
+import sys
+import types
+from typing import Any, Callable
+
+from RestrictedPython import compile_restricted_eval, compile_restricted_exec
+from RestrictedPython.Guards import (
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safe_builtins,
+)
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+
+SANDBOX_MODULE = "repl"
+FILENAME = "<repl>"
+
+#: Modules model code may import. They are imported before the worker drops its
+#: privileges (afterwards it could not read the standard library), so an import
+#: inside the sandbox is a dictionary lookup.
+ALLOWED_MODULES: tuple[str, ...] = (
+    "base64", "bisect", "calendar", "cmath", "collections", "collections.abc", "csv",
+    "datetime", "decimal", "difflib", "fnmatch", "fractions", "functools", "hashlib",
+    "heapq", "html", "itertools", "json", "math", "pprint", "random", "re", "statistics",
+    "string", "textwrap", "time", "unicodedata", "zlib",
+)
+# Loaded lazily by allowed modules (datetime.strptime, str.encode(...)); pre-import
+# them for the same reason. Not importable by name from the sandbox.
+_PRELOAD_EXTRA = (
+    "_strptime", "encodings.latin_1", "encodings.ascii", "encodings.utf_16",
+    "encodings.utf_32", "encodings.cp1252", "encodings.idna", "encodings.unicode_escape",
+    "encodings.raw_unicode_escape", "encodings.utf_8_sig", "encodings.punycode",
+    "encodings.base64_codec", "encodings.hex_codec",
+)
+
+_BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {
+    "tb_frame", "tb_next", "f_back", "f_builtins", "f_code", "f_globals", "f_locals",
+    "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code",
+    "cr_await", "cr_origin", "ag_frame", "ag_code", "ag_await",
+}
+_OPAQUE_TYPES = (types.FrameType, types.CodeType, types.TracebackType)
+
+_REFUSED_BUILTINS = {
+    "open": "open() is not available in the sandbox: the input is already in `context`",
+    "eval": "eval() is not available in the sandbox: write the code directly",
+    "exec": "exec() is not available in the sandbox: write the code directly",
+    "compile": "compile() is not available in the sandbox",
+    "input": "input() is not available: there is no user at the keyboard",
+    "globals": "globals() is not available in the sandbox",
+    "locals": "locals() is not available in the sandbox",
+    "vars": "vars() is not available in the sandbox",
+    "breakpoint": "breakpoint() is not available in the sandbox",
+    "help": "help() is not available in the sandbox",
+    "exit": "exit() is not available: end with FINAL(answer) instead",
+    "quit": "quit() is not available: end with FINAL(answer) instead",
+    "memoryview": "memoryview() is not available in the sandbox",
+}
+
+
+class SandboxPolicyError(PermissionError):
+    """Raised inside the sandbox when code does something the policy forbids."""
+
+
+# Tracebacks shown to the model then read "SandboxPolicyError: ..." without a module path.
+SandboxPolicyError.__module__ = "builtins"
+
+
+def preload_modules() -> None:
+    for name in ALLOWED_MODULES + _PRELOAD_EXTRA:
+        importlib.import_module(name)
+
+
+# -- attribute access -----------------------------------------------------------------
+
+
+class _SafeFormatter(string.Formatter):
+    """``str.format`` whose ``{0.attr}`` / ``{0[key]}`` fields go through the guards."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = guarded_getattr(obj, key) if is_attr else obj[key]
+        return obj, first
+
+
+_FORMATTER = _SafeFormatter()
+
+
+def _safe_format(template: str, /, *args: Any, **kwargs: Any) -> str:
+    return _FORMATTER.vformat(template, args, kwargs)
+
+
+def _safe_format_map(template: str, mapping: Any, /) -> str:
+    return _FORMATTER.vformat(template, (), mapping)
+
+
+_MISSING = object()
+
+
+def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
+    """``getattr`` for sandboxed code (also installed as the ``getattr`` builtin)."""
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    if name.startswith("_"):
+        raise SandboxPolicyError(f'access to "{name}" is not allowed: names starting with "_" are private')
+    if name in _BLOCKED_ATTRS or isinstance(obj, _OPAQUE_TYPES):
+        raise SandboxPolicyError(f'access to "{name}" is not allowed: frames and code objects are off limits')
+    if name in ("format", "format_map") and (
+        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
+    ):
+        if isinstance(obj, str):
+            method = _safe_format if name == "format" else _safe_format_map
+            return lambda *a, **k: method(obj, *a, **k)
+        return _safe_format if name == "format" else _safe_format_map
+    if isinstance(obj, string.Formatter) or (isinstance(obj, type) and issubclass(obj, string.Formatter)):
+        raise SandboxPolicyError("string.Formatter is not available in the sandbox; use str.format or f-strings")
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        if default is _MISSING:
+            raise
+        return default
+    if isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
+        raise SandboxPolicyError(f'module "{value.__name__}" is not available in the sandbox')
+    return value
+
+
+def guarded_hasattr(obj: Any, name: str) -> bool:
+    try:
+        guarded_getattr(obj, name)
+    except (AttributeError, SandboxPolicyError):
+        return False
+    return True
+
+
+# -- writes -----------------------------------------------------------------------------
+
+_WRITABLE_TYPES = (dict, list, set, bytearray, collections.deque)
+
+
+def _defined_in_sandbox(obj: Any) -> bool:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "__module__", None) == SANDBOX_MODULE
+
+
+def guarded_write(obj: Any) -> Any:
+    """Target of every ``obj.attr = v`` / ``obj[k] = v`` / ``del``: containers and
+    objects of classes defined in the sandbox only (no monkeypatching modules,
+    the context directory or host functions)."""
+    if isinstance(obj, _WRITABLE_TYPES) or _defined_in_sandbox(obj):
+        return obj
+    raise SandboxPolicyError(f"cannot modify {type(obj).__name__} objects in the sandbox")
+
+
+def _guarded_setattr(obj: Any, name: str, value: Any) -> None:
+    if type(name) is not str or name.startswith("_"):
+        raise SandboxPolicyError(f'setting "{name}" is not allowed')
+    setattr(guarded_write(obj), name, value)
+
+
+def _guarded_delattr(obj: Any, name: str) -> None:
+    if type(name) is not str or name.startswith("_"):
+        raise SandboxPolicyError(f'deleting "{name}" is not allowed')
+    delattr(guarded_write(obj), name)
+
+
+_INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
+    "<<=": operator.ilshift, ">>=": operator.irshift, "&=": operator.iand,
+    "|=": operator.ior, "^=": operator.ixor, "@=": operator.imatmul,
+}
+
+
+def _inplacevar(op: str, x: Any, y: Any) -> Any:
+    return _INPLACE_OPS[op](x, y)
+
+
+# -- imports ----------------------------------------------------------------------------
+
+
+def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+    if level != 0:
+        raise ImportError("relative imports are not available in the sandbox")
+    if name not in ALLOWED_MODULES:
+        allowed = ", ".join(m for m in ALLOWED_MODULES if "." not in m)
+        raise ImportError(f'import of "{name}" is not allowed in the sandbox; available: {allowed}')
+    module = sys.modules[name]
+    for item in fromlist or ():
+        if item == "*" or item.startswith("_"):
+            raise ImportError(f'"from {name} import {item}" is not allowed')
+        value = getattr(module, item, None)
+        if isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
+            raise ImportError(f'"{name}.{item}" is not available in the sandbox')
+    if fromlist:
+        return module
+    return sys.modules[name.partition(".")[0]]
+
+
+# -- builtins ---------------------------------------------------------------------------
+
+
+def _one_arg_type(obj: Any, *rest: Any) -> type:
+    if rest:
+        raise SandboxPolicyError("type() with three arguments is not allowed; use a class statement")
+    return type(obj)
+
+
+def _refuser(message: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SandboxPolicyError(message)
+
+    return refuse
+
+
+def _build_builtins() -> dict[str, Any]:
+    b = dict(safe_builtins)
+    for name in (
+        "all", "any", "ascii", "bin", "bytearray", "bytes", "dict", "dir", "enumerate",
+        "filter", "format", "frozenset", "iter", "list", "map", "max", "min", "next",
+        "reversed", "set", "sorted", "sum", "tuple", "zip", "property", "staticmethod",
+        "classmethod", "NotImplemented", "StopAsyncIteration", "RecursionError",
+        "TimeoutError", "ConnectionError", "PermissionError", "FileNotFoundError",
+    ):
+        b[name] = getattr(builtins, name)
+    b.update(
+        __import__=guarded_import,
+        getattr=guarded_getattr,
+        hasattr=guarded_hasattr,
+        setattr=_guarded_setattr,
+        delattr=_guarded_delattr,
+        type=_one_arg_type,
+        SandboxPolicyError=SandboxPolicyError,
+    )
+    for name, message in _REFUSED_BUILTINS.items():
+        b[name] = _refuser(message)
+    return b
+
+
+class PrintCollector:
+    """Target of RestrictedPython's rewritten ``print``: writes to ``sys.stdout``
+    (the worker points it at the capped output of the current exec) and keeps
+    the text for RestrictedPython's ``printed`` variable."""
+
+    def __init__(self, _getattr_: Any = None) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+        sys.stdout.write(text)
+
+    def __call__(self) -> str:
+        return "".join(self.parts)
+
+    def _call_print(self, *objects: Any, **kwargs: Any) -> None:
+        target = kwargs.get("file")
+        if target is None:
+            kwargs["file"] = self
+        else:
+            guarded_getattr(target, "write")
+        print(*objects, **kwargs)
+
+
+def make_namespace() -> dict[str, Any]:
+    """A fresh global namespace for sandboxed code."""
+    return {
+        "__builtins__": _build_builtins(),
+        "__name__": SANDBOX_MODULE,
+        "__metaclass__": type,
+        "_getattr_": guarded_getattr,
+        "_getitem_": lambda obj, key: obj[key],
+        "_getiter_": iter,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_write_": guarded_write,
+        "_inplacevar_": _inplacevar,
+        "_apply_": lambda f, *a, **k: f(*a, **k),
+        "_print_": PrintCollector,
+    }
+
+
+# -- compiling --------------------------------------------------------------------------
+
+
+class CompiledCell:
+    """One cell of model code: the statements, plus a trailing expression whose
+    value is shown like in a notebook (``None`` is not shown)."""
+
+    __slots__ = ("body", "last_expr")
+
+    def __init__(self, body: types.CodeType | None, last_expr: types.CodeType | None) -> None:
+        self.body = body
+        self.last_expr = last_expr
+
+
+class PolicyViolation(SyntaxError):
+    """The code does not compile under the sandbox policy."""
+
+
+def compile_cell(source: str) -> CompiledCell:
+    """Compile model code; raises :class:`PolicyViolation` with every error found."""
+    try:
+        tree = ast.parse(source, FILENAME, "exec")
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise PolicyViolation(f"the code could not be parsed: {type(e).__name__}: {e}") from None
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not _is_print_call(tree.body[-1].value):
+        last = ast.Expression(tree.body.pop().value)
+    body = _restricted(compile_restricted_exec, tree) if tree.body else None
+    last_code = _restricted(compile_restricted_eval, last) if last is not None else None
+    return CompiledCell(body, last_code)
+
+
+def _is_print_call(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+
+
+def _restricted(compiler: Callable[..., Any], tree: ast.AST) -> types.CodeType:
+    try:
+        result = compiler(tree, FILENAME)
+    except (RecursionError, MemoryError) as e:
+        raise PolicyViolation(f"the code is too deeply nested to compile ({type(e).__name__})") from None
+    if result.errors:
+        raise PolicyViolation("\n".join(result.errors))
+    return result.code

@@ -1,0 +1,372 @@
+"""The sandbox worker process: a persistent namespace that runs model code.
+
+Started by :class:`loopagent.environments.SandboxREPL` as
+``python -I -c <boot> FD CONFIG`` with this folder on ``sys.path`` (so nothing
+from loopagent, and no user site-packages, is imported here). It imports what
+the sandbox needs, confines itself (see ``_hardening``), says ``ready`` and then
+serves requests from the parent over the socket ``FD`` until it closes.
+
+Requests (parent -> worker): ``exec``, ``load_context``, ``register``, ``get``,
+``reset``, ``ping``. While a cell runs, the worker sends ``call`` (a host
+function) or ``open`` (a file of a directory context) and waits for the answer;
+while it waits it also serves nested ``get`` requests, which lets a host
+function such as ``FINAL_VAR`` read a variable mid-call.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import _hardening
+import _policy
+from _protocol import Channel, ChannelClosed
+
+_CODE_CACHE_SIZE = 256
+_RESERVED_NOTE = "[note: `{name}` is provided by the sandbox and was restored; keep your own data under another name]\n"
+
+
+class CappedOutput:
+    """stdout of one cell: keeps the first ``limit`` characters and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        room = self.limit - self.size
+        if room >= len(text):
+            self.parts.append(text)
+            self.size += len(text)
+        else:
+            if room > 0:
+                self.parts.append(text[:room])
+                self.size += room
+            self.dropped += len(text) - max(room, 0)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n... [output truncated: {self.dropped:,} more characters not shown]\n"
+        return text
+
+
+class HostFunctionError(RuntimeError):
+    """A host function (llm_query, ...) failed in the parent process."""
+
+
+HostFunctionError.__module__ = "builtins"
+
+
+class ContextDir(collections.abc.Mapping):
+    """A directory given as context: a read-only mapping of relative path -> text.
+
+    Files are read on first access (the parent hands over a read-only file
+    descriptor; the sandbox never opens paths itself) and cached up to a byte
+    budget. ``context.files`` lists the paths, ``context.sizes`` their sizes.
+    """
+
+    def __init__(self, name: str, entries: list[list[Any]], opener: Callable[[int], int], cache_bytes: int) -> None:
+        self.name = name
+        self.files = [e[0] for e in entries]
+        self.sizes = {e[0]: int(e[1]) for e in entries}
+        self.total_size = sum(self.sizes.values())
+        self._index = {path: i for i, path in enumerate(self.files)}
+        self._opener = opener
+        self._cache: dict[str, str] = {}
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+
+    def __getitem__(self, path: str) -> str:
+        if path in self._cache:
+            return self._cache[path]
+        if path not in self._index:
+            raise KeyError(f"{path!r} is not a file of the context directory (see context.files)")
+        text = _read_fd_text(self._opener(self._index[path]))
+        while self._cache and self._cached + len(text) > self._cache_bytes:
+            old = next(iter(self._cache))
+            self._cached -= len(self._cache.pop(old))
+        if len(text) <= self._cache_bytes:
+            self._cache[path] = text
+            self._cached += len(text)
+        return text
+
+    def read(self, path: str) -> str:
+        return self[path]
+
+    def __iter__(self) -> Any:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return (
+            f"<directory context {self.name!r}: {len(self.files)} files, {self.total_size:,} bytes; "
+            "list them with context.files, read one with context[path]>"
+        )
+
+
+def _read_fd_text(fd: int) -> str:
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while True:
+            chunk = os.read(fd, max(size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(
+        f"a value of type {type(value).__name__} cannot be passed to the host; "
+        "use str, int, float, bool, None, list or dict"
+    )
+
+
+class Worker:
+    def __init__(self, chan: Channel, config: dict[str, Any]) -> None:
+        self.chan = chan
+        self.limits = config["limits"]
+        self.max_output = int(self.limits["max_output_chars"])
+        self.cpu_per_exec = float(self.limits["timeout_s"]) + 2.0
+        self.cpu_hard = int(self.limits["cpu_total_s"])
+        self.host_names: list[str] = []
+        self.context: Any = None
+        self.has_context = False
+        self.code_cache: dict[str, _policy.CompiledCell] = {}
+        self.ns = self._fresh_namespace()
+
+    # -- namespace ---------------------------------------------------------
+    def _fresh_namespace(self) -> dict[str, Any]:
+        ns = _policy.make_namespace()
+        self.ns = ns
+        self._install_reserved()
+        return ns
+
+    def _reserved(self) -> dict[str, Any]:
+        names: dict[str, Any] = {name: self._stub(name) for name in self.host_names}
+        if self.has_context:
+            names["context"] = self.context
+        return names
+
+    def _install_reserved(self) -> None:
+        self._reserved_values = self._reserved()
+        self.ns.update(self._reserved_values)
+
+    def _restore_reserved(self, out: CappedOutput) -> None:
+        for name, value in self._reserved_values.items():
+            if self.ns.get(name) is not value:
+                self.ns[name] = value
+                out.write(_RESERVED_NOTE.format(name=name))
+
+    def _stub(self, name: str) -> Callable[..., Any]:
+        def host_function(*args: Any, **kwargs: Any) -> Any:
+            return self._request({"op": "call", "name": name, "args": list(args), "kwargs": kwargs})
+
+        host_function.__name__ = host_function.__qualname__ = name
+        return host_function
+
+    # -- talking to the parent while a cell runs ---------------------------
+    def _request(self, msg: dict[str, Any]) -> Any:
+        self.chan.send(msg, default=_jsonable)
+        while True:
+            reply, _ = self.chan.recv()
+            op = reply["op"]
+            if op == "return":
+                return reply.get("value")
+            if op == "fd":
+                return self.chan.fds.pop(0)
+            if op == "raise":
+                raise HostFunctionError(reply.get("message", "host function failed"))
+            if op == "get":
+                self.chan.send(self._op_get(reply, None))
+            else:
+                raise RuntimeError(f"unexpected message while waiting for the host: {op}")
+
+    def _open_context_file(self, index: int) -> int:
+        return self._request({"op": "open", "index": index})
+
+    # -- requests ----------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            try:
+                msg, payload = self.chan.recv()
+            except ChannelClosed:
+                return
+            handler = getattr(self, "_op_" + msg["op"], None)
+            if handler is None:
+                reply = {"op": "error", "message": f"unknown op {msg['op']!r}"}
+            else:
+                try:
+                    reply = handler(msg, payload)
+                except MemoryError:
+                    reply = {"op": "error", "message": "MemoryError: the sandbox memory limit was reached"}
+                except Exception as e:  # a bug or bad request: report, keep serving
+                    reply = {"op": "error", "message": f"{type(e).__name__}: {e}"}
+            if msg["op"] == "shutdown":
+                self.chan.send(reply)
+                return
+            self.chan.send(reply)
+
+    def _op_ping(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        return {"op": "pong"}
+
+    def _op_shutdown(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        return {"op": "ok"}
+
+    def _op_register(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        self.host_names = list(msg["names"])
+        self._install_reserved()
+        return {"op": "ok"}
+
+    def _op_reset(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        self._fresh_namespace()
+        return {"op": "ok"}
+
+    def _op_load_context(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        kind = msg["kind"]
+        self.context = None  # free the old one before building the new one
+        self.ns.pop("context", None)
+        if kind == "none":
+            self.has_context = False
+        elif kind == "str":
+            self.context = (payload or b"").decode("utf-8", "surrogatepass")
+        elif kind == "bytes":
+            self.context = payload or b""
+        elif kind == "json":
+            self.context = json.loads(payload or b"null")
+        elif kind == "file":
+            self.context = _read_fd_text(self.chan.fds.pop(0))
+        elif kind == "dir":
+            cache = int(self.limits["memory_mb"]) * 1024 * 1024 // 4
+            self.context = ContextDir(msg["name"], msg["files"], self._open_context_file, cache)
+        else:
+            raise ValueError(f"unknown context kind {kind!r}")
+        self.has_context = kind != "none"
+        self._install_reserved()
+        return {"op": "ok", "type": type(self.context).__name__}
+
+    def _op_get(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        name = msg["name"]
+        if name not in self.ns or name.startswith("_"):
+            return {"op": "value", "found": False}
+        value = self.ns[name]
+        if msg.get("as_text"):
+            return {"op": "value", "found": True, "value": value if isinstance(value, str) else str(value)}
+        try:
+            encoded = json.dumps(value, default=_jsonable, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            return {"op": "value", "found": True, "error": str(e), "type": type(value).__name__}
+        return {"op": "value", "found": True, "json": encoded}
+
+    def _op_exec(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+        code = msg["code"]
+        out = CappedOutput(self.max_output)
+        start = time.perf_counter()
+        error = error_type = None
+        try:
+            cell = self._compile(code)
+        except SyntaxError as e:
+            error_type = type(e).__name__
+            error = _format_syntax_error(e)
+        else:
+            error_type, error = self._run(cell, code, out)
+        self._restore_reserved(out)
+        return {
+            "op": "result",
+            "stdout": out.getvalue(),
+            "truncated": out.dropped > 0,
+            "error": error,
+            "error_type": error_type,
+            "duration_s": time.perf_counter() - start,
+        }
+
+    def _compile(self, code: str) -> _policy.CompiledCell:
+        cell = self.code_cache.get(code)
+        if cell is None:
+            cell = _policy.compile_cell(code)
+            if len(self.code_cache) >= _CODE_CACHE_SIZE:
+                self.code_cache.pop(next(iter(self.code_cache)))
+            self.code_cache[code] = cell
+        return cell
+
+    def _run(self, cell: _policy.CompiledCell, code: str, out: CappedOutput) -> tuple[str | None, str | None]:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_now = used.ru_utime + used.ru_stime
+        soft = min(self.cpu_hard, int(cpu_now + self.cpu_per_exec) + 1)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, self.cpu_hard))
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = out
+        try:
+            if cell.body is not None:
+                exec(cell.body, self.ns)
+            if cell.last_expr is not None:
+                value = eval(cell.last_expr, self.ns)
+                if value is not None:
+                    out.write(repr(value) + "\n")
+        except BaseException as e:  # SystemExit and friends must not end the worker
+            return type(e).__name__, _format_exception(e, code)
+        finally:
+            sys.stdout, sys.stderr = saved
+        return None, None
+
+
+def _format_syntax_error(e: SyntaxError) -> str:
+    if isinstance(e, _policy.PolicyViolation):
+        return f"{type(e).__name__}: {e.msg}"
+    return "".join(traceback.format_exception_only(type(e), e)).rstrip()
+
+
+def _format_exception(e: BaseException, code: str) -> str:
+    """A traceback of the model's own code only (no worker frames)."""
+    lines = code.splitlines()
+    out = ["Traceback (most recent call last):"]
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename != _policy.FILENAME:
+            continue
+        out.append(f"  line {frame.lineno}, in {frame.name}")
+        if frame.lineno and 0 < frame.lineno <= len(lines):
+            out.append("    " + lines[frame.lineno - 1].strip())
+    try:
+        out.append("".join(traceback.format_exception_only(type(e), e)).rstrip())
+    except Exception:
+        out.append(type(e).__name__)
+    return "\n".join(out)
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    config = json.loads(sys.argv[2])
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    _policy.preload_modules()
+    isolation = _hardening.apply(config)
+    chan = Channel(sock, collect_fds=True, spin_s=float(config.get("spin_s", 0.0)))
+    chan.send({"op": "ready", "isolation": isolation, "pid": os.getpid()})
+    Worker(chan, config).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,616 @@
+"""SandboxREPL: the default environment, a confined worker process per REPL.
+
+The parent (this module) owns the models and everything of value; the worker
+(``_worker.py``) holds the context and the model's variables and runs its code
+under RestrictedPython, as an unprivileged user, with OS limits, no network and
+a seccomp filter. They talk over a socketpair with JSON frames; the parent never
+unpickles anything the worker sends.
+
+A cell that runs too long or a worker that dies (memory bomb, crash) does not
+take the parent down: the worker is killed and replaced, the context and host
+functions are restored, and the model is told that its variables are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import json
+import keyword
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._protocol import Channel, ChannelClosed, FrameTooLarge
+from .base import (
+    ContextLike,
+    ContextTooLargeError,
+    ExecResult,
+    HostFunction,
+    SandboxClosedError,
+    SandboxError,
+    SandboxStartError,
+    UnsupportedContextError,
+    VariableError,
+)
+
+_WORKER_DIR = str(Path(__file__).resolve().parent)
+# -I: ignore PYTHON* variables, the user site and the current directory.
+_BOOT = "import sys; sys.path.append(sys.argv.pop(1)); import _worker; _worker.main()"
+_MAX_DIR_FILES = 200_000
+_SUPPORTED = "str, bytes, list (of str or JSON-like values), dict (JSON-like), or a pathlib.Path to a file or directory"
+
+
+class SandboxLimits(BaseModel):
+    """Resource limits of one sandbox worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(30.0, gt=0, description="Wall-clock seconds a cell may run, excluding time spent in host functions.")
+    memory_mb: int = Field(2048, ge=256, description="Address-space limit of the worker (RLIMIT_AS).")
+    max_context_mb: float | None = Field(None, gt=0, description="Largest context accepted; default a quarter of memory_mb.")
+    max_output_chars: int = Field(20_000, ge=100, description="stdout kept per cell; the rest is counted and marked.")
+    cpu_total_s: int = Field(24 * 3600, ge=10, description="CPU seconds over the worker's whole life (hard RLIMIT_CPU).")
+    max_open_files: int = Field(64, ge=16, description="RLIMIT_NOFILE of the worker.")
+    max_file_mb: int = Field(64, ge=1, description="Largest file the worker may write (RLIMIT_FSIZE).")
+    startup_timeout_s: float = Field(20.0, gt=0, description="How long to wait for a new worker to become ready.")
+
+    @property
+    def max_context_bytes(self) -> int:
+        mb = self.max_context_mb if self.max_context_mb is not None else self.memory_mb / 4
+        return int(mb * 1024 * 1024)
+
+
+class _Context(BaseModel):
+    """A context prepared for transfer (kept only while it is being sent)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    kind: str
+    payload: bytes | None = None
+    path: Path | None = None
+    files: list[tuple[str, int]] = []
+    description: str = ""
+
+
+def _sandbox_ids() -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.kill()
+        proc.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+class SandboxREPL:
+    """A persistent, confined Python REPL for untrusted model code.
+
+    Example::
+
+        from pathlib import Path
+        from loopagent.environments import SandboxREPL
+
+        with SandboxREPL(timeout_s=10) as repl:
+            repl.load_context(Path("docs/"))            # or a str, bytes, list, dict
+            repl.register("llm_query", lambda prompt: "...")
+            r = repl.execute("hits = [p for p in context.files if p.endswith('.md')]\\nlen(hits)")
+            print(r.stdout, r.error)
+
+    Limits come from ``limits=SandboxLimits(...)`` or as keyword arguments
+    (``SandboxREPL(timeout_s=5, memory_mb=1024)``). The worker starts on first
+    use (or ``start()``); ``isolation`` reports which OS layers applied.
+    """
+
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        *,
+        network_isolation: bool = True,
+        seccomp: bool = True,
+        spin_s: float = 0.002,
+        **limit_overrides: Any,
+    ) -> None:
+        if limits is not None and limit_overrides:
+            limits = limits.model_copy(update=limit_overrides)
+            limits = SandboxLimits.model_validate(limits.model_dump())
+        self.limits = limits if limits is not None else SandboxLimits(**limit_overrides)
+        self.network_isolation = network_isolation
+        self.seccomp = seccomp
+        self.spin_s = spin_s
+        self.restarts = 0
+        self.isolation: dict[str, Any] = {}
+        self._functions: dict[str, HostFunction] = {}
+        self._context: ContextLike = None
+        self._context_set = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._chan: Channel | None = None
+        self._stderr: Any = None
+        self._lock = threading.RLock()
+        self._serving_call = False
+        self._closed = False
+        self._uid, self._gid = _sandbox_ids()
+        self._workdir = tempfile.mkdtemp(prefix="loopagent-sandbox-")
+        if os.geteuid() == 0:
+            os.chown(self._workdir, self._uid, self._gid)
+        self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, [None], self._workdir)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> SandboxREPL:
+        """Start the worker now (otherwise it starts on first use)."""
+        with self._lock:
+            self._ensure_started()
+        return self
+
+    def __enter__(self) -> SandboxREPL:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the current worker, if one is running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def close(self) -> None:
+        """Stop the worker and delete its working directory. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop_worker(graceful=True)
+            self._finalizer()
+
+    @staticmethod
+    def _cleanup(proc_box: list[Any], workdir: str) -> None:
+        _kill(proc_box[0])
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def _ensure_started(self) -> None:
+        if self._closed:
+            raise SandboxClosedError("this SandboxREPL was closed; create a new one")
+        if self._proc is None or self._proc.poll() is not None or self._chan is None:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._stop_worker(graceful=False)
+        parent_sock, child_sock = socket.socketpair()
+        config = {
+            "limits": {**self.limits.model_dump(), "max_context_mb": None},
+            "workdir": self._workdir,
+            "uid": self._uid,
+            "gid": self._gid,
+            "network_isolation": self.network_isolation,
+            "seccomp": self.seccomp,
+            "spin_s": self.spin_s,
+        }
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": self._workdir, "TMPDIR": self._workdir}
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, _WORKER_DIR, str(child_sock.fileno()), json.dumps(config)],
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                cwd=self._workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                start_new_session=True,
+            )
+        except OSError as e:
+            parent_sock.close()
+            raise SandboxStartError(f"could not start the sandbox worker ({sys.executable}): {e}") from e
+        finally:
+            child_sock.close()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, [self._proc], self._workdir)
+        max_frame = max(self.limits.memory_mb * 1024 * 1024, 64 * 1024 * 1024)
+        self._chan = Channel(parent_sock, max_frame=max_frame, spin_s=self.spin_s)
+        try:
+            msg, _ = self._chan.recv(timeout=self.limits.startup_timeout_s)
+        except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
+            detail = self._worker_stderr()
+            self._stop_worker(graceful=False)
+            raise SandboxStartError(
+                f"the sandbox worker did not become ready ({type(e).__name__}). "
+                f"Worker stderr:\n{detail or '(empty)'}"
+            ) from None
+        if msg.get("op") != "ready":
+            self._stop_worker(graceful=False)
+            raise SandboxStartError(f"unexpected first message from the sandbox worker: {msg.get('op')!r}")
+        self.isolation = dict(msg.get("isolation", {}))
+        if self._functions:
+            self._request({"op": "register", "names": list(self._functions)})
+        if self._context_set:
+            self._send_context(self._prepare_context(self._context))
+
+    def _stop_worker(self, *, graceful: bool) -> None:
+        if graceful and self._chan is not None and self._proc is not None and self._proc.poll() is None:
+            try:
+                self._chan.send({"op": "shutdown"})
+                self._proc.wait(timeout=1)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        _kill(self._proc)
+        if self._chan is not None:
+            self._chan.close()
+        if self._stderr is not None:
+            self._stderr.close()
+        self._proc = self._chan = self._stderr = None
+
+    def _worker_stderr(self, limit: int = 4000) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - limit))
+            return self._stderr.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _describe_exit(self) -> str:
+        proc = self._proc
+        if proc is None:
+            return "the worker is gone"
+        try:
+            code = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "the worker stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = {
+                "SIGKILL": f" (often the memory limit of {self.limits.memory_mb} MB)",
+                "SIGXCPU": " (CPU time limit)",
+                "SIGSEGV": " (a crash, e.g. too deep recursion in C code)",
+                "SIGSYS": " (a forbidden system call)",
+            }.get(name, "")
+            return f"the worker was killed by {name}{hint}"
+        return f"the worker exited with status {code}"
+
+    def _replace_worker(self) -> None:
+        self.restarts += 1
+        self._stop_worker(graceful=False)
+        self._start_worker()
+
+    # -- context ---------------------------------------------------------------------
+    def load_context(self, context: ContextLike) -> None:
+        """Hand ``context`` to the worker once; code sees it as ``context``.
+
+        ``str`` -> str, ``bytes`` -> bytes, ``list``/``dict`` (JSON-like) -> list/dict,
+        ``Path`` to a file -> its text (read by the worker from a read-only file
+        descriptor, never through the parent), ``Path`` to a directory -> a read-only
+        mapping of relative path -> text whose files are read on first access.
+        """
+        prepared = self._prepare_context(context)
+        with self._lock:
+            self._ensure_started()
+            self._send_context(prepared)
+            self._context, self._context_set = context, True
+
+    def _prepare_context(self, context: ContextLike) -> _Context:
+        limit = self.limits.max_context_bytes
+        if context is None:
+            return _Context(kind="none")
+        if isinstance(context, str):
+            data = context.encode("utf-8", "surrogatepass")
+            kind = "str"
+        elif isinstance(context, (bytes, bytearray, memoryview)):
+            data, kind = bytes(context), "bytes"
+        elif isinstance(context, (list, tuple, dict)):
+            try:
+                data = json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            except (TypeError, ValueError) as e:
+                raise UnsupportedContextError(
+                    f"a {type(context).__name__} context must hold only JSON-like values "
+                    f"(str, int, float, bool, None, list, dict with str keys): {e}"
+                ) from None
+            kind = "json"
+        elif isinstance(context, os.PathLike):
+            return self._prepare_path(Path(context), limit)
+        else:
+            raise UnsupportedContextError(f"unsupported context type {type(context).__name__}; supported: {_SUPPORTED}")
+        if len(data) > limit:
+            raise ContextTooLargeError(self._too_large(len(data), limit))
+        return _Context(kind=kind, payload=data)
+
+    def _too_large(self, size: int, limit: int) -> str:
+        return (
+            f"the context is {size / 2**20:,.1f} MB but this sandbox accepts at most {limit / 2**20:,.1f} MB "
+            f"(memory limit {self.limits.memory_mb} MB); raise SandboxLimits(memory_mb=..., max_context_mb=...) "
+            "or pass a directory as a pathlib.Path so files are read one at a time"
+        )
+
+    def _prepare_path(self, path: Path, limit: int) -> _Context:
+        if not path.exists():
+            raise FileNotFoundError(f"context path {str(path)!r} does not exist")
+        if path.is_file():
+            size = path.stat().st_size
+            if size > limit:
+                raise ContextTooLargeError(self._too_large(size, limit))
+            return _Context(kind="file", path=path, description=str(path))
+        if not path.is_dir():
+            raise UnsupportedContextError(f"context path {str(path)!r} is neither a regular file nor a directory")
+        root = path.resolve()
+        files: list[tuple[str, int]] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                st = full.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks and special files could lead outside the directory
+                files.append((full.relative_to(root).as_posix(), st.st_size))
+                if len(files) > _MAX_DIR_FILES:
+                    raise ContextTooLargeError(f"context directory {str(path)!r} has more than {_MAX_DIR_FILES:,} files")
+        return _Context(kind="dir", path=root, files=files, description=str(path))
+
+    def _send_context(self, ctx: _Context) -> None:
+        assert self._chan is not None
+        msg: dict[str, Any] = {"op": "load_context", "kind": ctx.kind}
+        if ctx.kind == "file":
+            assert ctx.path is not None
+            fd = self._open_readonly(ctx.path)
+            try:
+                self._chan.send(msg, fds=[fd])
+            finally:
+                os.close(fd)
+            reply = self._recv_reply()
+        elif ctx.kind == "dir":
+            assert ctx.path is not None
+            msg.update(name=ctx.path.name, files=[list(f) for f in ctx.files])
+            self._dir_root = ctx.path
+            self._dir_files = [f[0] for f in ctx.files]
+            reply = self._request(msg)
+        else:
+            self._chan.send(msg, ctx.payload)
+            reply = self._recv_reply()
+        if reply.get("op") != "ok":
+            raise SandboxError(f"the sandbox could not load the context: {reply.get('message')}")
+
+    def _open_readonly(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > self.limits.max_context_bytes:
+            os.close(fd)
+            raise ContextTooLargeError(self._too_large(st.st_size, self.limits.max_context_bytes)) if stat.S_ISREG(
+                st.st_mode
+            ) else UnsupportedContextError(f"{str(path)!r} is not a regular file")
+        return fd
+
+    # -- host functions --------------------------------------------------------------
+    def register(self, name: str, fn: HostFunction) -> None:
+        """Expose ``fn`` to sandboxed code as ``name``.
+
+        Arguments and return values cross the process boundary as JSON (str,
+        numbers, bool, None, lists, dicts). ``fn`` may be a coroutine function; it
+        then runs on the loop that awaits :meth:`aexecute` (or a private loop for
+        :meth:`execute`), so a batch helper can fan out concurrently. An exception
+        in ``fn`` reaches the code as ``HostFunctionError`` with its message.
+        """
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            raise ValueError(f"host function name {name!r} must be a public Python identifier")
+        if name == "context":
+            raise ValueError("'context' is reserved for the loaded context")
+        if not callable(fn):
+            raise TypeError(f"host function {name!r} must be callable, got {type(fn).__name__}")
+        with self._lock:
+            self._functions[name] = fn
+            if self._chan is not None:
+                self._request({"op": "register", "names": list(self._functions)})
+
+    def _serve_call(self, msg: dict[str, Any], loop: asyncio.AbstractEventLoop | None) -> None:
+        assert self._chan is not None
+        name = msg.get("name")
+        fn = self._functions.get(name) if isinstance(name, str) else None
+        if fn is None:
+            self._chan.send({"op": "raise", "message": f"{name!r} is not a host function"})
+            return
+        args, kwargs = msg.get("args", []), msg.get("kwargs", {})
+        self._serving_call = True
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = _await_blocking(value, loop)
+            reply = {"op": "return", "value": value}
+            try:
+                Channel.encode(reply)
+            except (TypeError, ValueError) as e:
+                reply = {"op": "raise", "message": f"{name}() returned a value that cannot cross into the sandbox: {e}"}
+        except Exception as e:
+            reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {e}"}
+        finally:
+            self._serving_call = False
+        self._chan.send(reply)
+
+    def _serve_open(self, msg: dict[str, Any]) -> None:
+        assert self._chan is not None
+        index = msg.get("index")
+        files = getattr(self, "_dir_files", [])
+        if not isinstance(index, int) or not 0 <= index < len(files):
+            self._chan.send({"op": "raise", "message": "no such file in the context directory"})
+            return
+        try:
+            fd = self._open_readonly(self._dir_root / files[index])
+        except (OSError, ValueError, TypeError) as e:
+            self._chan.send({"op": "raise", "message": f"cannot read {files[index]!r}: {e}"})
+            return
+        try:
+            self._chan.send({"op": "fd"}, fds=[fd])
+        finally:
+            os.close(fd)
+
+    # -- execution -------------------------------------------------------------------
+    def execute(self, code: str) -> ExecResult:
+        """Run one cell of code in the persistent namespace.
+
+        Never raises for problems in the code itself: syntax errors, exceptions,
+        policy violations, timeouts and worker crashes come back in the result.
+        """
+        return self._execute(code, None)
+
+    async def aexecute(self, code: str) -> ExecResult:
+        """Run one cell without blocking the event loop; async host functions run on it."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(self._execute, code, loop)
+
+    def _execute(self, code: str, loop: asyncio.AbstractEventLoop | None) -> ExecResult:
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        with self._lock:
+            self._ensure_started()
+            assert self._chan is not None
+            start = time.perf_counter()
+            host_time, calls = 0.0, 0
+            try:
+                self._chan.send({"op": "exec", "code": code})
+                budget = self.limits.timeout_s
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        msg, _ = self._chan.recv(timeout=max(budget, 0.0))
+                    except TimeoutError:
+                        return self._failed(start, host_time, calls, "TimeoutError", (
+                            f"TimeoutError: the cell ran longer than {self.limits.timeout_s:g} s and was stopped."
+                        ))
+                    except (ChannelClosed, FrameTooLarge, OSError, ValueError):
+                        return self._failed(start, host_time, calls, "SandboxCrash", (
+                            f"SandboxCrash: {self._describe_exit()} while running the cell."
+                        ))
+                    budget -= time.perf_counter() - t0
+                    op = msg["op"]
+                    if op == "result":
+                        return ExecResult(
+                            stdout=str(msg.get("stdout", "")),
+                            error=msg.get("error"),
+                            error_type=msg.get("error_type"),
+                            truncated=bool(msg.get("truncated")),
+                            duration_s=time.perf_counter() - start,
+                            host_time_s=host_time,
+                            host_calls=calls,
+                        )
+                    t1 = time.perf_counter()
+                    if op == "call":
+                        calls += 1
+                        self._serve_call(msg, loop)
+                    elif op == "open":
+                        self._serve_open(msg)
+                    else:
+                        return self._failed(start, host_time, calls, "SandboxCrash", (
+                            f"SandboxCrash: the worker sent an unexpected message ({op!r})."
+                        ))
+                    host_time += time.perf_counter() - t1
+            except BaseException:
+                # Interrupted mid-cell (KeyboardInterrupt, a bug): the worker's state is
+                # unknown, so it is replaced on next use.
+                self._stop_worker(graceful=False)
+                raise
+
+    def _failed(self, start: float, host_time: float, calls: int, error_type: str, message: str) -> ExecResult:
+        """Replace the worker after a timeout or crash and report it to the model."""
+        try:
+            self._replace_worker()
+            note = (
+                " The sandbox was restarted: every variable you defined is lost; "
+                "`context` and the helper functions are available again."
+            )
+        except SandboxStartError as e:
+            note = f" The sandbox could not be restarted: {e}"
+        return ExecResult(
+            stdout="",
+            error=message + note,
+            error_type=error_type,
+            duration_s=time.perf_counter() - start,
+            host_time_s=host_time,
+            host_calls=calls,
+            restarted=True,
+        )
+
+    # -- variables -------------------------------------------------------------------
+    def get_variable(self, name: str, *, as_text: bool = False) -> Any:
+        """Read variable ``name`` from the sandbox.
+
+        JSON-like values come back as Python values (tuples and sets as lists);
+        ``as_text=True`` returns ``str(value)`` for any value. Host functions may
+        call this while their cell is running (that is how ``FINAL_VAR`` works).
+        """
+        if self._serving_call:
+            reply = self._request({"op": "get", "name": name, "as_text": as_text})
+        else:
+            with self._lock:
+                self._ensure_started()
+                reply = self._request({"op": "get", "name": name, "as_text": as_text})
+        if not reply.get("found"):
+            raise VariableError(f"variable {name!r} is not defined in the sandbox")
+        if "error" in reply:
+            raise VariableError(
+                f"variable {name!r} (a {reply.get('type')}) is not JSON-like; use get_variable({name!r}, as_text=True)"
+            )
+        if as_text:
+            return reply["value"]
+        return json.loads(reply["json"])
+
+    def reset(self) -> None:
+        """Forget every variable; the context and host functions stay."""
+        with self._lock:
+            self._ensure_started()
+            self._request({"op": "reset"})
+
+    # -- plumbing --------------------------------------------------------------------
+    def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self._chan is not None
+        self._chan.send(msg)
+        reply = self._recv_reply()
+        if reply.get("op") == "error":
+            raise SandboxError(f"sandbox request {msg['op']!r} failed: {reply.get('message')}")
+        return reply
+
+    def _recv_reply(self) -> dict[str, Any]:
+        assert self._chan is not None
+        try:
+            reply, _ = self._chan.recv(timeout=max(self.limits.timeout_s, 30.0))
+        except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
+            detail = self._describe_exit()
+            self._stop_worker(graceful=False)
+            raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
+        return reply
+
+
+def _await_blocking(awaitable: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
+    """Run an awaitable to completion from a thread that may not own a loop."""
+
+    async def wrap() -> Any:
+        return await awaitable
+
+    if loop is not None and loop.is_running():
+        return asyncio.run_coroutine_threadsafe(wrap(), loop).result()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wrap())
+    # Called synchronously from inside a running loop: use a private loop elsewhere.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, wrap()).result()

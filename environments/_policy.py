@@ -33,7 +33,7 @@ from RestrictedPython.Guards import (
     guarded_unpack_sequence,
     safe_builtins,
 )
-from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES, RestrictingNodeTransformer, copy_locations
 
 SANDBOX_MODULE = "repl"
 FILENAME = "<repl>"
@@ -48,7 +48,9 @@ ALLOWED_MODULES: tuple[str, ...] = (
     "string", "textwrap", "time", "unicodedata", "zlib",
 )
 # Loaded lazily by allowed modules (datetime.strptime, str.encode(...)); pre-import
-# them for the same reason. Not importable by name from the sandbox.
+# them for the same reason. C code imports them through the frame's builtins, i.e.
+# through guarded_import, which therefore lets these names through; model code
+# cannot name them (underscore names do not compile; encodings are harmless).
 _PRELOAD_EXTRA = (
     "_strptime", "encodings.latin_1", "encodings.ascii", "encodings.utf_16",
     "encodings.utf_32", "encodings.cp1252", "encodings.idna", "encodings.unicode_escape",
@@ -61,6 +63,8 @@ _BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {
     "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code",
     "cr_await", "cr_origin", "ag_frame", "ag_code", "ag_await",
 }
+#: Read-only dunders that only name things; models use ``type(x).__name__`` a lot.
+SAFE_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__"})
 _OPAQUE_TYPES = (types.FrameType, types.CodeType, types.TracebackType)
 
 _REFUSED_BUILTINS = {
@@ -125,6 +129,8 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     """``getattr`` for sandboxed code (also installed as the ``getattr`` builtin)."""
     if type(name) is not str:
         raise TypeError("attribute name must be a string")
+    if name in SAFE_DUNDERS:
+        return getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
     if name.startswith("_"):
         raise SandboxPolicyError(f'access to "{name}" is not allowed: names starting with "_" are private')
     if name in _BLOCKED_ATTRS or isinstance(obj, _OPAQUE_TYPES):
@@ -206,6 +212,8 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
 def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
     if level != 0:
         raise ImportError("relative imports are not available in the sandbox")
+    if name in _PRELOAD_EXTRA and not fromlist:
+        return sys.modules[name.partition(".")[0]]
     if name not in ALLOWED_MODULES:
         allowed = ", ".join(m for m in ALLOWED_MODULES if "." not in m)
         raise ImportError(f'import of "{name}" is not allowed in the sandbox; available: {allowed}')
@@ -317,6 +325,18 @@ class CompiledCell:
         self.last_expr = last_expr
 
 
+class _Transformer(RestrictingNodeTransformer):
+    """RestrictedPython's policy, plus reading the names in SAFE_DUNDERS."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> Any:
+        if node.attr in SAFE_DUNDERS and isinstance(node.ctx, ast.Load):
+            node = self.node_contents_visit(node)
+            call = ast.Call(func=ast.Name("_getattr_", ast.Load()), args=[node.value, ast.Constant(node.attr)], keywords=[])
+            copy_locations(call, node)
+            return call
+        return super().visit_Attribute(node)
+
+
 class PolicyViolation(SyntaxError):
     """The code does not compile under the sandbox policy."""
 
@@ -341,7 +361,7 @@ def _is_print_call(node: ast.expr) -> bool:
 
 def _restricted(compiler: Callable[..., Any], tree: ast.AST) -> types.CodeType:
     try:
-        result = compiler(tree, FILENAME)
+        result = compiler(tree, FILENAME, policy=_Transformer)
     except (RecursionError, MemoryError) as e:
         raise PolicyViolation(f"the code is too deeply nested to compile ({type(e).__name__})") from None
     if result.errors:

@@ -481,12 +481,21 @@ class SandboxREPL:
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         with self._lock:
+            start = time.perf_counter()
+            if self._proc is not None and self._proc.poll() is not None:
+                return self._failed(start, 0.0, 0, "SandboxCrash", (
+                    f"SandboxCrash: {self._describe_exit()} before this cell ran; run it again."
+                ))
             self._ensure_started()
             assert self._chan is not None
-            start = time.perf_counter()
             host_time, calls = 0.0, 0
             try:
-                self._chan.send({"op": "exec", "code": code})
+                try:
+                    self._chan.send({"op": "exec", "code": code})
+                except OSError:
+                    return self._failed(start, 0.0, 0, "SandboxCrash", (
+                        f"SandboxCrash: {self._describe_exit()} before this cell ran; run it again."
+                    ))
                 budget = self.limits.timeout_s
                 while True:
                     t0 = time.perf_counter()
@@ -513,12 +522,17 @@ class SandboxREPL:
                             host_calls=calls,
                         )
                     t1 = time.perf_counter()
-                    if op == "call":
-                        calls += 1
-                        self._serve_call(msg, loop)
-                    elif op == "open":
-                        self._serve_open(msg)
-                    else:
+                    try:
+                        if op == "call":
+                            calls += 1
+                            self._serve_call(msg, loop)
+                        elif op == "open":
+                            self._serve_open(msg)
+                    except OSError:  # the worker died while the host was answering
+                        return self._failed(start, host_time, calls, "SandboxCrash", (
+                            f"SandboxCrash: {self._describe_exit()} while running the cell."
+                        ))
+                    if op not in ("call", "open"):
                         return self._failed(start, host_time, calls, "SandboxCrash", (
                             f"SandboxCrash: the worker sent an unexpected message ({op!r})."
                         ))

@@ -7,6 +7,9 @@ Layers, each reported back to the parent so users can see what applied:
   or unprivileged user namespaces);
 - ``rlimits``: address space, open files, file size, no new processes, no core
   dumps; the CPU limit is set per exec by the worker;
+- ``chroot``: a worker started as root is locked into its private working
+  directory (everything it needs is imported before), so the host's files,
+  /tmp and /proc do not exist for it;
 - ``uid``: a worker started as root drops to an unprivileged user (root ignores
   RLIMIT_NPROC and can read every file);
 - ``no_new_privs`` and non-dumpable (no ptrace by other sandbox workers);
@@ -123,12 +126,18 @@ def apply(config: dict[str, Any]) -> dict[str, Any]:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Writing past RLIMIT_FSIZE then fails with EFBIG instead of killing the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    report: dict[str, Any] = {"netns": False, "uid": os.getuid(), "seccomp": False, "no_new_privs": False}
+    report: dict[str, Any] = {
+        "netns": False, "chroot": False, "uid": os.getuid(), "seccomp": False, "no_new_privs": False,
+    }
     if config.get("network_isolation", True):
         report["netns"] = _unshare_net(libc)
     _set_rlimits(config["limits"])
     os.chdir(config["workdir"])
     os.umask(0o077)
+    if os.geteuid() == 0 and config.get("chroot", True):
+        os.chroot(config["workdir"])
+        os.chdir("/")
+        report["chroot"] = True
     if os.geteuid() == 0:
         _drop_privileges(int(config["uid"]), int(config["gid"]))
     report["uid"] = os.getuid()

@@ -370,6 +370,7 @@ def test_isolation_layers_applied_as_root(repl):
     iso = repl.isolation
     assert iso["uid"] != 0
     assert iso["netns"] is True
+    assert iso["chroot"] is True
     assert iso["no_new_privs"] is True
     status = Path(f"/proc/{repl.pid}/status").read_text()
     assert "NoNewPrivs:\t1" in status

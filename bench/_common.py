@@ -149,11 +149,12 @@ class Row:
     unit: str = ""
     note: str = ""
     peer_note: str = ""
+    comparable: bool = True  # False: a ratio means nothing here (e.g. growth near 0)
     fmt: Callable[[float], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float | None:
-        if self.ours is None or self.peer is None or self.peer == 0:
+        if not self.comparable or self.ours is None or self.peer is None or self.peer <= 0 or self.ours < 0:
             return None
         return self.ours / self.peer
 
@@ -189,7 +190,13 @@ def fmt_num(value: float) -> str:
 def fmt_ratio(ratio: float | None) -> str:
     if ratio is None:
         return NA
-    return f"{ratio:.3g}x" if ratio < 1000 else f"{ratio:,.0f}x"
+    if ratio < 1:
+        return f"{ratio:.2g}x"
+    if ratio < 10:
+        return f"{ratio:.2f}x"
+    if ratio < 100:
+        return f"{ratio:.1f}x"
+    return f"{ratio:,.0f}x"
 
 
 def print_table(

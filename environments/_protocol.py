@@ -6,12 +6,14 @@ this folder added to ``sys.path``), so it must depend on the standard library on
 
 Wire format, one frame per message::
 
-    !II header (json length, payload length) | JSON object (UTF-8) | raw payload
+    !III header (json length, payload length, fd count) | JSON object (UTF-8) | raw payload
 
 The JSON part is small (commands, results); the optional raw payload carries
 bulk bytes such as a 100 MB context without JSON-escaping them. File
-descriptors (read-only context files) travel as SCM_RIGHTS ancillary data and
-only toward the worker.
+descriptors (read-only context files, only toward the worker) travel as
+SCM_RIGHTS on a second socket, sent before their frame; the header's fd count
+tells the receiver to collect them. Keeping ancillary data off the main socket
+lets both sides read it with plain ``recv`` (``recvmsg`` per read is slower).
 
 Security note: the worker runs untrusted code, so the parent only ever *parses
 JSON* from it (never pickle), and checks frame sizes before allocating.
@@ -32,7 +34,7 @@ import struct
 import time
 from typing import Any
 
-HEADER = struct.Struct("!II")
+HEADER = struct.Struct("!III")
 _CHUNK = 1 << 16
 # Frames from the worker are bounded so a hostile worker cannot make the parent
 # allocate without limit; the parent-side limit is set by the sandbox config.
@@ -64,35 +66,32 @@ def _loads(data: bytes | bytearray | memoryview) -> Any:
 
 
 class Channel:
-    """A framed, bidirectional message channel over a connected AF_UNIX socket.
-
-    ``collect_fds=True`` (worker side) reads with ``recvmsg`` so that file
-    descriptors passed with SCM_RIGHTS are queued in :attr:`fds` instead of
-    being dropped.
-    """
+    """A framed, bidirectional message channel over a connected AF_UNIX socket,
+    with an optional second socket ``fd_sock`` for passing file descriptors."""
 
     def __init__(
         self,
         sock: socket.socket,
         *,
-        collect_fds: bool = False,
+        fd_sock: socket.socket | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         spin_s: float = 0.0,
     ) -> None:
         self.sock = sock
-        self.collect_fds = collect_fds
+        self.fd_sock = fd_sock
         self.max_frame = max_frame
         self.spin_s = spin_s
+        #: Descriptors received with the last frames, oldest first.
         self.fds: list[int] = []
         self._buf = bytearray()
 
     # -- sending ---------------------------------------------------------
     @staticmethod
-    def encode(msg: dict[str, Any], payload_len: int = 0, default: Any = None) -> bytes:
+    def encode(msg: dict[str, Any], payload_len: int = 0, nfds: int = 0, default: Any = None) -> bytes:
         """Serialize a frame header and body; raises TypeError/ValueError before
         anything is sent, so a bad message never leaves half a frame behind."""
         body = _dumps(msg, default)
-        return HEADER.pack(len(body), payload_len) + body
+        return HEADER.pack(len(body), payload_len, nfds) + body
 
     def send(
         self,
@@ -102,29 +101,42 @@ class Channel:
         fds: list[int] | None = None,
         default: Any = None,
     ) -> None:
-        head = self.encode(msg, len(payload) if payload is not None else 0, default)
+        plen = len(payload) if payload is not None else 0
+        head = self.encode(msg, plen, len(fds or ()), default)
         if fds:
-            socket.send_fds(self.sock, [head], fds)
-        elif payload is not None and len(payload) < _CHUNK:
+            if self.fd_sock is None:
+                raise ValueError("this channel has no socket for file descriptors")
+            socket.send_fds(self.fd_sock, [b"F"], fds)
+        if payload is not None and plen < _CHUNK:
             self.sock.sendall(head + bytes(payload))
             return
-        else:
-            self.sock.sendall(head)
+        self.sock.sendall(head)
         if payload is not None:
             self.sock.sendall(payload)
 
     # -- receiving -------------------------------------------------------
-    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytes | None]:
+    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], bytearray | None]:
         """Receive one frame. Raises TimeoutError, ChannelClosed or FrameTooLarge."""
         deadline = None if timeout is None else time.perf_counter() + timeout
-        head = self._read_exact(HEADER.size, deadline)
-        jlen, plen = HEADER.unpack(head)
-        if jlen + plen > self.max_frame:
-            raise FrameTooLarge(f"frame of {jlen + plen} bytes exceeds the limit of {self.max_frame}")
-        msg = _loads(self._read_exact(jlen, deadline))
+        buf = self._buf
+        while len(buf) < HEADER.size:
+            self._fill(deadline)
+        jlen, plen, nfds = HEADER.unpack_from(buf)
+        if jlen + plen > self.max_frame or nfds > 16:
+            raise FrameTooLarge(f"frame of {jlen + plen} bytes / {nfds} fds exceeds the limits of this channel")
+        end = HEADER.size + jlen
+        while len(buf) < end:
+            self._fill(deadline)
+        msg = _loads(buf[HEADER.size:end])
+        del buf[:end]
         if not isinstance(msg, dict) or "op" not in msg:
             raise ValueError("malformed message: expected a JSON object with an 'op' field")
-        payload = bytes(self._read_exact(plen, deadline)) if plen else None
+        payload = self._read_exact(plen, deadline) if plen else None
+        if nfds:
+            if self.fd_sock is None:
+                raise ValueError("received file descriptors on a channel without an fd socket")
+            _data, fds, _flags, _addr = socket.recv_fds(self.fd_sock, 1, nfds)
+            self.fds.extend(fds)
         return msg, payload
 
     def _read_exact(self, n: int, deadline: float | None) -> bytearray:
@@ -132,50 +144,32 @@ class Channel:
             out = self._buf[:n]
             del self._buf[:n]
             return out
-        if n >= _CHUNK:
-            # Large payload: receive straight into its final buffer, never reading
-            # past it (a following frame may carry file descriptors).
-            out = bytearray(n)
-            have = len(self._buf)
-            out[:have] = self._buf
-            self._buf.clear()
-            view = memoryview(out)
-            while have < n:
-                self._wait_readable(deadline)
-                got = self.sock.recv_into(view[have:], n - have)
-                if got == 0:
-                    raise ChannelClosed("connection closed")
-                have += got
-            return out
-        while len(self._buf) < n:
-            self._fill(deadline)
-        out = self._buf[:n]
-        del self._buf[:n]
+        # Large payload: receive straight into its final buffer.
+        out = bytearray(n)
+        have = len(self._buf)
+        out[:have] = self._buf
+        self._buf.clear()
+        view = memoryview(out)
+        while have < n:
+            self._wait_readable(deadline)
+            got = self.sock.recv_into(view[have:], n - have)
+            if got == 0:
+                raise ChannelClosed("connection closed")
+            have += got
         return out
-
-    def _recv_some(self, flags: int) -> bytes:
-        if self.collect_fds:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, _CHUNK, 16, flags)
-            self.fds.extend(fds)
-            return data
-        return self.sock.recv(_CHUNK, flags)
 
     def _fill(self, deadline: float | None) -> None:
         if self.spin_s > 0:
-            # Poll with a 1-byte peek (recvmsg per poll is several times slower),
-            # then read what is there in one call.
             spin_end = time.perf_counter() + self.spin_s
             while True:
                 try:
-                    self.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
-                    break
+                    self._take(self.sock.recv(_CHUNK, socket.MSG_DONTWAIT))
+                    return
                 except BlockingIOError:
                     if time.perf_counter() >= spin_end:
-                        self._wait_readable(deadline)
                         break
-        else:
-            self._wait_readable(deadline)
-        self._take(self._recv_some(0))
+        self._wait_readable(deadline)
+        self._take(self.sock.recv(_CHUNK))
 
     def _take(self, data: bytes) -> None:
         if not data:
@@ -200,3 +194,5 @@ class Channel:
                 pass
         self.fds.clear()
         self.sock.close()
+        if self.fd_sock is not None:
+            self.fd_sock.close()

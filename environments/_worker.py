@@ -1,7 +1,7 @@
 """The sandbox worker process: a persistent namespace that runs model code.
 
 Started by :class:`loopagent.environments.SandboxREPL` as
-``python -I -c <boot> FD CONFIG`` with this folder on ``sys.path`` (so nothing
+``python -I -c <boot> DIR FD,FD_FOR_FDS CONFIG`` with this folder on ``sys.path`` (so nothing
 from loopagent, and no user site-packages, is imported here). It imports what
 the sandbox needs, confines itself (see ``_hardening``), says ``ready`` and then
 serves requests from the parent over the socket ``FD`` until it closes.
@@ -224,27 +224,27 @@ class Worker:
                     reply = {"op": "error", "message": "MemoryError: the sandbox memory limit was reached"}
                 except Exception as e:  # a bug or bad request: report, keep serving
                     reply = {"op": "error", "message": f"{type(e).__name__}: {e}"}
-            if msg["op"] == "shutdown":
-                self.chan.send(reply)
-                return
+            del payload  # a 100 MB context must not stay alive until the next request
             self.chan.send(reply)
+            if msg["op"] == "shutdown":
+                return
 
-    def _op_ping(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_ping(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         return {"op": "pong"}
 
-    def _op_shutdown(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_shutdown(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         return {"op": "ok"}
 
-    def _op_register(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_register(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         self.host_names = list(msg["names"])
         self._install_reserved()
         return {"op": "ok"}
 
-    def _op_reset(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_reset(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         self._fresh_namespace()
         return {"op": "ok"}
 
-    def _op_load_context(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_load_context(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         kind = msg["kind"]
         self.context = None  # free the old one before building the new one
         self.ns.pop("context", None)
@@ -253,7 +253,7 @@ class Worker:
         elif kind == "str":
             self.context = (payload or b"").decode("utf-8", "surrogatepass")
         elif kind == "bytes":
-            self.context = payload or b""
+            self.context = bytes(payload or b"")
         elif kind == "json":
             self.context = json.loads(payload or b"null")
         elif kind == "file":
@@ -267,7 +267,7 @@ class Worker:
         self._install_reserved()
         return {"op": "ok", "type": type(self.context).__name__}
 
-    def _op_get(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_get(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         name = msg["name"]
         if name not in self.ns or name.startswith("_"):
             return {"op": "value", "found": False}
@@ -280,7 +280,7 @@ class Worker:
             return {"op": "value", "found": True, "error": str(e), "type": type(value).__name__}
         return {"op": "value", "found": True, "json": encoded}
 
-    def _op_exec(self, msg: dict[str, Any], payload: bytes | None) -> dict[str, Any]:
+    def _op_exec(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         code = msg["code"]
         out = CappedOutput(self.max_output)
         start = time.perf_counter()
@@ -356,14 +356,15 @@ def _format_exception(e: BaseException, code: str) -> str:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
+    fd, fd_for_fds = (int(x) for x in sys.argv[1].split(","))
     config = json.loads(sys.argv[2])
     import socket
 
     sock = socket.socket(fileno=fd)
+    fd_sock = socket.socket(fileno=fd_for_fds)
     _policy.preload_modules()
     isolation = _hardening.apply(config)
-    chan = Channel(sock, collect_fds=True, spin_s=float(config.get("spin_s", 0.0)))
+    chan = Channel(sock, fd_sock=fd_sock, spin_s=float(config.get("spin_s", 0.0)))
     chan.send({"op": "ready", "isolation": isolation, "pid": os.getpid()})
     Worker(chan, config).serve()
 

@@ -192,12 +192,13 @@ class SandboxREPL:
     def _ensure_started(self) -> None:
         if self._closed:
             raise SandboxClosedError("this SandboxREPL was closed; create a new one")
-        if self._proc is None or self._proc.poll() is not None or self._chan is None:
+        if self._chan is None:
             self._start_worker()
 
     def _start_worker(self) -> None:
         self._stop_worker(graceful=False)
         parent_sock, child_sock = socket.socketpair()
+        parent_fd_sock, child_fd_sock = socket.socketpair()
         config = {
             "limits": {**self.limits.model_dump(), "max_context_mb": None},
             "workdir": self._workdir,
@@ -211,8 +212,11 @@ class SandboxREPL:
         self._stderr = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT, _WORKER_DIR, str(child_sock.fileno()), json.dumps(config)],
-                pass_fds=(child_sock.fileno(),),
+                [
+                    sys.executable, "-I", "-c", _BOOT, _WORKER_DIR,
+                    f"{child_sock.fileno()},{child_fd_sock.fileno()}", json.dumps(config),
+                ],
+                pass_fds=(child_sock.fileno(), child_fd_sock.fileno()),
                 env=env,
                 cwd=self._workdir,
                 stdin=subprocess.DEVNULL,
@@ -222,13 +226,15 @@ class SandboxREPL:
             )
         except OSError as e:
             parent_sock.close()
+            parent_fd_sock.close()
             raise SandboxStartError(f"could not start the sandbox worker ({sys.executable}): {e}") from e
         finally:
             child_sock.close()
+            child_fd_sock.close()
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, [self._proc], self._workdir)
         max_frame = max(self.limits.memory_mb * 1024 * 1024, 64 * 1024 * 1024)
-        self._chan = Channel(parent_sock, max_frame=max_frame, spin_s=self.spin_s)
+        self._chan = Channel(parent_sock, fd_sock=parent_fd_sock, max_frame=max_frame, spin_s=self.spin_s)
         try:
             msg, _ = self._chan.recv(timeout=self.limits.startup_timeout_s)
         except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
@@ -514,8 +520,8 @@ class SandboxREPL:
                     if op == "result":
                         return ExecResult(
                             stdout=str(msg.get("stdout", "")),
-                            error=msg.get("error"),
-                            error_type=msg.get("error_type"),
+                            error=_opt_str(msg.get("error")),
+                            error_type=_opt_str(msg.get("error_type")),
                             truncated=bool(msg.get("truncated")),
                             duration_s=time.perf_counter() - start,
                             host_time_s=host_time,
@@ -611,6 +617,10 @@ class SandboxREPL:
             self._stop_worker(graceful=False)
             raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
         return reply
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _await_blocking(awaitable: Any, loop: asyncio.AbstractEventLoop | None) -> Any:

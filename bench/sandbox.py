@@ -1,0 +1,562 @@
+#!/usr/bin/env python
+"""Sandbox benchmark: loopagent's SandboxREPL side by side with rlms' LocalREPL.
+
+Run from the repository root (after ``pip install -e '.[bench]'``)::
+
+    python bench/sandbox.py            # full run, 100 MB context, about a minute
+    python bench/sandbox.py --quick    # smoke test: small N, 10 MB context
+    python bench/sandbox.py --out /tmp/x.json --skip-rlms
+
+What is measured, for each REPL where it has the operation (one process, one run):
+
+1. cold start: construct + first ``x = 1`` exec, median over N fresh instances;
+2. trivial exec round trip: median and p90 of ``x = 1`` (same code every time, which
+   loopagent's compiled-cell cache serves) and of ``x = {i}`` (new code every time);
+3. host-function IPC: per-call overhead of a host function that returns at once,
+   (cell making K calls - same loop without the call) / K. loopagent: a function
+   registered with ``register()``, served over the worker's socketpair. rlms:
+   ``llm_query()``, which opens a TCP connection to its ``LMHandler`` (started here
+   with a mock client that returns at once) -- the only host path rlms has that
+   crosses a process/socket boundary; in-process ``custom_tools`` are noted below
+   the table for reference;
+4. context handoff: ``load_context`` of a 100 MB str, then a cell printing
+   ``len(context)`` (both REPLs only show printed output);
+5. parent memory growth: RSS (/proc/self/statm) and gc-tracked objects of this
+   process before and after N execs of new code, after a warm-up.
+
+Targets: cold start <= 300 ms; trivial exec <= 2 ms median and <= 2x rlms; IPC
+<= 1 ms per call; handoff <= 1 s; no parent memory growth per exec. The table is
+printed and everything is written as JSON (default bench/results/sandbox.json).
+A missed target does not change the exit status (use --strict for that); a
+loopagent measurement that fails does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    Row,
+    fmt_num,
+    machine_info,
+    median,
+    package_version,
+    print_table,
+    rss_bytes,
+    rss_of,
+    summarize,
+    write_json,
+)
+
+DEFAULT_OUT = RESULTS_DIR / "sandbox.json"
+MS = 1e3
+RSS_SLACK = 64 * 1024  # page-granular allocator noise tolerated over the whole run
+OBJ_SLACK = 256  # one-off objects (caches, interned strings) tolerated over the whole run
+
+
+@dataclass(frozen=True)
+class Config:
+    cold_n: int
+    exec_n: int
+    ipc_k: int
+    ipc_reps: int
+    mem_n: int
+    mem_warmup: int
+    context_mb: int
+    context_reps: int
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Config:
+        if quick:
+            return cls(cold_n=3, exec_n=200, ipc_k=20, ipc_reps=3, mem_n=500, mem_warmup=100, context_mb=10, context_reps=1)
+        return cls(cold_n=20, exec_n=3000, ipc_k=200, ipc_reps=7, mem_n=5000, mem_warmup=500, context_mb=100, context_reps=5)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- adapters: one small interface over both REPLs ---------------------------------------
+class Adapter:
+    name = ""
+
+    def make(self) -> Any:
+        raise NotImplementedError
+
+    def start(self, inst: Any) -> None:
+        """Start whatever is started lazily (nothing for in-process REPLs)."""
+
+    def run(self, inst: Any, code: str) -> tuple[str, str | None]:
+        """Execute a cell; return (stdout, error or None)."""
+        raise NotImplementedError
+
+    def make_with_host(self) -> Any:
+        """An instance where ``llm_query(prompt)`` is a host function returning "ok" at once."""
+        raise NotImplementedError
+
+    def load(self, inst: Any, text: str) -> None:
+        inst.load_context(text)
+
+    def close(self, inst: Any) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LoopagentAdapter(Adapter):
+    name = "loopagent"
+
+    def __init__(self) -> None:
+        from loopagent.environments import SandboxREPL
+
+        self.cls = SandboxREPL
+
+    def make(self) -> Any:
+        return self.cls()
+
+    def start(self, inst: Any) -> None:
+        inst.start()
+
+    def run(self, inst: Any, code: str) -> tuple[str, str | None]:
+        r = inst.execute(code)
+        return r.stdout, r.error
+
+    def make_with_host(self) -> Any:
+        inst = self.make()
+        inst.register("llm_query", lambda prompt: "ok")
+        inst.start()
+        return inst
+
+    def close(self, inst: Any) -> None:
+        inst.close()
+
+
+class RlmsAdapter(Adapter):
+    name = "rlms"
+
+    def __init__(self) -> None:
+        from rlm.clients.base_lm import BaseLM
+        from rlm.core.lm_handler import LMHandler
+        from rlm.core.types import ModelUsageSummary, UsageSummary
+        from rlm.environments.local_repl import LocalREPL
+
+        class InstantLM(BaseLM):
+            """A client that answers at once, so only rlms' plumbing is timed."""
+
+            def __init__(self) -> None:
+                super().__init__(model_name="instant-mock")
+
+            def completion(self, prompt: Any) -> str:
+                return "ok"
+
+            async def acompletion(self, prompt: Any) -> str:
+                return "ok"
+
+            def get_usage_summary(self) -> Any:
+                return UsageSummary(model_usage_summaries={})
+
+            def get_last_usage(self) -> Any:
+                return ModelUsageSummary(total_calls=1, total_input_tokens=0, total_output_tokens=0)
+
+        self.cls = LocalREPL
+        self.handler = LMHandler(InstantLM())
+        self.address = self.handler.start()
+
+    def make(self) -> Any:
+        return self.cls()
+
+    def run(self, inst: Any, code: str) -> tuple[str, str | None]:
+        r = inst.execute_code(code)
+        return r.stdout, (r.stderr or None)
+
+    def make_with_host(self) -> Any:
+        return self.cls(lm_handler_address=self.address)
+
+    def make_with_tool(self) -> Any:
+        return self.cls(custom_tools={"tool": lambda prompt: "ok"})
+
+    def close(self, inst: Any) -> None:
+        inst.cleanup()
+
+    def shutdown(self) -> None:
+        self.handler.stop()
+
+
+class CellError(RuntimeError):
+    pass
+
+
+def _check(result: tuple[str, str | None], what: str, expect_stdout: str | None = None) -> str:
+    out, err = result
+    if err:
+        raise CellError(f"{what}: the cell failed: {err.strip()[-500:]}")
+    if expect_stdout is not None and out != expect_stdout:
+        raise CellError(f"{what}: expected stdout {expect_stdout!r}, got {out[:200]!r}")
+    return out
+
+
+# -- measurements ------------------------------------------------------------------------
+def measure_cold_start(a: Adapter, n: int) -> dict[str, Any]:
+    total, construct, start, first_exec, close = [], [], [], [], []
+    for _ in range(n):
+        gc.collect()
+        t0 = time.perf_counter()
+        inst = a.make()
+        t1 = time.perf_counter()
+        a.start(inst)
+        t2 = time.perf_counter()
+        res = a.run(inst, "x = 1")
+        t3 = time.perf_counter()
+        a.close(inst)
+        t4 = time.perf_counter()
+        _check(res, "cold start")
+        total.append(t3 - t0)
+        construct.append(t1 - t0)
+        start.append(t2 - t1)
+        first_exec.append(t3 - t2)
+        close.append(t4 - t3)
+    return {
+        "total_ms": summarize(total, MS),
+        "construct_ms": summarize(construct, MS),
+        "start_ms": summarize(start, MS),
+        "first_exec_ms": summarize(first_exec, MS),
+        "close_ms": summarize(close, MS),
+        "samples_ms": [t * MS for t in total],
+    }
+
+
+_distinct_counter = 0
+
+
+def measure_exec(a: Adapter, n: int) -> dict[str, Any]:
+    global _distinct_counter
+    inst = a.make()
+    a.start(inst)
+    try:
+        for _ in range(50):  # warm-up
+            _check(a.run(inst, "x = 1"), "warm-up")
+        out: dict[str, Any] = {}
+        for label in ("same_code", "distinct_code"):
+            times = []
+            errors = 0
+            gc.collect()
+            for i in range(n):
+                if label == "same_code":
+                    code = "x = 1"
+                else:
+                    _distinct_counter += 1
+                    code = f"x = {_distinct_counter}"
+                t0 = time.perf_counter()
+                _, err = a.run(inst, code)
+                times.append(time.perf_counter() - t0)
+                errors += err is not None
+            if errors:
+                raise CellError(f"{errors} of {n} trivial execs failed")
+            out[f"{label}_ms"] = summarize(times, MS)
+        return out
+    finally:
+        a.close(inst)
+
+
+def _time_cell(a: Adapter, inst: Any, code: str, what: str) -> float:
+    t0 = time.perf_counter()
+    res = a.run(inst, code)
+    dt = time.perf_counter() - t0
+    _check(res, what)
+    return dt
+
+
+def measure_ipc(a: Adapter, k: int, reps: int, make: Callable[[], Any] | None = None, fn: str = "llm_query") -> dict[str, Any]:
+    inst = (make or a.make_with_host)()
+    a.start(inst)
+    call_cell = f"for _ in range({k}):\n    r = {fn}('ping')"
+    base_cell = f"for _ in range({k}):\n    r = 'ping'"
+    try:
+        # Warm up and check the host function really answers (rlms returns errors as text).
+        _time_cell(a, inst, call_cell, "host-function cell")
+        _check(a.run(inst, "print(r)"), "host-function result", expect_stdout="ok\n")
+        empty, base, calls = [], [], []
+        for _ in range(reps):
+            empty.append(_time_cell(a, inst, "pass", "empty cell"))
+            base.append(_time_cell(a, inst, base_cell, "loop cell"))
+            calls.append(_time_cell(a, inst, call_cell, "host-function cell"))
+        per_call = (median(calls) - median(base)) / k
+        return {
+            "per_call_ms": per_call * MS,
+            "k": k,
+            "reps": reps,
+            "empty_cell_ms": summarize(empty, MS),
+            "loop_cell_ms": summarize(base, MS),
+            "call_cell_ms": summarize(calls, MS),
+        }
+    finally:
+        a.close(inst)
+
+
+def measure_memory(a: Adapter, n: int, warmup: int) -> dict[str, Any]:
+    inst = a.make()
+    a.start(inst)
+    worker_pid = getattr(inst, "pid", None)
+    try:
+        for i in range(warmup):
+            _check(a.run(inst, f"y = {i}"), "warm-up")
+        # Count objects first: the list gc.get_objects() builds must not land between
+        # the two RSS readings (it can move the allocator's high-water mark).
+        gc.collect()
+        objs0 = len(gc.get_objects())
+        gc.collect()
+        rss0 = rss_bytes()
+        worker0 = rss_of(worker_pid) if worker_pid else None
+        checkpoints = [0]
+        step = max(1, n // 5)
+        errors = 0
+        for i in range(n):
+            _, err = a.run(inst, f"y = {i}")
+            errors += err is not None
+            if (i + 1) % step == 0:
+                checkpoints.append(rss_bytes() - rss0)
+        if errors:
+            raise CellError(f"{errors} of {n} execs failed")
+        gc.collect()
+        rss1 = rss_bytes()
+        objs1 = len(gc.get_objects())
+        worker1 = rss_of(worker_pid) if worker_pid else None
+        return {
+            "execs": n,
+            "rss_before_bytes": rss0,
+            "rss_after_bytes": rss1,
+            "rss_delta_bytes": rss1 - rss0,
+            "bytes_per_exec": (rss1 - rss0) / n,
+            "rss_checkpoints_delta_bytes": checkpoints,
+            "gc_objects_delta": objs1 - objs0,
+            "gc_objects_per_exec": (objs1 - objs0) / n,
+            "worker_rss_delta_bytes": (worker1 - worker0) if worker0 is not None and worker1 is not None else None,
+        }
+    finally:
+        a.close(inst)
+
+
+def make_context(mb: int) -> str:
+    """ASCII prose-like text of exactly ``mb`` MiB (built once, outside any timing)."""
+    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
+             "judge boxing matches near 42 old river banks; ").split(" ")
+    block = "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(400)) + "\n"
+    size = mb * 1024 * 1024
+    return (block * (size // len(block) + 1))[:size]
+
+
+def measure_handoff(a: Adapter, text: str, reps: int) -> dict[str, Any]:
+    load, read, total = [], [], []
+    expect = f"{len(text)}\n"
+    for _ in range(reps):
+        inst = a.make()
+        a.start(inst)
+        try:
+            _check(a.run(inst, "x = 1"), "start")
+            gc.collect()
+            t0 = time.perf_counter()
+            a.load(inst, text)
+            t1 = time.perf_counter()
+            res = a.run(inst, "print(len(context))")
+            t2 = time.perf_counter()
+            _check(res, "len(context)", expect_stdout=expect)
+        finally:
+            a.close(inst)
+        gc.collect()
+        load.append(t1 - t0)
+        read.append(t2 - t1)
+        total.append(t2 - t0)
+    return {
+        "bytes": len(text.encode("utf-8")),
+        "total_ms": summarize(total, MS),
+        "load_context_ms": summarize(load, MS),
+        "first_read_ms": summarize(read, MS),
+        "samples_total_ms": [t * MS for t in total],
+    }
+
+
+# -- driver ------------------------------------------------------------------------------
+METRICS = ("cold_start", "exec", "ipc", "memory", "handoff")
+
+
+def run_all(a: Adapter, cfg: Config, context: str) -> dict[str, Any]:
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "cold_start": lambda: measure_cold_start(a, cfg.cold_n),
+        "exec": lambda: measure_exec(a, cfg.exec_n),
+        "ipc": lambda: measure_ipc(a, cfg.ipc_k, cfg.ipc_reps),
+        "memory": lambda: measure_memory(a, cfg.mem_n, cfg.mem_warmup),
+        "handoff": lambda: measure_handoff(a, context, cfg.context_reps),
+    }
+    results: dict[str, Any] = {}
+    for key in METRICS:
+        t0 = time.perf_counter()
+        try:
+            results[key] = steps[key]()
+        except Exception as e:  # keep going: report the failure as n/a
+            results[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            log(f"[{a.name}] {key}: FAILED {type(e).__name__}: {e}")
+        else:
+            log(f"[{a.name}] {key}: done in {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def _get(res: dict[str, Any] | None, *path: str) -> float | None:
+    cur: Any = res
+    for p in path:
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return float(cur) if isinstance(cur, (int, float)) else None
+
+
+def _why(res: dict[str, Any] | None, metric: str, default: str) -> str:
+    if res is None:
+        return default
+    entry = res.get(metric)
+    if isinstance(entry, dict) and "error" in entry:
+        return "error: " + entry["error"].split(":")[0]
+    return ""
+
+
+def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: str, cfg: Config) -> list[Row]:
+    rows: list[Row] = []
+
+    def row(metric: str, key: str, path: tuple[str, ...], unit: str, target: str = "",
+            check: Callable[[float, float | None], bool] | None = None, fmt: Callable[[float], str] = fmt_num,
+            comparable: bool = True) -> Row:
+        o, p = _get(ours, key, *path), _get(peer, key, *path)
+        r = Row(metric=metric, ours=o, peer=p, unit=unit, target=target, fmt=fmt, comparable=comparable,
+                note=_why(ours, key, ""), peer_note=_why(peer, key, peer_reason))
+        if check is not None:
+            r.passed = check(o, p) if o is not None else False
+        rows.append(r)
+        return r
+
+    def exec_ok(o: float, p: float | None) -> bool:
+        return o <= 2.0 and (p is None or o <= 2.0 * p)
+
+    row("cold start (construct + first exec), median", "cold_start", ("total_ms", "median"), "ms", "<= 300 ms",
+        lambda o, p: o <= 300.0)
+    row("trivial exec 'x = 1', median", "exec", ("same_code_ms", "median"), "ms", "<= 2 ms and <= 2x rlms", exec_ok)
+    row("trivial exec 'x = 1', p90", "exec", ("same_code_ms", "p90"), "ms")
+    row("trivial exec 'x = {i}' (new code), median", "exec", ("distinct_code_ms", "median"), "ms",
+        "<= 2 ms and <= 2x rlms", exec_ok)
+    row("trivial exec 'x = {i}' (new code), p90", "exec", ("distinct_code_ms", "p90"), "ms")
+    row("host-function IPC, per call", "ipc", ("per_call_ms",), "ms", "<= 1 ms", lambda o, p: o <= 1.0)
+    mb = cfg.context_mb
+    row(f"{mb} MB context: load_context + len(context)", "handoff", ("total_ms", "median"), "ms", "<= 1000 ms",
+        lambda o, p: o <= 1000.0)
+    row(f"{mb} MB context: load + len, slowest of {cfg.context_reps}", "handoff", ("total_ms", "max"), "ms")
+    row(f"{mb} MB context: load_context alone", "handoff", ("load_context_ms", "median"), "ms")
+    row(f"{mb} MB context: first read cell", "handoff", ("first_read_ms", "median"), "ms")
+    n = cfg.mem_n
+    slack_per_exec = RSS_SLACK / n
+    row(f"parent RSS growth per exec (over {n} execs)", "memory", ("bytes_per_exec",), "B/exec",
+        f"~0 (<= {slack_per_exec:.0f} B/exec)", lambda o, p: o <= slack_per_exec, fmt=lambda v: f"{v:.2f}",
+        comparable=False)
+    obj_slack = OBJ_SLACK / n
+    row("parent gc objects per exec", "memory", ("gc_objects_per_exec",), "obj/exec", f"~0 (<= {obj_slack:.2g}/exec)",
+        lambda o, p: o <= obj_slack, fmt=lambda v: f"{v:.3f}", comparable=False)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small N and a 10 MB context (smoke test)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
+    ap.add_argument("--skip-rlms", action="store_true", help="measure loopagent alone (rlms columns show n/a)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args(argv)
+    cfg = Config.for_mode(args.quick)
+    wall0 = time.perf_counter()
+
+    ours_adapter = LoopagentAdapter()
+    peer_adapter: RlmsAdapter | None = None
+    peer_reason = ""
+    if args.skip_rlms:
+        peer_reason = "skipped"
+    else:
+        try:
+            peer_adapter = RlmsAdapter()
+        except ImportError as e:
+            peer_reason = "rlms not installed"
+            log(f"rlms unavailable ({e}); install with pip install -e '.[bench]'. Measuring loopagent alone.")
+        except Exception as e:
+            peer_reason = f"rlms failed to start: {type(e).__name__}"
+            log(f"rlms unavailable ({type(e).__name__}: {e}). Measuring loopagent alone.")
+
+    context = make_context(cfg.context_mb)
+    ours = run_all(ours_adapter, cfg, context)
+    with ours_adapter.make() as probe:  # which OS layers applied to the worker (affects timings)
+        isolation = dict(probe.isolation)
+    peer: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
+    if peer_adapter is not None:
+        try:
+            peer = run_all(peer_adapter, cfg, context)
+            try:  # for reference: rlms' in-process custom tool (no IPC at all)
+                extra["rlms_custom_tool_call"] = measure_ipc(
+                    peer_adapter, cfg.ipc_k, cfg.ipc_reps, make=peer_adapter.make_with_tool, fn="tool"
+                )
+            except Exception as e:
+                extra["rlms_custom_tool_call"] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            peer_adapter.shutdown()
+    del context
+
+    rows = build_rows(ours, peer, peer_reason, cfg)
+    title = f"sandbox benchmark ({'quick' if args.quick else 'full'}; loopagent SandboxREPL vs rlms LocalREPL)"
+    print()
+    print_table(rows, title=title, ours="loopagent", peer="rlms")
+    tool = extra.get("rlms_custom_tool_call", {})
+    notes = [
+        "rlms LocalREPL runs code in-process with exec(); loopagent runs it in a confined worker process "
+        f"(isolation: {', '.join(k for k, v in isolation.items() if v) or 'none'}).",
+        "host-function IPC: loopagent = registered function over the worker socketpair; rlms = llm_query() "
+        "over a new TCP connection per call to LMHandler with an instant mock client.",
+    ]
+    if "per_call_ms" in tool:
+        notes.append(f"for reference, an rlms in-process custom_tools call costs {tool['per_call_ms'] * 1e3:.2f} us (no IPC).")
+    for note in notes:
+        print("note: " + note)
+
+    elapsed = time.perf_counter() - wall0
+    data = {
+        "benchmark": "sandbox",
+        "mode": "quick" if args.quick else "full",
+        "machine": machine_info(["loopagent", "rlms", "RestrictedPython"]),
+        "config": cfg.__dict__,
+        "loopagent_isolation": isolation,
+        "loopagent": ours,
+        "rlms": peer,
+        "rlms_unavailable": peer_reason or None,
+        "extra": extra,
+        "rows": [r.as_dict() for r in rows],
+        "notes": notes,
+        "elapsed_s": elapsed,
+    }
+    path = write_json(args.out, data)
+    print(f"results: {path}  ({elapsed:.1f} s; rlms {package_version('rlms') or 'not installed'})")
+
+    failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        log(f"loopagent measurements failed: {', '.join(failed)}")
+        return 1
+    if args.strict and any(r.passed is False for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

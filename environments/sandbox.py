@@ -35,6 +35,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopagent._aio import run_sync
+
 from ._protocol import Channel, ChannelClosed, FrameTooLarge
 from .base import (
     ContextLike,
@@ -150,6 +152,7 @@ class SandboxREPL:
         self._stderr: Any = None
         self._lock = threading.RLock()
         self._serving_call = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._uid, self._gid = _sandbox_ids()
         self._workdir = tempfile.mkdtemp(prefix="loopagent-sandbox-")
@@ -183,6 +186,8 @@ class SandboxREPL:
             self._closed = True
             self._stop_worker(graceful=True)
             self._finalizer()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
 
     @staticmethod
     def _cleanup(proc_box: list[Any], workdir: str) -> None:
@@ -440,7 +445,7 @@ class SandboxREPL:
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
-                value = _await_blocking(value, loop)
+                value = run_sync(value, loop)
             reply = {"op": "return", "value": value}
             try:
                 Channel.encode(reply)
@@ -481,7 +486,11 @@ class SandboxREPL:
     async def aexecute(self, code: str) -> ExecResult:
         """Run one cell without blocking the event loop; async host functions run on it."""
         loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self._execute, code, loop)
+        # A thread of its own: nested runs (a cell waiting on child runs whose cells
+        # wait on theirs) must not starve a shared pool.
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox")
+        return await loop.run_in_executor(self._executor, self._execute, code, loop)
 
     def _execute(self, code: str, loop: asyncio.AbstractEventLoop | None) -> ExecResult:
         if not isinstance(code, str):
@@ -621,20 +630,3 @@ class SandboxREPL:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _await_blocking(awaitable: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
-    """Run an awaitable to completion from a thread that may not own a loop."""
-
-    async def wrap() -> Any:
-        return await awaitable
-
-    if loop is not None and loop.is_running():
-        return asyncio.run_coroutine_threadsafe(wrap(), loop).result()
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(wrap())
-    # Called synchronously from inside a running loop: use a private loop elsewhere.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, wrap()).result()

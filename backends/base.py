@@ -1,0 +1,171 @@
+"""The backend protocol: one way to call any model, looped or not.
+
+A backend turns chat messages into a :class:`Completion` (text, usage, loop
+statistics). ``acomplete`` is the one method to implement; sync, batch and
+async-batch forms are derived (a backend that batches natively, like a local
+looped model, overrides ``abatch``).
+
+Loop budgets: ``loops`` is the number of recurrent-block iterations a looped
+model runs per token for this call. Non-looped backends (API models) accept
+only ``None`` and report ``loops=None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from loopagent._aio import run_sync as _run_sync
+from loopagent.errors import InvalidLoopsError
+from loopagent.tokens import token_counter
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class LoopStats(BaseModel):
+    """What a looped model did with its loop budget on one call."""
+
+    requested: int = Field(description="Loop budget the call ran with.")
+    executed_mean: float = Field(description="Mean loops actually executed per token (exit gates can stop early).")
+    exit_histogram: dict[int, int] | None = Field(
+        default=None, description="Tokens by the loop they exited at (adaptive exit only)."
+    )
+
+
+class Usage(BaseModel):
+    """Cost of one model call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    loop_tokens: int | None = Field(
+        default=None, description="(prompt + completion tokens) x loops executed; None for non-looped models."
+    )
+    usd: float | None = Field(default=None, description="Price of the call where the provider's price is known.")
+    wall_s: float = 0.0
+    tokens_estimated: bool = Field(default=False, description="True when no exact tokenizer was available.")
+
+
+class Completion(BaseModel):
+    """One model reply."""
+
+    text: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    loops: LoopStats | None = None
+    finish_reason: str | None = None
+
+
+class Backend(ABC):
+    """Base class of model backends.
+
+    Example::
+
+        backend = ScriptedBackend(["hello"])
+        backend.complete([{"role": "user", "content": "hi"}]).text   # 'hello'
+    """
+
+    #: Spec-like name shown in usage tables and logs, e.g. "litellm:openai/gpt-5".
+    name: str = "backend"
+    #: Whether the model is looped (accepts a loop budget).
+    looped: bool = False
+    #: Largest loop budget the model accepts (looped models only).
+    max_loops: int | None = None
+    #: Loop budget used when a call does not choose one (looped models only).
+    default_loops: int | None = None
+
+    @abstractmethod
+    async def acomplete(
+        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
+    ) -> Completion:
+        """Complete one conversation."""
+
+    def complete(
+        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
+    ) -> Completion:
+        """Sync form of :meth:`acomplete`."""
+        return _run_sync(self.acomplete(messages, loops=loops, max_tokens=max_tokens, **kwargs))
+
+    async def abatch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        loops: int | None | Sequence[int | None] = None,
+        max_tokens: int | None = None,
+        concurrency: int = 64,
+        **kwargs: Any,
+    ) -> list[Completion]:
+        """Complete many conversations concurrently (at most ``concurrency`` at once).
+
+        ``loops`` is one budget for all, or one per conversation.
+        """
+        per_call = _per_call_loops(loops, len(conversations))
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(messages: Sequence[Message], n: int | None) -> Completion:
+            async with gate:
+                return await self.acomplete(messages, loops=n, max_tokens=max_tokens, **kwargs)
+
+        return list(await asyncio.gather(*(one(m, n) for m, n in zip(conversations, per_call))))
+
+    def batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        loops: int | None | Sequence[int | None] = None,
+        max_tokens: int | None = None,
+        concurrency: int = 64,
+        **kwargs: Any,
+    ) -> list[Completion]:
+        """Sync form of :meth:`abatch`."""
+        return _run_sync(self.abatch(conversations, loops=loops, max_tokens=max_tokens, concurrency=concurrency, **kwargs))
+
+    def validate_loops(self, loops: int | None) -> int | None:
+        """Check a loop budget; returns the budget to use (the default for None)."""
+        if not self.looped:
+            if loops is not None:
+                raise InvalidLoopsError(f"{self.name} is not a looped model; it takes no loop budget (got loops={loops!r})")
+            return None
+        if loops is None:
+            return self.default_loops
+        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+            raise InvalidLoopsError(f"loops must be a positive integer, got {loops!r}")
+        if self.max_loops is not None and loops > self.max_loops:
+            raise InvalidLoopsError(f"loops={loops} exceeds the maximum of {self.max_loops} for {self.name}")
+        return loops
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this model (tiktoken by default)."""
+        return token_counter()[0](text)
+
+    def check(self) -> None:
+        """Raise a specific error if the backend cannot work (missing key, unreachable
+        server); called before a run starts. Cheap and offline where possible."""
+
+    def close(self) -> None:
+        """Release resources (servers, engines, clients)."""
+
+
+def _per_call_loops(loops: int | None | Sequence[int | None], n: int) -> list[int | None]:
+    if loops is None or isinstance(loops, int):
+        return [loops] * n
+    per_call = list(loops)
+    if len(per_call) != n:
+        raise InvalidLoopsError(f"got {len(per_call)} loop budgets for {n} conversations")
+    return per_call
+
+
+def messages_text(messages: Sequence[Message]) -> str:
+    """All message contents joined; what prompt tokens are counted over."""
+    return "\n".join(m.get("content", "") for m in messages)
+
+
+def loop_usage(prompt_tokens: int, completion_tokens: int, loops: int | None, executed_mean: float | None = None) -> int | None:
+    """Loop-tokens of a call: tokens times the loops they ran through."""
+    if loops is None:
+        return None
+    per_token = executed_mean if executed_mean is not None else float(loops)
+    return int(round((prompt_tokens + completion_tokens) * per_token))

@@ -1,0 +1,193 @@
+"""Any API provider, and any OpenAI-compatible server, through litellm.
+
+Specs: ``litellm:openai/gpt-5``, ``litellm:anthropic/claude-...`` (litellm's own
+model names), and ``served:http://127.0.0.1:8000/v1`` for an OpenAI-compatible
+server (vLLM, ``loopagent serve``, llama.cpp ...). A served model that is looped
+takes its loop budget per request as ``{"loops": n}`` in the request body.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from loopagent.errors import BackendError, BackendUnavailableError, MissingAPIKeyError
+
+from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage, messages_text
+
+
+def _litellm() -> Any:
+    # Without this, importing litellm fetches a price list from the internet.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMBackend(Backend):
+    """A model behind litellm.
+
+    Example::
+
+        gpt = LiteLLMBackend("openai/gpt-4o-mini")                 # needs OPENAI_API_KEY
+        local = LiteLLMBackend.served("http://127.0.0.1:8000/v1")  # no key needed
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        name: str | None = None,
+        timeout_s: float = 600.0,
+        num_retries: int = 2,
+        loops: int | None = None,
+        max_loops: int | None = None,
+        served: bool = False,
+        **completion_kwargs: Any,
+    ) -> None:
+        self.model = model
+        self.api_base = api_base.rstrip("/") if api_base else None
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.num_retries = num_retries
+        self.served = served
+        self.completion_kwargs = completion_kwargs
+        self.name = name or (f"served:{self.api_base}" if served else f"litellm:{model}")
+        # A served model is looped when the user gives it a loop budget.
+        self.looped = loops is not None
+        self.default_loops = loops
+        self.max_loops = max_loops
+        self._resolved = not served or "/" in model and not model.endswith("/")
+
+    @classmethod
+    def served(cls, base_url: str, *, model: str | None = None, **kwargs: Any) -> LiteLLMBackend:
+        """An OpenAI-compatible server at ``base_url`` (``.../v1``); the model name
+        is read from its ``/models`` list unless given."""
+        backend = cls(f"openai/{model}" if model else "openai/", api_base=base_url, api_key=kwargs.pop("api_key", None) or "EMPTY", served=True, **kwargs)
+        return backend
+
+    # -- checks ------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.served:
+            self._resolve_served_model()
+            return
+        if self.api_key or self.api_base:
+            return
+        report = _litellm().validate_environment(self.model)
+        missing = report.get("missing_keys") or []
+        if not report.get("keys_in_environment", True) and missing:
+            keys = ", ".join(missing)
+            raise MissingAPIKeyError(
+                f"{self.name} needs {keys} in the environment; set it (export {missing[0]}=...) "
+                "or pass api_key=... to model()"
+            )
+
+    def _resolve_served_model(self) -> None:
+        url = f"{self.api_base}/models"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
+                listing = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise BackendUnavailableError(
+                f"cannot reach the model server at {self.api_base} ({e}); start it (e.g. `loopagent serve ...`) "
+                "or check the URL in the served: spec"
+            ) from None
+        if self._resolved:
+            return
+        models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+        if not models:
+            raise BackendUnavailableError(f"the server at {self.api_base} lists no models at {url}")
+        self.model = f"openai/{models[0]}"
+        self._resolved = True
+
+    # -- calls -------------------------------------------------------------------------
+    async def acomplete(
+        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
+    ) -> Completion:
+        loops = self.validate_loops(loops)
+        if not self._resolved:
+            self._resolve_served_model()
+        litellm = _litellm()
+        params: dict[str, Any] = {**self.completion_kwargs, **kwargs}
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        if loops is not None:
+            params["extra_body"] = {**params.get("extra_body", {}), "loops": loops}
+        start = time.perf_counter()
+        try:
+            resp = await litellm.acompletion(
+                model=self.model,
+                messages=list(messages),
+                api_base=self.api_base,
+                api_key=self.api_key,
+                timeout=self.timeout_s,
+                num_retries=self.num_retries,
+                **params,
+            )
+        except Exception as e:
+            raise _translate(e, self.name) from None
+        wall = time.perf_counter() - start
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        usage = getattr(resp, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        estimated = prompt_tokens is None or completion_tokens is None
+        if prompt_tokens is None:
+            prompt_tokens = self.count_tokens(messages_text(messages))
+        if completion_tokens is None:
+            completion_tokens = self.count_tokens(text)
+        executed = _executed_loops(resp, loops)
+        return Completion(
+            text=text,
+            model=self.name,
+            usage=Usage(
+                prompt_tokens=int(prompt_tokens),
+                completion_tokens=int(completion_tokens),
+                loop_tokens=loop_usage(int(prompt_tokens), int(completion_tokens), loops, executed),
+                usd=self._price(resp),
+                wall_s=wall,
+                tokens_estimated=estimated,
+            ),
+            loops=LoopStats(requested=loops, executed_mean=executed if executed is not None else float(loops))
+            if loops is not None
+            else None,
+            finish_reason=getattr(choice, "finish_reason", None),
+        )
+
+    def _price(self, resp: Any) -> float | None:
+        if self.served:
+            return None
+        try:
+            cost = _litellm().completion_cost(completion_response=resp)
+        except Exception:  # unknown model price
+            return None
+        return float(cost) if cost else None
+
+
+def _executed_loops(resp: Any, loops: int | None) -> float | None:
+    """A looped server (``loopagent serve``) reports mean executed loops in usage."""
+    if loops is None:
+        return None
+    usage = getattr(resp, "usage", None)
+    value = getattr(usage, "loops_executed_mean", None) if usage is not None else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _translate(error: Exception, name: str) -> Exception:
+    kind = type(error).__name__
+    message = str(error).strip().splitlines()[0] if str(error).strip() else kind
+    if kind in ("APIConnectionError", "ServiceUnavailableError", "InternalServerError", "Timeout"):
+        return BackendUnavailableError(f"{name}: {kind}: {message}")
+    if kind == "AuthenticationError":
+        return MissingAPIKeyError(f"{name}: the provider rejected the API key: {message}")
+    return BackendError(f"{name}: {kind}: {message}")

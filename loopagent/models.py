@@ -1,0 +1,63 @@
+"""``model(spec, loops=...)``: build a backend from a spec string.
+
+| spec                              | backend                                   |
+|-----------------------------------|-------------------------------------------|
+| ``litellm:openai/gpt-5``          | any provider litellm knows                |
+| ``served:http://127.0.0.1:8000/v1`` | an OpenAI-compatible server (``#name`` picks a model) |
+| ``scripted:replies.json``         | replies from a JSON file (tests, docs)    |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loopagent.backends.base import Backend
+from loopagent.errors import InvalidLoopsError, ModelSpecError
+
+_PLANNED = {
+    "embedded": "the embedded looped model",
+    "hf": "the transformers backend for looped checkpoints",
+    "vllm": "the vLLM backend",
+}
+_KNOWN = "litellm:<provider/model>, served:<base URL>, scripted:<replies.json>"
+
+
+def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Backend:
+    """Build the backend for ``spec``; ``loops`` is its default loop budget.
+
+    Example::
+
+        root = model("litellm:openai/gpt-4o-mini")
+        child = model("served:http://127.0.0.1:8000/v1", loops=4)
+    """
+    if loops is not None and (isinstance(loops, bool) or not isinstance(loops, int) or loops < 1):
+        raise InvalidLoopsError(f"loops must be a positive integer, got {loops!r}")
+    if isinstance(spec, Backend):
+        if loops is not None:
+            spec.validate_loops(loops)
+            spec.default_loops = loops
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(f"a model spec must be a non-empty string like {_KNOWN}; got {spec!r}")
+    kind, _, rest = spec.partition(":")
+    if kind == "litellm" and rest:
+        from loopagent.backends.litellm import LiteLLMBackend
+
+        return LiteLLMBackend(rest, loops=loops, **kwargs)
+    if kind == "served" and rest:
+        from loopagent.backends.litellm import LiteLLMBackend
+
+        url, _, name = rest.partition("#")
+        return LiteLLMBackend.served(url, model=name or None, loops=loops, **kwargs)
+    if kind == "scripted":
+        from loopagent.backends.scripted import ScriptedBackend
+
+        options = {"looped": True, "default_loops": loops} if loops is not None else {}
+        if rest:
+            return ScriptedBackend.from_file(rest, **options, **kwargs)
+        if "replies" not in kwargs:
+            raise ModelSpecError("model('scripted') needs replies=[...] (or use 'scripted:replies.json')")
+        return ScriptedBackend(kwargs.pop("replies"), **options, **kwargs)
+    if kind in _PLANNED:
+        raise ModelSpecError(f"{spec!r}: {_PLANNED[kind]} is not part of this version yet; available: {_KNOWN}")
+    raise ModelSpecError(f"unknown model spec {spec!r}; expected one of: {_KNOWN}")

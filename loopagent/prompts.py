@@ -1,0 +1,121 @@
+"""Prompts the controller shows the root model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM_TEMPLATE = """\
+You answer a question about a context that is too long to read at once. {context_line}
+
+Write Python in ```repl code blocks. Each block runs in a persistent REPL (variables stay between \
+blocks and turns) and you see what it prints, at most {max_output:,} characters per block, in the next message. \
+Look at the context's structure first, then slice, search (import re, json, collections, ... work) and split it, \
+ask child models about the pieces, combine what they say, and end with FINAL. Never guess without looking.
+
+Functions in the REPL:
+- llm_query(prompt, loops=None) -> str: ask a child model. It cannot see `context`: put the text it needs into the prompt.
+- llm_batch(prompts, loops=None) -> list[str]: many llm_query calls at once, run concurrently; much faster than a loop.
+- rlm_query(prompt, context=None, loops=None) -> str: hand a sub-question and its own context to a child that has its own REPL like yours{depth_note}.
+- rlm_batch(prompts, contexts=None, loops=None) -> list[str]: several rlm_query calls at once.
+- FINAL(answer): finish with this answer. FINAL_VAR(name): finish with the value of the variable `name`.
+{loops_line}
+Limits: {limits_line}{session_line}"""
+
+
+def describe_context(context: Any) -> dict[str, Any]:
+    """Type and size of a context, for prompts and logs (never its content)."""
+    import os
+    from pathlib import Path
+
+    if context is None:
+        return {"type": "none"}
+    if isinstance(context, str):
+        return {"type": "str", "chars": len(context)}
+    if isinstance(context, (bytes, bytearray)):
+        return {"type": "bytes", "bytes": len(context)}
+    if isinstance(context, (list, tuple)):
+        return {"type": "list", "items": len(context), "chars": sum(len(x) for x in context if isinstance(x, str))}
+    if isinstance(context, dict):
+        return {"type": "dict", "keys": len(context)}
+    if isinstance(context, os.PathLike):
+        p = Path(context)
+        if p.is_dir():
+            files = [f for f in p.rglob("*") if f.is_file() and not f.is_symlink()]
+            return {"type": "directory", "path": str(p), "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+        return {"type": "file", "path": str(p), "bytes": p.stat().st_size if p.exists() else 0}
+    return {"type": type(context).__name__}
+
+
+def context_line(info: dict[str, Any], preview: str | None) -> str:
+    kind = info["type"]
+    if kind == "none":
+        return "There is no `context` variable for this question; work from the question itself."
+    if kind == "str":
+        line = f"It is loaded in a Python REPL as `context`, a str of {info['chars']:,} characters."
+    elif kind == "bytes":
+        line = f"It is loaded in a Python REPL as `context`, bytes of length {info['bytes']:,}."
+    elif kind == "list":
+        line = f"It is loaded in a Python REPL as `context`, a list of {info['items']:,} items ({info['chars']:,} characters of text)."
+    elif kind == "dict":
+        line = f"It is loaded in a Python REPL as `context`, a dict with {info['keys']:,} keys."
+    elif kind == "directory":
+        line = (
+            f"It is loaded in a Python REPL as `context`, a directory of {info['files']:,} files ({info['bytes']:,} bytes): "
+            "`context.files` lists their paths, `context[path]` reads one as text."
+        )
+    elif kind == "file":
+        line = f"It is loaded in a Python REPL as `context`, the text of a file of {info['bytes']:,} bytes."
+    else:
+        line = f"It is loaded in a Python REPL as `context` ({kind})."
+    if preview:
+        line += f" It begins: {preview!r}"
+    return line
+
+
+def system_prompt(
+    *,
+    context_info: dict[str, Any],
+    preview: str | None,
+    max_output: int,
+    can_recurse: bool,
+    child_looped: bool,
+    child_default_loops: int | None,
+    child_max_loops: int | None,
+    limits: list[str],
+    earlier: list[tuple[str, str | None]] | None = None,
+) -> str:
+    if child_looped:
+        loops_line = (
+            f"`loops` is the child's loop budget (latent depth: how many times its shared block runs per token). "
+            f"More loops think harder and cost more; default {child_default_loops}"
+            + (f", at most {child_max_loops}" if child_max_loops else "")
+            + ". Leave it None unless a piece needs more or less thought."
+        )
+    else:
+        loops_line = "The child model is not looped: leave `loops` unset."
+    depth_note = "" if can_recurse else " (at this depth it falls back to llm_query with the context appended)"
+    session_line = ""
+    if earlier:
+        shown = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in earlier[-5:])
+        session_line = f"\n\nEarlier questions in this session (their REPL variables still exist):\n{shown}"
+    return SYSTEM_TEMPLATE.format(
+        context_line=context_line(context_info, preview),
+        max_output=max_output,
+        depth_note=depth_note,
+        loops_line=loops_line,
+        limits_line="; ".join(limits) + ".",
+        session_line=session_line,
+    )
+
+
+NO_CODE = (
+    "Your reply had no ```repl code block and no FINAL(...). Write Python in a ```repl block to work on the "
+    "context, or finish with FINAL(answer)."
+)
+OUT_OF_TURNS = "You are out of turns. Reply now with FINAL(your best answer), using what you found so far."
+
+
+def repl_feedback(outputs: list[str]) -> str:
+    if len(outputs) == 1:
+        return f"REPL output:\n{outputs[0] or '(no output)'}"
+    return "\n\n".join(f"REPL output (block {i}):\n{o or '(no output)'}" for i, o in enumerate(outputs, 1))

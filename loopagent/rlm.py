@@ -1,0 +1,552 @@
+"""The RLM controller: a root model writes REPL code over a long context and
+calls child models on pieces, each call with its own loop budget.
+
+One :class:`RLM` holds the configuration; every ``run`` builds a tree of runs
+(the root run, and a child run per ``rlm_query``) that share one budget, one
+usage account and one trajectory log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loopagent import prompts
+from loopagent._aio import run_sync as _run_sync
+from loopagent.backends.base import Backend, Completion
+from loopagent.environments import SandboxLimits, SandboxREPL
+from loopagent.environments.base import ContextLike, ExecResult
+from loopagent.errors import BackendError, BudgetExceededError, ConfigError, InvalidLoopsError
+from loopagent.models import model as build_model
+from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
+from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
+from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, TrajectoryWriter
+from loopagent.usage import RunUsage
+
+
+class Budget(BaseModel):
+    """Limits over a whole run, children included. None means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_loop_tokens: int | None = Field(default=None, gt=0, description="Sum of tokens x loops over looped calls.")
+    max_tokens: int | None = Field(default=None, gt=0, description="Prompt + completion tokens over all calls.")
+    max_usd: float | None = Field(default=None, gt=0, description="Spend where the provider's prices are known.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Wall time of the run.")
+
+
+class Result(BaseModel):
+    """The outcome of a run."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    answer: str | None = Field(description="The final answer, or the best partial answer when a limit ended the run.")
+    finished: bool = Field(description="True when the model gave a final answer itself.")
+    reason: str = Field(description="'final', or the limit that ended the run: max_iterations, max_loop_tokens, "
+                        "max_tokens, max_usd, timeout, consecutive_errors, model_error.")
+    detail: str = ""
+    usage: RunUsage
+    iterations: int
+    wall_s: float
+    run_id: str
+    trajectory: Path | None = Field(default=None, description="The JSONL log of the run, if logging is on.")
+
+
+class _RunTree:
+    """What all runs started by one ``run()`` share."""
+
+    def __init__(self, rlm: RLM, writer: TrajectoryWriter) -> None:
+        self.rlm = rlm
+        self.writer = writer
+        self.usage = RunUsage()
+        self.start = time.monotonic()
+        self.stop: BudgetExceededError | None = None
+        self.calls = asyncio.Semaphore(rlm.concurrency)
+
+    def remaining_s(self) -> float | None:
+        timeout = self.rlm.budget.timeout_s
+        return None if timeout is None else timeout - (time.monotonic() - self.start)
+
+    def remaining_loop_tokens(self) -> int | None:
+        cap = self.rlm.budget.max_loop_tokens
+        return None if cap is None else cap - self.usage.total.loop_tokens
+
+    def check(self) -> None:
+        """Raise if a limit is spent (the call that crosses a limit may finish; the next may not)."""
+        if self.stop is not None:
+            raise self.stop
+        b, t = self.rlm.budget, self.usage.total
+        hit = None
+        if b.max_loop_tokens is not None and t.loop_tokens >= b.max_loop_tokens:
+            hit = ("max_loop_tokens", f"{t.loop_tokens:,} loop-tokens used of {b.max_loop_tokens:,}")
+        elif b.max_tokens is not None and t.total_tokens >= b.max_tokens:
+            hit = ("max_tokens", f"{t.total_tokens:,} tokens used of {b.max_tokens:,}")
+        elif b.max_usd is not None and (t.usd or 0.0) >= b.max_usd:
+            hit = ("max_usd", f"${t.usd:.4f} spent of ${b.max_usd:.4f}")
+        elif (left := self.remaining_s()) is not None and left <= 0:
+            hit = ("timeout", f"the run passed its time limit of {b.timeout_s:g} s")
+        if hit:
+            self.stop = BudgetExceededError(*hit)
+            raise self.stop
+
+
+class _Run:
+    """One level of the tree: a root model, its REPL and its conversation."""
+
+    def __init__(
+        self,
+        tree: _RunTree,
+        env: SandboxREPL,
+        *,
+        depth: int,
+        root: Backend,
+        parent: _Run | None = None,
+        explicit_loops: int | None = None,
+        earlier: list[tuple[str, str | None]] | None = None,
+    ) -> None:
+        self.tree = tree
+        self.rlm = tree.rlm
+        self.env = env
+        self.depth = depth
+        self.root = root
+        self.parent = parent
+        self.explicit_loops = explicit_loops
+        self.earlier = earlier or []
+        self.run_id = uuid.uuid4().hex[:12]
+        self.usage = RunUsage()
+        self.final: tuple[str, str] | None = None  # (answer, source)
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def _log(self, cls: type, **fields: Any) -> None:
+        self.tree.writer.write(
+            cls(run_id=self.run_id, parent_id=self.parent.run_id if self.parent else None, depth=self.depth, **fields)
+        )
+
+    def _account(self, depth: int, completion: Completion) -> None:
+        self.tree.usage.add(depth, completion.model, completion.usage)
+        run: _Run | None = self
+        while run is not None:
+            run.usage.add(depth, completion.model, completion.usage)
+            run = run.parent
+
+    async def _call(
+        self, backend: Backend, messages: list[dict[str, str]], choice: LoopChoice, depth: int
+    ) -> Completion:
+        self.tree.check()
+        kwargs: dict[str, Any] = {}
+        if choice.exit_threshold is not None:
+            kwargs["exit_threshold"] = choice.exit_threshold
+        call = backend.acomplete(messages, loops=choice.loops, max_tokens=self.rlm.max_tokens_per_call, **kwargs)
+        left = self.tree.remaining_s()
+        try:
+            completion = await (asyncio.wait_for(call, left) if left is not None else call)
+        except asyncio.TimeoutError:
+            self.tree.stop = BudgetExceededError("timeout", f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
+            raise self.tree.stop from None
+        self._account(depth, completion)
+        return completion
+
+    def _choose(self, backend: Backend, kind: CallKind, depth: int, explicit: int | None, est_tokens: int, n: int = 1) -> LoopChoice:
+        if explicit is not None and (isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1):
+            raise InvalidLoopsError(f"loops must be a positive integer, got {explicit!r}")
+        if explicit is not None and backend.looped and backend.max_loops is not None and explicit > backend.max_loops:
+            raise InvalidLoopsError(f"loops={explicit} exceeds the maximum of {backend.max_loops} for {backend.name}")
+        return self.rlm.policy.choose(
+            LoopRequest(
+                depth=depth, kind=kind, looped=backend.looped, explicit=explicit, default=backend.default_loops,
+                max_loops=backend.max_loops, est_tokens=est_tokens, n_calls=n,
+                remaining_loop_tokens=self.tree.remaining_loop_tokens(),
+            )
+        )
+
+    # -- host functions ----------------------------------------------------------------
+    def _register(self) -> None:
+        self.final = None
+        env = self.env
+
+        async def llm_query(prompt: str, loops: int | None = None) -> str:
+            reply = (await self._children([prompt], loops, "llm_query"))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+        async def llm_batch(prompts_: list[str], loops: int | None = None) -> list[str]:
+            replies = await self._children(_str_list(prompts_, "llm_batch"), loops, "llm_batch")
+            return [r if isinstance(r, str) else f"[error: {r}]" for r in replies]
+
+        async def rlm_query(prompt: str, context: Any = None, loops: int | None = None) -> str:
+            return (await self._subruns([prompt], [context], loops))[0]
+
+        async def rlm_batch(prompts_: list[str], contexts: list[Any] | None = None, loops: int | None = None) -> list[str]:
+            prompts_ = _str_list(prompts_, "rlm_batch")
+            if contexts is None:
+                contexts = [None] * len(prompts_)
+            if not isinstance(contexts, list) or len(contexts) != len(prompts_):
+                raise TypeError("rlm_batch(): contexts must be a list with one context per prompt")
+            return await self._subruns(prompts_, contexts, loops)
+
+        def FINAL(answer: Any) -> str:  # noqa: N802 - the RLM convention
+            self.final = (answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False), "FINAL")
+            return "final answer recorded"
+
+        def FINAL_VAR(name: str) -> str:  # noqa: N802
+            if not isinstance(name, str):
+                raise TypeError("FINAL_VAR() takes the variable's name as a string, e.g. FINAL_VAR('answer')")
+            self.final = (env.get_variable(name, as_text=True), "FINAL_VAR")
+            return "final answer recorded"
+
+        for name, fn in (("llm_query", llm_query), ("llm_batch", llm_batch), ("rlm_query", rlm_query),
+                         ("rlm_batch", rlm_batch), ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
+            env.register(name, fn)
+
+    async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind) -> list[str | Exception]:
+        """Plain child-model calls, concurrent up to the run's bound."""
+        for p in prompts_:
+            if not isinstance(p, str):
+                raise TypeError(f"{kind}(): prompts must be str, got {type(p).__name__}")
+        backend, depth = self.rlm.child, self.depth + 1
+        n = len(prompts_)
+
+        async def one(index: int, prompt: str) -> str | Exception:
+            choice = self._choose(backend, kind, depth, loops, backend.count_tokens(prompt), n)
+            entry: dict[str, Any] = dict(kind=kind, index=index, model=backend.name, prompt=self.tree.writer.clip(prompt),
+                                         loops_requested=loops, loops_chosen=choice.loops)
+            try:
+                async with self.tree.calls:
+                    completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth)
+            except BudgetExceededError:
+                raise
+            except BackendError as e:
+                self._log(SubCall, error=str(e), **entry)
+                return e
+            stats = completion.loops
+            self._log(SubCall, response=self.tree.writer.clip(completion.text), usage=completion.usage.model_dump(),
+                      loops_executed=stats.executed_mean if stats else None,
+                      exit_histogram=stats.exit_histogram if stats else None, **entry)
+            return completion.text
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts_))))
+
+    async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None) -> list[str]:
+        """Child RLMs with their own REPLs; at the depth limit, plain calls with the context inlined."""
+        if self.depth + 1 >= self.rlm.max_depth:
+            inlined = [p if c is None else f"{p}\n\nContext:\n{c if isinstance(c, str) else json.dumps(c)}" for p, c in zip(prompts_, contexts)]
+            replies = await self._children(inlined, loops, "rlm_query")
+            return [r if isinstance(r, str) else f"[error: {r}]" for r in replies]
+        if loops is not None:
+            self._choose(self.rlm.child, "rlm_query", self.depth + 1, loops, 0)  # validate early
+        gate = asyncio.Semaphore(self.rlm.concurrency)
+
+        async def one(index: int, prompt: str, context: Any) -> str:
+            async with gate:
+                env = SandboxREPL(self.rlm.sandbox)
+                try:
+                    child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self, explicit_loops=loops)
+                    result = await child.execute(prompt, context)
+                finally:
+                    env.close()
+            self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name, prompt=self.tree.writer.clip(prompt),
+                      response=self.tree.writer.clip(result.answer), loops_requested=loops, child_run_id=child.run_id,
+                      usage=child.usage.total.model_dump())
+            if result.answer is None:
+                return f"[no answer: the child run ended with {result.reason}: {result.detail}]"
+            return result.answer
+
+        return list(await asyncio.gather(*(one(i, p, c) for i, (p, c) in enumerate(zip(prompts_, contexts)))))
+
+    # -- the loop ----------------------------------------------------------------------
+    def _system_prompt(self, context: ContextLike) -> str:
+        info = prompts.describe_context(context)
+        preview = None
+        if isinstance(context, str):
+            preview = context[:200]
+        elif isinstance(context, list) and context and isinstance(context[0], str):
+            preview = context[0][:200]
+        b, rlm = self.rlm.budget, self.rlm
+        limits = [f"{rlm.max_iterations} turns"]
+        if b.max_loop_tokens:
+            limits.append(f"{b.max_loop_tokens:,} loop-tokens for all calls")
+        if b.max_tokens:
+            limits.append(f"{b.max_tokens:,} tokens")
+        if b.max_usd:
+            limits.append(f"${b.max_usd:g}")
+        if b.timeout_s:
+            limits.append(f"{b.timeout_s:g} s")
+        return prompts.system_prompt(
+            context_info=info, preview=preview, max_output=rlm.sandbox.max_output_chars,
+            can_recurse=self.depth + 1 < rlm.max_depth, child_looped=rlm.child.looped,
+            child_default_loops=rlm.child.default_loops, child_max_loops=rlm.child.max_loops,
+            limits=limits, earlier=self.earlier,
+        )
+
+    async def execute(self, query: str, context: ContextLike, *, load: bool = True) -> Result:
+        start = time.monotonic()
+        if load:
+            self.env.load_context(context)
+        self._register()
+        self._log(RunStart, query=query, context=prompts.describe_context(context), config=self.rlm.config())
+        messages = [{"role": "system", "content": self._system_prompt(context)}, {"role": "user", "content": query}]
+        reason, detail, errors, iterations = "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
+        last_text = ""
+        for iteration in range(self.rlm.max_iterations):
+            iterations = iteration + 1
+            try:
+                choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
+                                      self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
+                completion = await self._call(self.root, messages, choice, self.depth)
+            except BudgetExceededError as e:
+                reason, detail = e.reason, e.detail
+                break
+            except BackendError as e:
+                reason, detail = "model_error", str(e)
+                break
+            text = completion.text
+            self._log(RootTurn, iteration=iteration, prompt=self.tree.writer.clip(messages[-1]["content"]) or "",
+                      completion=text, model=completion.model, loops_chosen=choice.loops,
+                      loops_executed=completion.loops.executed_mean if completion.loops else None,
+                      usage=completion.usage.model_dump())
+            if strip_code_blocks(text):
+                last_text = strip_code_blocks(text)
+            blocks = find_code_blocks(text)
+            if not blocks:
+                if self._final_from_text(text):
+                    break
+                errors += 1
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": prompts.NO_CODE}]
+            else:
+                outputs, had_error = [], False
+                for code in blocks:
+                    result = await self.env.aexecute(code)
+                    self._log(ReplExec, iteration=iteration, code=code, stdout=result.stdout, error=result.error,
+                              error_type=result.error_type, duration_s=result.duration_s,
+                              host_calls=result.host_calls, restarted=result.restarted)
+                    outputs.append(result.text)
+                    had_error = not result.ok
+                    if self.final is not None or self.tree.stop is not None or not result.ok:
+                        break
+                if self.final is not None:
+                    break
+                errors = errors + 1 if had_error else 0
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": prompts.repl_feedback(outputs)}]
+            if self.tree.stop is not None:
+                reason, detail = self.tree.stop.reason, self.tree.stop.detail
+                break
+            if errors >= self.rlm.max_consecutive_errors:
+                reason, detail = "consecutive_errors", f"{errors} turns in a row ended in an error or without code"
+                break
+        if self.final is not None:
+            reason, detail = "final", ""
+        elif reason == "max_iterations":
+            await self._force_final(messages)
+        if reason != "final":
+            self._log(LimitHit, reason=reason, detail=detail)
+        answer, finished = self._answer(last_text, reason)
+        self._log(RunEnd, answer=answer, finished=finished, reason=reason, iterations=iterations,
+                  wall_s=time.monotonic() - start, usage=self.usage.model_dump())
+        return Result(answer=answer, finished=finished, reason=reason, detail=detail, usage=self.usage,
+                      iterations=iterations, wall_s=time.monotonic() - start, run_id=self.run_id,
+                      trajectory=self.tree.writer.path)
+
+    def _final_from_text(self, text: str) -> bool:
+        found = find_final_in_text(text)
+        if found is None:
+            return False
+        kind, value = found
+        if kind == "FINAL_VAR":
+            try:
+                self.final = (self.env.get_variable(value, as_text=True), "FINAL_VAR")
+            except LookupError:
+                return False
+        else:
+            self.final = (value, "text")
+        return True
+
+    async def _force_final(self, messages: list[dict[str, str]]) -> None:
+        """Out of turns: ask once for a final answer (if the budget allows)."""
+        try:
+            choice = self._choose(self.root, "root", self.depth, self.explicit_loops, 0)
+            completion = await self._call(self.root, messages + [{"role": "user", "content": prompts.OUT_OF_TURNS}], choice, self.depth)
+        except (BudgetExceededError, BackendError):
+            return
+        found = find_final_in_text(completion.text)
+        if found and found[0] == "FINAL":
+            self.final = (found[1], "forced")
+        elif strip_code_blocks(completion.text):
+            self.final = (strip_code_blocks(completion.text), "forced")
+
+    def _answer(self, last_text: str, reason: str) -> tuple[str | None, bool]:
+        if self.final is not None:
+            answer, source = self.final
+            self._log(FinalAnswer, answer=answer, source=source)  # type: ignore[arg-type]
+            return answer, source in ("FINAL", "FINAL_VAR", "text")
+        if last_text:
+            self._log(FinalAnswer, answer=last_text, source="partial")
+            return last_text, False
+        return None, False
+
+
+def _str_list(values: Any, fn: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{fn}(): the first argument must be a list of str")
+    return values
+
+
+class RLM:
+    """A Recursive Language Model over looped (or any) models.
+
+    Example::
+
+        from loopagent import RLM, model
+
+        rlm = RLM(root=model("litellm:openai/gpt-4o-mini"),
+                  child=model("served:http://127.0.0.1:8000/v1", loops=4),
+                  max_depth=2, budget=dict(max_loop_tokens=2_000_000, timeout_s=600),
+                  loop_policy="by-depth", log_dir="runs/")
+        result = rlm.run("Which ... ?", context=long_text)
+        result.answer, result.reason, result.usage.total, result.trajectory
+
+    ``root`` and ``child`` are backends or spec strings; ``child`` defaults to
+    ``root``. ``max_depth=1`` makes ``rlm_query`` a plain child call; each level
+    above allows one more level of child RLMs with their own REPLs.
+    """
+
+    def __init__(
+        self,
+        root: Backend | str,
+        child: Backend | str | None = None,
+        *,
+        max_depth: int = 1,
+        max_iterations: int = 20,
+        budget: Budget | dict[str, Any] | None = None,
+        loop_policy: str | LoopPolicy = "fixed",
+        policy_options: dict[str, Any] | None = None,
+        max_consecutive_errors: int = 5,
+        concurrency: int = 64,
+        max_tokens_per_call: int | None = None,
+        sandbox: SandboxLimits | dict[str, Any] | None = None,
+        log_dir: str | Path | None = None,
+        log_text_limit: int | None = 20_000,
+    ) -> None:
+        self.root = build_model(root) if isinstance(root, str) else root
+        self.child = self.root if child is None else (build_model(child) if isinstance(child, str) else child)
+        for name, value, low in (("max_depth", max_depth, 1), ("max_iterations", max_iterations, 1),
+                                 ("max_consecutive_errors", max_consecutive_errors, 1), ("concurrency", concurrency, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.max_depth = max_depth
+        self.max_iterations = max_iterations
+        self.max_consecutive_errors = max_consecutive_errors
+        self.concurrency = concurrency
+        self.max_tokens_per_call = max_tokens_per_call
+        try:
+            self.budget = budget if isinstance(budget, Budget) else Budget(**(budget or {}))
+            self.sandbox = sandbox if isinstance(sandbox, SandboxLimits) else SandboxLimits(**(sandbox or {}))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.policy = get_policy(loop_policy, **(policy_options or {}))
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.log_text_limit = log_text_limit
+
+    def config(self) -> dict[str, Any]:
+        """The configuration as logged in every trajectory."""
+        def backend(b: Backend) -> dict[str, Any]:
+            return {"name": b.name, "looped": b.looped, "default_loops": b.default_loops, "max_loops": b.max_loops}
+
+        return {
+            "root": backend(self.root), "child": backend(self.child), "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations, "max_consecutive_errors": self.max_consecutive_errors,
+            "concurrency": self.concurrency, "budget": self.budget.model_dump(), "loop_policy": self.policy.describe(),
+            "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
+        }
+
+    def check(self) -> None:
+        """Check both models can work (API keys, reachable servers) without running anything."""
+        self.root.check()
+        if self.child is not self.root:
+            self.child.check()
+
+    def _writer(self) -> TrajectoryWriter:
+        if self.log_dir is None:
+            return TrajectoryWriter(None)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return TrajectoryWriter(self.log_dir / f"{stamp}-{uuid.uuid4().hex[:8]}.jsonl", text_limit=self.log_text_limit)
+
+    def run(self, query: str, context: ContextLike = None) -> Result:
+        """Answer ``query`` over ``context`` (str, bytes, list, dict or a Path)."""
+        return _run_sync(self.arun(query, context))
+
+    async def arun(self, query: str, context: ContextLike = None) -> Result:
+        """Async form of :meth:`run`."""
+        return await self._arun(query, context, env=None, earlier=None)
+
+    async def _arun(self, query: str, context: ContextLike, *, env: SandboxREPL | None,
+                    earlier: list[tuple[str, str | None]] | None) -> Result:
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("the query must be a non-empty string")
+        self.check()
+        own_env = env is None
+        env = env or SandboxREPL(self.sandbox)
+        writer = self._writer()
+        try:
+            if own_env:
+                env.load_context(context)  # bad or oversized contexts fail here, before any model call
+            tree = _RunTree(self, writer)
+            run = _Run(tree, env, depth=0, root=self.root, earlier=earlier)
+            return await run.execute(query, context, load=False)
+        finally:
+            writer.close()
+            if own_env:
+                env.close()
+
+    def session(self, context: ContextLike = None) -> Session:
+        """Several questions over one context and one REPL (variables persist).
+
+        Example::
+
+            with rlm.session(long_text) as s:
+                first = s.ask("Who ...?")
+                second = s.ask("And where did they go next?")
+        """
+        return Session(self, context)
+
+
+class Session:
+    """A context and a REPL kept across several questions; see :meth:`RLM.session`."""
+
+    def __init__(self, rlm: RLM, context: ContextLike) -> None:
+        self.rlm = rlm
+        self.context = context
+        self.env = SandboxREPL(rlm.sandbox)
+        try:
+            self.env.load_context(context)
+        except BaseException:
+            self.env.close()
+            raise
+        self.history: list[tuple[str, str | None]] = []
+
+    def ask(self, query: str) -> Result:
+        return _run_sync(self.aask(query))
+
+    async def aask(self, query: str) -> Result:
+        result = await self.rlm._arun(query, self.context, env=self.env, earlier=list(self.history))
+        self.history.append((query, result.answer))
+        return result
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["RLM", "Budget", "Result", "Session", "ExecResult"]

@@ -1,0 +1,162 @@
+"""Trajectory logs: append-only JSONL, one validated event per line.
+
+A run (and every child run it starts) writes its events to one file as they
+happen; each line is flushed at once, so a crash or kill leaves a readable log
+up to the last event. ``read_trajectory`` validates a log and tolerates a torn
+last line.
+
+Events share ``v`` (schema version), ``type``, ``ts``, ``run_id``,
+``parent_id`` (the run that started this one, for child runs) and ``depth``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class _Event(BaseModel):
+    v: int = SCHEMA_VERSION
+    ts: float = Field(default_factory=time.time)
+    run_id: str
+    parent_id: str | None = None
+    depth: int = 0
+
+
+class RunStart(_Event):
+    type: Literal["run_start"] = "run_start"
+    query: str
+    context: dict[str, Any] = Field(description="Type and size of the context (never its content).")
+    config: dict[str, Any]
+
+
+class RootTurn(_Event):
+    type: Literal["root_turn"] = "root_turn"
+    iteration: int
+    prompt: str = Field(description="The newest message the model saw this turn.")
+    completion: str
+    model: str
+    loops_chosen: int | None = None
+    loops_executed: float | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReplExec(_Event):
+    type: Literal["repl_exec"] = "repl_exec"
+    iteration: int
+    code: str
+    stdout: str
+    error: str | None = None
+    error_type: str | None = None
+    duration_s: float
+    host_calls: int = 0
+    restarted: bool = False
+
+
+class SubCall(_Event):
+    type: Literal["sub_call"] = "sub_call"
+    kind: Literal["llm_query", "llm_batch", "rlm_query"]
+    index: int = Field(default=0, description="Position within a batch.")
+    model: str
+    prompt: str
+    response: str | None = None
+    error: str | None = None
+    loops_requested: int | None = Field(default=None, description="loops= passed in the REPL code.")
+    loops_chosen: int | None = Field(default=None, description="What the loop policy gave the call.")
+    loops_executed: float | None = Field(default=None, description="Mean loops the model actually ran per token.")
+    exit_histogram: dict[int, int] | None = None
+    child_run_id: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+
+
+class LimitHit(_Event):
+    type: Literal["limit"] = "limit"
+    reason: str
+    detail: str
+
+
+class FinalAnswer(_Event):
+    type: Literal["final"] = "final"
+    answer: str
+    source: Literal["FINAL", "FINAL_VAR", "text", "forced", "partial"]
+
+
+class RunEnd(_Event):
+    type: Literal["run_end"] = "run_end"
+    answer: str | None
+    finished: bool
+    reason: str
+    iterations: int
+    wall_s: float
+    usage: dict[str, Any] = Field(default_factory=dict, description="Totals of this run, children included.")
+
+
+Event = Annotated[
+    Union[RunStart, RootTurn, ReplExec, SubCall, LimitHit, FinalAnswer, RunEnd],
+    Field(discriminator="type"),
+]
+_EVENT = TypeAdapter(Event)
+
+
+class TrajectoryWriter:
+    """Appends events to a JSONL file; safe to share between a run and its children."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, *, text_limit: int | None = 20_000) -> None:
+        self.path = Path(path) if path is not None else None
+        self.text_limit = text_limit
+        self._lock = threading.Lock()
+        self._file: Any = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def clip(self, text: str | None) -> str | None:
+        """Cap long texts (prompts of child calls can be whole chunks of the input)."""
+        if text is None or self.text_limit is None or len(text) <= self.text_limit:
+            return text
+        return text[: self.text_limit] + f"\n... [{len(text) - self.text_limit:,} more characters not logged]"
+
+    def write(self, event: _Event) -> None:
+        if self._file is None:
+            return
+        line = event.model_dump_json() + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+
+
+class TrajectoryError(ValueError):
+    """A trajectory file that is not a loopagent log."""
+
+
+def read_trajectory(path: str | os.PathLike[str]) -> list[Any]:
+    """Validated events of a log. A torn last line (a killed run) is skipped;
+    any other bad line raises :class:`TrajectoryError` naming the line."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(_EVENT.validate_json(line))
+        except ValueError as e:
+            if number == len(lines):
+                break  # written while the process died
+            first = str(e).splitlines()[0]
+            raise TrajectoryError(f"{path}:{number}: not a loopagent trajectory event ({first})") from None
+    return events

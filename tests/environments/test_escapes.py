@@ -1,0 +1,877 @@
+"""Escape corpus: attacks that model-written code could try on SandboxREPL.
+
+Every case asserts two things: the attempt is refused or contained, and
+afterwards the parent (this test process) is fine and the sandbox still works
+(``1 + 1`` gives ``"2\\n"``). Case ids start with their category, e.g.
+``attr_walk-getattr_class`` or ``memory_bomb-str_mult``.
+
+Conventions:
+
+- An attack prints the marker ``ESCAPED`` (built as ``"ESC" + "APED"`` so a
+  traceback that echoes the source line never contains it) only after the
+  dangerous step worked; a case fails if the marker reaches stdout.
+- ``SECRET_VALUE`` is set in this process's environment before any sandbox
+  starts; no output of any case may contain it.
+- Cases that could leave the worker changed if they succeeded (tampering, policy
+  bypasses) run in a fresh sandbox; read-only attempts share one.
+- ``test_policy_hole`` and the other tests marked "HOLE" in their docstring
+  are attacks that currently succeed; they stay in the corpus and fail until
+  the policy is fixed.
+- The ``*_after_policy_bypass`` tests first try to get plain Python (through the
+  ``functools.update_wrapper`` hole below) and then attack the OS layer; they
+  pass whichever layer stops the attack.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import pwd
+import signal
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loopagent.environments import SandboxREPL
+
+SECRET_NAME = "LOOPAGENT_TEST_SECRET"
+SECRET_VALUE = f"escape-corpus-secret-{uuid.uuid4().hex}"
+CANARY = f"escape-corpus-canary-{uuid.uuid4().hex}"
+MARK = "ESCAPED"
+WIN = 'print("ESC" + "APED")\n'
+
+POLICY = ("PolicyViolation", "SandboxPolicyError")
+IMPORT = ("ImportError", *POLICY)
+ANY_ERROR = None  # any error type counts as refused (used where several fixes are possible)
+LEAK_ONLY = "leak-only"  # the code may even run; what counts is that nothing leaked or happened
+
+# Gets plain Python in the sandbox when the functools hole is open (see
+# test_policy_hole[attr_walk-update_wrapper_copies_module_globals]): the cell copies
+# calendar's module globals into the sandbox namespace, so the *next* cell runs with
+# the real builtins (open, __import__, getattr) and sees `sys`.
+BYPASS = (
+    "import functools, calendar\n"
+    "def probe():\n"
+    "    pass\n"
+    "functools.update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n"
+)
+
+
+def _echo(*args, **kwargs):
+    return args[0] if len(args) == 1 and not kwargs else {"args": list(args), "kwargs": kwargs}
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("host failure")
+
+
+def _opaque():
+    return object()
+
+
+def _register(repl: SandboxREPL) -> SandboxREPL:
+    repl.register("echo", _echo)
+    repl.register("boom", _boom)
+    repl.register("opaque", _opaque)
+    return repl
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secret_env():
+    """The parent holds a secret in its environment before any sandbox starts."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SECRET_NAME, SECRET_VALUE)
+        yield SECRET_VALUE
+
+
+@pytest.fixture(scope="module")
+def canary_file(secret_env, tmp_path_factory):
+    """A file of the parent's, in a directory only the parent's user can enter."""
+    path = tmp_path_factory.mktemp("parent-private") / "canary.txt"
+    path.write_text(CANARY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def repl(secret_env):
+    r = _register(SandboxREPL(timeout_s=10))
+    r.start()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def fresh(secret_env):
+    r = _register(SandboxREPL(timeout_s=5))
+    r.start()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def mem_repl(secret_env):
+    r = SandboxREPL(memory_mb=512, timeout_s=10)
+    r.start()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def slow_repl(secret_env):
+    r = SandboxREPL(timeout_s=1)
+    r.start()
+    yield r
+    r.close()
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def assert_healthy(repl: SandboxREPL) -> None:
+    """The parent is intact and the sandbox answers a follow-up cell."""
+    assert os.environ.get(SECRET_NAME) == SECRET_VALUE
+    follow = repl.execute("1 + 1")
+    assert follow.error is None, follow.error
+    assert follow.stdout == "2\n"
+    assert not follow.restarted
+    assert repl.pid is not None
+
+
+def assert_nothing_leaked(res, forbid=()) -> None:
+    shown = res.stdout + (res.error or "")
+    assert MARK not in res.stdout, f"the attack worked: {res.stdout[:500]!r}"
+    for text in (SECRET_VALUE, CANARY, *forbid):
+        assert text not in shown, f"{text!r} leaked into the output: {shown[:500]!r}"
+
+
+@dataclass(frozen=True)
+class Attack:
+    code: str
+    errors: tuple[str, ...] | str | None = POLICY  # refused with one of these; None: any error; LEAK_ONLY
+    forbid: tuple[str, ...] = ()  # must not appear in stdout or error
+
+
+def attack(category: str, name: str, code: str, errors=POLICY, forbid=()):
+    return pytest.param(Attack(code, errors, tuple(forbid)), id=f"{category}-{name}")
+
+
+def check_refused(repl: SandboxREPL, a: Attack, res) -> None:
+    assert_nothing_leaked(res, a.forbid)
+    if a.errors != LEAK_ONLY:
+        assert res.error is not None, f"the attack ran without an error; stdout: {res.stdout[:500]!r}"
+    if isinstance(a.errors, tuple):
+        assert res.error_type in a.errors, res.error
+    assert not res.restarted, res.error
+    assert_healthy(repl)
+
+
+def _gen(body: str = "") -> str:
+    return "def g():\n    yield 1\n" + body
+
+
+def _caught(handler: str) -> str:
+    return "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    " + handler + "\n"
+
+
+# -- the corpus: attempts the language policy must refuse (one shared sandbox) ----------------
+
+REFUSED = [
+    # attribute walks toward object.__subclasses__()
+    attack("attr_walk", "dunder_attribute_chain", "subs = ().__class__.__base__.__subclasses__()\n" + WIN),
+    attack("attr_walk", "getattr_class", "c = getattr((), '__class__')\n" + WIN),
+    attack("attr_walk", "getattr_built_name",
+           "n = '__sub' + 'classes__'\nsubs = getattr(type(()).mro()[-1], n)()\n" + WIN),
+    attack("attr_walk", "type_mro_object_subclasses",
+           "obj = type(()).mro()[-1]\nsubs = getattr(obj, '__subclasses__')()\n" + WIN),
+    attack("attr_walk", "metaclass_subclasses",
+           "meta = type(type(1))\nsubs = getattr(meta, '__subclasses__')(int)\n" + WIN),
+    attack("attr_walk", "getattr_with_default", "c = getattr((), '__class__', None)\nif c is not None:\n    " + WIN),
+    attack("attr_walk", "functools_reduce_getattr",
+           "import functools\nbase = functools.reduce(getattr, ['__class__', '__base__'], ())\n" + WIN),
+    attack("attr_walk", "map_getattr", "subs = list(map(getattr, [type(()).mro()[-1]], ['__subclasses__']))\n" + WIN),
+    attack("attr_walk", "dir_then_getattr", "vals = [getattr((), n) for n in dir(()) if n.startswith('__c')]\n" + WIN),
+    attack("attr_walk", "bound_method_self", "owner = getattr([].append, '__self__')\n" + WIN),
+    attack("attr_walk", "function_globals", "def f():\n    pass\ng = getattr(f, '__globals__')\n" + WIN),
+    attack("attr_walk", "safe_dunder_then_class", "c = getattr(type(()).__name__, '__class__')\n" + WIN),
+    attack("attr_walk", "class_defines_getattribute",
+           "class A:\n    def __getattribute__(self, n):\n        return n\n" + WIN),
+    # format strings that walk attributes
+    attack("format", "str_format_class", "s = '{0.__class__.__base__}'.format(1)\n" + WIN),
+    attack("format", "format_map_class", "s = '{x.__class__}'.format_map({'x': 1})\n" + WIN),
+    attack("format", "unbound_str_format", "s = str.format('{0.__class__}', 1)\n" + WIN),
+    attack("format", "saved_bound_format", "f = '{0.__init__.__globals__}'.format\ns = f(len)\n" + WIN),
+    attack("format", "index_then_attribute", "s = '{0[0].__class__}'.format([1])\n" + WIN),
+    attack("format", "nested_format_spec", "s = '{0:{1.__class__}}'.format(1, 2)\n" + WIN),
+    attack("format", "generator_frame_field", _gen("s = '{0.gi_frame.f_globals}'.format(g())\n") + WIN),
+    attack("format", "module_field", "import json\ns = '{0.codecs}'.format(json)\n" + WIN),
+    attack("format", "globals_item_field",
+           "import random\ns = '{0.__globals__[_os].environ}'.format(random.seed)\n" + WIN),
+    attack("format", "str_subclass_format", "class S(str):\n    pass\ns = S('{0.__class__}').format(1)\n" + WIN),
+    attack("format", "string_formatter_format",
+           "import string\ns = string.Formatter().format('{0.__class__}', 1)\n" + WIN),
+    attack("format", "string_formatter_get_field",
+           "import string\no = string.Formatter().get_field('0.__class__', [1], {})\n" + WIN),
+    attack("format", "string_formatter_subclass",
+           "import string\nclass F(string.Formatter):\n    pass\ns = F().vformat('{0.__class__}', (1,), {})\n" + WIN),
+    attack("format", "string_formatter_unbound_method",
+           "import string\nvf = getattr(string.Formatter, 'vformat')\n" + WIN),
+    attack("format", "fstring_dunder", "s = f'{().__class__}'\n" + WIN),
+    attack("format", "format_builtin_spec", "s = format(1, '{0.__class__}')\n" + WIN, errors=("ValueError",)),
+    # frames: generators, coroutines, tracebacks
+    attack("frame_walk", "gi_frame_attribute", _gen("f = g().gi_frame\n") + WIN),
+    attack("frame_walk", "gi_frame_getattr", _gen("f = getattr(g(), 'gi_frame')\n") + WIN),
+    attack("frame_walk", "gi_code_getattr", _gen("c = getattr(g(), 'gi_code')\n") + WIN),
+    attack("frame_walk", "gi_yieldfrom",
+           _gen("def outer():\n    yield from g()\nx = outer()\nnext(x)\ny = getattr(x, 'gi_yieldfrom')\n") + WIN),
+    attack("frame_walk", "f_back_name_with_default", "f = getattr(None, 'f_back', None)\n" + WIN),
+    attack("frame_walk", "coroutine_cr_frame", "async def c():\n    pass\nf = getattr(c(), 'cr_frame')\n" + WIN),
+    attack("frame_walk", "exception_traceback_dunder", _caught("tb = e.__traceback__") + WIN),
+    attack("frame_walk", "exception_traceback_getattr", _caught("tb = getattr(e, '__traceback__')") + WIN),
+    attack("frame_walk", "tb_frame_name", _caught("f = getattr(e, 'tb_frame')") + WIN),
+    attack("frame_walk", "exception_context", _caught("c = getattr(e, '__context__')") + WIN),
+    attack("frame_walk", "function_code", "c = getattr(lambda: 1, '__code__')\n" + WIN),
+    attack("frame_walk", "f_globals_name", "d = getattr(len, 'f_globals')\n" + WIN),
+    # imports
+    *[attack("imports", f"import_{m}", f"import {m}\n" + WIN, errors=IMPORT)
+      for m in ("os", "sys", "subprocess", "socket", "ctypes", "importlib", "builtins", "signal", "gc", "io",
+                "threading", "multiprocessing", "pickle", "marshal", "posix", "urllib.request")],
+    attack("imports", "import_private_module", "import _thread\n" + WIN),
+    attack("imports", "dunder_import", "m = __import__('os')\n" + WIN),
+    attack("imports", "builtins_dict_import", "m = __builtins__['__import__']('os')\n" + WIN),
+    attack("imports", "from_statistics_import_sys", "from statistics import sys\n" + WIN, errors=IMPORT),
+    attack("imports", "from_json_import_codecs", "from json import codecs\n" + WIN, errors=IMPORT),
+    attack("imports", "json_codecs_attribute", "import json\nc = json.codecs\n" + WIN),
+    attack("imports", "json_decoder_attribute", "import json\nd = json.decoder\n" + WIN),
+    attack("imports", "re_module_attributes", "import re\nmods = [re.enum, re.copyreg]\n" + WIN),
+    attack("imports", "calendar_sys_attribute", "import calendar\ns = calendar.sys\n" + WIN),
+    attack("imports", "getattr_module_attribute", "import statistics\ns = getattr(statistics, 'sys')\n" + WIN),
+    attack("imports", "private_module_attribute", "import random\no = random._os\n" + WIN),
+    attack("imports", "preloaded_encodings_codecs", "import encodings.idna as idna\nc = idna.codecs\n" + WIN),
+    attack("imports", "relative_import", "from . import os\n" + WIN, errors=IMPORT),
+    attack("imports", "relative_import_parent", "from .. import x\n" + WIN, errors=IMPORT),
+    attack("imports", "star_import", "from json import *\n" + WIN),
+    attack("imports", "dotted_disallowed", "import os.path\n" + WIN, errors=IMPORT),
+    attack("imports", "dotted_submodule_of_allowed", "import json.decoder\n" + WIN, errors=IMPORT),
+    # builtins and module tampering (refused attempts leave nothing behind)
+    attack("builtins_tampering", "module_attribute_assign", "import re\nre.compile = len\n" + WIN),
+    attack("builtins_tampering", "module_augmented_assign", "import math\nmath.pi += 1\n" + WIN),
+    attack("builtins_tampering", "module_attribute_delete", "import math\ndel math.pi\n" + WIN),
+    attack("builtins_tampering", "setattr_module", "import json\nsetattr(json, 'dumps', len)\n" + WIN),
+    attack("builtins_tampering", "setattr_module_dunder", "import json\nsetattr(json, '__name__', 'os')\n" + WIN),
+    attack("builtins_tampering", "delattr_module", "import math\ndelattr(math, 'tau')\n" + WIN),
+    attack("builtins_tampering", "setattr_builtin_type", "setattr(int, 'pwned', 1)\n" + WIN),
+    attack("builtins_tampering", "host_function_attribute", "echo.pwned = 1\n" + WIN),
+    attack("builtins_tampering", "builtins_item_assign", "__builtins__['open'] = len\n" + WIN),
+    attack("builtins_tampering", "rebind_builtins_name", "__builtins__ = {}\n" + WIN),
+    attack("builtins_tampering", "rebind_guard", "_getattr_ = lambda o, n: 1\n" + WIN),
+    attack("builtins_tampering", "rebound_getattr_does_not_unlock_dunders",
+           "def getattr(obj, name):\n    return 1\nsubs = ().__class__.__subclasses__()\n" + WIN),
+    attack("builtins_tampering", "type_three_args", "X = type('X', (), {})\n" + WIN),
+    # secrets and environment
+    attack("secrets", "os_environ", "import os\nprint(os.environ)\n", errors=IMPORT),
+    attack("secrets", "proc_self_environ", "print(open('/proc/self/environ').read())\n"),
+    attack("secrets", "private_os_of_random", "import random\nprint(random._os.environ)\n"),
+    attack("secrets", "format_walk_to_environ",
+           "import random\nprint('{0.__globals__[_os].environ}'.format(random.seed))\n"),
+    attack("secrets", "proc_parent_environ", "print(open('/proc/1/environ').read())\n"),
+    # files
+    attack("files", "etc_passwd", "print(open('/etc/passwd').read())\n", forbid=("root:x:0:0",)),
+    attack("files", "open_via_builtins", "print(__builtins__['open']('/etc/passwd').read())\n", forbid=("root:x:0:0",)),
+    attack("files", "json_load_file", "import json\nprint(json.load(open('/etc/passwd')))\n", forbid=("root:x:0:0",)),
+    attack("files", "csv_reader_file",
+           "import csv\nprint(list(csv.reader(open('/etc/passwd'))))\n", forbid=("root:x:0:0",)),
+    attack("files", "hashlib_file_digest",
+           "import hashlib\nprint(hashlib.file_digest(open('/etc/passwd', 'rb'), 'sha256'))\n"),
+    attack("files", "worker_source", "print(open('_worker.py').read())\n", forbid=("class Worker",)),
+    # writes
+    attack("writes", "open_for_writing", "open('/tmp/escape-corpus-x', 'w').write('x')\n" + WIN),
+    attack("writes", "relative_path_up", "open('../escape-corpus-x', 'w').write('x')\n" + WIN),
+    attack("writes", "csv_writer_to_file",
+           "import csv\ncsv.writer(open('/tmp/escape-corpus-x', 'w')).writerow([1])\n" + WIN),
+    # exec-like builtins
+    attack("builtins_tampering", "eval_builtin", "eval('().__class__')\n" + WIN),
+    attack("builtins_tampering", "exec_builtin", "exec('import os')\n" + WIN),
+    attack("builtins_tampering", "compile_builtin", "c = compile('1', 'x', 'eval')\n" + WIN),
+    attack("builtins_tampering", "globals_builtin", "g = globals()\n" + WIN),
+    attack("builtins_tampering", "vars_builtin", "v = vars(len)\n" + WIN),
+    attack("builtins_tampering", "memoryview_builtin", "m = memoryview(b'x')\n" + WIN),
+    # exit helpers
+    attack("exceptions", "exit_builtin", "exit()\n" + WIN),
+    attack("exceptions", "quit_builtin", "quit(0)\n" + WIN),
+]
+
+
+@pytest.mark.parametrize("a", REFUSED)
+def test_refused(repl, a):
+    check_refused(repl, a, repl.execute(a.code))
+
+
+def test_refused_tampering_left_modules_intact(repl):
+    """The refused writes above did not change anything in the worker."""
+    res = repl.execute(
+        "import re, json, math\n[re.compile('a+').pattern, json.dumps([1]), math.tau > 6, hasattr(int, 'pwned')]"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "['a+', '[1]', True, False]\n"
+
+
+def test_hasattr_does_not_reveal_dunders(repl):
+    res = repl.execute("print(hasattr((), '__class__'), hasattr(type(()), '__subclasses__'), hasattr([], 'gi_frame'))")
+    assert res.error is None, res.error
+    assert res.stdout == "False False False\n"
+    assert_healthy(repl)
+
+
+# -- policy holes: attempts that must be refused (they run in a fresh sandbox) -----------------
+
+HOLES = [
+    # functools.update_wrapper reads and writes attributes named by the caller with the
+    # real getattr/setattr: `updated=('__globals__',)` does probe.__globals__.update(
+    # calendar.weekday.__globals__), i.e. copies a module's globals (real __builtins__,
+    # sys) into the sandbox namespace.
+    attack("attr_walk", "update_wrapper_copies_module_globals", BYPASS + "s = sys.modules\n" + WIN, errors=ANY_ERROR),
+    # functools.singledispatch().register(func) calls typing.get_type_hints(func), which
+    # eval()s string annotations without the RestrictedPython rewrite.
+    attack("attr_walk", "singledispatch_annotation_eval",
+           "import functools\nfound = []\n@functools.singledispatch\ndef f(x):\n    pass\n"
+           "def g(x: 'found.append(().__class__.__base__.__subclasses__()) or int'):\n    pass\n"
+           "f.register(g)\nif found:\n    " + WIN, errors=ANY_ERROR),
+    attack("format", "formatter_methods_copied_by_update_wrapper",
+           "import functools, string\nclass W:\n    pass\nw = W()\n"
+           "functools.update_wrapper(w, string.Formatter, assigned=(), updated=('__dict__',))\n"
+           "s = w.vformat(string.Formatter(), '{0.__class__.__base__}', (1,), {})\n" + WIN, errors=ANY_ERROR),
+    attack("format", "str_format_copied_by_update_wrapper",
+           "import functools\nclass W:\n    pass\nw = W()\n"
+           "functools.update_wrapper(w, str, assigned=(), updated=('__dict__',))\n"
+           "s = w.format('{0.__class__.__base__}', 1)\n" + WIN, errors=ANY_ERROR),
+    attack("builtins_tampering", "module_setattr_via_update_wrapper",
+           "import functools, re\nclass Fake:\n    pass\nfake = Fake()\nfake.compile = len\n"
+           "functools.update_wrapper(re, fake, assigned=('compile',), updated=())\nif re.compile is len:\n    " + WIN,
+           errors=ANY_ERROR),
+    # type(type(1)) is the real `type`: three-argument class creation, with dunder
+    # methods that a class statement may not define.
+    attack("builtins_tampering", "type_three_args_via_type_of_type",
+           "X = type(type(1))('X', (), {'__getattr__': lambda self, name: name})\nif X().anything == 'anything':\n    "
+           + WIN, errors=ANY_ERROR),
+]
+
+
+@pytest.mark.parametrize("a", HOLES)
+def test_policy_hole(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+# -- OS layer: plain Python (if the bypass works) must still be contained --------------------
+
+
+def contained(category: str, name: str, code: str, forbid=()):
+    return attack(category, name, code, errors=LEAK_ONLY, forbid=forbid)
+
+
+def run_bypassed(repl: SandboxREPL, code: str):
+    """Try to get plain Python first, then run ``code`` in the next cell."""
+    repl.execute(BYPASS)
+    return repl.execute(code)
+
+
+CONTAINED = [
+    contained("secrets", "worker_environ", "print(dict(sys.modules['os'].environ))\n", forbid=(SECRET_NAME,)),
+    contained("secrets", "parent_proc_environ",
+              "import os\nprint(open('/proc/%d/environ' % os.getppid(), 'rb').read())\n", forbid=(SECRET_NAME,)),
+    contained("secrets", "own_proc_environ", "print(open('/proc/self/environ', 'rb').read())\n", forbid=(SECRET_NAME,)),
+    contained("secrets", "environ_via_singledispatch_eval",
+              "import functools\nfound = []\n@functools.singledispatch\ndef f(x):\n    pass\n"
+              "def g(x: \"found.append([c for c in ().__class__.__base__.__subclasses__()"
+              " if c.__name__ == '_wrap_close']"
+              "[0].__init__.__globals__['environ']) or int\"):\n    pass\nf.register(g)\nprint(found)\n",
+              forbid=(SECRET_NAME,)),
+    contained("files", "etc_passwd", "print(open('/etc/passwd').read())\n", forbid=("root:x:0:0",)),
+    contained("files", "list_host_root",
+              "import os\nnames = os.listdir('/')\nif 'etc' in names or 'proc' in names:\n    " + WIN),
+    contained("files", "project_source",
+              "print(open('%s').read())\n" % Path(__file__).resolve(), forbid=("CONTAINED = [",)),
+    contained("processes", "fork", "import os\npid = os.fork()\nif pid == 0:\n    getattr(os, '_exit')(0)\n" + WIN),
+    contained("processes", "fork_bomb", "import os\nfor i in range(3):\n    os.fork()\n" + WIN),
+    contained("processes", "os_system", "import os\nif os.system('echo hi > spawned.txt') == 0:\n    " + WIN),
+    contained("processes", "posix_spawn",
+              "import os\npid = os.posix_spawn('/bin/sh', ['sh', '-c', 'true'], {})\n" + WIN),
+    contained("processes", "execv", "import os\nos.execv('/bin/sh', ['sh', '-c', 'true'])\n" + WIN),
+    contained("processes", "thread", "t = sys.modules['_thread']\nt.start_new_thread(len, ((),))\n" + WIN),
+    contained("network", "socketpair", "import socket\na, b = socket.socketpair()\n" + WIN),
+    contained("network", "dns_lookup", "import socket\nsocket.getaddrinfo('example.com', 80)\n" + WIN),
+    contained("signals", "kill_init", "import os\nos.kill(1, 9)\n" + WIN),
+    contained("signals", "kill_own_process_group", "import os\nos.killpg(os.getpgid(0), 9)\n" + WIN),
+    contained("writes", "big_file_in_workdir",
+              "f = open('big.bin', 'wb')\nf.write(b'x' * (80 * 2**20))\nf.close()\n" + WIN),
+]
+
+
+@pytest.mark.parametrize("a", CONTAINED)
+def test_contained_after_policy_bypass(fresh, a):
+    check_refused(fresh, a, run_bypassed(fresh, a.code))
+
+
+def test_writes_outside_the_workdir_after_policy_bypass(fresh, tmp_path):
+    name = f"escape-corpus-{uuid.uuid4().hex}"
+    host_tmp = Path("/tmp") / name
+    up = Path(fresh._workdir).parent / name
+    private = tmp_path / name  # a directory of the parent's
+    code = (
+        "import os\n"
+        "done = []\n"
+        f"for path in ['/tmp/{name}', '../{name}', '../../{name}', '{private}', '/dev/shm/{name}']:\n"
+        "    try:\n"
+        "        with open(path, 'w') as f:\n"
+        "            f.write('pwned')\n"
+        "        done.append(path)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        "    os.symlink('/tmp', 'up')\n"
+        f"    open('up/{name}', 'w').write('pwned')\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(done)\n"
+    )
+    try:
+        res = run_bypassed(fresh, code)
+        for path in (host_tmp, up, private, Path("/dev/shm") / name):
+            assert not path.exists(), f"the sandbox wrote {path}"
+        assert_nothing_leaked(res)
+        assert_healthy(fresh)
+    finally:
+        for path in (host_tmp, up, private, Path("/dev/shm") / name):
+            path.unlink(missing_ok=True)
+
+
+def test_parent_private_file_after_policy_bypass(fresh, canary_file):
+    res = run_bypassed(fresh, f"print(open({str(canary_file)!r}).read())\n")
+    assert res.error is not None
+    assert_nothing_leaked(res)
+    assert canary_file.read_text() == CANARY
+    assert_healthy(fresh)
+
+
+def test_network_connect_to_parent_after_policy_bypass(fresh, tmp_path):
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(1)
+    tcp.setblocking(False)
+    unix_path = str(tmp_path / "parent.sock")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(unix_path)
+    unix.listen(1)
+    unix.setblocking(False)
+    try:
+        code = (
+            "import socket\n"
+            "got = []\n"
+            "try:\n"
+            f"    got.append(socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), timeout=1))\n"
+            "except OSError:\n"
+            "    pass\n"
+            "try:\n"
+            "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            f"    s.connect({unix_path!r})\n"
+            "    got.append(s)\n"
+            "except OSError:\n"
+            "    pass\n"
+            "if got:\n    " + WIN
+        )
+        res = run_bypassed(fresh, code)
+        for listener in (tcp, unix):
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+        assert_nothing_leaked(res)
+        assert_healthy(fresh)
+    finally:
+        tcp.close()
+        unix.close()
+
+
+def test_signal_to_parent_after_policy_bypass(fresh):
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        code = (
+            "import os\n"
+            f"for pid in (os.getppid(), {os.getpid()}):\n"
+            "    try:\n"
+            "        os.kill(pid, 10)\n"
+            "        " + WIN +
+            "    except OSError:\n"
+            "        pass\n"
+        )
+        res = run_bypassed(fresh, code)
+        assert received == [], "the sandbox signalled the parent"
+        assert_nothing_leaked(res)
+        assert_healthy(fresh)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        pytest.param("os.kill(VICTIM, 9)", id="signals-kill_sibling_worker"),
+        pytest.param("os.kill(-1, 9)", id="signals-kill_every_process_of_the_user"),
+        pytest.param("os.killpg(VICTIM, 9)", id="signals-killpg_sibling_worker"),
+    ],
+)
+def test_kill_sibling_worker_after_policy_bypass(fresh, secret_env, kill):
+    """Sandbox workers share uid nobody, so only seccomp stops one killing another."""
+    with SandboxREPL(timeout_s=5) as victim:
+        victim.execute("kept = 41")
+        pid = victim.pid
+        res = run_bypassed(fresh, "import os\n" + kill.replace("VICTIM", str(pid)) + "\n" + WIN)
+        assert_nothing_leaked(res)
+        assert_healthy(fresh)
+        assert victim.pid == pid, "the sibling worker was killed"
+        after = victim.execute("kept + 1")
+        assert not after.restarted and after.stdout == "42\n"
+
+
+def test_directory_context_traversal(fresh, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("hello")
+    (tmp_path / "outside.txt").write_text(CANARY)
+    fresh.load_context(ctx)
+    for code in (
+        "print(context['../outside.txt'])",
+        "print(context.read('/etc/passwd'))",
+        "context.files.append('../outside.txt')\nprint(context['../outside.txt'])",
+    ):
+        res = fresh.execute(code)
+        assert res.error_type == "KeyError", res.error
+        assert_nothing_leaked(res, forbid=("root:x:0:0",))
+    for code in (
+        "print(getattr(context, '_opener')(-1))",
+        "print(getattr(context, '_opener')(10**6))",
+        "getattr(context, '_index')['../outside.txt'] = 0\nprint(context['../outside.txt'])",
+    ):
+        res = run_bypassed(fresh, code)
+        assert_nothing_leaked(res, forbid=("root:x:0:0",))
+    assert_healthy(fresh)
+    assert fresh.execute("print(context['a.txt'])").stdout == "hello\n"
+
+
+def test_forged_protocol_frames_do_not_hurt_the_parent(fresh):
+    """With plain Python the code can write raw frames to the parent's socket."""
+    worker = (
+        "w = [c.cell_contents for c in getattr(echo, '__closure__') if hasattr(c.cell_contents, 'chan')][0]\n"
+    )
+    cases = [
+        worker + "w.chan.send({'op': 'call', 'name': 'echo', 'args': {'a': 1}, 'kwargs': [1]})\nprint(w.chan.recv())\n",
+        worker + "w.chan.send({'op': 'call', 'name': '_functions'})\nprint(w.chan.recv())\n",
+        worker + "w.chan.send({'op': 'open', 'index': -1})\nprint(w.chan.recv())\n",
+        worker + "w.chan.send({'op': 'surprise'})\nw.chan.recv()\n",
+        worker + "w.chan.sock.sendall(b'\\xff\\xff\\xff\\xff\\x00\\x00\\x00\\x00')\nw.chan.recv()\n",
+        worker + "w.chan.sock.sendall(b'\\x00\\x00\\x00\\x05\\x00\\x00\\x00\\x00[1,2]')\nw.chan.recv()\n",
+    ]
+    for code in cases:
+        res = run_bypassed(fresh, code)  # must return, never raise
+        assert_nothing_leaked(res)
+        assert_healthy(fresh)
+
+
+# -- memory bombs (the worker may raise MemoryError or be killed and replaced) ---------------
+
+MEMORY_BOMBS = [
+    pytest.param("x = 'x' * 10**10", id="memory_bomb-str_mult"),
+    pytest.param("x = [0] * 10**9", id="memory_bomb-list_mult"),
+    pytest.param("x = bytearray(10**10)", id="memory_bomb-bytearray"),
+    pytest.param("x = bytes(10**10)", id="memory_bomb-bytes"),
+    pytest.param("x = list(range(10**9))", id="memory_bomb-list_range"),
+    pytest.param("x = ''.join(['y' * 10**6] * 10**4)", id="memory_bomb-str_join"),
+    pytest.param("def grow():\n    chunks = []\n    while True:\n        chunks.append(bytearray(10**7))\ngrow()",
+                 id="memory_bomb-grow_until_full"),
+    pytest.param("x = [[0] * 10**5 for i in range(10**5)]", id="memory_bomb-nested_lists"),
+    pytest.param("import zlib\nbomb = zlib.compress(bytes(6 * 10**7), 9)\n"
+                 "x = [zlib.decompress(bomb) for i in range(10)]", id="memory_bomb-zlib_decompression"),
+]
+
+
+@pytest.mark.parametrize("code", MEMORY_BOMBS)
+def test_memory_bomb(mem_repl, code):
+    res = mem_repl.execute(code)
+    assert res.error_type in ("MemoryError", "SandboxCrash"), res.error
+    if res.error_type == "SandboxCrash":
+        assert res.restarted
+    assert_healthy(mem_repl)
+
+
+def test_c_level_recursion_crash_is_contained(mem_repl):
+    """deep_recursion: nested iterators recurse in C without a depth check; a crash
+    of the worker is fine as long as it is replaced."""
+    code = "import itertools\nx = iter([])\nfor i in range(10**6):\n    x = itertools.chain(x)\nnext(x)"
+    res = mem_repl.execute(code)
+    assert res.error_type in ("RecursionError", "MemoryError", "SandboxCrash"), res.error
+    assert res.error_type != "SandboxCrash" or res.restarted
+    assert_healthy(mem_repl)
+
+
+# -- CPU loops -----------------------------------------------------------------------------------
+
+CPU_LOOPS = [
+    pytest.param("while True:\n    pass", id="cpu_loop-while_true"),
+    pytest.param("while True:\n    try:\n        while True:\n            pass\n"
+                 "    except BaseException:\n        pass", id="cpu_loop-swallows_interrupts"),
+    pytest.param("x = sum(range(10**13))", id="cpu_loop-c_level_loop"),
+    pytest.param("import re\nre.match('(a+)+$', 'a' * 64 + 'b')", id="cpu_loop-regex_backtracking"),
+    pytest.param("import time\ntime.sleep(60)", id="cpu_loop-sleep"),
+]
+
+
+@pytest.mark.parametrize("code", CPU_LOOPS)
+def test_cpu_loop_times_out(slow_repl, code):
+    assert slow_repl.execute("kept = 1").error is None
+    res = slow_repl.execute(code)
+    assert res.error_type == "TimeoutError", res.error
+    assert res.restarted
+    assert res.duration_s < 10
+    lost = slow_repl.execute("kept")
+    assert lost.error_type == "NameError"  # a new worker, the variables are gone
+    assert_healthy(slow_repl)
+
+
+# -- output floods -------------------------------------------------------------------------------
+
+FLOODS = [
+    pytest.param("print('x' * 10**7)", "x" * 1000, id="output_flood-one_huge_print"),
+    pytest.param("for i in range(10**5):\n    print(i)", "0\n1\n2\n", id="output_flood-many_prints"),
+    pytest.param("'y' * 10**6", "'yyy", id="output_flood-huge_trailing_expression"),
+    pytest.param("for i in range(2000):\n    print('z' * 1000, end='')", "z" * 1000, id="output_flood-no_newlines"),
+    pytest.param("print(*range(10**5))", "0 1 2 3", id="output_flood-star_args"),
+    pytest.param("class Sink:\n    def write(self, s):\n        print(s * 1000, end='')\nprint('w' * 100, file=Sink())",
+                 "w" * 1000, id="output_flood-file_argument"),
+]
+
+
+@pytest.mark.parametrize(("code", "prefix"), FLOODS)
+def test_output_flood_is_capped(repl, code, prefix):
+    limit = repl.limits.max_output_chars
+    res = repl.execute(code)
+    assert res.error is None, res.error
+    assert res.truncated
+    assert res.stdout.startswith(prefix)
+    assert len(res.stdout) <= limit + 200
+    assert "[output truncated:" in res.stdout
+    assert_healthy(repl)
+
+
+def test_output_flood_through_the_error_text_is_capped(repl):
+    """HOLE (output cap): the error text is not capped like stdout, so a cell puts
+    10 MB into ExecResult.error (and thus into the model's prompt)."""
+    limit = repl.limits.max_output_chars
+    res = repl.execute("raise ValueError('e' * 10**7)")
+    assert res.error_type == "ValueError"
+    assert len(res.error) <= 2 * limit, f"error text of {len(res.error):,} characters"
+    assert_healthy(repl)
+
+
+# -- deep recursion ------------------------------------------------------------------------------
+
+NEST = "x = []\nfor i in range(10**5):\n    x = [x]\n"
+
+RECURSION = [
+    pytest.param("def f(n):\n    return f(n + 1)\nf(0)", id="deep_recursion-function"),
+    pytest.param("def a(n):\n    return b(n)\ndef b(n):\n    return a(n)\na(0)", id="deep_recursion-mutual"),
+    pytest.param("class A:\n    def __init__(self):\n        A()\nA()", id="deep_recursion-constructor"),
+    pytest.param("class A:\n    def __eq__(self, o):\n        return self == o\nA() == A()",
+                 id="deep_recursion-dunder_eq"),
+    pytest.param(NEST + "repr(x)", id="deep_recursion-nested_list_repr"),
+    pytest.param("a = []\nb = []\nfor i in range(10**5):\n    a = [a]\n    b = [b]\na == b",
+                 id="deep_recursion-nested_list_compare"),
+    pytest.param("import json\nd = {}\nfor i in range(10**5):\n    d = {'a': d}\njson.dumps(d)",
+                 id="deep_recursion-nested_dict_json"),
+    pytest.param("import pprint\n" + NEST + "pprint.pformat(x)", id="deep_recursion-nested_pprint"),
+    pytest.param("import json\njson.loads('[' * 10**5 + ']' * 10**5)", id="deep_recursion-json_decode"),
+]
+
+
+@pytest.mark.parametrize("code", RECURSION)
+def test_deep_recursion_is_contained(repl, code):
+    res = repl.execute(code)
+    assert res.error_type == "RecursionError", res.error
+    assert not res.restarted
+    assert_healthy(repl)
+
+
+NESTED_SOURCE = [
+    pytest.param("-" * 100_000 + "1", id="deep_recursion-source_unary_chain"),
+    pytest.param("a" + "+a" * 100_000, id="deep_recursion-source_binop_chain"),
+    pytest.param("(" * 10_000 + ")" * 10_000, id="deep_recursion-source_parentheses"),
+    pytest.param("[" * 10_000 + "]" * 10_000, id="deep_recursion-source_list_literal"),
+    pytest.param("lambda: " * 1000 + "1", id="deep_recursion-source_nested_lambdas"),
+    pytest.param("x = 1\n" + "".join(" " * i + "if x:\n" for i in range(200)) + " " * 200 + "pass\n",
+                 id="deep_recursion-source_indentation"),
+    pytest.param("x = " + "f(" * 5000 + ")" * 5000, id="deep_recursion-source_nested_calls"),
+]
+
+
+@pytest.mark.parametrize("code", NESTED_SOURCE)
+def test_deeply_nested_source_is_refused(repl, code):
+    res = repl.execute(code)
+    refusals = ("SyntaxError", "IndentationError", "PolicyViolation", "RecursionError", "MemoryError")
+    assert res.error_type in refusals, res.error
+    assert not res.restarted
+    assert_healthy(repl)
+
+
+# -- exception tricks: the worker survives -----------------------------------------------------
+
+EXCEPTIONS = [
+    pytest.param("raise SystemExit", "SystemExit", id="exceptions-system_exit"),
+    pytest.param("raise SystemExit(0)", "SystemExit", id="exceptions-system_exit_zero"),
+    pytest.param("raise KeyboardInterrupt", "KeyboardInterrupt", id="exceptions-keyboard_interrupt"),
+    pytest.param("raise GeneratorExit", "GeneratorExit", id="exceptions-generator_exit"),
+    pytest.param("raise BaseException('x')", "BaseException", id="exceptions-base_exception"),
+    pytest.param("class Out(BaseException):\n    pass\nraise Out()", "Out", id="exceptions-custom_base_exception"),
+    pytest.param("raise MemoryError", "MemoryError", id="exceptions-fake_memory_error"),
+    pytest.param("def g():\n    yield 1\n    raise SystemExit\nlist(g())", "SystemExit",
+                 id="exceptions-from_generator"),
+    pytest.param("def g():\n    while True:\n        try:\n            yield 1\n"
+                 "        except GeneratorExit:\n            pass\n"
+                 "x = g()\nnext(x)\nx.close()", "RuntimeError", id="exceptions-generator_ignores_close"),
+    pytest.param("try:\n    raise SystemExit\nfinally:\n    raise KeyboardInterrupt", "KeyboardInterrupt",
+                 id="exceptions-chained_base_exceptions"),
+]
+
+
+@pytest.mark.parametrize(("code", "error_type"), EXCEPTIONS)
+def test_exception_does_not_end_the_worker(repl, code, error_type):
+    pid = repl.pid
+    res = repl.execute(code)
+    assert res.error_type == error_type, res.error
+    assert not res.restarted
+    assert repl.pid == pid
+    assert_healthy(repl)
+
+
+def test_system_exit_in_a_generator_finalizer(repl):
+    pid = repl.pid
+    res = repl.execute(
+        "def g():\n    try:\n        yield 1\n    finally:\n        raise SystemExit\nx = g()\nnext(x)\ndel x"
+    )
+    assert not res.restarted and repl.pid == pid
+    assert_healthy(repl)
+
+
+def test_exception_whose_str_raises_system_exit(fresh):
+    """exceptions: formatting the error must not end the worker either (the class
+    is built with the real `type`, see the type_three_args hole)."""
+    pid = fresh.pid
+    res = fresh.execute(
+        "def stop(self):\n    raise SystemExit\n"
+        "try:\n    E = type(type(1))('E', (Exception,), {'__str__': stop, '__repr__': stop})\n"
+        "except Exception:\n    E = KeyError\n"
+        "raise E()"
+    )
+    assert res.error is not None
+    assert not res.restarted and fresh.pid == pid
+    assert_healthy(fresh)
+
+
+# -- host-function abuse -----------------------------------------------------------------------
+
+HOST_ABUSE = [
+    attack("host_function", "sandbox_object", "class A:\n    pass\necho(A())\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "function_argument", "echo(len)\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "generator_argument", "echo(i for i in range(3))\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "bytes_argument", "echo(b'abc')\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "circular_list", "x = []\nx.append(x)\necho(x)\n" + WIN, errors=("ValueError",)),
+    attack("host_function", "tuple_keys", "echo({(1, 2): 3})\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "huge_int", "echo(10 ** 5000)\n" + WIN, errors=("ValueError",)),
+    attack("host_function", "bad_keyword_value", "echo(value=len)\n" + WIN, errors=("TypeError",)),
+    attack("host_function", "host_raises", "boom()\n" + WIN, errors=("HostFunctionError",)),
+    attack("host_function", "wrong_arity", "opaque(1, 2, x=3)\n" + WIN, errors=("HostFunctionError",)),
+    attack("host_function", "host_returns_object", "opaque()\n" + WIN, errors=("HostFunctionError",)),
+    attack("host_function", "stub_closure", "c = getattr(echo, '__closure__')\n" + WIN),
+    attack("host_function", "nested_beyond_json", "x = 0\nfor i in range(10**5):\n    x = [x]\necho(x)\n" + WIN,
+           errors=("RecursionError",)),
+]
+
+
+@pytest.mark.parametrize("a", HOST_ABUSE)
+def test_host_function_abuse(repl, a):
+    check_refused(repl, a, repl.execute(a.code))
+
+
+def test_host_function_huge_argument_round_trip(repl):
+    res = repl.execute("len(echo('x' * 5 * 10**7))")
+    assert res.error is None, res.error
+    assert res.stdout == "50000000\n"
+    assert_healthy(repl)
+
+
+@pytest.mark.parametrize("kind", ["args", "kwargs"])
+def test_host_function_deeply_nested_argument(fresh, kind):
+    """HOLE (parent robustness): the worker encodes nesting up to its own recursion
+    limit, but the parent decodes the frame deeper in its stack; its RecursionError
+    is not caught and escapes from execute(). The deepest nesting the worker can send
+    is found by trying."""
+    call = "echo(nest(depth))" if kind == "args" else "echo(value=nest(depth))"
+    code = (
+        "def nest(n):\n    x = 0\n    for i in range(n):\n        x = [x]\n    return x\n"
+        "sent = 0\n"
+        "for depth in range(1000, 0, -5):\n"
+        "    try:\n"
+        f"        {call}\n"
+        "    except RecursionError:\n"
+        "        continue\n"
+        "    sent = depth\n"
+        "    break\n"
+        "print(sent)\n"
+    )
+    try:
+        res = fresh.execute(code)
+    except RecursionError as e:
+        pytest.fail(f"execute() raised in the parent: {e!r}")
+    assert res.error is None or res.error_type in ("RecursionError", "HostFunctionError", "SandboxCrash"), res.error
+    assert_nothing_leaked(res)
+    follow = fresh.execute("1 + 1")
+    assert follow.stdout == "2\n"
+
+
+def test_secret_is_in_the_parent_but_not_in_the_worker(repl):
+    """Positive control for the secrets cases: the parent does hold the secret, and
+    the worker (started after it was set) was not given it."""
+    assert os.environ[SECRET_NAME] == SECRET_VALUE
+    environ = Path(f"/proc/{repl.pid}/environ").read_bytes()
+    assert SECRET_VALUE.encode() not in environ and SECRET_NAME.encode() not in environ
+    res = repl.execute("print(dir())")
+    assert_nothing_leaked(res, forbid=(SECRET_NAME,))
+
+
+# -- what the corpus ran against ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full OS layer applies to workers started as root")
+def test_isolation_layers_reported(repl):
+    iso = repl.isolation
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        nobody = 65534
+    assert iso["uid"] == nobody
+    assert iso["netns"] is True
+    assert iso["no_new_privs"] is True
+    if platform.machine() == "x86_64" and sys.platform == "linux":
+        assert iso["seccomp"] is True
+
+
+def test_corpus_size():
+    """At least 45 attacks across at least 12 categories."""
+    ids = [p.id for group in (REFUSED, HOLES, CONTAINED, MEMORY_BOMBS, CPU_LOOPS, FLOODS, RECURSION,
+                              NESTED_SOURCE, EXCEPTIONS, HOST_ABUSE) for p in group]
+    categories = {i.split("-")[0] for i in ids}
+    assert len(ids) >= 45
+    assert len(categories) >= 12, categories

@@ -1,0 +1,333 @@
+"""The RLM controller end to end with scripted models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from loopagent import RLM, Budget, ConfigError, InvalidLoopsError, ModelSpecError, model
+from loopagent.backends.scripted import ScriptedBackend
+from loopagent.environments import ContextTooLargeError, UnsupportedContextError
+from loopagent.policies import LoopRequest, get_policy
+from loopagent.trajectory import SCHEMA_VERSION, read_trajectory
+
+
+def repl(code: str) -> str:
+    return f"```repl\n{textwrap.dedent(code).strip()}\n```"
+
+
+def looped_child(**kw):
+    return ScriptedBackend(lambda messages, loops: f"child@{loops}", name="child", looped=True,
+                           default_loops=kw.pop("default_loops", 4), max_loops=kw.pop("max_loops", 8), **kw)
+
+
+def events_of(result, kind=None):
+    events = read_trajectory(result.trajectory)
+    return [e for e in events if kind is None or e.type == kind]
+
+
+# -- a whole run ------------------------------------------------------------------------------------
+
+
+def test_run_answers_with_final_and_logs_everything(tmp_path):
+    root = ScriptedBackend([
+        "First look at it.\n" + repl("print(len(context))\nchunks = [context[i:i + 20] for i in range(0, len(context), 20)]"),
+        repl("notes = llm_batch(['summarize: ' + c for c in chunks])\nprint(notes)"),
+        repl("FINAL(llm_query('combine: ' + ' '.join(notes), loops=2))"),
+    ])
+    rlm = RLM(root, looped_child(), log_dir=tmp_path)
+    result = rlm.run("What is this?", context="x" * 60)
+    assert result.answer == "child@2" and result.finished and result.reason == "final"
+    assert result.iterations == 3
+    u = result.usage
+    assert u.by_depth[0].calls == 3 and u.by_depth[1].calls == 4
+    assert u.total.calls == 7 and u.by_model["child"].calls == 4
+    # loop-tokens: only the looped child's calls, tokens x loops
+    assert u.by_depth[0].loop_tokens == 0
+    assert u.total.loop_tokens == u.by_depth[1].loop_tokens > 0
+    events = events_of(result)
+    assert all(e.v == SCHEMA_VERSION for e in events)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert kinds.count("root_turn") == 3 and kinds.count("repl_exec") == 3 and kinds.count("sub_call") == 4
+    calls = [e for e in events if e.type == "sub_call"]
+    assert [c.loops_chosen for c in calls] == [4, 4, 4, 2]
+    assert [c.loops_requested for c in calls] == [None, None, None, 2]
+    assert calls[-1].loops_executed == 2.0
+    assert events[0].config["child"]["max_loops"] == 8
+    assert "x" * 60 not in json.dumps(events[0].model_dump())  # the context itself is never logged
+    assert "REPL output" in root.calls[1]["messages"][-1]["content"]
+    assert "60" in root.calls[1]["messages"][-1]["content"]
+
+
+def test_final_var_and_final_as_text(tmp_path):
+    root = ScriptedBackend([repl("answer = context.upper()"), "Done.\nFINAL_VAR(answer)"])
+    assert RLM(root).run("q", context="abc").answer == "ABC"
+    root = ScriptedBackend([repl("answer = {'n': 2}\nFINAL_VAR('answer')")])
+    assert RLM(root).run("q", context="abc").answer == "{'n': 2}"
+    root = ScriptedBackend(["I know it.\nFINAL(\"forty two\")"])
+    result = RLM(root).run("q", context="abc")
+    assert result.answer == "forty two" and result.finished
+
+
+def test_reply_without_code_is_answered_not_fatal():
+    root = ScriptedBackend(["I think the answer is blue.", repl("FINAL('blue')")])
+    result = RLM(root).run("q", context="c")
+    assert result.answer == "blue" and result.iterations == 2
+    assert "no ```repl code block" in root.calls[1]["messages"][-1]["content"]
+
+
+def test_out_of_turns_asks_once_for_a_final_answer():
+    root = ScriptedBackend([repl("x = 1"), repl("x = 2"), "FINAL(my best guess)"])
+    result = RLM(root, max_iterations=2).run("q", context="c")
+    assert result.reason == "max_iterations" and not result.finished
+    assert result.answer == "my best guess"
+    assert "out of turns" in root.calls[-1]["messages"][-1]["content"]
+
+
+def test_consecutive_errors_end_the_run_with_a_partial_answer():
+    root = ScriptedBackend(["Trying.\n" + repl("1 / 0")] * 3)
+    result = RLM(root, max_consecutive_errors=3).run("q", context="c")
+    assert result.reason == "consecutive_errors" and not result.finished
+    assert result.answer == "Trying."
+    assert "ZeroDivisionError" in root.calls[1]["messages"][-1]["content"]
+
+
+# -- limits -----------------------------------------------------------------------------------------
+
+
+def test_loop_token_budget_ends_the_run_cleanly(tmp_path):
+    root = ScriptedBackend(["Working.\n" + repl("r = llm_batch(['piece'] * 8)\nprint(r[:1])")] * 10)
+    rlm = RLM(root, looped_child(default_loops=8), budget=Budget(max_loop_tokens=200), log_dir=tmp_path)
+    result = rlm.run("q", context="c")
+    assert result.reason == "max_loop_tokens" and not result.finished
+    assert "loop-tokens" in result.detail
+    assert result.iterations < 10
+    assert result.answer == "Working."
+    assert any(e.type == "limit" and e.reason == "max_loop_tokens" for e in events_of(result))
+
+
+def test_timeout_budget():
+    root = ScriptedBackend([repl("x = llm_query('slow')")] * 10)
+    slow = ScriptedBackend(lambda m, l: "late", latency_s=0.6, name="slow")
+    result = RLM(root, slow, budget={"timeout_s": 1.0}).run("q", context="c")
+    assert result.reason == "timeout"
+    assert result.wall_s < 5
+
+
+def test_explicit_bad_loops_in_code_reach_the_model():
+    root = ScriptedBackend([repl("llm_query('hi', loops=0)"), repl("llm_query('hi', loops=99)"), repl("FINAL('ok')")])
+    result = RLM(root, looped_child()).run("q", context="c")
+    assert result.answer == "ok"
+    assert "positive integer" in root.calls[1]["messages"][-1]["content"]
+    assert "exceeds the maximum of 8" in root.calls[2]["messages"][-1]["content"]
+
+
+# -- recursion and concurrency ----------------------------------------------------------------------------
+
+
+def test_rlm_query_starts_a_child_run_with_its_own_repl(tmp_path):
+    def script(messages, loops):
+        first = messages[1]["content"]
+        turns = sum(1 for m in messages if m["role"] == "assistant")
+        if first.startswith("Count"):  # the child run
+            return repl("FINAL(str(len(context)))") if turns == 0 else "unused"
+        if turns == 0:
+            return repl("sub = rlm_query('Count the letters', context='abcd')\nprint(sub)")
+        return repl("FINAL('child said ' + sub)")
+
+    backend = ScriptedBackend(script, name="m")
+    result = RLM(backend, max_depth=2, log_dir=tmp_path).run("top question", context="whatever")
+    assert result.answer == "child said 4"
+    events = events_of(result)
+    starts = [e for e in events if e.type == "run_start"]
+    assert len(starts) == 2
+    child_start = starts[1]
+    assert child_start.parent_id == starts[0].run_id and child_start.depth == 1
+    call = next(e for e in events if e.type == "sub_call" and e.kind == "rlm_query")
+    assert call.child_run_id == child_start.run_id
+    assert result.usage.total.calls == 3 and result.usage.by_depth[1].calls == 1
+
+
+def test_rlm_query_at_max_depth_is_a_plain_call_with_context_inlined():
+    seen = []
+    child = ScriptedBackend(lambda m, l: seen.append(m[-1]["content"]) or "plain", name="child")
+    root = ScriptedBackend([repl("FINAL(rlm_query('Count', context='abcd'))")])
+    result = RLM(root, child, max_depth=1).run("q", context="c")
+    assert result.answer == "plain"
+    assert seen == ["Count\n\nContext:\nabcd"]
+
+
+def test_llm_batch_runs_concurrently():
+    root = ScriptedBackend([repl("r = llm_batch(['p'] * 16)"), repl("FINAL(str(len(r)))")])
+    child = ScriptedBackend(lambda m, l: "x", latency_s=0.2, name="child")
+    start = time.monotonic()
+    result = RLM(root, child).run("q", context="c")
+    elapsed = time.monotonic() - start
+    assert result.answer == "16"
+    assert elapsed < 16 * 0.2 / 4  # concurrent, not 3.2 s of serial calls
+
+
+def test_concurrency_bound_is_respected():
+    in_flight, peak = 0, 0
+
+    async def reply(messages, loops):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return "x"
+
+    root = ScriptedBackend([repl("r = llm_batch(['p'] * 12)\nFINAL('ok')")])
+    RLM(root, ScriptedBackend(reply, name="c"), concurrency=3).run("q", context="c")
+    assert peak == 3
+
+
+# -- policies -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy, options, request_kw, expected",
+    [
+        ("fixed", {}, dict(depth=1, default=4), 4),
+        ("fixed", {}, dict(depth=1, default=4, explicit=6), 6),
+        ("fixed", {}, dict(depth=1, default=4, explicit=16, max_loops=8), 8),
+        ("by-depth", {}, dict(depth=1, default=8), 8),
+        ("by-depth", {}, dict(depth=3, default=8), 2),
+        ("by-depth", {"schedule": {2: 5}}, dict(depth=2, default=8), 5),
+        ("budgeted", {"fraction": 0.5}, dict(depth=1, default=8, est_tokens=100, remaining_loop_tokens=400), 2),
+        ("budgeted", {}, dict(depth=1, default=8, est_tokens=100, remaining_loop_tokens=None), 8),
+        ("budgeted", {"fraction": 1.0}, dict(depth=1, default=8, est_tokens=100, n_calls=4, remaining_loop_tokens=1600), 4),
+        ("adaptive", {}, dict(depth=1, default=2, max_loops=16), 16),
+    ],
+)
+def test_policies_choose_loops(policy, options, request_kw, expected):
+    choice = get_policy(policy, **options).choose(LoopRequest(kind="llm_query", looped=True, **request_kw))
+    assert choice.loops == expected
+
+
+def test_policies_give_non_looped_models_none_and_adaptive_sets_a_threshold():
+    assert get_policy("by-depth").choose(LoopRequest(depth=1, kind="llm_query", looped=False, explicit=4)).loops is None
+    assert get_policy("adaptive", threshold=0.7).choose(LoopRequest(depth=1, kind="llm_query", looped=True)).exit_threshold == 0.7
+
+
+def test_by_depth_policy_in_a_nested_run(tmp_path):
+    def script(messages, loops):
+        turns = sum(1 for m in messages if m["role"] == "assistant")
+        if len(messages) == 1:  # the plain llm_query
+            return "deep answer"
+        if messages[1]["content"] == "inner":
+            return repl("FINAL(llm_query('deep'))")
+        return repl("FINAL(rlm_query('inner'))") if turns == 0 else "x"
+
+    backend = ScriptedBackend(script, name="m", looped=True, default_loops=8, max_loops=8)
+    result = RLM(backend, max_depth=2, loop_policy="by-depth", log_dir=tmp_path).run("q", context="c")
+    turns = {(e.depth, e.loops_chosen) for e in events_of(result, "root_turn")}
+    assert turns == {(0, 8), (1, 8)}
+    deep = [e for e in events_of(result, "sub_call") if e.kind == "llm_query"]
+    assert deep[0].depth == 1 and deep[0].loops_chosen == 4  # a call made from depth 1 sits at depth 2
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_bad_configuration_fails_before_any_work():
+    with pytest.raises(ModelSpecError, match="unknown model spec"):
+        model("nonsense:thing")
+    with pytest.raises(ModelSpecError, match="not part of this version"):
+        model("embedded")
+    with pytest.raises(InvalidLoopsError):
+        model("scripted", replies=["x"], loops=0)
+    with pytest.raises(ConfigError):
+        RLM(ScriptedBackend(["x"]), max_depth=0)
+    with pytest.raises(ConfigError):
+        RLM(ScriptedBackend(["x"]), budget={"max_usd": -1})
+    with pytest.raises(ConfigError, match="unknown loop policy"):
+        RLM(ScriptedBackend(["x"]), loop_policy="greedy")
+
+
+def test_bad_context_fails_before_any_model_call(tmp_path):
+    root = ScriptedBackend([repl("FINAL(1)")])
+    with pytest.raises(UnsupportedContextError):
+        RLM(root).run("q", context=object())
+    with pytest.raises(ContextTooLargeError):
+        RLM(root, sandbox={"max_context_mb": 0.001}).run("q", context="x" * 5000)
+    with pytest.raises(ConfigError):
+        RLM(root).run("", context="c")
+    assert root.calls == []
+
+
+# -- sessions, async, logs ----------------------------------------------------------------------------------
+
+
+def test_session_keeps_context_and_variables():
+    root = ScriptedBackend([repl("found = context.count('a')\nFINAL(str(found))"), repl("FINAL(str(found * 10))")])
+    with RLM(root).session("banana") as s:
+        assert s.ask("how many a?").answer == "3"
+        second = s.ask("times ten?")
+    assert second.answer == "30"
+    assert "how many a?" in root.calls[1]["messages"][0]["content"]  # earlier Q&A shown to the model
+
+
+def test_arun():
+    root = ScriptedBackend([repl("FINAL(context[::-1])")])
+
+    async def main():
+        return await RLM(root).arun("q", context="abc")
+
+    assert asyncio.run(main()).answer == "cba"
+
+
+def test_killed_run_leaves_a_readable_log(tmp_path):
+    script = textwrap.dedent(f"""
+        import time
+        from loopagent import RLM
+        from loopagent.backends.scripted import ScriptedBackend
+        def reply(messages, loops):
+            if len(messages) > 2:
+                print("READY", flush=True)
+                time.sleep(600)
+            return "```repl\\nx = 1\\n```"
+        RLM(ScriptedBackend(reply), log_dir={str(tmp_path)!r}).run("q", context="c")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (log,) = tmp_path.glob("*.jsonl")
+    kinds = [e.type for e in read_trajectory(log)]
+    assert kinds == ["run_start", "root_turn", "repl_exec"]
+
+
+def test_cli_run_and_show(tmp_path):
+    replies = tmp_path / "root.json"
+    replies.write_text(json.dumps([repl("print(len(context))"), repl("FINAL(context.split()[0])")]))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("hello world")
+    env = {**os.environ, "COLUMNS": "200"}
+    run = subprocess.run(
+        [sys.executable, "-m", "loopagent.cli", "run", "first word?", "-c", str(doc), "--root", f"scripted:{replies}",
+         "--log-dir", str(tmp_path / "runs"), "--json"], capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["answer"] == "hello" and result["reason"] == "final"
+    show = subprocess.run([sys.executable, "-m", "loopagent.cli", "show", result["trajectory"]],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert show.returncode == 0, show.stderr
+    assert "turn 2" in show.stdout and "answer (FINAL)" in show.stdout and "hello" in show.stdout
+    bad = subprocess.run([sys.executable, "-m", "loopagent.cli", "run", "q", "--root", "nope:x"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "unknown model spec" in bad.stdout

@@ -9,6 +9,7 @@ takes its loop budget per request as ``{"loops": n}`` in the request body.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -28,6 +29,10 @@ def _litellm() -> Any:
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
+    # litellm warns on every sync call that its logging worker changed event loop.
+    logger = logging.getLogger("LiteLLM")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
     return litellm
 
 

@@ -9,7 +9,8 @@ Layers, each reported back to the parent so users can see what applied:
   dumps; the CPU limit is set per exec by the worker;
 - ``chroot``: a worker started as root is locked into its private working
   directory (everything it needs is imported before), so the host's files,
-  /tmp and /proc do not exist for it;
+  /tmp and /proc do not exist for it; that directory is a size-capped tmpfs in
+  a private mount namespace (``tmpfs``), so files cannot fill the host's disk;
 - ``uid``: a worker started as root drops to an unprivileged user (root ignores
   RLIMIT_NPROC and can read every file);
 - ``no_new_privs`` and non-dumpable (no ptrace by other sandbox workers);
@@ -31,6 +32,8 @@ from typing import Any
 
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 _PR_SET_DUMPABLE = 4
 _PR_SET_SECCOMP = 22
 _PR_SET_NO_NEW_PRIVS = 38
@@ -75,6 +78,18 @@ def _set_rlimits(limits: dict[str, Any]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     cpu = int(limits["cpu_total_s"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+
+def _private_tmpfs(libc: ctypes.CDLL, path: str, size_mb: int, uid: int, gid: int) -> bool:
+    """Mount a size-capped tmpfs over ``path`` in a new mount namespace (root only);
+    it vanishes with the worker."""
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return False
+    options = f"size={size_mb}m,mode=0700,uid={uid},gid={gid}".encode()
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    return libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, options) == 0
 
 
 def _drop_privileges(uid: int, gid: int) -> None:
@@ -127,11 +142,14 @@ def apply(config: dict[str, Any]) -> dict[str, Any]:
     # Writing past RLIMIT_FSIZE then fails with EFBIG instead of killing the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     report: dict[str, Any] = {
-        "netns": False, "chroot": False, "uid": os.getuid(), "seccomp": False, "no_new_privs": False,
+        "netns": False, "tmpfs": False, "chroot": False, "uid": os.getuid(), "seccomp": False, "no_new_privs": False,
     }
     if config.get("network_isolation", True):
         report["netns"] = _unshare_net(libc)
     _set_rlimits(config["limits"])
+    if os.geteuid() == 0 and config.get("chroot", True):
+        size = int(config["limits"].get("max_disk_mb", 256))
+        report["tmpfs"] = _private_tmpfs(libc, config["workdir"], size, int(config["uid"]), int(config["gid"]))
     os.chdir(config["workdir"])
     os.umask(0o077)
     if os.geteuid() == 0 and config.get("chroot", True):

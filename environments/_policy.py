@@ -58,6 +58,14 @@ _PRELOAD_EXTRA = (
     "encodings.base64_codec", "encodings.hex_codec",
 )
 
+#: Functions of allowed modules that read or write attributes (or evaluate
+#: annotations) by names the caller chooses, with the real getattr/setattr/eval:
+#: each one would bypass every guard here.
+_DENIED_MODULE_ATTRS: dict[str, frozenset[str]] = {
+    "functools": frozenset({"update_wrapper", "wraps", "singledispatch", "singledispatchmethod"}),
+    "string": frozenset({"Formatter"}),
+}
+
 _BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {
     "tb_frame", "tb_next", "f_back", "f_builtins", "f_code", "f_globals", "f_locals",
     "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code",
@@ -142,6 +150,8 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             method = _safe_format if name == "format" else _safe_format_map
             return lambda *a, **k: method(obj, *a, **k)
         return _safe_format if name == "format" else _safe_format_map
+    if isinstance(obj, types.ModuleType) and name in _DENIED_MODULE_ATTRS.get(obj.__name__, ()):
+        raise SandboxPolicyError(f"{obj.__name__}.{name} is not available in the sandbox")
     if isinstance(obj, string.Formatter) or (isinstance(obj, type) and issubclass(obj, string.Formatter)):
         raise SandboxPolicyError("string.Formatter is not available in the sandbox; use str.format or f-strings")
     try:
@@ -219,8 +229,8 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist:
         raise ImportError(f'import of "{name}" is not allowed in the sandbox; available: {allowed}')
     module = sys.modules[name]
     for item in fromlist or ():
-        if item == "*" or item.startswith("_"):
-            raise ImportError(f'"from {name} import {item}" is not allowed')
+        if item == "*" or item.startswith("_") or item in _DENIED_MODULE_ATTRS.get(name, ()):
+            raise ImportError(f'"from {name} import {item}" is not allowed in the sandbox')
         value = getattr(module, item, None)
         if isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
             raise ImportError(f'"{name}.{item}" is not available in the sandbox')
@@ -232,10 +242,13 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist:
 # -- builtins ---------------------------------------------------------------------------
 
 
-def _one_arg_type(obj: Any, *rest: Any) -> type:
+def _one_arg_type(obj: Any, *rest: Any) -> Any:
     if rest:
         raise SandboxPolicyError("type() with three arguments is not allowed; use a class statement")
-    return type(obj)
+    cls = type(obj)
+    # The type of a class is a metaclass (the real `type`), which can build classes
+    # with any dunder method: hand out this function in its place.
+    return _one_arg_type if issubclass(cls, type) else cls
 
 
 def _refuser(message: str) -> Callable[..., Any]:
@@ -326,7 +339,23 @@ class CompiledCell:
 
 
 class _Transformer(RestrictingNodeTransformer):
-    """RestrictedPython's policy, plus reading the names in SAFE_DUNDERS."""
+    """RestrictedPython's policy, plus reading the names in SAFE_DUNDERS, minus
+    annotations (string annotations are evaluated by trusted code with plain eval)."""
+
+    def visit_arg(self, node: ast.arg) -> Any:
+        node.annotation = None
+        return super().visit_arg(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        node.returns = None
+        return super().visit_FunctionDef(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
+        if node.value is None:
+            return None  # a bare annotation binds nothing
+        assign = ast.Assign(targets=[node.target], value=node.value)
+        copy_locations(assign, node)
+        return self.visit(assign)
 
     def visit_Attribute(self, node: ast.Attribute) -> Any:
         if node.attr in SAFE_DUNDERS and isinstance(node.ctx, ast.Load):

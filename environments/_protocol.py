@@ -36,6 +36,7 @@ from typing import Any
 
 HEADER = struct.Struct("!III")
 _CHUNK = 1 << 16
+_BIG_CHUNK = 1 << 20
 # Frames from the worker are bounded so a hostile worker cannot make the parent
 # allocate without limit; the parent-side limit is set by the sandbox config.
 DEFAULT_MAX_FRAME = 1 << 31
@@ -62,7 +63,10 @@ def _dumps(obj: Any, default: Any = None) -> bytes:
 
 
 def _loads(data: bytes | bytearray | memoryview) -> Any:
-    return json.loads(bytes(data).decode("utf-8", "surrogatepass"))
+    try:
+        return json.loads(bytes(data).decode("utf-8", "surrogatepass"))
+    except RecursionError:
+        raise ValueError("message nested too deeply") from None
 
 
 class Channel:
@@ -144,18 +148,16 @@ class Channel:
             out = self._buf[:n]
             del self._buf[:n]
             return out
-        # Large payload: receive straight into its final buffer.
-        out = bytearray(n)
-        have = len(self._buf)
-        out[:have] = self._buf
-        self._buf.clear()
-        view = memoryview(out)
-        while have < n:
+        # Grow with the data actually received (a forged header must not make the
+        # parent allocate memory up front), never reading past the frame.
+        out = self._buf
+        self._buf = bytearray()
+        while len(out) < n:
             self._wait_readable(deadline)
-            got = self.sock.recv_into(view[have:], n - have)
-            if got == 0:
+            chunk = self.sock.recv(min(_BIG_CHUNK, n - len(out)))
+            if not chunk:
                 raise ChannelClosed("connection closed")
-            have += got
+            out += chunk
         return out
 
     def _fill(self, deadline: float | None) -> None:

@@ -135,6 +135,26 @@ def _read_fd_text(fd: int) -> str:
         os.close(fd)
 
 
+_MAX_NESTING = 100
+
+
+def _check_nesting(value: Any, limit: int = _MAX_NESTING) -> None:
+    """Refuse deeply nested host-call arguments before they are encoded (the
+    parent's JSON decoder must never hit its recursion limit)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, set, frozenset)):
+            children = item
+        elif isinstance(item, dict):
+            children = item.values()
+        else:
+            continue
+        if depth >= limit:
+            raise ValueError(f"arguments to host functions may be nested at most {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
@@ -182,6 +202,7 @@ class Worker:
 
     def _stub(self, name: str) -> Callable[..., Any]:
         def host_function(*args: Any, **kwargs: Any) -> Any:
+            _check_nesting([args, kwargs])
             return self._request({"op": "call", "name": name, "args": list(args), "kwargs": kwargs})
 
         host_function.__name__ = host_function.__qualname__ = name
@@ -292,6 +313,9 @@ class Worker:
             error = _format_syntax_error(e)
         else:
             error_type, error = self._run(cell, code, out)
+        if error is not None and len(error) > self.max_output:
+            half = self.max_output // 2
+            error = f"{error[:half]}\n... [{len(error) - 2 * half:,} characters of the error not shown] ...\n{error[-half:]}"
         self._restore_reserved(out)
         return {
             "op": "result",
@@ -342,12 +366,22 @@ def _format_exception(e: BaseException, code: str) -> str:
     """A traceback of the model's own code only (no worker frames)."""
     lines = code.splitlines()
     out = ["Traceback (most recent call last):"]
+    previous, repeats = None, 0
     for frame in traceback.extract_tb(e.__traceback__):
         if frame.filename != _policy.FILENAME:
             continue
+        key = (frame.lineno, frame.name)
+        if key == previous:  # deep recursion: say how often, like Python does
+            repeats += 1
+            continue
+        if repeats:
+            out.append(f"  [previous line repeated {repeats} more times]")
+        previous, repeats = key, 0
         out.append(f"  line {frame.lineno}, in {frame.name}")
         if frame.lineno and 0 < frame.lineno <= len(lines):
             out.append("    " + lines[frame.lineno - 1].strip())
+    if repeats:
+        out.append(f"  [previous line repeated {repeats} more times]")
     try:
         out.append("".join(traceback.format_exception_only(type(e), e)).rstrip())
     except Exception:

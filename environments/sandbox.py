@@ -69,6 +69,7 @@ class SandboxLimits(BaseModel):
     cpu_total_s: int = Field(24 * 3600, ge=10, description="CPU seconds over the worker's whole life (hard RLIMIT_CPU).")
     max_open_files: int = Field(64, ge=16, description="RLIMIT_NOFILE of the worker.")
     max_file_mb: int = Field(64, ge=1, description="Largest file the worker may write (RLIMIT_FSIZE).")
+    max_disk_mb: int = Field(256, ge=1, description="Size of the worker's private tmpfs working directory (as root).")
     startup_timeout_s: float = Field(20.0, gt=0, description="How long to wait for a new worker to become ready.")
 
     @property

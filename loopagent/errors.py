@@ -28,12 +28,12 @@ class InvalidLoopsError(ConfigError):
     """A loop budget that is not a positive integer or exceeds the model's maximum."""
 
 
-class BackendUnavailableError(LoopagentError, ConnectionError):
-    """A model server cannot be reached."""
-
-
 class BackendError(LoopagentError):
     """A model call failed."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """A model server cannot be reached (or answered 5xx / timed out)."""
 
 
 class BudgetExceededError(LoopagentError):

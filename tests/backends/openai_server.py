@@ -5,8 +5,10 @@ It serves ``GET /v1/models`` and non-streaming ``POST /v1/chat/completions`` on
 with scripted texts: a queue (:meth:`FakeOpenAIServer.queue`) or a function of
 the request (:attr:`FakeOpenAIServer.responder`). A request whose body has a
 ``loops`` that is not a positive integer gets HTTP 400 with an OpenAI-style
-error body, like ``loopagent serve`` would. ``latency_s`` delays every
-completion; ``ScriptedError`` in the script makes one call fail.
+error body, like ``loopagent serve`` would. ``latency_s`` (seconds, or a
+function of the request) delays completions; a ``ScriptedError`` in the script
+makes that call fail with its status. The ``server`` fixture of this folder's
+conftest.py starts one per test and shuts it down after.
 
 Example::
 
@@ -91,8 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
         try:
-            if fake.latency_s:
-                time.sleep(fake.latency_s)
+            delay = fake.latency_s(body) if callable(fake.latency_s) else fake.latency_s
+            if delay:
+                time.sleep(delay)
             loops = body.get("loops")
             if "loops" in body and (isinstance(loops, bool) or not isinstance(loops, int) or loops < 1):
                 self._error(400, f"loops must be a positive integer, got {loops!r}", param="loops")
@@ -108,8 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
-            if "loops" in body:
-                usage["loops_executed_mean"] = fake.executed_mean(loops)
+            if "loops" in body and (executed := fake.executed_mean(loops)) is not None:
+                usage["loops_executed_mean"] = executed
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
                 "object": "chat.completion",
@@ -136,7 +139,13 @@ class _HTTPServer(ThreadingHTTPServer):
 class FakeOpenAIServer:
     """An OpenAI-compatible server on 127.0.0.1 (a free port) in a background thread."""
 
-    def __init__(self, *, model_id: str = "tiny-looped", latency_s: float = 0.0) -> None:
+    # Reachable through a fixture's instance (test files cannot import this module
+    # by name under --import-mode=importlib).
+    ScriptedError = ScriptedError
+    count_tokens = staticmethod(count_tokens)
+
+    def __init__(self, *, model_id: str = "tiny-looped",
+                 latency_s: float | Callable[[dict[str, Any]], float] = 0.0) -> None:
         self.model_id = model_id
         self.latency_s = latency_s
         self.lock = threading.Lock()
@@ -148,8 +157,9 @@ class FakeOpenAIServer:
         self.replies: collections.deque[Any] = collections.deque()
         #: Called with the request body when the queue is empty; returns the reply text (or a ScriptedError).
         self.responder: Callable[[dict[str, Any]], Any] | None = None
-        #: Mean executed loops reported for a request with ``loops`` (an adaptive server exits early).
-        self.executed_mean: Callable[[int], float] = lambda loops: loops * 0.75
+        #: Mean executed loops reported for a request with ``loops`` (an adaptive server
+        #: exits early); None leaves ``loops_executed_mean`` out of the usage.
+        self.executed_mean: Callable[[int], float | None] = lambda loops: loops * 0.75
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]
@@ -172,16 +182,10 @@ class FakeOpenAIServer:
             return self.responder(body)
         return "ok"
 
-    def reset(self) -> None:
+    def completions(self) -> list[dict[str, Any]]:
+        """Bodies of the chat-completion requests so far."""
         with self.lock:
-            self.requests.clear()
-            self.headers.clear()
-            self.replies.clear()
-            self.model_list_requests = 0
-            self.max_in_flight = 0
-        self.responder = None
-        self.latency_s = 0.0
-        self.executed_mean = lambda loops: loops * 0.75
+            return list(self.requests)
 
     # -- lifetime --------------------------------------------------------------------
     @property

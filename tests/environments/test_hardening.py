@@ -41,6 +41,11 @@ attempt("read_root_home", lambda: os.listdir("/root"))
 attempt("read_secret_file", lambda: open(config["secret_file"]).read())
 attempt("write_outside_workdir", lambda: open(config["outside_dir"] + "/pwned", "w").write("x"))
 attempt("big_file", lambda: open("big.bin", "wb").write(b"x" * (3 * 1024 * 1024)))
+def fill_disk():
+    for i in range(4):
+        with open(f"part{i}.bin", "wb") as f:
+            f.write(b"x" * (900 * 1024))
+attempt("fill_disk", fill_disk)
 attempt("memory_bomb", lambda: bytearray(2 * 1024 ** 3))
 attempt("unshare", lambda: os.unshare(0x40000000) if hasattr(os, "unshare") else (_ for _ in ()).throw(PermissionError()))
 out["proc_visible"] = os.path.exists("/proc/self")
@@ -60,7 +65,7 @@ def test_os_layer_contains_plain_python(tmp_path):
     outside.mkdir()
     outside.chmod(0o755)
     config = {
-        "limits": {"memory_mb": 512, "max_file_mb": 1, "max_open_files": 32, "cpu_total_s": 60},
+        "limits": {"memory_mb": 512, "max_file_mb": 1, "max_open_files": 32, "cpu_total_s": 60, "max_disk_mb": 2},
         "workdir": workdir,
         "uid": 65534,
         "gid": 65534,
@@ -75,6 +80,7 @@ def test_os_layer_contains_plain_python(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     report = out["report"]
     assert report["uid"] == 65534 and report["netns"] and report["no_new_privs"] and report["chroot"]
+    assert report["tmpfs"]
     if report["seccomp"]:
         assert out["socket_inet"] == "PermissionError"
         assert out["socket_unix"] == "PermissionError"
@@ -90,9 +96,10 @@ def test_os_layer_contains_plain_python(tmp_path):
     assert out["write_outside_workdir"] == "FileNotFoundError"
     assert out["proc_visible"] is False
     assert out["big_file"] == "OSError"  # EFBIG from RLIMIT_FSIZE
+    assert out["fill_disk"] == "OSError"  # ENOSPC: the private tmpfs holds 2 MB
     assert out["memory_bomb"] == "MemoryError"
     assert out["workdir_write"] == "ok"
-    assert (Path(workdir) / "note.txt").exists()
+    assert not (Path(workdir) / "note.txt").exists()  # written to the worker's private tmpfs
     assert not (outside / "pwned").exists()
 
 

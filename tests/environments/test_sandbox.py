@@ -371,6 +371,7 @@ def test_isolation_layers_applied_as_root(repl):
     assert iso["uid"] != 0
     assert iso["netns"] is True
     assert iso["chroot"] is True
+    assert iso["tmpfs"] is True
     assert iso["no_new_privs"] is True
     status = Path(f"/proc/{repl.pid}/status").read_text()
     assert "NoNewPrivs:\t1" in status

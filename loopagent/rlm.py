@@ -291,8 +291,10 @@ class _Run:
         if load:
             self.env.load_context(context)
         self._register()
-        self._log(RunStart, query=query, context=prompts.describe_context(context), config=self.rlm.config())
-        messages = [{"role": "system", "content": self._system_prompt(context)}, {"role": "user", "content": query}]
+        system = self._system_prompt(context)
+        self._log(RunStart, query=query, context=prompts.describe_context(context), config=self.rlm.config(),
+                  system_prompt=system)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": query}]
         reason, detail, errors, iterations = "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
         last_text = ""
         for iteration in range(self.rlm.max_iterations):

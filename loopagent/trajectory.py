@@ -35,6 +35,7 @@ class RunStart(_Event):
     query: str
     context: dict[str, Any] = Field(description="Type and size of the context (never its content).")
     config: dict[str, Any]
+    system_prompt: str = Field(default="", description="What the root model was told about the REPL and limits.")
 
 
 class RootTurn(_Event):

@@ -133,7 +133,7 @@ class SandboxREPL:
         *,
         network_isolation: bool = True,
         seccomp: bool = True,
-        spin_s: float = 0.002,
+        spin_s: float = 0.0005,
         **limit_overrides: Any,
     ) -> None:
         if limits is not None and limit_overrides:
@@ -185,7 +185,7 @@ class SandboxREPL:
             if self._closed:
                 return
             self._closed = True
-            self._stop_worker(graceful=True)
+            self._stop_worker()
             self._finalizer()
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
@@ -202,7 +202,7 @@ class SandboxREPL:
             self._start_worker()
 
     def _start_worker(self) -> None:
-        self._stop_worker(graceful=False)
+        self._stop_worker()
         parent_sock, child_sock = socket.socketpair()
         parent_fd_sock, child_fd_sock = socket.socketpair()
         config = {
@@ -245,13 +245,13 @@ class SandboxREPL:
             msg, _ = self._chan.recv(timeout=self.limits.startup_timeout_s)
         except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
             detail = self._worker_stderr()
-            self._stop_worker(graceful=False)
+            self._stop_worker()
             raise SandboxStartError(
                 f"the sandbox worker did not become ready ({type(e).__name__}). "
                 f"Worker stderr:\n{detail or '(empty)'}"
             ) from None
         if msg.get("op") != "ready":
-            self._stop_worker(graceful=False)
+            self._stop_worker()
             raise SandboxStartError(f"unexpected first message from the sandbox worker: {msg.get('op')!r}")
         self.isolation = dict(msg.get("isolation", {}))
         if self._functions:
@@ -259,13 +259,9 @@ class SandboxREPL:
         if self._context_set:
             self._send_context(self._prepare_context(self._context))
 
-    def _stop_worker(self, *, graceful: bool) -> None:
-        if graceful and self._chan is not None and self._proc is not None and self._proc.poll() is None:
-            try:
-                self._chan.send({"op": "shutdown"})
-                self._proc.wait(timeout=1)
-            except (OSError, subprocess.TimeoutExpired, ValueError):
-                pass
+    def _stop_worker(self) -> None:
+        # The worker holds nothing worth a graceful exit (its files live in a private
+        # tmpfs), and SIGKILL + a blocking wait is ~1 ms against ~15 ms for polling.
         _kill(self._proc)
         if self._chan is not None:
             self._chan.close()
@@ -305,7 +301,7 @@ class SandboxREPL:
 
     def _replace_worker(self) -> None:
         self.restarts += 1
-        self._stop_worker(graceful=False)
+        self._stop_worker()
         self._start_worker()
 
     # -- context ---------------------------------------------------------------------
@@ -556,7 +552,7 @@ class SandboxREPL:
             except BaseException:
                 # Interrupted mid-cell (KeyboardInterrupt, a bug): the worker's state is
                 # unknown, so it is replaced on next use.
-                self._stop_worker(graceful=False)
+                self._stop_worker()
                 raise
 
     def _failed(self, start: float, host_time: float, calls: int, error_type: str, message: str) -> ExecResult:
@@ -624,7 +620,7 @@ class SandboxREPL:
             reply, _ = self._chan.recv(timeout=max(self.limits.timeout_s, 30.0))
         except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
             detail = self._describe_exit()
-            self._stop_worker(graceful=False)
+            self._stop_worker()
             raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
         return reply
 

@@ -4,7 +4,11 @@
 - :func:`median`, :func:`p90`, :func:`summarize`: statistics over samples;
 - :func:`rss_bytes`, :func:`rss_of`: resident memory of this or another process;
 - :class:`Row`, :func:`print_table`: the side-by-side table every benchmark prints;
-- :func:`write_json`: write results, creating the folder.
+- :func:`write_json`: write results, creating the folder;
+- :class:`BaseAdapter`, :func:`bench_args`, :func:`make_peer`, :func:`run_steps`,
+  :class:`RowMaker`, :func:`finish`: the driver every benchmark shares (flags, the rlms peer or n/a
+  with a reason, measurements that fail as n/a, table rows, table + notes + JSON
+  + exit status).
 
 Scripts import it as ``from _common import ...`` (``python bench/x.py`` puts
 bench/ first on ``sys.path``).
@@ -12,6 +16,7 @@ bench/ first on ``sys.path``).
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -19,6 +24,8 @@ import os
 import platform
 import resource
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -28,6 +35,12 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 NA = "n/a"
+MS = 1e3
+
+
+def log(msg: str) -> None:
+    """Progress and warnings go to stderr; stdout carries the table and the results line."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 # -- machine ---------------------------------------------------------------------------
@@ -238,3 +251,167 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+# -- driver ----------------------------------------------------------------------------
+class BaseAdapter:
+    """One library's side of a benchmark. ``name`` labels its log lines; ``shutdown()``
+    releases whatever its constructor started (nothing by default)."""
+
+    name = ""
+
+    def shutdown(self) -> None:
+        pass
+
+
+def bench_args(
+    description: str, quick_help: str, default_out: Path, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse the flags every benchmark takes: --quick, --out, --skip-rlms, --strict.
+
+    ``description`` is the script's docstring; its first paragraph is shown.
+    """
+    ap = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", type=Path, default=default_out, help=f"JSON output path (default {default_out})")
+    ap.add_argument("--skip-rlms", action="store_true", help="measure loopagent alone (rlms columns show n/a)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return ap.parse_args(argv)
+
+
+def make_peer(factory: Callable[[], Any], skip: bool) -> tuple[Any | None, str]:
+    """Construct the rlms adapter: ``(adapter, "")``, or ``(None, why)`` when it is
+    skipped, not installed or fails to start (the rlms columns then show n/a (why))."""
+    if skip:
+        return None, "skipped"
+    try:
+        return factory(), ""
+    except ImportError as e:
+        log(f"rlms unavailable ({e}); install with pip install -e '.[bench]'. Measuring loopagent alone.")
+        return None, "rlms not installed"
+    except Exception as e:
+        log(f"rlms unavailable ({type(e).__name__}: {e}). Measuring loopagent alone.")
+        return None, f"rlms failed to start: {type(e).__name__}"
+
+
+def run_steps(name: str, steps: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+    """Run each measurement in order; one that raises is kept as ``{"error", "traceback"}``
+    (shown as n/a) and the rest still run."""
+    results: dict[str, Any] = {}
+    for key, step in steps.items():
+        t0 = time.perf_counter()
+        try:
+            results[key] = step()
+        except Exception as e:  # keep going: report the failure as n/a
+            results[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            log(f"[{name}] {key}: FAILED {type(e).__name__}: {e}")
+        else:
+            log(f"[{name}] {key}: done in {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def lookup(res: dict[str, Any] | None, *path: str) -> float | None:
+    """The number at ``res[path[0]][path[1]]...``, or None where it is missing or not a number."""
+    cur: Any = res
+    for p in path:
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return float(cur) if isinstance(cur, (int, float)) else None
+
+
+def why_missing(res: dict[str, Any] | None, metric: str, default: str) -> str:
+    """Why a cell is n/a: ``default`` when there are no results, the error's type when the
+    measurement failed, else ""."""
+    if res is None:
+        return default
+    entry = res.get(metric)
+    if isinstance(entry, dict) and "error" in entry:
+        return "error: " + entry["error"].split(":")[0]
+    return ""
+
+
+Check = Callable[[float, float | None], bool | None]
+
+
+class RowMaker:
+    """Builds the rows of a loopagent-vs-rlms table from the two results dicts.
+
+    ``row(metric, key, path, unit, ...)`` appends (and returns) a :class:`Row` with
+    ``ours[key][path...]`` and ``peer[key][path...]``; ``ours_from=(key, path)`` reads
+    loopagent's number from elsewhere. ``check(ours, peer)`` sets ``passed`` (False
+    when loopagent's number is missing). The rows are in ``.rows``.
+    """
+
+    def __init__(self, ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: str) -> None:
+        self.ours = ours
+        self.peer = peer
+        self.peer_reason = peer_reason
+        self.rows: list[Row] = []
+
+    def __call__(self, metric: str, key: str, path: tuple[str, ...], unit: str, target: str = "",
+                 check: Check | None = None, fmt: Callable[[float], str] = fmt_num,
+                 comparable: bool = True, ours_from: tuple[str, tuple[str, ...]] | None = None) -> Row:
+        okey, opath = ours_from or (key, path)
+        o, p = lookup(self.ours, okey, *opath), lookup(self.peer, key, *path)
+        r = Row(metric=metric, ours=o, peer=p, unit=unit, target=target, fmt=fmt, comparable=comparable,
+                note=why_missing(self.ours, okey, ""), peer_note=why_missing(self.peer, key, self.peer_reason))
+        if check is not None:
+            r.passed = check(o, p) if o is not None else False
+        self.rows.append(r)
+        return r
+
+
+def finish(
+    args: argparse.Namespace,
+    *,
+    benchmark: str,
+    versus: str,
+    rows: Sequence[Row],
+    notes: Sequence[str],
+    packages: Sequence[str],
+    config: dict[str, Any],
+    ours: dict[str, Any],
+    peer: dict[str, Any] | None,
+    peer_reason: str,
+    wall0: float,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> int:
+    """Print the table and the notes, write the JSON to ``args.out`` and return the exit
+    status: 1 when a loopagent measurement failed, or (with --strict) a target is missed.
+
+    JSON keys: benchmark, mode, machine, config, *before*, loopagent, rlms,
+    rlms_unavailable, *after*, rows, notes, elapsed_s.
+    """
+    mode = "quick" if args.quick else "full"
+    print()
+    print_table(rows, title=f"{benchmark} benchmark ({mode}; {versus})", ours="loopagent", peer="rlms")
+    for note in notes:
+        print("note: " + note)
+
+    elapsed = time.perf_counter() - wall0
+    data = {
+        "benchmark": benchmark,
+        "mode": mode,
+        "machine": machine_info(packages),
+        "config": config,
+        **(before or {}),
+        "loopagent": ours,
+        "rlms": peer,
+        "rlms_unavailable": peer_reason or None,
+        **(after or {}),
+        "rows": [r.as_dict() for r in rows],
+        "notes": list(notes),
+        "elapsed_s": elapsed,
+    }
+    path = write_json(args.out, data)
+    print(f"results: {path}  ({elapsed:.1f} s; rlms {package_version('rlms') or 'not installed'})")
+
+    failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        log(f"loopagent measurements failed: {', '.join(failed)}")
+        return 1
+    if args.strict and any(r.passed is False for r in rows):
+        return 1
+    return 0

@@ -39,15 +39,14 @@ Without rlms installed, its columns show n/a.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
+import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,19 +54,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    MS,
     RESULTS_DIR,
+    BaseAdapter,
     Row,
-    fmt_num,
-    machine_info,
+    RowMaker,
+    bench_args,
+    finish,
+    log,
+    lookup,
+    make_peer,
     median,
-    package_version,
-    print_table,
+    run_steps,
     summarize,
-    write_json,
 )
 
 DEFAULT_OUT = RESULTS_DIR / "controller.json"
-MS = 1e3
 LATENCY_S = 0.05
 BATCH_N = 64
 QUERY = "How often is the lighthouse mentioned, and what is its keeper called?"
@@ -84,10 +86,6 @@ class Config:
         if quick:
             return cls(overhead_reps=3, batch_reps=2, context_kb=200)
         return cls(overhead_reps=15, batch_reps=5, context_kb=200)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def make_context(kb: int) -> str:
@@ -223,17 +221,12 @@ def _summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- adapters ---------------------------------------------------------------------------------
-class Adapter:
-    name = ""
-
+class Adapter(BaseAdapter):
     def overhead_run(self, context: str, *, logging: bool, tmp: Path) -> dict[str, Any]:
         raise NotImplementedError
 
     def fanout_run(self, pairs: int, tmp: Path) -> dict[str, Any]:
         raise NotImplementedError
-
-    def shutdown(self) -> None:
-        pass
 
 
 class LoopagentAdapter(Adapter):
@@ -461,48 +454,16 @@ def measure_fanout(a: Adapter, reps: int, tmp: Path) -> dict[str, Any]:
     }
 
 
-METRICS = ("overhead_logged", "overhead_unlogged", "fanout")
-
-
 def run_all(a: Adapter, cfg: Config, context: str) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-controller-{a.name}-"))
-    steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "overhead_logged": lambda: measure_overhead(a, context, cfg.overhead_reps, True, tmp),
-        "overhead_unlogged": lambda: measure_overhead(a, context, cfg.overhead_reps, False, tmp),
-        "fanout": lambda: measure_fanout(a, cfg.batch_reps, tmp),
-    }
-    results: dict[str, Any] = {}
     try:
-        for key in METRICS:
-            t0 = time.perf_counter()
-            try:
-                results[key] = steps[key]()
-            except Exception as e:  # keep going: report the failure as n/a
-                results[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-                log(f"[{a.name}] {key}: FAILED {type(e).__name__}: {e}")
-            else:
-                log(f"[{a.name}] {key}: done in {time.perf_counter() - t0:.1f} s")
+        return run_steps(a.name, {
+            "overhead_logged": lambda: measure_overhead(a, context, cfg.overhead_reps, True, tmp),
+            "overhead_unlogged": lambda: measure_overhead(a, context, cfg.overhead_reps, False, tmp),
+            "fanout": lambda: measure_fanout(a, cfg.batch_reps, tmp),
+        })
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return results
-
-
-def _get(res: dict[str, Any] | None, *path: str) -> float | None:
-    cur: Any = res
-    for p in path:
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return float(cur) if isinstance(cur, (int, float)) else None
-
-
-def _why(res: dict[str, Any] | None, metric: str, default: str) -> str:
-    if res is None:
-        return default
-    entry = res.get(metric)
-    if isinstance(entry, dict) and "error" in entry:
-        return "error: " + entry["error"].split(":")[0]
-    return ""
 
 
 def _not_above_peer(o: float, p: float | None) -> bool | None:
@@ -510,20 +471,7 @@ def _not_above_peer(o: float, p: float | None) -> bool | None:
 
 
 def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: str) -> list[Row]:
-    rows: list[Row] = []
-
-    def row(metric: str, key: str, path: tuple[str, ...], unit: str, target: str = "",
-            check: Callable[[float, float | None], bool | None] | None = None, fmt: Callable[[float], str] = fmt_num,
-            comparable: bool = True, ours_from: tuple[str, tuple[str, ...]] | None = None) -> Row:
-        okey, opath = ours_from or (key, path)
-        o, p = _get(ours, okey, *opath), _get(peer, key, *path)
-        r = Row(metric=metric, ours=o, peer=p, unit=unit, target=target, fmt=fmt, comparable=comparable,
-                note=_why(ours, okey, ""), peer_note=_why(peer, key, peer_reason))
-        if check is not None:
-            r.passed = check(o, p) if o is not None else False
-        rows.append(r)
-        return r
-
+    row = RowMaker(ours, peer, peer_reason)
     row("overhead per iteration, logging on, median", "overhead_logged", ("overhead_per_iter_ms", "median"), "ms",
         "<= rlms", _not_above_peer)
     row("overhead per iteration, logging on, p90", "overhead_logged", ("overhead_per_iter_ms", "p90"), "ms")
@@ -539,34 +487,27 @@ def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: s
     row(f"cell with one llm_query, {lat} ms model, median", "fanout", ("single_cell_ms", "median"), "ms")
     row(f"{n}-way batch cell / single-call cell", "fanout", ("ratio",), "x", "<= 2x", lambda o, p: o <= 2.0,
         fmt=lambda v: f"{v:.2f}")
-    return rows
+    return row.rows
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
-    ap.add_argument("--skip-rlms", action="store_true", help="measure loopagent alone (rlms columns show n/a)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = ap.parse_args(argv)
+    args = bench_args(__doc__, "fewer repetitions (smoke test)", DEFAULT_OUT, argv)
     cfg = Config.for_mode(args.quick)
     wall0 = time.perf_counter()
 
     ours_adapter = LoopagentAdapter()
-    peer_adapter: RlmsAdapter | None = None
-    peer_reason = ""
-    if args.skip_rlms:
-        peer_reason = "skipped"
-    else:
-        try:
-            peer_adapter = RlmsAdapter()
-        except ImportError as e:
-            peer_reason = "rlms not installed"
-            log(f"rlms unavailable ({e}); install with pip install -e '.[bench]'. Measuring loopagent alone.")
-        except Exception as e:
-            peer_reason = f"rlms failed to start: {type(e).__name__}"
-            log(f"rlms unavailable ({type(e).__name__}: {e}). Measuring loopagent alone.")
+    peer_adapter, peer_reason = make_peer(RlmsAdapter, args.skip_rlms)
 
+    load_start = _loadavg()
+    if load_start is not None and load_start > 0.5:
+        log(f"note: the machine is busy (1-minute load average {load_start:.2f}); timings will be noisy.")
     context = make_context(cfg.context_kb)
     ours = run_all(ours_adapter, cfg, context)
     peer: dict[str, Any] | None = None
@@ -576,15 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             peer_adapter.shutdown()
 
-    rows = build_rows(ours, peer, peer_reason)
-    title = f"controller benchmark ({'quick' if args.quick else 'full'}; loopagent RLM vs rlms RLM, scripted models)"
-    print()
-    print_table(rows, title=title, ours="loopagent", peer="rlms")
-    iters = _get(ours, "overhead_logged", "iterations")
+    iters = lookup(ours, "overhead_logged", "iterations")
     notes = [
         f"trajectory: {int(iters) if iters else '?'} root turns, 11 child calls (3 llm_query + an 8-way batch), "
         f"{cfg.context_kb} KiB context; models answer at once; overhead = (wall - time inside model calls) / turns, "
-        f"median of {cfg.overhead_reps} runs after a warm-up run.",
+        f"median of {cfg.overhead_reps} runs after a warm-up run (model time includes loopagent's ScriptedBackend "
+        "counting tokens with tiktoken, about 0.1 ms a call).",
         "loopagent runs cells in a confined worker process (started per run: part of setup); rlms' LocalREPL "
         "runs them in-process with exec() and serves llm_query over TCP from an LMHandler thread.",
         "logging on: loopagent log_dir=<tmp> (JSONL trajectory); rlms logger=RLMLogger(log_dir=<tmp>). "
@@ -592,32 +530,23 @@ def main(argv: list[str] | None = None) -> int:
         f"fan-out: child model sleeps {int(LATENCY_S * MS)} ms per call; loopagent runs up to concurrency=64 calls "
         "at once, rlms' LMHandler up to batch_max_concurrent=16.",
     ]
-    for note in notes:
-        print("note: " + note)
-
-    elapsed = time.perf_counter() - wall0
-    data = {
-        "benchmark": "controller",
-        "mode": "quick" if args.quick else "full",
-        "machine": machine_info(["loopagent", "rlms", "RestrictedPython", "pydantic"]),
-        "config": {**cfg.__dict__, "batch_n": BATCH_N, "latency_s": LATENCY_S},
-        "loopagent": ours,
-        "rlms": peer,
-        "rlms_unavailable": peer_reason or None,
-        "rows": [r.as_dict() for r in rows],
-        "notes": notes,
-        "elapsed_s": elapsed,
-    }
-    path = write_json(args.out, data)
-    print(f"results: {path}  ({elapsed:.1f} s; rlms {package_version('rlms') or 'not installed'})")
-
-    failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
-    if failed:
-        log(f"loopagent measurements failed: {', '.join(failed)}")
-        return 1
-    if args.strict and any(r.passed is False for r in rows):
-        return 1
-    return 0
+    if peer is not None:
+        notes.append("rlms' teardown is mostly LMHandler.stop(): socketserver's shutdown() waits for serve_forever's "
+                     "0.5 s poll; 'per turn' rows leave setup and teardown out.")
+    return finish(
+        args,
+        benchmark="controller",
+        versus="loopagent RLM vs rlms RLM, scripted models",
+        rows=build_rows(ours, peer, peer_reason),
+        notes=notes,
+        packages=["loopagent", "rlms", "RestrictedPython", "pydantic"],
+        config={**cfg.__dict__, "batch_n": BATCH_N, "latency_s": LATENCY_S},
+        ours=ours,
+        peer=peer,
+        peer_reason=peer_reason,
+        wall0=wall0,
+        after={"load_avg_1min": {"start": load_start, "end": _loadavg()}},
+    )
 
 
 if __name__ == "__main__":

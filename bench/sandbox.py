@@ -33,11 +33,9 @@ loopagent measurement that fails does.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,21 +43,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    MS,
     RESULTS_DIR,
+    BaseAdapter,
     Row,
-    fmt_num,
-    machine_info,
+    RowMaker,
+    bench_args,
+    finish,
+    make_peer,
     median,
-    package_version,
-    print_table,
     rss_bytes,
     rss_of,
+    run_steps,
     summarize,
-    write_json,
 )
 
 DEFAULT_OUT = RESULTS_DIR / "sandbox.json"
-MS = 1e3
 RSS_SLACK = 64 * 1024  # page-granular allocator noise tolerated over the whole run
 OBJ_SLACK = 256  # one-off objects (caches, interned strings) tolerated over the whole run
 
@@ -82,14 +81,8 @@ class Config:
         return cls(cold_n=20, exec_n=3000, ipc_k=200, ipc_reps=7, mem_n=5000, mem_warmup=500, context_mb=100, context_reps=5)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # -- adapters: one small interface over both REPLs ---------------------------------------
-class Adapter:
-    name = ""
-
+class Adapter(BaseAdapter):
     def make(self) -> Any:
         raise NotImplementedError
 
@@ -109,9 +102,6 @@ class Adapter:
 
     def close(self, inst: Any) -> None:
         raise NotImplementedError
-
-    def shutdown(self) -> None:
-        pass
 
 
 class LoopagentAdapter(Adapter):
@@ -387,61 +377,18 @@ def measure_handoff(a: Adapter, text: str, reps: int) -> dict[str, Any]:
 
 
 # -- driver ------------------------------------------------------------------------------
-METRICS = ("cold_start", "exec", "ipc", "memory", "handoff")
-
-
 def run_all(a: Adapter, cfg: Config, context: str) -> dict[str, Any]:
-    steps: dict[str, Callable[[], dict[str, Any]]] = {
+    return run_steps(a.name, {
         "cold_start": lambda: measure_cold_start(a, cfg.cold_n),
         "exec": lambda: measure_exec(a, cfg.exec_n),
         "ipc": lambda: measure_ipc(a, cfg.ipc_k, cfg.ipc_reps),
         "memory": lambda: measure_memory(a, cfg.mem_n, cfg.mem_warmup),
         "handoff": lambda: measure_handoff(a, context, cfg.context_reps),
-    }
-    results: dict[str, Any] = {}
-    for key in METRICS:
-        t0 = time.perf_counter()
-        try:
-            results[key] = steps[key]()
-        except Exception as e:  # keep going: report the failure as n/a
-            results[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            log(f"[{a.name}] {key}: FAILED {type(e).__name__}: {e}")
-        else:
-            log(f"[{a.name}] {key}: done in {time.perf_counter() - t0:.1f} s")
-    return results
-
-
-def _get(res: dict[str, Any] | None, *path: str) -> float | None:
-    cur: Any = res
-    for p in path:
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return float(cur) if isinstance(cur, (int, float)) else None
-
-
-def _why(res: dict[str, Any] | None, metric: str, default: str) -> str:
-    if res is None:
-        return default
-    entry = res.get(metric)
-    if isinstance(entry, dict) and "error" in entry:
-        return "error: " + entry["error"].split(":")[0]
-    return ""
+    })
 
 
 def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: str, cfg: Config) -> list[Row]:
-    rows: list[Row] = []
-
-    def row(metric: str, key: str, path: tuple[str, ...], unit: str, target: str = "",
-            check: Callable[[float, float | None], bool] | None = None, fmt: Callable[[float], str] = fmt_num,
-            comparable: bool = True) -> Row:
-        o, p = _get(ours, key, *path), _get(peer, key, *path)
-        r = Row(metric=metric, ours=o, peer=p, unit=unit, target=target, fmt=fmt, comparable=comparable,
-                note=_why(ours, key, ""), peer_note=_why(peer, key, peer_reason))
-        if check is not None:
-            r.passed = check(o, p) if o is not None else False
-        rows.append(r)
-        return r
+    row = RowMaker(ours, peer, peer_reason)
 
     def exec_ok(o: float, p: float | None) -> bool:
         return o <= 2.0 and (p is None or o <= 2.0 * p)
@@ -468,33 +415,16 @@ def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: s
     obj_slack = OBJ_SLACK / n
     row("parent gc objects per exec", "memory", ("gc_objects_per_exec",), "obj/exec", f"~0 (<= {obj_slack:.2g}/exec)",
         lambda o, p: o <= obj_slack, fmt=lambda v: f"{v:.3f}", comparable=False)
-    return rows
+    return row.rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small N and a 10 MB context (smoke test)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
-    ap.add_argument("--skip-rlms", action="store_true", help="measure loopagent alone (rlms columns show n/a)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = ap.parse_args(argv)
+    args = bench_args(__doc__, "small N and a 10 MB context (smoke test)", DEFAULT_OUT, argv)
     cfg = Config.for_mode(args.quick)
     wall0 = time.perf_counter()
 
     ours_adapter = LoopagentAdapter()
-    peer_adapter: RlmsAdapter | None = None
-    peer_reason = ""
-    if args.skip_rlms:
-        peer_reason = "skipped"
-    else:
-        try:
-            peer_adapter = RlmsAdapter()
-        except ImportError as e:
-            peer_reason = "rlms not installed"
-            log(f"rlms unavailable ({e}); install with pip install -e '.[bench]'. Measuring loopagent alone.")
-        except Exception as e:
-            peer_reason = f"rlms failed to start: {type(e).__name__}"
-            log(f"rlms unavailable ({type(e).__name__}: {e}). Measuring loopagent alone.")
+    peer_adapter, peer_reason = make_peer(RlmsAdapter, args.skip_rlms)
 
     context = make_context(cfg.context_mb)
     ours = run_all(ours_adapter, cfg, context)
@@ -515,10 +445,6 @@ def main(argv: list[str] | None = None) -> int:
             peer_adapter.shutdown()
     del context
 
-    rows = build_rows(ours, peer, peer_reason, cfg)
-    title = f"sandbox benchmark ({'quick' if args.quick else 'full'}; loopagent SandboxREPL vs rlms LocalREPL)"
-    print()
-    print_table(rows, title=title, ours="loopagent", peer="rlms")
     tool = extra.get("rlms_custom_tool_call", {})
     notes = [
         "rlms LocalREPL runs code in-process with exec(); loopagent runs it in a confined worker process "
@@ -528,34 +454,21 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if "per_call_ms" in tool:
         notes.append(f"for reference, an rlms in-process custom_tools call costs {tool['per_call_ms'] * 1e3:.2f} us (no IPC).")
-    for note in notes:
-        print("note: " + note)
-
-    elapsed = time.perf_counter() - wall0
-    data = {
-        "benchmark": "sandbox",
-        "mode": "quick" if args.quick else "full",
-        "machine": machine_info(["loopagent", "rlms", "RestrictedPython"]),
-        "config": cfg.__dict__,
-        "loopagent_isolation": isolation,
-        "loopagent": ours,
-        "rlms": peer,
-        "rlms_unavailable": peer_reason or None,
-        "extra": extra,
-        "rows": [r.as_dict() for r in rows],
-        "notes": notes,
-        "elapsed_s": elapsed,
-    }
-    path = write_json(args.out, data)
-    print(f"results: {path}  ({elapsed:.1f} s; rlms {package_version('rlms') or 'not installed'})")
-
-    failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
-    if failed:
-        log(f"loopagent measurements failed: {', '.join(failed)}")
-        return 1
-    if args.strict and any(r.passed is False for r in rows):
-        return 1
-    return 0
+    return finish(
+        args,
+        benchmark="sandbox",
+        versus="loopagent SandboxREPL vs rlms LocalREPL",
+        rows=build_rows(ours, peer, peer_reason, cfg),
+        notes=notes,
+        packages=["loopagent", "rlms", "RestrictedPython"],
+        config=cfg.__dict__,
+        ours=ours,
+        peer=peer,
+        peer_reason=peer_reason,
+        wall0=wall0,
+        before={"loopagent_isolation": isolation},
+        after={"extra": extra},
+    )
 
 
 if __name__ == "__main__":

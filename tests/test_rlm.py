@@ -369,3 +369,19 @@ def test_system_prompt_documents_the_repl_and_is_logged(tmp_path):
                    "default 4, at most 8", "5,000 loop-tokens", "20 turns"):
         assert needle in system, needle
     assert events_of(result, "run_start")[0].system_prompt == system
+
+
+def test_rlm_batch_runs_child_runs_concurrently(tmp_path):
+    async def script(messages, loops):
+        if messages[1]["content"].startswith("part"):  # a child run: one slow turn
+            await asyncio.sleep(0.4)
+            return repl("FINAL(context.upper())")
+        turns = sum(1 for m in messages if m["role"] == "assistant")
+        return repl("r = rlm_batch(['part a', 'part b', 'part c'], ['x', 'y', 'z'])\nFINAL('-'.join(r))") if turns == 0 else "x"
+
+    start = time.monotonic()
+    result = RLM(ScriptedBackend(script, name="m"), max_depth=2, log_dir=tmp_path).run("q", context="c")
+    elapsed = time.monotonic() - start
+    assert result.answer == "X-Y-Z"
+    assert len(events_of(result, "run_start")) == 4
+    assert elapsed < 3 * 0.4 + 0.5  # the three child runs overlapped

@@ -4,6 +4,7 @@
 |-----------------------------------|-------------------------------------------|
 | ``litellm:openai/gpt-5``          | any provider litellm knows                |
 | ``served:http://127.0.0.1:8000/v1`` | an OpenAI-compatible server (``#name`` picks a model) |
+| ``hf:/path/to/ckpt``              | a looped checkpoint run with transformers (``looped`` extra) |
 | ``scripted:replies.json``         | replies from a JSON file (tests, docs)    |
 """
 
@@ -16,10 +17,9 @@ from loopagent.errors import InvalidLoopsError, ModelSpecError
 
 _PLANNED = {
     "embedded": "the embedded looped model",
-    "hf": "the transformers backend for looped checkpoints",
     "vllm": "the vLLM backend",
 }
-_KNOWN = "litellm:<provider/model>, served:<base URL>, scripted:<replies.json>"
+_KNOWN = "litellm:<provider/model>, served:<base URL>, hf:<checkpoint dir>, scripted:<replies.json>"
 
 
 def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Backend:
@@ -49,6 +49,13 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
 
         url, _, name = rest.partition("#")
         return LiteLLMBackend.served(url, model=name or None, loops=loops, **kwargs)
+    if kind == "hf" and rest:
+        try:
+            from loopagent.backends.hf import HFLoopedBackend
+            import loopagent.backends.looped  # noqa: F401 - needs torch and transformers
+        except ImportError as e:
+            raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
+        return HFLoopedBackend(rest, loops=loops, **kwargs)
     if kind == "scripted":
         from loopagent.backends.scripted import ScriptedBackend
 

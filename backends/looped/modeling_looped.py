@@ -1,0 +1,555 @@
+"""LoopedForCausalLM: a looped (recurrent-depth) transformer, the reference model.
+
+    tokens -> embed -> prelude layers -> e
+    s_0 = e (or zeros);  for l in range(loops):  s_{l+1} = Core(inject(s_l, e), loop=l)
+    logits = lm_head(norm(coda(s_loops)))
+
+``loops`` is chosen per forward (and per ``generate()`` call); the core block's
+weights are shared across loops (plus optional per-loop LoRA deltas). An optional
+exit gate lets each token stop once its cumulative exit probability passes a
+threshold; ``exit_steps`` reports how many loops every token ran.
+
+KV cache: ``per_loop`` keeps keys/values for every (loop, core layer), so cached
+generation equals an uncached forward exactly; ``shared`` keeps one entry per core
+layer (a position is seen by later tokens at its final loop) and processes
+positions one at a time, so it also matches its own uncached forward exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_looped import LoopedConfig
+
+# -- building blocks ------------------------------------------------------------------------
+
+
+class LoopedRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class LoopLinear(nn.Linear):
+    """``nn.Linear`` plus, optionally, a low-rank delta per loop (relaxed recursion)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int = 0, max_loops: int = 0) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.rank = rank
+        if rank:
+            self.lora_A = nn.Parameter(torch.randn(max_loops, rank, in_features) / math.sqrt(in_features))
+            self.lora_B = nn.Parameter(torch.zeros(max_loops, out_features, rank))
+
+    def forward(self, x: torch.Tensor, loop: int | None = None) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.rank and loop is not None:
+            y = y + F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
+        return y
+
+
+def _rope(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    freqs = positions.float()[..., None] * inv_freq  # [b, t, dim/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, t, dim]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class LoopedAttention(nn.Module):
+    def __init__(self, config: LoopedConfig, core: bool) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d, hd = config.hidden_size, config.head_dim
+        rank = config.lora_rank if core else 0
+
+        def proj(name: str, i: int, o: int, bias: bool) -> LoopLinear:
+            return LoopLinear(i, o, bias, rank if name in config.lora_targets else 0, config.max_loops)
+
+        qkv_bias = config.qkv_bias or config.attention_bias
+        self.q_proj = proj("q_proj", d, self.num_heads * hd, qkv_bias)
+        self.k_proj = proj("k_proj", d, self.num_kv_heads * hd, qkv_bias)
+        self.v_proj = proj("v_proj", d, self.num_kv_heads * hd, qkv_bias)
+        self.o_proj = proj("o_proj", self.num_heads * hd, d, config.attention_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        loop: int | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, t, _ = x.shape
+        q = self.q_proj(x, loop).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rope
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out, loop), (k, v)
+
+
+class LoopedMLP(nn.Module):
+    def __init__(self, config: LoopedConfig, core: bool) -> None:
+        super().__init__()
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        rank = config.lora_rank if core else 0
+
+        def proj(name: str, i: int, o: int) -> LoopLinear:
+            return LoopLinear(i, o, bias, rank if name in config.lora_targets else 0, config.max_loops)
+
+        self.gate_proj, self.up_proj, self.down_proj = proj("gate_proj", d, f), proj("up_proj", d, f), proj("down_proj", f, d)
+
+    def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x, loop)) * self.up_proj(x, loop), loop)
+
+
+class LoopedDecoderLayer(nn.Module):
+    """Pre-norm attention + SwiGLU MLP; with ``sandwich_norm`` the outputs are normalized too."""
+
+    def __init__(self, config: LoopedConfig, core: bool = False) -> None:
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_layernorm = LoopedRMSNorm(config.hidden_size, eps)
+        self.self_attn = LoopedAttention(config, core)
+        self.post_attention_layernorm = LoopedRMSNorm(config.hidden_size, eps)
+        self.mlp = LoopedMLP(config, core)
+        self.sandwich = config.sandwich_norm
+        if self.sandwich:
+            self.attn_out_norm = LoopedRMSNorm(config.hidden_size, eps)
+            self.mlp_out_norm = LoopedRMSNorm(config.hidden_size, eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loop: int | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attn, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, loop)
+        x = x + (self.attn_out_norm(attn) if self.sandwich else attn)
+        mlp = self.mlp(self.post_attention_layernorm(x), loop)
+        x = x + (self.mlp_out_norm(mlp) if self.sandwich else mlp)
+        return x, kv
+
+
+class LoopInjection(nn.Module):
+    """How the prelude output ``e`` enters each loop (see ``LoopedConfig.injection``)."""
+
+    def __init__(self, config: LoopedConfig) -> None:
+        super().__init__()
+        self.mode = config.injection
+        d = config.hidden_size
+        if self.mode == "concat":
+            self.adapter = nn.Linear(2 * d, d, bias=False)
+        elif self.mode == "stable":
+            self.A_log = nn.Parameter(torch.zeros(d))
+            # softplus(dt) ~ 0.5 at init: the state decays by exp(-0.5) per loop
+            self.dt = nn.Parameter(torch.full((d,), math.log(math.expm1(0.5))))
+            self.B = nn.Linear(d, d, bias=False)
+            self.norm = LoopedRMSNorm(d, config.rms_norm_eps)
+
+    def forward(self, s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return s
+        if self.mode == "additive":
+            return s + e
+        if self.mode == "concat":
+            return self.adapter(torch.cat([s, e], dim=-1))
+        dt = F.softplus(self.dt)
+        decay = torch.exp(-dt * torch.exp(self.A_log))  # in (0, 1): a contraction of the state
+        return decay * s + dt * self.B(self.norm(e))
+
+
+class LoopedCache:
+    """Keys and values of a looped model: one entry per prelude/coda layer, and per
+    (loop, core layer) or per core layer (``shared``). Built for one loop budget."""
+
+    def __init__(self, config: LoopedConfig, loops: int) -> None:
+        self.mode = config.kv_cache
+        self.loops = loops
+        self.entries: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.seen = 0
+
+    def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.entries.get(key)
+
+    def append(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        old = self.entries.get(key)
+        self.entries[key] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def nbytes(self) -> int:
+        """Memory held by the cache (the per-loop layout grows with loops, shared does not)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.entries.values())
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.entries = {key: (k.index_select(0, beam_idx), v.index_select(0, beam_idx)) for key, (k, v) in self.entries.items()}
+
+
+@dataclass
+class LoopedCausalLMOutput(ModelOutput):
+    """Output of :class:`LoopedForCausalLM`.
+
+    ``exit_steps`` ([batch, seq]): loops each token ran (all ``loops`` without an
+    exit threshold). ``loop_states`` / ``loop_logits``: the state / logits after each
+    loop (when asked for). ``gate_probs`` ([loops, batch, seq]): the exit gate's
+    per-loop conditional exit probabilities (training the gate).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: LoopedCache | None = None
+    exit_steps: torch.Tensor | None = None
+    loop_states: tuple[torch.Tensor, ...] | None = None
+    loop_logits: tuple[torch.Tensor, ...] | None = None
+    gate_probs: torch.Tensor | None = None
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+class LoopedPreTrainedModel(PreTrainedModel):
+    config_class = LoopedConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["LoopedDecoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, LoopLinear) and module.rank:
+                nn.init.normal_(module.lora_A, std=1.0 / math.sqrt(module.in_features))
+                nn.init.zeros_(module.lora_B)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, LoopedRMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, LoopInjection) and module.mode == "stable":
+            nn.init.zeros_(module.A_log)
+            nn.init.constant_(module.dt, math.log(math.expm1(0.5)))
+
+
+class LoopedModel(LoopedPreTrainedModel):
+    """The looped trunk: embeddings, prelude, looped core, coda, final norm."""
+
+    def __init__(self, config: LoopedConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.prelude = nn.ModuleList(LoopedDecoderLayer(config) for _ in range(config.num_prelude_layers))
+        self.core = nn.ModuleList(LoopedDecoderLayer(config, core=True) for _ in range(config.num_core_layers))
+        self.coda = nn.ModuleList(LoopedDecoderLayer(config) for _ in range(config.num_coda_layers))
+        self.injection = LoopInjection(config)
+        self.loop_norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.loop_norm else None
+        self.exit_gate = nn.Linear(config.hidden_size, 1) if config.exit_gate else None
+        self.norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.final_norm else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def check_loops(self, loops: int | None) -> int:
+        loops = self.config.default_loops if loops is None else loops
+        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+            raise ValueError(f"loops must be a positive integer, got {loops!r}")
+        if loops > self.config.max_loops:
+            raise ValueError(f"loops={loops} exceeds this model's max_loops={self.config.max_loops}")
+        return loops
+
+    def gate(self, s: torch.Tensor) -> torch.Tensor:
+        """Conditional exit probability of every token after a loop."""
+        assert self.exit_gate is not None
+        normed = s if self.loop_norm is not None else self.norm(s)
+        return torch.sigmoid(self.exit_gate(normed).squeeze(-1).float())
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: LoopedCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool = False,
+        loops: int | None = None,
+        exit_threshold: float | None = None,
+        output_loop_states: bool = False,
+        backprop_loops: int | None = None,
+    ) -> dict[str, Any]:
+        loops = self.check_loops(loops)
+        if exit_threshold is not None and self.exit_gate is None:
+            raise ValueError("exit_threshold needs a model with an exit gate (config.exit_gate=True)")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        b, t, _ = x.shape
+        if cache is None and (use_cache or self.config.kv_cache == "shared"):
+            cache = LoopedCache(self.config, loops)
+        if cache is not None and cache.loops != loops:
+            raise ValueError(f"this cache was built for loops={cache.loops}; start a new one for loops={loops}")
+        past = cache.seen if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(b, past + t, dtype=torch.long, device=x.device)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + t]
+        args = (attention_mask, position_ids, cache, loops, exit_threshold, output_loop_states, backprop_loops)
+        if self.config.kv_cache == "shared" and t > 1:
+            # Exact semantics of a shared cache: each position sees earlier ones at their final loop.
+            parts = [self._run(x[:, i : i + 1], attention_mask[:, : past + i + 1], position_ids[:, i : i + 1], *args[2:]) for i in range(t)]
+            return _concat_parts(parts, cache)
+        out = self._run(x, attention_mask, position_ids, *args[2:])
+        return out
+
+    def _mask(self, attention_mask: torch.Tensor, past: int, t: int) -> torch.Tensor:
+        keys = attention_mask[:, : past + t].bool()  # [b, kv]
+        rows = torch.arange(t, device=keys.device)[:, None] + past
+        cols = torch.arange(past + t, device=keys.device)[None, :]
+        causal = cols <= rows  # [t, kv]
+        mask = causal[None] & keys[:, None, :]
+        mask |= cols == rows  # a padding query still attends to itself (no empty rows)
+        return mask[:, None]  # [b, 1, t, kv]
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.LongTensor,
+        cache: LoopedCache | None,
+        loops: int,
+        exit_threshold: float | None,
+        output_loop_states: bool,
+        backprop_loops: int | None,
+    ) -> dict[str, Any]:
+        b, t, _ = x.shape
+        past = cache.seen if cache is not None else 0
+        mask = self._mask(attention_mask, past, t)
+        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+
+        def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool, key: tuple[Any, ...]) -> torch.Tensor:
+            kv_past = cache.get(key) if cache is not None else None
+            h, kv = module(h, rope, mask, kv_past, loop)
+            if cache is not None and store:
+                cache.append(key, kv)
+            return h
+
+        for i, module in enumerate(self.prelude):
+            x = layer("prelude", i, module, x, None, True, ("prelude", i))
+        e = x
+        s = e
+        shared = self.config.kv_cache == "shared"
+        exited = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+        exit_steps = torch.full((b, t), loops, dtype=torch.long, device=x.device)
+        survive = torch.ones(b, t, device=x.device)
+        cdf = torch.zeros(b, t, device=x.device)
+        states, gates = [], []
+        first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
+        for loop in range(loops):
+            grad = contextlib.nullcontext() if loop >= first_grad_loop else torch.no_grad()
+            with grad:
+                h = self.injection(s, e)
+                for i, module in enumerate(self.core):
+                    key = ("core", i) if shared else ("core", loop, i)
+                    h = layer("core", i, module, h, loop, (not shared) or loop == loops - 1, key)
+                if self.loop_norm is not None:
+                    h = self.loop_norm(h)
+            if loop < first_grad_loop:
+                h = h.detach()
+            s = torch.where(exited[..., None], s, h) if exit_threshold is not None else h
+            if self.exit_gate is not None and (exit_threshold is not None or output_loop_states):
+                lam = self.gate(s)
+                gates.append(lam)
+                if exit_threshold is not None and loop < loops - 1:
+                    cdf = cdf + lam * survive
+                    survive = survive * (1 - lam)
+                    newly = ~exited & (cdf >= exit_threshold)
+                    exit_steps = torch.where(newly, torch.full_like(exit_steps, loop + 1), exit_steps)
+                    exited = exited | newly
+            if output_loop_states:
+                states.append(s)
+        h = s
+        for i, module in enumerate(self.coda):
+            h = layer("coda", i, module, h, None, True, ("coda", i))
+        if cache is not None:
+            cache.seen = past + t
+        return {
+            "hidden": self.norm(h),
+            "cache": cache,
+            "exit_steps": exit_steps,
+            "loop_states": tuple(states) if output_loop_states else None,
+            "gate_probs": torch.stack(gates) if gates and output_loop_states else None,
+        }
+
+    def head_states(self, states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, position_ids: torch.LongTensor) -> list[torch.Tensor]:
+        """Run the coda and final norm on intermediate loop states (uncached), e.g.
+        to train on the logits of several loop depths."""
+        t = states[0].shape[1]
+        mask = self._mask(attention_mask, 0, t)
+        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, states[0].dtype)
+        outs = []
+        for h in states:
+            for module in self.coda:
+                h, _ = module(h, rope, mask, None, None)
+            outs.append(self.norm(h))
+        return outs
+
+
+def _concat_parts(parts: list[dict[str, Any]], cache: LoopedCache | None) -> dict[str, Any]:
+    def cat(name: str, dim: int) -> Any:
+        values = [p[name] for p in parts]
+        return None if values[0] is None else torch.cat(values, dim)
+
+    states = None
+    if parts[0]["loop_states"] is not None:
+        states = tuple(torch.cat([p["loop_states"][i] for p in parts], 1) for i in range(len(parts[0]["loop_states"])))
+    return {"hidden": cat("hidden", 1), "cache": cache, "exit_steps": cat("exit_steps", 1),
+            "loop_states": states, "gate_probs": cat("gate_probs", 2)}
+
+
+class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
+    """A looped transformer with a language-modeling head.
+
+    Example::
+
+        model = LoopedForCausalLM(LoopedConfig(vocab_size=256, hidden_size=64, num_attention_heads=4))
+        out = model(input_ids, loops=8)                                  # logits after 8 loops
+        tokens = model.generate(input_ids, loops=2, max_new_tokens=20)   # cached, 2 loops per token
+        model.save_pretrained("ckpt/"); LoopedForCausalLM.from_pretrained("ckpt/")
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LoopedConfig) -> None:
+        super().__init__(config)
+        self.model = LoopedModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not build a DynamicCache: this model keeps a LoopedCache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: LoopedCache | None = None,
+        past_key_values: LoopedCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        loops: int | None = None,
+        exit_threshold: float | None = None,
+        output_loop_states: bool = False,
+        output_loop_logits: bool = False,
+        backprop_loops: int | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> LoopedCausalLMOutput:
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, LoopedCache):
+            raise TypeError(f"LoopedForCausalLM keeps a LoopedCache, got {type(cache).__name__}")
+        use_cache = bool(use_cache) if use_cache is not None else False
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, loops=loops, exit_threshold=exit_threshold,
+            output_loop_states=output_loop_states or output_loop_logits, backprop_loops=backprop_loops,
+        )
+        hidden = out["hidden"]
+        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        logits = self.lm_head(hidden[:, keep]).float()
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        loop_logits = None
+        if output_loop_logits:
+            mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+            positions = position_ids if position_ids is not None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+            loop_logits = tuple(self.lm_head(h).float() for h in self.model.head_states(out["loop_states"], mask, positions))
+        kept = out["cache"] if use_cache else None
+        return LoopedCausalLMOutput(
+            loss=loss, logits=logits, cache=kept, exit_steps=out["exit_steps"],
+            loop_states=out["loop_states"] if output_loop_states else None, loop_logits=loop_logits,
+            gate_probs=out["gate_probs"],
+        )
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Works with generate() in transformers 4.x (``past_key_values``) and 5.x (``cache``)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        loops = self.model.check_loops(kwargs.get("loops"))
+        if cache is None and kwargs.get("use_cache", True) is not False:
+            cache = LoopedCache(self.config, loops)
+        attention_mask = kwargs.get("attention_mask")
+        seen = cache.seen if cache is not None else 0
+        new_ids = input_ids[:, seen:]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, seen:]
+        return {
+            "input_ids": new_ids,
+            "attention_mask": attention_mask,
+            "position_ids": positions,
+            "cache": cache,
+            "use_cache": cache is not None,
+            "loops": loops,
+            "exit_threshold": kwargs.get("exit_threshold"),
+        }
+
+    def _reorder_cache(self, cache: LoopedCache, beam_idx: torch.LongTensor) -> LoopedCache:
+        cache.reorder_cache(beam_idx)
+        return cache
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.LongTensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy (labels = input ids; -100 is ignored)."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
+    return loss if reduction != "none" else loss.view(labels.shape[0], -1)

@@ -1,0 +1,93 @@
+"""The hf: backend: looped checkpoints generated with torch in-process."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from loopagent import RLM, InvalidLoopsError, ModelSpecError, model  # noqa: E402
+from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM  # noqa: E402
+from loopagent.backends.looped.tokenizer import byte_tokenizer  # noqa: E402
+from loopagent.backends.scripted import ScriptedBackend  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("looped")
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LoopedConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                          default_loops=3, max_loops=8, exit_gate=True, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+    LoopedForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_complete_reports_tokens_and_loops(ckpt):
+    backend = model(f"hf:{ckpt}", loops=2, max_new_tokens=6)
+    assert backend.looped and backend.default_loops == 2 and backend.max_loops == 8
+    out = backend.complete(user("hello"))
+    text = backend.tokenizer.apply_chat_template(user("hello"), add_generation_prompt=True, tokenize=False)
+    prompt = len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert out.usage.prompt_tokens == prompt
+    assert 1 <= out.usage.completion_tokens <= 6
+    assert out.loops.requested == 2 and out.loops.executed_mean == 2.0
+    assert out.usage.loop_tokens == 2 * (out.usage.prompt_tokens + out.usage.completion_tokens)
+    assert backend.complete(user("hello"), loops=5).loops.requested == 5
+
+
+def test_mixed_budget_batch_matches_single_calls_and_keeps_order(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=5)
+    prompts = [user("a"), user("longer prompt here"), user("b c"), user("a")]
+    budgets = [1, 4, 2, 4]
+    batched = backend.batch(prompts, loops=budgets)
+    for prompt, n, out in zip(prompts, budgets, batched):
+        alone = backend.complete(prompt, loops=n)
+        assert out.text == alone.text and out.loops.requested == n
+    assert batched[0].text == backend.complete(user("a"), loops=1).text
+
+
+def test_adaptive_exit_reports_a_histogram(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=4)
+    out = backend.complete(user("x"), loops=8, exit_threshold=0.0)
+    assert out.loops.executed_mean == 1.0 and out.loops.exit_histogram == {1: out.usage.prompt_tokens + out.usage.completion_tokens}
+    assert out.usage.loop_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+def test_bad_input(ckpt, tmp_path):
+    with pytest.raises(InvalidLoopsError):
+        model(f"hf:{ckpt}", loops=9)
+    backend = model(f"hf:{ckpt}")
+    with pytest.raises(InvalidLoopsError):
+        backend.complete(user("x"), loops=0)
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        model(f"hf:{tmp_path / 'missing'}")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+                                 intermediate_size=32)).save_pretrained(tmp_path / "llama")
+    with pytest.raises(ModelSpecError, match="loopagent convert"):
+        model(f"hf:{tmp_path / 'llama'}")
+
+
+def test_rlm_with_a_looped_child(ckpt, tmp_path):
+    root = ScriptedBackend([
+        "```repl\nr = llm_batch(['one', 'two'])\nx = llm_query('three', loops=6)\nFINAL(str(len(r)))\n```",
+    ])
+    child = model(f"hf:{ckpt}", loops=2, max_new_tokens=3)
+    result = RLM(root, child, log_dir=tmp_path).run("q", context="c")
+    assert result.answer == "2"
+    depth1 = result.usage.by_depth[1]
+    assert depth1.calls == 3 and depth1.loop_tokens > 0
+    from loopagent.trajectory import read_trajectory
+
+    calls = [e for e in read_trajectory(result.trajectory) if e.type == "sub_call"]
+    assert sorted(c.loops_chosen for c in calls) == [2, 2, 6]
+    assert all(c.loops_executed == c.loops_chosen for c in calls)

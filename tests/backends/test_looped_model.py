@@ -1,0 +1,219 @@
+"""LoopedForCausalLM: the reference looped transformer."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from loopagent.backends.looped import LoopedCache, LoopedConfig, LoopedForCausalLM  # noqa: E402
+
+
+def tiny(**overrides) -> LoopedForCausalLM:
+    torch.manual_seed(0)
+    config = LoopedConfig(**{
+        "vocab_size": 61, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 64, "default_loops": 2, "max_loops": 64, **overrides,
+    })
+    return LoopedForCausalLM(config).eval()
+
+
+def ids(b=2, t=9, seed=1, vocab=61):
+    return torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def greedy_uncached(model, prompt, n, **kw):
+    seq = prompt
+    for _ in range(n):
+        nxt = model(seq, **kw).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    return seq
+
+
+# -- equivalences --------------------------------------------------------------------------------
+
+
+def test_one_loop_without_injection_is_an_ordinary_transformer():
+    model = tiny(injection="none", num_prelude_layers=1, num_core_layers=2, num_coda_layers=1, rope_theta=500.0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=61, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        num_hidden_layers=4, rms_norm_eps=1e-6, rope_theta=500.0, tie_word_embeddings=False,
+    )).eval()
+    ours = model.model
+    layers = [*ours.prelude, *ours.core, *ours.coda]
+    state = {"model.embed_tokens.weight": ours.embed_tokens.weight, "model.norm.weight": ours.norm.weight,
+             "lm_head.weight": model.lm_head.weight}
+    for i, layer in enumerate(layers):
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            state[f"model.layers.{i}.self_attn.{name}.weight"] = getattr(layer.self_attn, name).weight
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            state[f"model.layers.{i}.mlp.{name}.weight"] = getattr(layer.mlp, name).weight
+        state[f"model.layers.{i}.input_layernorm.weight"] = layer.input_layernorm.weight
+        state[f"model.layers.{i}.post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight
+    missing, unexpected = llama.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing)
+    x = ids()
+    with torch.no_grad():
+        assert torch.allclose(model(x, loops=1).logits, llama(x).logits, atol=1e-5)
+        # two loops are the same network with the core stack repeated
+        assert not torch.allclose(model(x, loops=2).logits, llama(x).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("kv_cache", ["per_loop", "shared"])
+@pytest.mark.parametrize("loops", [1, 2, 4])
+def test_cached_generation_equals_uncached(kv_cache, loops):
+    model = tiny(kv_cache=kv_cache, injection="concat" if kv_cache == "shared" else "additive")
+    prompt = ids(t=6)
+    with torch.no_grad():
+        cached = model.generate(prompt, loops=loops, max_new_tokens=8, do_sample=False)
+        reference = greedy_uncached(model, prompt, 8, loops=loops)
+        assert torch.equal(cached, reference)
+        # chunked prefill + one-token steps give the same logits as one forward
+        full = model(reference, loops=loops).logits
+        first = model(reference[:, :4], loops=loops, use_cache=True)
+        second = model(reference[:, 4:], cache=first.cache, use_cache=True, loops=loops)
+        assert torch.allclose(torch.cat([first.logits, second.logits], 1), full, atol=1e-5)
+
+
+def test_left_padded_batch_matches_single_sequences():
+    model = tiny()
+    a, b = ids(b=1, t=7, seed=3), ids(b=1, t=4, seed=4)
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    batch = torch.cat([a, torch.cat([pad, b], 1)])
+    mask = torch.cat([torch.ones(1, 7), torch.cat([torch.zeros(1, 3), torch.ones(1, 4)], 1)]).long()
+    with torch.no_grad():
+        out = model.generate(batch, attention_mask=mask, loops=3, max_new_tokens=5, do_sample=False)
+        alone_a = model.generate(a, loops=3, max_new_tokens=5, do_sample=False)
+        alone_b = model.generate(b, loops=3, max_new_tokens=5, do_sample=False)
+    assert torch.equal(out[0], alone_a[0])
+    assert torch.equal(out[1, 3:], alone_b[0])
+
+
+def test_kv_memory_grows_with_loops_per_loop_and_not_shared():
+    sizes = {}
+    for mode in ("per_loop", "shared"):
+        model = tiny(kv_cache=mode)
+        with torch.no_grad():
+            sizes[mode] = [model(ids(t=5), loops=n, use_cache=True).cache.nbytes() for n in (1, 2, 4)]
+    per_loop, shared = sizes["per_loop"], sizes["shared"]
+    assert per_loop[1] > per_loop[0] and per_loop[2] - per_loop[1] == 2 * (per_loop[1] - per_loop[0])
+    assert shared[0] == shared[1] == shared[2] == per_loop[0]
+
+
+# -- exit gate ------------------------------------------------------------------------------------
+
+
+def test_exit_gate_thresholds_follow_the_definition():
+    model = tiny(exit_gate=True)
+    x = ids()
+    with torch.no_grad():
+        gated0 = model(x, loops=6, exit_threshold=0.0)
+        one = model(x, loops=1)
+        assert torch.all(gated0.exit_steps == 1)  # cumulative exit probability >= 0 after the first loop
+        assert torch.allclose(gated0.logits, one.logits, atol=1e-6)
+        gated1 = model(x, loops=6, exit_threshold=1.0)
+        plain = model(x, loops=6)
+        assert torch.all(gated1.exit_steps == 6)  # never reaches 1 before the last loop
+        assert torch.allclose(gated1.logits, plain.logits, atol=1e-6)
+        # in between, tokens stop at different loops and the states of stopped tokens are frozen
+        with torch.no_grad():
+            model.model.exit_gate.bias.fill_(0.0)
+            model.model.exit_gate.weight.normal_(0, 2.0)
+        mid = model(x, loops=6, exit_threshold=0.5)
+        assert 1 <= mid.exit_steps.min() and mid.exit_steps.max() <= 6
+        assert len(mid.exit_steps.unique()) > 1
+
+
+def test_exit_gate_cached_equals_uncached():
+    model = tiny(exit_gate=True)
+    with torch.no_grad():
+        model.model.exit_gate.weight.normal_(0, 2.0)
+        prompt = ids(t=5)
+        cached = model.generate(prompt, loops=5, max_new_tokens=6, do_sample=False, exit_threshold=0.6)
+        reference = greedy_uncached(model, prompt, 6, loops=5, exit_threshold=0.6)
+    assert torch.equal(cached, reference)
+
+
+def test_exit_threshold_needs_a_gate():
+    with pytest.raises(ValueError, match="exit gate"):
+        tiny()(ids(), exit_threshold=0.5)
+
+
+# -- injection stability ---------------------------------------------------------------------------
+
+
+def test_stable_injection_keeps_states_bounded_where_additive_grows():
+    norms = {}
+    for mode in ("stable", "additive"):
+        model = tiny(injection=mode, num_core_layers=1)
+        with torch.no_grad():
+            states = model(ids(), loops=64, output_loop_states=True).loop_states
+        norms[mode] = [s.norm(dim=-1).mean().item() for s in states]
+    stable, additive = norms["stable"], norms["additive"]
+    assert max(stable) < 3 * stable[7]          # settles: L=64 no bigger than ~L=8
+    assert stable[63] / stable[31] < 1.05       # converged, not creeping up
+    assert additive[63] > 4 * additive[7]       # keeps growing with every loop
+    assert additive[63] > 5 * stable[63]
+
+
+# -- per-loop LoRA -----------------------------------------------------------------------------------
+
+
+def test_per_loop_lora_starts_as_plain_recursion_and_can_differ_per_loop():
+    plain = tiny()
+    lora = tiny(lora_rank=4, lora_targets=["q_proj", "v_proj", "down_proj"])
+    missing, _ = lora.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all("lora_" in k for k in missing)
+    x = ids()
+    with torch.no_grad():
+        assert torch.allclose(lora(x, loops=3).logits, plain(x, loops=3).logits, atol=1e-6)  # B = 0 at init
+        lora.model.core[0].self_attn.q_proj.lora_B[1].normal_(0, 0.5)  # only loop 2 changes
+        assert torch.allclose(lora(x, loops=1).logits, plain(x, loops=1).logits, atol=1e-6)
+        assert not torch.allclose(lora(x, loops=2).logits, plain(x, loops=2).logits, atol=1e-4)
+
+
+# -- save / load ----------------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(exit_gate=True, lora_rank=2, injection="stable", kv_cache="shared")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(again, LoopedForCausalLM)
+    assert again.config.injection == "stable" and again.config.kv_cache == "shared" and again.config.lora_rank == 2
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(model(x, loops=3).logits, again(x, loops=3).logits)
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loops, message", [(0, "positive integer"), (-2, "positive integer"), (65, "max_loops=64"), (2.5, "positive integer")])
+def test_bad_loop_budgets(loops, message):
+    with pytest.raises(ValueError, match=message):
+        tiny()(ids(), loops=loops)
+
+
+def test_cache_of_another_budget_is_refused():
+    model = tiny()
+    cache = model(ids(), loops=2, use_cache=True).cache
+    assert isinstance(cache, LoopedCache)
+    with pytest.raises(ValueError, match="built for loops=2"):
+        model(ids(t=1), cache=cache, use_cache=True, loops=3)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"injection": "multiply"}, "injection must be one of"),
+    ({"kv_cache": "paged"}, "kv_cache must be one of"),
+    ({"default_loops": 9, "max_loops": 4}, "default_loops <= max_loops"),
+    ({"num_attention_heads": 4, "num_key_value_heads": 3}, "multiple of"),
+    ({"lora_targets": ["qkv"]}, "unknown lora_targets"),
+])
+def test_bad_configs(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        LoopedConfig(hidden_size=32, **overrides)

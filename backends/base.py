@@ -141,6 +141,11 @@ class Backend(ABC):
         """Tokens of ``text`` for this model (tiktoken by default)."""
         return token_counter()[0](text)
 
+    def for_role(self, role: str) -> Backend:
+        """The backend to use as an RLM's ``"root"`` or ``"child"``; a backend that
+        bundles role-specific models (the embedded default) returns one of them."""
+        return self
+
     def check(self) -> None:
         """Raise a specific error if the backend cannot work (missing key, unreachable
         server); called before a run starts. Cheap and offline where possible."""

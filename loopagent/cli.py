@@ -123,6 +123,57 @@ def _print_result(result: object) -> None:
 
 
 @app.command()
+def demo(
+    chars: Annotated[int, typer.Option(help="Size of the generated document in characters.")] = 1_000_000,
+    questions: Annotated[int, typer.Option(help="4-hop questions per child loop budget in the table.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the document and questions.")] = 0,
+    log_dir: Annotated[Path, typer.Option(help="Where the trajectories go.")] = Path("runs/demo"),
+) -> None:
+    """Offline demo on the embedded looped models: a long document, REPL programs, looped child calls.
+
+    Prints the answers, whether they are right, usage and trajectory files, then accuracy
+    on 4-hop questions against the child's loop budget (1, 2, 4, 8). No GPU, no keys.
+    """
+    from loopagent import LoopagentError
+    from loopagent.demo import run_demo
+
+    try:
+        report = run_demo(chars=chars, seed=seed, questions=questions, log_dir=log_dir, console=_console)
+    except (LoopagentError, ImportError) as e:
+        _fail(str(e))
+    _console.print(f"[dim]done in {report.seconds:.1f} s[/]")
+
+
+@app.command()
+def train(
+    role: Annotated[str, typer.Argument(help="Which embedded model: child or root.")],
+    out: Annotated[Path, typer.Option(help="Run directory; rerun the same command to resume.")],
+    preset_name: Annotated[Optional[str], typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the data and the initial weights.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
+) -> None:
+    """Train an embedded looped model on the synthetic task families (resumable, deterministic by seed).
+
+    The servable checkpoint lands in OUT/model (use it with --root/--child hf:OUT/model).
+    """
+    from loopagent.backends.embedded.train import preset, train as run_training
+
+    if role not in ("child", "root"):
+        _fail(f"ROLE must be child or root, got {role!r}")
+    try:
+        config = preset(preset_name or role, steps=steps, seed=seed)
+        if config.role != role:
+            _fail(f"preset {preset_name!r} trains the {config.role}, not the {role}")
+        result = run_training(config, out, resume=resume)
+    except ValueError as e:
+        _fail(str(e))
+    _console.print(f"trained {role} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}")
+    _console.print(f"evaluation: {result.evaluation}", highlight=False)
+    _console.print(f"checkpoint: {result.out / 'model'}")
+
+
+@app.command()
 def show(
     path: Annotated[Path, typer.Argument(help="A trajectory JSONL written by a run.")],
     width: Annotated[int, typer.Option(help="Characters of text shown per line.")] = 100,
@@ -171,6 +222,183 @@ def sandbox(
     if result.error:
         _console.print(result.error, style="red", markup=False, highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    kind: Annotated[str, typer.Argument(help="ouro | huginn | retrofit (a Llama/Qwen2/Mistral checkpoint).")],
+    src: Annotated[Path, typer.Argument(help="Source checkpoint folder (config.json + safetensors or .bin).")],
+    dst: Annotated[Path, typer.Argument(help="Folder for the converted LoopedForCausalLM (safetensors).")],
+    core: Annotated[
+        Optional[str],
+        typer.Option(help="retrofit: layers START:END become the looped core (default: the middle half)."),
+    ] = None,
+    loops: Annotated[
+        Optional[int], typer.Option(help="Default loop budget (ouro: total_ut_steps, huginn: mean_recurrence, retrofit: 1).")
+    ] = None,
+    max_loops: Annotated[
+        Optional[int], typer.Option(help="Largest loop budget the model accepts (default: 2x trained; retrofit: 8).")
+    ] = None,
+    initial_state: Annotated[
+        Optional[str], typer.Option(help="huginn: first loop state, zeros (deterministic, default) or random (upstream's sampling).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto (the source's), float32, bfloat16 or float16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Write into DST even if it is not empty.")] = False,
+) -> None:
+    """Convert an Ouro or Huginn checkpoint, or retrofit a plain Llama/Qwen2 one, into a looped model.
+
+    Example: loopagent convert retrofit ./Qwen2.5-0.5B ./qwen-looped --core 8:16 --loops 1 --max-loops 4
+    """
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        _fail(f"{dst} exists and is not an empty folder; choose another DST or pass --overwrite")
+    try:
+        from loopagent.backends.looped.convert import ConversionError, describe
+        from loopagent.backends.looped.convert import convert as run_conversion
+    except ImportError as e:
+        _fail(f"converting needs the looped extra (pip install 'loopagent[looped]'): {e}")
+    if initial_state is not None and kind != "huginn":
+        _fail("--initial-state applies to huginn only")
+    with _console.status(f"converting {src} ({kind}) ..."):
+        try:
+            model = run_conversion(
+                kind, src, dst, core=core, loops=loops, max_loops=max_loops, initial_state=initial_state, dtype=dtype
+            )
+        except ConversionError as e:
+            _fail(str(e))
+    table = Table(title=f"{kind} -> {dst}", show_header=False)
+    for key, value in describe(model).items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    _console.print(table)
+
+
+def _parse_task_options(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are JSON when they parse (2, 0.5, true, [1,2]), else strings."""
+    import json
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--task-option takes key=value, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command("eval")
+def eval_(
+    task: Annotated[str, typer.Argument(help="Task name (see the error message of an unknown name for the list).")],
+    root: Annotated[str, typer.Option(help="Root model spec.")] = ...,  # type: ignore[assignment]
+    child: Annotated[Optional[str], typer.Option(help="Child model spec (default: the root model).")] = None,
+    root_loops: Annotated[Optional[str], typer.Option(help="Root loop budgets to sweep, e.g. 1,4,8 (looped roots only; default: the model's default).")] = None,
+    child_loops: Annotated[Optional[str], typer.Option(help="Child loop budgets to sweep, e.g. 1,2,4,8 (looped children only).")] = None,
+    depth: Annotated[str, typer.Option(help="RLM depths (max_depth) to sweep, e.g. 1,2.")] = "1",
+    lengths: Annotated[str, typer.Option(help="Context lengths in characters, e.g. 32k,1m (k = 1,000, m = 1,000,000).")] = ...,  # type: ignore[assignment]
+    n: Annotated[int, typer.Option("--n", help="Items per length.")] = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option(help="Output directory (results.jsonl, trajectories/, report.md); rerun to resume.")] = ...,  # type: ignore[assignment]
+    seed: Annotated[int, typer.Option(help="Seed of the task generator.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Items in flight at once.")] = 8,
+    baseline: Annotated[Optional[str], typer.Option(help="Baselines to add: root_only, no_loops (comma-separated).")] = None,
+    baseline_chars: Annotated[int, typer.Option(help="root_only baseline: characters of the context the root model sees.")] = 100_000,
+    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (repeatable).")] = None,
+    policy: Annotated[str, typer.Option(help="Loop policy: fixed, by-depth, budgeted, adaptive.")] = "fixed",
+    max_iterations: Annotated[int, typer.Option(help="Root turns per run.")] = 20,
+    max_loop_tokens: Annotated[Optional[int], typer.Option(help="Budget per run: tokens x loops over all calls.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Budget per run: prompt + completion tokens.")] = None,
+    max_usd: Annotated[Optional[float], typer.Option(help="Budget per run: USD (known prices).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Budget per run: wall-clock seconds.")] = None,
+    child_concurrency: Annotated[int, typer.Option(help="Child calls in flight at once within a run.")] = 64,
+    extend: Annotated[bool, typer.Option(help="Allow adding grid values (loops, depths, lengths, baselines) to an existing OUT.")] = False,
+    retry_errors: Annotated[bool, typer.Option(help="Re-run items whose run crashed (their new record replaces the old).")] = False,
+    report: Annotated[bool, typer.Option(help="Write OUT/report.md at the end.")] = True,
+) -> None:
+    """Sweep root loops x child loops x depth x length over a task's items, resumably.
+
+    Example: loopagent eval sniah --root litellm:openai/gpt-4o-mini --child hf:ckpt --child-loops 1,2,4,8 --depth 1,2 --lengths 32k,1m --n 50 --out evals/sniah --baseline root_only,no_loops
+
+    Rerun the same command to resume: finished items are skipped. A different configuration against an existing OUT is refused (--extend may add grid values). A model that is not looped takes no loop list (giving one is an error).
+    """
+    from loopagent import LoopagentError
+    from loopagent.environments import SandboxError
+    from loopagent.evals.base import UnknownTaskError
+    from loopagent.evals.runner import ResultsCorrupt, parse_int_list, parse_loops_list, run_eval
+
+    try:
+        summary = run_eval(
+            task,
+            root=root,
+            child=child,
+            root_loops=parse_loops_list(root_loops, "--root-loops"),
+            child_loops=parse_loops_list(child_loops, "--child-loops"),
+            depths=parse_int_list(depth, "--depth"),
+            lengths=[x.strip() for x in lengths.split(",") if x.strip()],
+            n=n,
+            out=out,
+            seed=seed,
+            concurrency=concurrency,
+            baselines=[b.strip() for b in (baseline or "").split(",") if b.strip()],
+            baseline_chars=baseline_chars,
+            task_options=_parse_task_options(task_option or []),
+            rlm_options={
+                "max_iterations": max_iterations,
+                "loop_policy": policy,
+                "concurrency": child_concurrency,
+                "budget": {"max_loop_tokens": max_loop_tokens, "max_tokens": max_tokens, "max_usd": max_usd, "timeout_s": timeout},
+            },
+            extend=extend,
+            retry_errors=retry_errors,
+        )
+    except UnknownTaskError as e:
+        _fail(str(e))
+    except ImportError as e:
+        _fail(f"the evaluation tasks could not be loaded: {e}")
+    except (LoopagentError, SandboxError, ResultsCorrupt, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    _console.print(f"{summary.task}: {summary.jobs_run} runs now, {summary.jobs_skipped} already done, "
+                   f"{summary.errors} crashed ({summary.elapsed_s:.1f} s)", highlight=False)
+    table = Table()
+    table.add_column("config")
+    table.add_column("accuracy", justify="right")
+    for key, acc in summary.accuracy.items():
+        table.add_row(key, f"{acc:.3f}")
+    _console.print(table)
+    if summary.jobs_run:
+        ratio = f" ({summary.overhead_ratio:.1%} of model time)" if summary.overhead_ratio is not None else ""
+        _console.print(
+            f"per run: {summary.mean_wall_s:.3f} s wall, {summary.mean_model_time_s:.3f} s in model calls, "
+            f"overhead {summary.mean_overhead_s:.3f} s{ratio}: sandbox {summary.mean_setup_s:.3f} s, "
+            f"controller {summary.mean_controller_s:.3f} s, runner {summary.mean_runner_s:.4f} s",
+            highlight=False,
+        )
+    if report:
+        from loopagent.evals.report import write_report
+
+        _console.print(f"report: {write_report(out)}", highlight=False)
+    else:
+        _console.print(f"results: {out / 'results.jsonl'}  (loopagent report {out})", highlight=False)
+
+
+@app.command("report")
+def report_(
+    out: Annotated[Path, typer.Argument(help="An output directory of `loopagent eval`.")],
+    plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'loopagent[evals]').")] = True,
+) -> None:
+    """Write OUT/report.md (accuracy tables with 95% CIs, Pareto fronts, timings) and OUT/plots/*.png.
+
+    Works on partial results (a killed or running sweep).
+    """
+    from loopagent.evals.report import write_report
+    from loopagent.evals.runner import ResultDirConflict, ResultsCorrupt
+
+    if not out.is_dir():
+        _fail(f"{out} is not a directory; pass the --out of `loopagent eval`")
+    try:
+        path = write_report(out, plots=plots)
+    except (FileNotFoundError, ResultsCorrupt, ResultDirConflict) as e:
+        _fail(str(e))
+    _console.print(f"report: {path}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 | spec                              | backend                                   |
 |-----------------------------------|-------------------------------------------|
+| ``embedded``                      | the shipped small looped root + child (offline, CPU) |
 | ``litellm:openai/gpt-5``          | any provider litellm knows                |
 | ``served:http://127.0.0.1:8000/v1`` | an OpenAI-compatible server (``#name`` picks a model) |
 | ``hf:/path/to/ckpt``              | a looped checkpoint run with transformers (``looped`` extra) |
@@ -16,10 +17,9 @@ from loopagent.backends.base import Backend
 from loopagent.errors import InvalidLoopsError, ModelSpecError
 
 _PLANNED = {
-    "embedded": "the embedded looped model",
     "vllm": "the vLLM backend",
 }
-_KNOWN = "litellm:<provider/model>, served:<base URL>, hf:<checkpoint dir>, scripted:<replies.json>"
+_KNOWN = "embedded[:root|:child], litellm:<provider/model>, served:<base URL>, hf:<checkpoint dir>, scripted:<replies.json>"
 
 
 def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Backend:
@@ -49,6 +49,12 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
 
         url, _, name = rest.partition("#")
         return LiteLLMBackend.served(url, model=name or None, loops=loops, **kwargs)
+    if kind == "embedded":
+        try:
+            from loopagent.backends.embedded import EmbeddedBackend, embedded_role
+        except ImportError as e:
+            raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
+        return embedded_role(rest, loops=loops, **kwargs) if rest else EmbeddedBackend(loops=loops, **kwargs)
     if kind == "hf" and rest:
         try:
             from loopagent.backends.hf import HFLoopedBackend

@@ -436,8 +436,10 @@ class RLM:
         log_dir: str | Path | None = None,
         log_text_limit: int | None = 20_000,
     ) -> None:
-        self.root = build_model(root) if isinstance(root, str) else root
-        self.child = self.root if child is None else (build_model(child) if isinstance(child, str) else child)
+        root_backend = build_model(root) if isinstance(root, str) else root
+        child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
+        self.root = root_backend.for_role("root")
+        self.child = child_backend.for_role("child")
         for name, value, low in (("max_depth", max_depth, 1), ("max_iterations", max_iterations, 1),
                                  ("max_consecutive_errors", max_consecutive_errors, 1), ("concurrency", concurrency, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

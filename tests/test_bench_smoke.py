@@ -1,11 +1,14 @@
 """Smoke tests of the benchmarks in bench/: each runs end to end and writes its JSON.
 
 They must pass without rlms installed (CI installs only the test extra): a
-script then measures loopagent alone and shows n/a in the rlms columns.
+script then measures loopagent alone and shows n/a in the rlms columns. The
+looped benchmark needs torch and transformers (the looped extra); without them
+it is skipped.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+HAS_TORCH = all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def check_sandbox(data: dict[str, Any]) -> None:
@@ -53,11 +57,43 @@ def check_controller(data: dict[str, Any]) -> None:
         assert all(row["peer"] is None for row in data["rows"])
 
 
+def check_looped(data: dict[str, Any]) -> None:
+    loops = data["config"]["loops"]
+    assert loops == [1, 2, 4]
+    assert data["machine"]["torch_threads"] >= 1
+    for mode in ("per_loop", "shared"):
+        res = data["loopagent"][mode]
+        assert "error" not in res, res.get("traceback")
+        for L in loops:
+            entry = res["loops"][str(L)]
+            assert entry["prefill"]["tokens_per_s"] > 0
+            assert entry["decode"]["tokens_per_s"] > 0
+            assert entry["kv"]["nbytes"] == entry["kv"]["expected_nbytes"] > 0
+        assert res["generate_check"]["matches"]
+        fits = data["fits"][mode]
+        for phase in ("prefill", "decode", "kv_bytes"):
+            fit = fits[phase]
+            assert {"a", "b", "r2", "ratio_last_over_first", "target", "passed"} <= fit.keys()
+            assert fit["r2"] <= 1.0 + 1e-9
+            assert isinstance(fit["passed"], bool)
+    # Memory is exact, not timed: per-loop KV grows with loops, shared KV stays flat.
+    assert data["fits"]["per_loop"]["kv_bytes"]["passed"]
+    assert data["fits"]["per_loop"]["kv_bytes"]["b"] > 0
+    assert data["fits"]["shared"]["kv_bytes"]["passed"]
+    assert data["fits"]["shared"]["kv_bytes"]["b"] == 0
+    assert {(t["cache"], t["metric"]) for t in data["targets"]} >= {("per_loop", "prefill"), ("shared", "kv_bytes")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "timeout", "check"),
-    [("sandbox", 100, check_sandbox), ("controller", 110, check_controller)],
-    ids=["sandbox", "controller"],
+    [
+        ("sandbox", 100, check_sandbox),
+        ("controller", 110, check_controller),
+        pytest.param("looped", 120, check_looped, marks=pytest.mark.skipif(
+            not HAS_TORCH, reason="needs the looped extra (torch, transformers)")),
+    ],
+    ids=["sandbox", "controller", "looped"],
 )
 def test_bench_quick(tmp_path: Path, script: str, timeout: int, check: Callable[[dict[str, Any]], None]) -> None:
     out = tmp_path / f"{script}.json"

@@ -245,7 +245,9 @@ def test_bad_configuration_fails_before_any_work():
     with pytest.raises(ModelSpecError, match="unknown model spec"):
         model("nonsense:thing")
     with pytest.raises(ModelSpecError, match="not part of this version"):
-        model("embedded")
+        model("vllm:/some/ckpt")
+    with pytest.raises(ModelSpecError, match="embedded role"):
+        model("embedded:teacher")
     with pytest.raises(InvalidLoopsError):
         model("scripted", replies=["x"], loops=0)
     with pytest.raises(ConfigError):

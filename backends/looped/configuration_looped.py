@@ -8,6 +8,9 @@ from transformers import PretrainedConfig
 
 INJECTIONS = ("none", "additive", "concat", "stable")
 KV_CACHES = ("per_loop", "shared")
+INITIAL_STATES = ("embed", "zeros", "random")
+SANDWICH_STYLES = ("output", "residual")
+ROPE_FREQ_SCALINGS = ("linear", "llama3")
 
 
 class LoopedConfig(PretrainedConfig):
@@ -34,6 +37,27 @@ class LoopedConfig(PretrainedConfig):
         loop_norm: apply an RMSNorm to the state at the end of every loop (Ouro).
         final_norm: apply the final RMSNorm before the coda output head.
         qkv_bias / attention_bias / mlp_bias: biases (Qwen2 has q/k/v biases).
+
+    Options added for exact checkpoint conversion (``backends/looped/convert.py``); each
+    default keeps the behaviour above:
+
+        sandwich_style: where ``sandwich_norm`` normalizes. ``"output"`` (default, Ouro):
+            ``x + norm(attn(...))``; ``"residual"`` (Huginn): ``norm(x + attn(...))``, i.e.
+            the residual stream itself is normalized after the attention and after the MLP.
+        initial_state: the first loop state ``s_0``: ``"embed"`` (default: the prelude
+            output ``e``), ``"zeros"`` (Huginn with ``init_scale=0``: deterministic) or
+            ``"random"`` (Huginn's default: a normal truncated at 3 standard deviations,
+            ``initial_state_std``, drawn anew for every forward).
+        initial_state_std: standard deviation of the ``"random"`` initial state.
+        embedding_scale: multiply the input embeddings (also ``inputs_embeds`` passed in)
+            by this factor before the prelude (Huginn: ``sqrt(hidden_size)``); default 1.0.
+        norm_before_coda: also apply the final norm (same weights) to the state after the
+            last loop, before the coda (Huginn applies its ``ln_f`` twice); needs
+            ``final_norm``.
+        rope_freq_scaling: RoPE frequency scaling as in a Llama config's ``rope_scaling``:
+            ``None`` (default), ``{"rope_type": "linear", "factor": f}`` or
+            ``{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+            "original_max_position_embeddings"}`` (Llama 3.1+).
 
     Example::
 
@@ -69,6 +93,12 @@ class LoopedConfig(PretrainedConfig):
         qkv_bias: bool = False,
         attention_bias: bool = False,
         mlp_bias: bool = False,
+        sandwich_style: str = "output",
+        initial_state: str = "embed",
+        initial_state_std: float = 1.0,
+        embedding_scale: float = 1.0,
+        norm_before_coda: bool = False,
+        rope_freq_scaling: dict[str, Any] | None = None,
         rms_norm_eps: float = 1e-6,
         rope_theta: float = 10000.0,
         max_position_embeddings: int = 4096,
@@ -103,6 +133,12 @@ class LoopedConfig(PretrainedConfig):
         self.qkv_bias = qkv_bias
         self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
+        self.sandwich_style = sandwich_style
+        self.initial_state = initial_state
+        self.initial_state_std = initial_state_std
+        self.embedding_scale = embedding_scale
+        self.norm_before_coda = norm_before_coda
+        self.rope_freq_scaling = dict(rope_freq_scaling) if rope_freq_scaling else None
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         self.max_position_embeddings = max_position_embeddings
@@ -142,6 +178,22 @@ class LoopedConfig(PretrainedConfig):
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not 0.0 <= self.exit_threshold <= 1.0:
             raise ValueError(f"exit_threshold must be in [0, 1], got {self.exit_threshold}")
+        if self.sandwich_style not in SANDWICH_STYLES:
+            raise ValueError(f"sandwich_style must be one of {SANDWICH_STYLES}, got {self.sandwich_style!r}")
+        if self.initial_state not in INITIAL_STATES:
+            raise ValueError(f"initial_state must be one of {INITIAL_STATES}, got {self.initial_state!r}")
+        if self.initial_state == "random" and not self.initial_state_std > 0:
+            raise ValueError(f"initial_state_std must be > 0 for a random initial state, got {self.initial_state_std}")
+        if self.norm_before_coda and not self.final_norm:
+            raise ValueError("norm_before_coda reuses the final norm: it needs final_norm=True")
+        if self.rope_freq_scaling is not None:
+            kind = self.rope_freq_scaling.get("rope_type", self.rope_freq_scaling.get("type"))
+            if kind not in ROPE_FREQ_SCALINGS:
+                raise ValueError(f"rope_freq_scaling['rope_type'] must be one of {ROPE_FREQ_SCALINGS}, got {kind!r}")
+            needed = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}[kind]
+            missing = [k for k in needed if k not in self.rope_freq_scaling]
+            if missing:
+                raise ValueError(f"rope_freq_scaling of type {kind!r} needs {missing}")
         unknown = set(self.lora_targets) - {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
         if unknown:
             raise ValueError(f"unknown lora_targets {sorted(unknown)}; choose from q/k/v/o_proj, gate/up/down_proj")

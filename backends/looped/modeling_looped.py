@@ -63,8 +63,30 @@ class LoopLinear(nn.Linear):
         return y
 
 
-def _rope(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+def _rope_inv_freq(dim: int, theta: float, scaling: dict[str, Any] | None, device: torch.device) -> torch.Tensor:
+    """Rotary inverse frequencies, optionally scaled (``LoopedConfig.rope_freq_scaling``)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    # llama3 (Llama 3.1+): long wavelengths scaled by 1/factor, short kept, a smooth ramp between
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _rope(
+    positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype, scaling: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = _rope_inv_freq(dim, theta, scaling, positions.device)
     freqs = positions.float()[..., None] * inv_freq  # [b, t, dim/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, t, dim]
@@ -143,6 +165,7 @@ class LoopedDecoderLayer(nn.Module):
         self.post_attention_layernorm = LoopedRMSNorm(config.hidden_size, eps)
         self.mlp = LoopedMLP(config, core)
         self.sandwich = config.sandwich_norm
+        self.residual_sandwich = config.sandwich_norm and config.sandwich_style == "residual"
         if self.sandwich:
             self.attn_out_norm = LoopedRMSNorm(config.hidden_size, eps)
             self.mlp_out_norm = LoopedRMSNorm(config.hidden_size, eps)
@@ -156,6 +179,9 @@ class LoopedDecoderLayer(nn.Module):
         loop: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attn, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, loop)
+        if self.residual_sandwich:  # Huginn: the residual stream itself is normalized
+            x = self.attn_out_norm(x + attn)
+            return self.mlp_out_norm(x + self.mlp(self.post_attention_layernorm(x), loop)), kv
         x = x + (self.attn_out_norm(attn) if self.sandwich else attn)
         mlp = self.mlp(self.post_attention_layernorm(x), loop)
         x = x + (self.mlp_out_norm(mlp) if self.sandwich else mlp)
@@ -316,6 +342,8 @@ class LoopedModel(LoopedPreTrainedModel):
         if exit_threshold is not None and self.exit_gate is None:
             raise ValueError("exit_threshold needs a model with an exit gate (config.exit_gate=True)")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.embedding_scale != 1.0:
+            x = x * self.config.embedding_scale
         b, t, _ = x.shape
         if cache is None and (use_cache or self.config.kv_cache == "shared"):
             cache = LoopedCache(self.config, loops)
@@ -333,6 +361,16 @@ class LoopedModel(LoopedPreTrainedModel):
             return _concat_parts(parts, cache)
         out = self._run(x, attention_mask, position_ids, *args[2:])
         return out
+
+    def _initial_state(self, e: torch.Tensor) -> torch.Tensor:
+        """The first loop state ``s_0`` (``LoopedConfig.initial_state``)."""
+        mode = self.config.initial_state
+        if mode == "zeros":
+            return torch.zeros_like(e)
+        if mode == "random":
+            std = self.config.initial_state_std
+            return nn.init.trunc_normal_(torch.empty_like(e), mean=0.0, std=std, a=-3 * std, b=3 * std)
+        return e
 
     def _mask(self, attention_mask: torch.Tensor, past: int, t: int) -> torch.Tensor:
         keys = attention_mask[:, : past + t].bool()  # [b, kv]
@@ -357,7 +395,7 @@ class LoopedModel(LoopedPreTrainedModel):
         b, t, _ = x.shape
         past = cache.seen if cache is not None else 0
         mask = self._mask(attention_mask, past, t)
-        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope_freq_scaling)
 
         def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool, key: tuple[Any, ...]) -> torch.Tensor:
             kv_past = cache.get(key) if cache is not None else None
@@ -369,7 +407,7 @@ class LoopedModel(LoopedPreTrainedModel):
         for i, module in enumerate(self.prelude):
             x = layer("prelude", i, module, x, None, True, ("prelude", i))
         e = x
-        s = e
+        s = self._initial_state(e)
         shared = self.config.kv_cache == "shared"
         exited = torch.zeros(b, t, dtype=torch.bool, device=x.device)
         exit_steps = torch.full((b, t), loops, dtype=torch.long, device=x.device)
@@ -400,7 +438,7 @@ class LoopedModel(LoopedPreTrainedModel):
                     exited = exited | newly
             if output_loop_states:
                 states.append(s)
-        h = s
+        h = self.norm(s) if self.config.norm_before_coda else s
         for i, module in enumerate(self.coda):
             h = layer("coda", i, module, h, None, True, ("coda", i))
         if cache is not None:
@@ -418,9 +456,11 @@ class LoopedModel(LoopedPreTrainedModel):
         to train on the logits of several loop depths."""
         t = states[0].shape[1]
         mask = self._mask(attention_mask, 0, t)
-        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, states[0].dtype)
+        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, states[0].dtype, self.config.rope_freq_scaling)
         outs = []
         for h in states:
+            if self.config.norm_before_coda:
+                h = self.norm(h)
             for module in self.coda:
                 h, _ = module(h, rope, mask, None, None)
             outs.append(self.norm(h))

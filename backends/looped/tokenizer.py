@@ -17,8 +17,10 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A fast tokenizer with 256 byte tokens followed by :data:`SPECIAL_TOKENS`.
+def byte_tokenizer(extra_tokens: list[str] | tuple[str, ...] = (), chat_template: str = DEFAULT_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A fast tokenizer with 256 byte tokens, then :data:`SPECIAL_TOKENS`, then
+    ``extra_tokens``: whole strings that become one token wherever they occur (a
+    small model can then read a fact such as ``"q=a"`` at one position).
 
     Example::
 
@@ -34,8 +36,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(SPECIAL_TOKENS))
+    if extra_tokens:
+        from tokenizers import AddedToken
+
+        core.add_tokens([AddedToken(t, normalized=False) for t in extra_tokens])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>", eos_token="<|eos|>", padding_side="left")
-    tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    tok.chat_template = chat_template
     return tok
 
 

@@ -1,0 +1,163 @@
+"""Training data of the embedded models, generated from the seeded task families.
+
+Child role: resolve a variable in one section of statements (``"q=a; c=5; a=c ?q"``
+-> ``"5"``). Each training sequence asks about every variable of its section in
+successive turns, so one sequence carries a label per statement (dense
+supervision) while the first turn is exactly what an ``llm_query`` sends.
+
+Root role: read a question, write the REPL program for its family, read the REPL
+output, answer with ``FINAL('...')``. The programs are the ones
+:func:`root_program` writes, so the training data and the demo agree.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loopagent import prompts
+from loopagent.evals.chains import DIGITS, NAMES, make_section, resolve
+
+IGNORE = -100
+
+#: Every "x=y" statement and "?x" query is one token of the child's tokenizer.
+CHILD_EXTRA_TOKENS = [f"{a}={b}" for a in NAMES for b in NAMES + DIGITS] + [f"?{a}" for a in NAMES]
+
+#: The root sees the question and REPL outputs, never the long system prompt (a small
+#: model learns the REPL from its training programs); outputs are cut to 400 characters.
+ROOT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|>{{ m['content'][:400] }}<|eos|>"
+    "{% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}<|eos|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+NEEDLE = "The special magic number for {key} is {value}."
+NEEDLE_QUESTION = "What is the special magic number for {key}?"
+VALUE_QUESTION = "In section {section}, what is the value of {var}?"
+COUNT_QUESTION = "In sections {first} to {last}, how many times does {var} equal {digit}?"
+_KEY_WORDS = ("amber", "basil", "cobalt", "delta", "ember", "fjord", "granite", "harbor", "indigo", "juniper",
+              "kestrel", "lumen", "maple", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra",
+              "umber", "velvet", "willow", "xenon", "yarrow", "zephyr")
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+# -- child ----------------------------------------------------------------------------------------
+
+
+def child_prompt(statements: Sequence[str], var: str) -> str:
+    """What the root's program sends: a section's statements and a query."""
+    return "; ".join(statements) + f" ?{var}"
+
+
+def child_example(tok: Any, rng: random.Random, *, statements: int = 8, hops: Sequence[int] = (1, 2, 3, 4), queries: int | None = None) -> Example:
+    """One section; the first turn asks the chain's head, later turns ask the other variables."""
+    stmts, head, value = make_section(rng, statements, rng.choice(list(hops)))
+    others = [s.split("=")[0] for s in stmts if s.split("=")[0] != head]
+    rng.shuffle(others)
+    asked = [head] + others[: (queries - 1) if queries is not None else len(others)]
+    ids: list[int] = []
+    labels: list[int] = []
+    user, asst, eos = (tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|eos|>"))
+    for turn, var in enumerate(asked):
+        content = child_prompt(stmts, var) if turn == 0 else f"?{var}"
+        answer = resolve(stmts, var)[0]
+        prompt = [user] + tok(content, add_special_tokens=False)["input_ids"] + [eos, asst]
+        reply = tok(answer, add_special_tokens=False)["input_ids"] + [eos]
+        ids += prompt + reply
+        labels += [IGNORE] * len(prompt) + reply
+    return Example(ids, labels)
+
+
+# -- root ---------------------------------------------------------------------------------------------
+
+
+def root_program(question: str) -> str | None:
+    """The REPL program the root writes for a question of a trained family (None otherwise)."""
+    import re
+
+    if m := re.fullmatch(r"What is the special magic number for (\S+)\?", question):
+        return f"import re\nh = re.findall(r'magic number for {m[1]} is (\\d+)', context)\nprint(h)"
+    head = "import re\ns = dict(re.findall(r'Section (\\d+): (.*)', context))\n"
+    if m := re.fullmatch(r"In section (\d+), what is the value of ([a-z])\?", question):
+        return head + f"print(llm_query(s['{m[1]}'] + ' ?{m[2]}'))"
+    if m := re.fullmatch(r"In sections (\d+) to (\d+), how many times does ([a-z]) equal (\d)\?", question):
+        return head + (f"v = llm_batch([s[str(i)] + ' ?{m[3]}' for i in range({m[1]}, {m[2]} + 1)])\n"
+                       f"print(sum(x.strip() == '{m[4]}' for x in v))")
+    return None
+
+
+def root_turns(question: str, output: str, answer: str) -> list[dict[str, str]]:
+    """A whole root conversation: program, REPL output, final answer."""
+    program = root_program(question)
+    assert program is not None, question
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": f"```repl\n{program}\n```"},
+        {"role": "user", "content": prompts.repl_feedback([output])},
+        {"role": "assistant", "content": f"FINAL('{answer}')"},
+    ]
+
+
+def random_root_question(rng: random.Random) -> tuple[str, str, str]:
+    """(question, REPL output the program prints, final answer) for a random family."""
+    family = rng.choice(("needle", "value", "count"))
+    if family == "needle":
+        key = rng.choice(_KEY_WORDS) + "-" + "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
+        value = str(rng.randint(1_000_000, 9_999_999))
+        found = [value] if rng.random() < 0.95 else []
+        return NEEDLE_QUESTION.format(key=key), f"{found!r}\n", value if found else "not found"
+    if family == "value":
+        value = rng.choice(DIGITS)
+        question = VALUE_QUESTION.format(section=rng.randint(1, 5000), var=rng.choice(NAMES))
+        return question, f"{value}\n", value
+    first = rng.randint(1, 4000)
+    last = first + rng.randint(1, 19)
+    count = str(rng.randint(0, min(9, last - first + 1)))
+    question = COUNT_QUESTION.format(first=first, last=last, var=rng.choice(NAMES), digit=rng.choice(DIGITS))
+    return question, f"{count}\n", count
+
+
+def root_example(tok: Any, rng: random.Random) -> Example:
+    """One root conversation, labels on the assistant turns only."""
+    question, output, answer = random_root_question(rng)
+    messages = root_turns(question, output, answer)
+    ids: list[int] = []
+    labels: list[int] = []
+    user, asst, eos = (tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|eos|>"))
+    for m in messages:
+        content = tok(m["content"][:400] if m["role"] == "user" else m["content"], add_special_tokens=False)["input_ids"]
+        if m["role"] == "user":
+            piece = [user] + content + [eos]
+            ids += piece
+            labels += [IGNORE] * len(piece)
+        else:
+            ids += [asst]
+            labels += [IGNORE]
+            ids += content + [eos]
+            labels += content + [eos]
+    return Example(ids, labels)
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, labels (next-token targets), attention_mask."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,378 @@
+"""Training the embedded models: ``loopagent train child|root --out DIR``.
+
+Resumable (a checkpoint every ``checkpoint_every`` steps; rerun the same command
+to continue), deterministic by seed (each batch is generated from ``seed`` and
+its step number, so a resumed run sees the same data), with a progress bar and an
+append-only ``train_log.jsonl``. The result is a plain :class:`LoopedForCausalLM`
+checkpoint with its tokenizer under ``DIR/model`` that the ``hf:`` backend (and
+later vLLM) serves.
+
+The child reads one statement per token: its embedding of ``"q=a"`` is trained as
+the sum of a left-name, a right-value and a query-name embedding (plus a free
+per-token part), then exported as an ordinary embedding table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["child", "root"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on (saved next to the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    steps: int = Field(gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    warmup: int = Field(100, ge=0)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    loops_min: int = Field(1, ge=1)
+    loops_max: int = Field(8, ge=1)
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+    num_prelude_layers: int = 1
+    num_core_layers: int = 1
+    num_coda_layers: int = 1
+    injection: str = "concat"
+    default_loops: int = 4
+    max_loops: int = 16
+    statements: int = 8
+    train_hops: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    checkpoint_every: int = Field(100, gt=0)
+    eval_every: int = Field(250, gt=0)
+    eval_items: int = Field(256, gt=0)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "child": dict(role="child", steps=1500, batch_size=64, lr=3e-3, hidden_size=64, intermediate_size=256,
+                  injection="concat", default_loops=4, max_loops=16, loops_min=1, loops_max=8),
+    "root": dict(role="root", steps=1500, batch_size=32, lr=2e-3, hidden_size=128, intermediate_size=384,
+                 injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
+                 eval_every=500),
+    # a few seconds on a laptop: for tests and smoke runs
+    "tiny-child": dict(role="child", steps=12, batch_size=8, hidden_size=32, intermediate_size=64, loops_max=4,
+                       checkpoint_every=4, eval_every=12, eval_items=16),
+    "tiny-root": dict(role="root", steps=6, batch_size=4, hidden_size=32, intermediate_size=64,
+                      default_loops=2, max_loops=4, loops_max=2, checkpoint_every=3, eval_every=6, eval_items=2),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# -- model and data --------------------------------------------------------------------------------
+
+
+def make_tokenizer(role: Role) -> Any:
+    from loopagent.backends.looped.tokenizer import byte_tokenizer
+
+    from .data import CHILD_EXTRA_TOKENS, ROOT_CHAT_TEMPLATE
+
+    if role == "child":
+        return byte_tokenizer(CHILD_EXTRA_TOKENS)
+    return byte_tokenizer(chat_template=ROOT_CHAT_TEMPLATE)
+
+
+def make_model(config: TrainConfig, tok: Any) -> Any:
+    import torch
+
+    from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = LoopedConfig(
+        vocab_size=len(tok), hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, num_prelude_layers=config.num_prelude_layers,
+        num_core_layers=config.num_core_layers, num_coda_layers=config.num_coda_layers, injection=config.injection,
+        default_loops=config.default_loops, max_loops=config.max_loops, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, max_position_embeddings=2048,
+    )
+    model = LoopedForCausalLM(model_config)
+    if config.role == "child":
+        model.model.embed_tokens = FactoredEmbedding.for_child(model.model.embed_tokens, tok)
+    return model
+
+
+def _factored_embedding_class() -> type:
+    import torch
+    from torch import nn
+
+    class _FactoredEmbedding(nn.Module):
+        """Embedding of a composite token = its own row + the rows of its parts."""
+
+        def __init__(self, base: nn.Embedding, parts: torch.Tensor, sizes: list[int]) -> None:
+            super().__init__()
+            self.base = base
+            self.register_buffer("parts", parts, persistent=False)
+            self.tables = nn.ModuleList(nn.Embedding(n, base.embedding_dim) for n in sizes)
+            for table in self.tables:
+                nn.init.normal_(table.weight, std=0.02)
+            with torch.no_grad():
+                self.base.weight[(parts >= 0).any(-1)] = 0.0
+
+        @classmethod
+        def for_child(cls, base: nn.Embedding, tok: Any) -> nn.Module:
+            from loopagent.evals.chains import DIGITS, NAMES
+
+            values = NAMES + DIGITS
+            parts = torch.full((base.num_embeddings, 3), -1, dtype=torch.long)
+            for token, index in tok.get_vocab().items():
+                if len(token) == 3 and token[1] == "=" and token[0] in NAMES and token[2] in values:
+                    parts[index, 0], parts[index, 1] = NAMES.index(token[0]), values.index(token[2])
+                elif len(token) == 2 and token[0] == "?" and token[1] in NAMES:
+                    parts[index, 2] = NAMES.index(token[1])
+            return cls(base, parts, [len(NAMES), len(values), len(NAMES)])
+
+        @property
+        def weight(self) -> torch.Tensor:
+            return self.materialize()
+
+        @property
+        def num_embeddings(self) -> int:
+            return self.base.num_embeddings
+
+        @property
+        def embedding_dim(self) -> int:
+            return self.base.embedding_dim
+
+        def materialize(self) -> torch.Tensor:
+            weight = self.base.weight
+            for k, table in enumerate(self.tables):
+                column = self.parts[:, k]
+                rows = table.weight[column.clamp(min=0)] * (column >= 0).unsqueeze(-1)
+                weight = weight + rows
+            return weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.base(ids)
+            for k, table in enumerate(self.tables):
+                column = self.parts[ids, k]
+                x = x + table(column.clamp(min=0)) * (column >= 0).unsqueeze(-1)
+            return x
+
+    return _FactoredEmbedding
+
+
+class FactoredEmbedding:
+    """Lazy alias of the torch module class (keeps torch out of import time)."""
+
+    @staticmethod
+    def for_child(base: Any, tok: Any) -> Any:
+        return _factored_embedding_class().for_child(base, tok)
+
+
+def plain_model(model: Any) -> Any:
+    """The model with a factored embedding folded back into an ordinary table."""
+    import torch
+    from torch import nn
+
+    emb = model.model.embed_tokens
+    if not isinstance(emb, nn.Embedding):
+        table = nn.Embedding(emb.num_embeddings, emb.embedding_dim, padding_idx=None)
+        with torch.no_grad():
+            table.weight.copy_(emb.materialize())
+        model.model.embed_tokens = table
+    return model
+
+
+def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train") -> dict[str, Any]:
+    from .data import child_example, collate, root_example
+
+    rng = random.Random(f"{salt}/{config.seed}/{step}")
+    if config.role == "child":
+        examples = [child_example(tok, rng, statements=config.statements, hops=config.train_hops) for _ in range(config.batch_size)]
+    else:
+        examples = [root_example(tok, rng) for _ in range(config.batch_size)]
+    return collate(examples, tok.pad_token_id)
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+
+
+def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[int], hops: list[int], statements: int = 8) -> dict[str, dict[str, float]]:
+    """First-turn answer accuracy by loops and hops on held-out sections."""
+    import torch
+
+    from loopagent.evals.chains import make_section
+
+    from .data import child_prompt
+
+    model.eval()
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for h in hops:
+            rng = random.Random(f"eval/{seed}/{h}")
+            prompts, answers = [], []
+            for _ in range(items):
+                stmts, head, value = make_section(rng, statements, h)
+                text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head)}], add_generation_prompt=True, tokenize=False)
+                prompts.append(text)
+                answers.append(tok.convert_tokens_to_ids(value))
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            gold = torch.tensor(answers)
+            for n in loops:
+                logits = model(enc["input_ids"], attention_mask=enc["attention_mask"], loops=n).logits[:, -1]
+                out.setdefault(f"hops{h}", {})[f"L{n}"] = float((logits.argmax(-1) == gold).float().mean())
+    model.train()
+    return out
+
+
+def evaluate_root(model: Any, tok: Any, *, items: int, seed: int, loops: int) -> dict[str, float]:
+    """Share of held-out questions whose generated first turn is exactly the right program."""
+    import torch
+
+    from .data import random_root_question, root_program
+
+    model.eval()
+    rng = random.Random(f"eval-root/{seed}")
+    questions = [random_root_question(rng)[0] for _ in range(items)]
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], loops=loops, max_new_tokens=220,
+                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.train()
+    replies = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    exact = sum(r.strip() == f"```repl\n{root_program(q)}\n```" for q, r in zip(questions, replies))
+    return {"program_exact": exact / len(questions)}
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+
+class TrainResult(BaseModel):
+    out: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    evaluation: dict[str, Any]
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train (or continue training) one embedded model into ``out``.
+
+    Example::
+
+        train(preset("child"), "runs/child")       # rerun the same call to resume
+    """
+    import torch
+
+    from loopagent.backends.looped.training import LoopSampler, train_step
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "train_config.json"
+    if config_file.exists() and resume:
+        saved = TrainConfig.model_validate_json(config_file.read_text())
+        if saved.model_dump(exclude={"steps"}) != config.model_dump(exclude={"steps"}):
+            raise ValueError(f"{out} holds a run with another configuration; use a new --out or --no-resume")
+    config_file.write_text(config.model_dump_json(indent=2))
+    # One thread: small models gain nothing from a second, and lose 10x when a core is busy.
+    torch.set_num_threads(1)
+    tok = make_tokenizer(config.role)
+    model = make_model(config, tok)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    sampler = LoopSampler(max_loops=config.loops_max, min_loops=config.loops_min, distribution="uniform", seed=config.seed)
+    state_file = out / "train_state.pt"
+    start, elapsed = 0, 0.0
+    if resume and state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        start, elapsed = state["step"], state["elapsed"]
+    log_file = open(out / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    evaluation: dict[str, Any] = {}
+    loss = math.nan
+    began = time.monotonic() - elapsed
+
+    def save(step: int) -> None:
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                    "step": step, "elapsed": time.monotonic() - began}, tmp)
+        os.replace(tmp, state_file)  # atomic: a kill never leaves a half-written checkpoint
+
+    def evaluate(step: int) -> dict[str, Any]:
+        if config.role == "child":
+            return evaluate_child(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=[1, 2, 4, 8],
+                                  hops=[1, 2, 3, 4, 5, 6], statements=config.statements)
+        return evaluate_root(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=config.default_loops)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn(f"train {config.role}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("loss {task.fields[loss]}")]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=config.steps, completed=start, loss="-")
+        try:
+            for step in range(start, config.steps):
+                lr = _lr(config, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                stats = train_step(model, optimizer, make_batch(config, tok, step), loops_sampler=sampler,
+                                   grad_clip=config.grad_clip)
+                loss = stats.loss
+                record: dict[str, Any] = {"step": step + 1, "loss": round(loss, 5), "loops": stats.loops, "lr": lr,
+                                          "seconds": round(time.monotonic() - began, 2)}
+                if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                    evaluation = evaluate(step + 1)
+                    record["eval"] = evaluation
+                    if on_eval is not None:
+                        on_eval(step + 1, evaluation)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    save(step + 1)
+                bar.update(task, advance=1, loss=f"{loss:.3f}")
+        finally:
+            log_file.close()
+    if not evaluation:
+        evaluation = evaluate(config.steps)
+    seconds = time.monotonic() - began
+    export(model, tok, out / "model")
+    return TrainResult(out=out, steps=config.steps, seconds=seconds, final_loss=loss, evaluation=evaluation)
+
+
+def _lr(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export(model: Any, tok: Any, path: Path) -> None:
+    """Save a servable checkpoint: plain embedding table, safetensors, tokenizer."""
+    import copy
+
+    plain = plain_model(copy.deepcopy(model)).eval()
+    plain.save_pretrained(path)
+    tok.save_pretrained(path)

@@ -1,0 +1,140 @@
+"""Variable chains in sections: multi-hop questions where latent depth matters.
+
+A document is a list of sections, one per line::
+
+    Section 17: q=a; c=5; a=c; m=7; z=m; ...
+
+Each section holds ``statements`` assignments over single-letter variables (each
+defined once per section); a value is a digit or another variable. Resolving a
+variable follows its chain to a digit: ``q -> a -> c -> 5`` is 3 hops. Questions:
+
+- ``value``: "In section 17, what is the value of q?" (one section, ``hops`` hops)
+- ``count``: "In sections 3 to 12, how many times does q equal 5?" (a batch over
+  sections; every section in the range defines q)
+
+Small models read a statement as one token (see the embedded model's tokenizer),
+so these sections are the child's native input: ``"q=a; c=5; ... ?q"``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Any
+
+from .base import Item, Task, register
+
+NAMES = string.ascii_lowercase
+DIGITS = string.digits
+
+
+def make_section(rng: random.Random, statements: int, hops: int, target: str | None = None) -> tuple[list[str], str, str]:
+    """Statements of one section with a ``hops``-hop chain from ``target``.
+
+    Returns (statements, target, value); the rest are distractor chains of 1-3 hops.
+    """
+    if not 1 <= hops <= statements:
+        raise ValueError(f"need 1 <= hops <= statements, got hops={hops}, statements={statements}")
+    names = list(NAMES)
+    rng.shuffle(names)
+    if target is not None:
+        names.remove(target)
+        names.insert(0, target)
+    chain_vars, rest = names[:hops], names[hops:]
+    value = rng.choice(DIGITS)
+    out = [f"{a}={b}" for a, b in zip(chain_vars, chain_vars[1:])] + [f"{chain_vars[-1]}={value}"]
+    while len(out) < statements:
+        length = min(rng.randint(1, 3), statements - len(out))
+        links, rest = rest[:length], rest[length:]
+        out += [f"{a}={b}" for a, b in zip(links, links[1:])] + [f"{links[-1]}={rng.choice(DIGITS)}"]
+    rng.shuffle(out)
+    return out, chain_vars[0], value
+
+
+def resolve(statements: list[str], variable: str, max_hops: int = 64) -> tuple[str | None, int]:
+    """Follow ``variable`` to a digit: (value, hops), (None, hops) if it does not resolve."""
+    table = dict(s.split("=", 1) for s in statements)
+    hops = 0
+    while variable in table and hops < max_hops:
+        variable = table[variable]
+        hops += 1
+        if variable in DIGITS:
+            return variable, hops
+    return None, hops
+
+
+def format_section(number: int, statements: list[str]) -> str:
+    return f"Section {number}: " + "; ".join(statements)
+
+
+@register
+class ChainsTask(Task):
+    """Multi-hop variable chains spread over a long document of sections."""
+
+    name = "chains"
+    description = "In section N, what is the value of v? (chains of `hops` links; exact match)"
+
+    def __init__(self, hops: int | str = 4, statements: int = 8, kind: str = "value", count_span: int = 10) -> None:
+        self.hops = [int(h) for h in str(hops).split(",")] if isinstance(hops, str) else [int(hops)]
+        self.statements = int(statements)
+        if kind not in ("value", "count"):
+            raise ValueError(f"kind must be 'value' or 'count', got {kind!r}")
+        self.kind = kind
+        self.count_span = int(count_span)
+
+    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
+        items = []
+        for index in range(n):
+            rng = random.Random(f"chains/{seed}/{length_chars}/{index}")
+            hops = rng.choice(self.hops)
+            items.append(self._item(rng, index, seed, length_chars, hops))
+        return items
+
+    def _item(self, rng: random.Random, index: int, seed: int, length_chars: int, hops: int) -> Item:
+        target_section = None
+        sections: list[str] = []
+        size = 0
+        number = 0
+        var = rng.choice(NAMES)
+        approx = len(format_section(999, ["a=b"] * self.statements)) + 1
+        total = max(1, length_chars // approx)
+        if self.kind == "value":
+            target_section = rng.randint(1, total)
+        else:
+            first = rng.randint(1, max(1, total - self.count_span + 1))
+            span = range(first, min(total, first + self.count_span - 1) + 1)
+        values: dict[int, str] = {}
+        while size < length_chars or number < total:
+            number += 1
+            in_focus = (self.kind == "value" and number == target_section) or (self.kind == "count" and number in span)
+            if in_focus:
+                statements, _, value = make_section(rng, self.statements, hops, target=var)
+                values[number] = value
+            else:
+                statements, _, _ = make_section(rng, self.statements, rng.randint(1, 3))
+            line = format_section(number, statements)
+            sections.append(line)
+            size += len(line) + 1
+            if number >= total and size >= length_chars:
+                break
+        context = "\n".join(sections)
+        meta: dict[str, Any] = {"hops": hops, "sections": number, "variable": var}
+        if self.kind == "value":
+            question = f"In section {target_section}, what is the value of {var}?"
+            answer: Any = values[target_section]  # type: ignore[index]
+            meta["section"] = target_section
+        else:
+            digit = rng.choice(DIGITS)
+            question = f"In sections {span.start} to {span.stop - 1}, how many times does {var} equal {digit}?"
+            answer = str(sum(1 for s in span if values.get(s) == digit))
+            meta.update(first=span.start, last=span.stop - 1, digit=digit)
+        return Item(
+            id=f"chains-{self.kind}-h{hops}-s{seed}-l{length_chars}-{index}",
+            task=self.name, question=question, context=context, answer=answer, answer_type="exact",
+            length_chars=len(context), meta=meta,
+        )
+
+    def score(self, item: Item, prediction: str | None) -> float:
+        if prediction is None:
+            return 0.0
+        return float(prediction.strip().strip(".'\"") == str(item.answer))

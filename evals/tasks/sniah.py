@@ -1,0 +1,85 @@
+"""``sniah``: RULER's single needle in a haystack.
+
+One sentence "The special magic number for <key> is <7-digit number>." sits at a seeded depth
+in prose filler; the question asks for the number. ``distractors=k`` adds ``k`` needles for
+other keys (RULER's multi-key variant), so finding *a* magic number is not enough.
+"""
+
+from __future__ import annotations
+
+import re
+
+from loopagent.evals.base import Item, Task, register
+from loopagent.evals.scorers import exact_match
+from loopagent.evals.tasks._common import Filler, check_request, item_id, item_rng, scatter
+
+_KEY_ADJECTIVES = [
+    "amber", "brisk", "candid", "dusky", "eager", "fabled", "gilded", "hollow", "ivory", "jolly",
+    "keen", "lucid", "mellow", "nimble", "opal", "placid", "quaint", "russet", "silent", "tawny",
+    "umber", "vivid", "wistful", "zesty", "azure", "bold", "crimson", "distant", "elder", "frosty",
+]
+_KEY_NOUNS = [
+    "falcon", "lantern", "meadow", "harbor", "quarry", "thistle", "compass", "glacier", "orchid",
+    "canyon", "beacon", "willow", "sparrow", "cobalt", "ember", "juniper", "marble", "pebble",
+    "saffron", "tundra", "violet", "walnut", "anchor", "bramble", "cinder", "dune", "fjord", "grove",
+]
+
+NEEDLE = "The special magic number for {key} is {value}."
+QUESTION = "What is the special magic number for {key} mentioned in the provided text? Answer with the number only."
+_SEVEN_DIGITS = re.compile(r"(?<!\d)\d{7}(?!\d)")
+
+
+@register
+class SNIAH(Task):
+    """RULER-style single needle: find the 7-digit value stated for one key."""
+
+    name = "sniah"
+    description = "RULER single needle: a 7-digit 'special magic number' for a key, hidden at a seeded depth in prose"
+
+    def __init__(self, distractors: int = 0) -> None:
+        if distractors < 0:
+            raise ValueError("distractors must be >= 0")
+        self.distractors = distractors
+
+    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
+        check_request(n, length_chars)
+        filler = Filler(f"{self.name}|{seed}")
+        return [self._one(filler, length_chars, seed, i) for i in range(n)]
+
+    def _one(self, filler: Filler, length_chars: int, seed: int, index: int) -> Item:
+        rng = item_rng(self.name, seed, length_chars, index)
+        keys = set()
+        while len(keys) < 1 + self.distractors:
+            keys.add(f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}")
+        keys = sorted(keys)
+        rng.shuffle(keys)
+        values: list[str] = []
+        while len(values) < len(keys):
+            v = str(rng.randrange(1_000_000, 10_000_000))
+            if v not in values:
+                values.append(v)
+        needles = [NEEDLE.format(key=k, value=v) + " " for k, v in zip(keys, values)]
+        depth = rng.random()
+        positions = [depth] + [rng.random() for _ in keys[1:]]
+        units = filler.units(rng, length_chars - sum(len(s) for s in needles))
+        units, _ = scatter(rng, units, needles, positions)
+        context = "".join(units)
+        return Item(
+            id=item_id(self.name, seed, length_chars, index),
+            task=self.name,
+            question=QUESTION.format(key=keys[0]),
+            context=context,
+            answer=values[0],
+            answer_type="exact",
+            length_chars=len(context),
+            meta={"key": keys[0], "depth": round(depth, 4), "needle_offset": context.index(needles[0]),
+                  "distractors": self.distractors},
+        )
+
+    def score(self, item: Item, prediction: str | None) -> float:
+        """Exact match of the number. A sentence around it is accepted when the number is the
+        only 7-digit number it names (RULER's substring rule would credit a list of guesses)."""
+        if exact_match(prediction, item.answer):
+            return 1.0
+        found = set(_SEVEN_DIGITS.findall(prediction or ""))
+        return float(found == {str(item.answer)})

@@ -1,0 +1,52 @@
+"""`loopagent train`: a few steps end to end, resume after a stop, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from loopagent import model  # noqa: E402
+from loopagent.backends.embedded.train import preset, train  # noqa: E402
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tiny_child_trains_resumes_and_serves(tmp_path):
+    full = train(preset("tiny-child"), tmp_path / "full", progress=False)
+    assert full.steps == 12 and (tmp_path / "full" / "model" / "model.safetensors").is_file()
+    assert {"hops1", "hops4"} <= set(full.evaluation)
+
+    # stop after 8 steps, then resume to 12: same log, same weights as the straight run
+    train(preset("tiny-child", steps=8), tmp_path / "split", progress=False)
+    assert [r["step"] for r in _log(tmp_path / "split")] == list(range(1, 9))
+    train(preset("tiny-child", steps=12), tmp_path / "split", progress=False)
+    steps = [r["step"] for r in _log(tmp_path / "split")]
+    assert steps == list(range(1, 13))
+    a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "train_state.pt", weights_only=False)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [r["loss"] for r in _log(tmp_path / "full")] == pytest.approx([r["loss"] for r in _log(tmp_path / "split")], abs=1e-4)
+
+    # the exported checkpoint is a plain looped model the hf: backend serves
+    backend = model(f"hf:{tmp_path / 'full' / 'model'}", loops=2, max_new_tokens=2)
+    out = backend.complete([{"role": "user", "content": "a=b; b=3 ?a"}])
+    assert out.loops.requested == 2 and out.usage.prompt_tokens == 9
+
+
+@pytest.mark.slow
+def test_tiny_root_trains(tmp_path):
+    result = train(preset("tiny-root"), tmp_path, progress=False)
+    assert "program_exact" in result.evaluation
+    assert (tmp_path / "model" / "tokenizer.json").is_file()
+
+
+def test_a_run_directory_with_another_configuration_is_refused(tmp_path):
+    (tmp_path / "train_config.json").write_text(preset("tiny-child", seed=1).model_dump_json())
+    with pytest.raises(ValueError, match="another configuration"):
+        train(preset("tiny-child", seed=2), tmp_path, progress=False)

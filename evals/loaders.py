@@ -32,7 +32,6 @@ A malformed file raises :class:`BenchmarkFileError` naming the file, the line an
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
@@ -171,17 +170,20 @@ class _FileTask(Task):
         self.path = None if path is None else Path(path).expanduser()
         self.length_window = length_window
 
-    def rows(self) -> list[Item]:
-        """Every item in the file (after the task's own filters), in file order."""
+    def rows(self, length_chars: int = 0) -> list[Item]:
+        """The file's items (after the task's own filters) in file order; with ``length_chars``
+        only those in its length window, dropped while reading so a huge file stays cheap."""
         raise NotImplementedError
+
+    def _fits(self, n_chars: int, length_chars: int) -> bool:
+        if not length_chars:
+            return True
+        return length_chars / self.length_window <= n_chars < length_chars * self.length_window
 
     def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        items = self.rows()
-        if length_chars:
-            lo, hi = length_chars / self.length_window, length_chars * self.length_window
-            items = [it for it in items if lo <= it.length_chars < hi]
+        items = self.rows(length_chars)
         if n >= len(items):
             return items
         keep = sorted(random.Random(f"{self.name}|{seed}").sample(range(len(items)), n))
@@ -209,7 +211,7 @@ class OolongSynthFile(_FileTask):
         self.context_len = context_len
         self.with_labels = with_labels
 
-    def rows(self) -> list[Item]:
+    def rows(self, length_chars: int = 0) -> list[Item]:
         path = _resolve(self.path, self.name)
         column = "context_window_text_with_labels" if self.with_labels else "context_window_text"
         out = []
@@ -226,6 +228,8 @@ class OolongSynthFile(_FileTask):
             if self.context_len is not None and context_len != self.context_len:
                 continue
             context = _require(path, line, row, column, str)
+            if not self._fits(len(context), length_chars):
+                continue
             if isinstance(answer_raw, list):  # some exports store the list itself
                 answer_raw = repr(answer_raw)
             try:
@@ -283,7 +287,7 @@ class LongBenchV2File(_FileTask):
         self.difficulty = difficulty
         self.length = length
 
-    def rows(self) -> list[Item]:
+    def rows(self, length_chars: int = 0) -> list[Item]:
         path = _resolve(self.path, self.name)
         out = []
         seen: set[str] = set()
@@ -307,6 +311,8 @@ class LongBenchV2File(_FileTask):
             if rid in seen:
                 raise BenchmarkFileError(path, line, "_id", f"duplicate id {rid!r}")
             seen.add(rid)
+            if not self._fits(len(context), length_chars):
+                continue
             out.append(Item(
                 id=f"{self.name}-{rid}",
                 task=self.name,
@@ -376,7 +382,7 @@ class BrowseCompPlusFile(_FileTask):
         self.corpus = None if corpus is None else Path(corpus).expanduser()
         self._offsets: list[tuple[int, int]] | None = None
 
-    def rows(self) -> list[Item]:
+    def rows(self, length_chars: int = 0) -> list[Item]:
         path = _resolve(self.path, self.name)
         out = []
         seen: set[str] = set()
@@ -394,6 +400,9 @@ class BrowseCompPlusFile(_FileTask):
             if qid in seen:
                 raise BenchmarkFileError(path, line, "query_id", f"duplicate id {qid!r}")
             seen.add(qid)
+            size = sum(len(k) + len(v) for k, v in docs.items())
+            if not self._fits(size, length_chars):
+                continue
             out.append(Item(
                 id=f"{self.name}-{qid}",
                 task=self.name,
@@ -401,7 +410,7 @@ class BrowseCompPlusFile(_FileTask):
                 context=docs,
                 answer=answer,
                 answer_type="exact",
-                length_chars=sum(len(k) + len(v) for k, v in docs.items()),
+                length_chars=size,
                 meta={"query_id": qid, "evidence_docids": roles["evidence_docs"], "gold_docids": roles["gold_docs"],
                       "line": line},
             ))
@@ -410,7 +419,7 @@ class BrowseCompPlusFile(_FileTask):
     def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
         if self.corpus is None or not length_chars:
             return super().generate(n, length_chars, seed)
-        items = self.rows()
+        items = self.rows(0)
         if n < len(items):
             keep = sorted(random.Random(f"{self.name}|{seed}").sample(range(len(items)), n))
             items = [items[i] for i in keep]

@@ -527,9 +527,12 @@ async def arun_eval(
         if child_b is not root_b:
             child_b.check()
         try:
-            RLM(root=_LoopView(root_b, None), child=_LoopView(child_b, None), **rlm_options)
+            probe = RLM(root=_LoopView(root_b, None), child=_LoopView(child_b, None), **rlm_options)
         except TypeError as e:
             raise ConfigError(f"bad rlm_options: {e}") from None
+        # The effective options (defaults filled in) identify the sweep, so the API and the
+        # CLI agree; the bound on concurrent child calls does not change results.
+        effective = {k: v for k, v in probe.config().items() if k not in ("root", "child", "max_depth", "concurrency")}
 
         manifest_config = {
             "task": task_obj.name,
@@ -544,7 +547,7 @@ async def arun_eval(
             "seed": seed,
             "baselines": baselines_l,
             "baseline_chars": baseline_chars,
-            "rlm_options": _jsonable(rlm_options),
+            "rlm_options": _jsonable(effective),
         }
 
         out_dir = Path(out)
@@ -608,9 +611,7 @@ class _Runner:
         total = len(configs) * len(lengths) * self.n
         skipped = sum(min(v, self.n) for v in done_by.values())
         start = time.perf_counter()
-        scores: dict[str, list[float]] = {}
-        for r in latest_records(existing):
-            scores.setdefault(r.config, []).append(r.score)
+        scores = {r.job: r.score for r in latest_records(existing)}  # a retried job's new score replaces its old
 
         with open(self.out / RESULTS, "a", encoding="utf-8") as sink, _progress(self.show_progress, self.task.name, total, skipped) as bar:
             for length in lengths:
@@ -627,7 +628,7 @@ class _Runner:
                     sink.write(record.model_dump_json() + "\n")
                     sink.flush()
                     self.new.append(record)
-                    scores.setdefault(record.config, []).append(record.score)
+                    scores[record.job] = record.score
                     bar.advance(record)
 
                 try:
@@ -637,7 +638,11 @@ class _Runner:
                         await asyncio.gather(*list(self._closing), return_exceptions=True)
                 del items, jobs
         elapsed = time.perf_counter() - start
-        accuracy = {c.key: sum(scores[c.key]) / len(scores[c.key]) for c in configs if scores.get(c.key)}
+        by_config: dict[str, list[float]] = {}
+        for (config, length, _), score in scores.items():
+            if length in lengths:
+                by_config.setdefault(config, []).append(score)
+        accuracy = {c.key: sum(by_config[c.key]) / len(by_config[c.key]) for c in configs if by_config.get(c.key)}
         summary = _summarize(self.out, self.task.name, total, skipped, self.new, elapsed, accuracy)
         _write_json(self.out / SUMMARY, summary.model_dump(mode="json"))
         with contextlib.suppress(OSError):

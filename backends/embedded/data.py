@@ -36,7 +36,11 @@ ROOT_CHAT_TEMPLATE = (
 )
 
 NEEDLE = "The special magic number for {key} is {value}."
-NEEDLE_QUESTION = "What is the special magic number for {key}?"
+# The short form, and the RULER-style form of the sniah eval task.
+NEEDLE_QUESTIONS = (
+    "What is the special magic number for {key}?",
+    "What is the special magic number for {key} mentioned in the provided text? Answer with the number only.",
+)
 VALUE_QUESTION = "In section {section}, what is the value of {var}?"
 COUNT_QUESTION = "In sections {first} to {last}, how many times does {var} equal {digit}?"
 _KEY_WORDS = ("amber", "basil", "cobalt", "delta", "ember", "fjord", "granite", "harbor", "indigo", "juniper",
@@ -84,7 +88,7 @@ def root_program(question: str) -> str | None:
     """The REPL program the root writes for a question of a trained family (None otherwise)."""
     import re
 
-    if m := re.fullmatch(r"What is the special magic number for (\S+)\?", question):
+    if m := re.fullmatch(r"What is the special magic number for (\S+?)(\?| mentioned in the provided text\? Answer with the number only\.)", question):
         return f"import re\nh = re.findall(r'magic number for {m[1]} is (\\d+)', context)\nprint(h)"
     head = "import re\ns = dict(re.findall(r'Section (\\d+): (.*)', context))\n"
     if m := re.fullmatch(r"In section (\d+), what is the value of ([a-z])\?", question):
@@ -107,14 +111,23 @@ def root_turns(question: str, output: str, answer: str) -> list[dict[str, str]]:
     ]
 
 
+def _needle_key(rng: random.Random) -> str:
+    """Keys in the styles of the demo ("amber-qxz") and of the sniah task ("calm-river-123")."""
+    from loopagent.evals.tasks.sniah import _KEY_ADJECTIVES, _KEY_NOUNS
+
+    if rng.random() < 0.5:
+        return rng.choice(_KEY_WORDS) + "-" + "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
+    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}"
+
+
 def random_root_question(rng: random.Random) -> tuple[str, str, str]:
     """(question, REPL output the program prints, final answer) for a random family."""
     family = rng.choice(("needle", "value", "count"))
     if family == "needle":
-        key = rng.choice(_KEY_WORDS) + "-" + "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
+        key = _needle_key(rng)
         value = str(rng.randint(1_000_000, 9_999_999))
         found = [value] if rng.random() < 0.95 else []
-        return NEEDLE_QUESTION.format(key=key), f"{found!r}\n", value if found else "not found"
+        return rng.choice(NEEDLE_QUESTIONS).format(key=key), f"{found!r}\n", value if found else "not found"
     if family == "value":
         value = rng.choice(DIGITS)
         question = VALUE_QUESTION.format(section=rng.randint(1, 5000), var=rng.choice(NAMES))

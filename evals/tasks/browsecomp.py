@@ -89,7 +89,7 @@ class _World:
         self.orgs = []
         for founder in founders:
             kind = rng.choice(_ORG_KINDS)
-            org = _Org(unique(lambda: f"{_word(rng)} {kind}"), kind, rng.choice(_FIELDS),
+            org = _Org(unique(lambda kind=kind: f"{_word(rng)} {kind}"), kind, rng.choice(_FIELDS),
                        founder.born + rng.randint(22, 44), rng.choice(town_names), founder.name)
             founder.org = org.name
             self.orgs.append(org)

@@ -12,7 +12,9 @@ off its syntax tree, so ``ast`` can check it:
 - ``defined``: which of four function names is defined at the module's top level.
 
 Options are labelled A-D; the answer is a letter. Items depend on the Python version whose
-standard library is installed (recorded in ``meta["python"]``).
+standard library is installed (recorded in ``meta["python"]``). Contexts grow up to the size of
+that library: about 10 M characters without its test suites, about 30 M with them (used
+automatically for requests above 9 M); a larger request is capped (``meta["capped"]``).
 """
 
 from __future__ import annotations
@@ -312,7 +314,7 @@ class CodeQA(Task):
             answer_type="choice",
             length_chars=len(context),
             meta={"kind": kind, "file": rel, "module": module_name(rel), "choices": choices, **extra,
-                  "python": ".".join(map(str, sys.version_info[:3]))},
+                  "python": ".".join(map(str, sys.version_info[:3])), "capped": len(context) < 0.9 * length_chars},
         )
 
     @staticmethod

@@ -175,6 +175,10 @@ def test_different_configuration_is_refused(tmp_path: Path):
     with pytest.raises(ResultDirConflict, match="cannot extend"):
         run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, n=2, child_loops=[2, 4], extend=True))
     assert lines_of(out) == before
+    # Options equal to the defaults, or a different bound on concurrent calls, are the same sweep.
+    same = run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, n=2, concurrency=1,
+                                                      rlm_options={"max_iterations": 20, "concurrency": 3}))
+    assert same.jobs_run == 0 and same.jobs_skipped == 4
 
     # Extending the grid runs only the new points and keeps every old record.
     root = fx.root_model()
@@ -185,6 +189,7 @@ def test_different_configuration_is_refused(tmp_path: Path):
     assert json.loads((out / MANIFEST).read_text())["config"]["child_loops"] == [1, 2, 4]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_rerunning_or_losing(tmp_path: Path):
     out = tmp_path / "out"
     script = tmp_path / "sweep.py"
@@ -331,6 +336,11 @@ def test_runner_overhead_is_small(tmp_path: Path):
 
 
 # -- CLI -------------------------------------------------------------------------------------------
+def flat(result: Any) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
 def _write_scripted(tmp_path: Path, root_reply: str, count: int) -> tuple[Path, Path]:
     root = tmp_path / "root.json"
     child = tmp_path / "child.json"
@@ -339,6 +349,7 @@ def _write_scripted(tmp_path: Path, root_reply: str, count: int) -> tuple[Path, 
     return root, child
 
 
+@pytest.mark.slow
 def test_cli_eval_and_report_end_to_end(tmp_path: Path):
     """The installed CLI in a subprocess, on the test task (registered by a two-line shim
     that then runs the same typer app as the `loopagent` command)."""
@@ -398,7 +409,7 @@ def test_cli_eval_builtin_task(tmp_path: Path):
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = load_records(out)
-    assert {r.config for r in records} == {"rlm.d=1", "root_only"} and len(records) == 4
+    assert {r.config for r in records} == {"rlm.cl=1.d=1", "root_only"} and len(records) == 4
     assert all(0.0 <= r.score <= 1.0 and r.error is None for r in records)
     assert (out / "report.md").exists()
 
@@ -411,16 +422,16 @@ def test_cli_errors(tmp_path: Path):
     if isinstance(result.exception, ImportError):
         pytest.skip("the built-in tasks are not importable yet")
     assert result.exit_code == 2
-    assert "unknown task 'no-such-task'" in result.output and "available:" in result.output
+    assert "unknown task 'no-such-task'" in flat(result) and "available:" in flat(result)
     from loopagent.evals.base import register
 
     register(fx.NeedleTask)
     result = runner.invoke(app, ["eval", "needle-test", *base, "--root-loops", "2,4"])
-    assert result.exit_code == 2 and "not a looped model" in result.output
+    assert result.exit_code == 2 and "not a looped model" in flat(result)
     result = runner.invoke(app, ["eval", "needle-test", *base, "--lengths", "12q"])
-    assert result.exit_code == 2 and "bad length" in result.output
+    assert result.exit_code == 2 and "bad length" in flat(result)
     result = runner.invoke(app, ["eval", "needle-test", *base, "--task-option", "nokey"])
-    assert result.exit_code == 2 and "key=value" in result.output
+    assert result.exit_code == 2 and "key=value" in flat(result)
     result = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
-    assert result.exit_code == 2 and "not a directory" in result.output
+    assert result.exit_code == 2 and "not a directory" in flat(result)
     assert not (tmp_path / "out" / MANIFEST).exists()

@@ -288,8 +288,8 @@ class _Run:
 
     async def execute(self, query: str, context: ContextLike, *, load: bool = True) -> Result:
         start = time.monotonic()
-        if load:
-            self.env.load_context(context)
+        if load:  # starting a worker takes ~50 ms: keep the event loop free for sibling runs
+            await asyncio.to_thread(self.env.load_context, context)
         self._register()
         system = self._system_prompt(context)
         self._log(RunStart, query=query, context=prompts.describe_context(context), config=self.rlm.config(),
@@ -499,8 +499,8 @@ class RLM:
         env = env or SandboxREPL(self.sandbox)
         writer = self._writer()
         try:
-            if own_env:
-                env.load_context(context)  # bad or oversized contexts fail here, before any model call
+            if own_env:  # bad or oversized contexts fail here, before any model call
+                await asyncio.to_thread(env.load_context, context)
             tree = _RunTree(self, writer)
             run = _Run(tree, env, depth=0, root=self.root, earlier=earlier)
             return await run.execute(query, context, load=False)

@@ -2,8 +2,10 @@
 
 - :func:`machine_info`: what the numbers were measured on (goes into every JSON);
 - :func:`median`, :func:`p90`, :func:`summarize`: statistics over samples;
+- :func:`linear_fit`: least-squares line ``y = a + b*x`` with its R^2;
 - :func:`rss_bytes`, :func:`rss_of`: resident memory of this or another process;
 - :class:`Row`, :func:`print_table`: the side-by-side table every benchmark prints;
+- :func:`print_grid`: a plain table with any columns (benchmarks without a peer);
 - :func:`write_json`: write results, creating the folder;
 - :class:`BaseAdapter`, :func:`bench_args`, :func:`make_peer`, :func:`run_steps`,
   :class:`RowMaker`, :func:`finish`: the driver every benchmark shares (flags, the rlms peer or n/a
@@ -123,6 +125,25 @@ def summarize(samples: Sequence[float], scale: float = 1.0) -> dict[str, float |
     }
 
 
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
+    """Least-squares line ``y = a + b*x``: ``{"a", "b", "r2"}`` (needs 2+ distinct xs).
+
+    R^2 is 1 - SS_res / SS_tot; it is 1.0 when every y is the same (a flat line fits exactly).
+    """
+    n = len(xs)
+    if n != len(ys) or n < 2:
+        raise ValueError("need two or more (x, y) pairs")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("need two or more distinct xs")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, ys))
+    return {"a": a, "b": b, "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}
+
+
 # -- memory ----------------------------------------------------------------------------
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -236,6 +257,34 @@ def print_table(
     out = []
     if title:
         out.append(title)
+    out += [line(header), sep, *(line(b) for b in body)]
+    text = "\n".join(out)
+    print(text, file=file or sys.stdout, flush=True)
+    return text
+
+
+def print_grid(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str = "",
+    left: Sequence[int] = (0,),
+    file: Any = None,
+) -> str:
+    """Print a plain-text table with any columns, in :func:`print_table`'s style.
+
+    Cells are shown with ``str()``; the columns numbered in ``left`` are left-aligned,
+    the others right-aligned. Returns the text.
+    """
+    body = [[str(c) for c in r] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(parts) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    out = [title] if title else []
     out += [line(header), sep, *(line(b) for b in body)]
     text = "\n".join(out)
     print(text, file=file or sys.stdout, flush=True)

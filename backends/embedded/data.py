@@ -26,6 +26,18 @@ IGNORE = -100
 #: Every "x=y" statement and "?x" query is one token of the child's tokenizer.
 CHILD_EXTRA_TOKENS = [f"{a}={b}" for a in NAMES for b in NAMES + DIGITS] + [f"?{a}" for a in NAMES]
 
+#: The child reads "statements ?x" and answers at the query token: no turn markers. The
+#: first turn's statements are shown twice ("S | S ?x"): in the second copy every
+#: statement sees all of them, so a causal model can follow each chain there, loop by
+#: loop, and the query only has to look its variable up.
+CHILD_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}{{ m['content'] }}<|eos|>"
+    "{%- elif loop.first and ' ?' in m['content'] -%}"
+    "{%- set parts = m['content'].rsplit(' ?', 1) -%}{{ parts[0] }} | {{ parts[0] }} ?{{ parts[1] }}"
+    "{%- else -%}{{ m['content'] }}{%- endif -%}{%- endfor -%}"
+)
+
 #: The root sees the question and REPL outputs, never the long system prompt (a small
 #: model learns the REPL from its training programs); outputs are cut to 400 characters.
 ROOT_CHAT_TEMPLATE = (
@@ -63,21 +75,53 @@ def child_prompt(statements: Sequence[str], var: str) -> str:
 
 
 def child_example(tok: Any, rng: random.Random, *, statements: int = 8, hops: Sequence[int] = (1, 2, 3, 4), queries: int | None = None) -> Example:
-    """One section; the first turn asks the chain's head, later turns ask the other variables."""
+    """One section, then every variable asked in turn; labels are dense.
+
+    Layout (what the child's chat template renders for the turns)::
+
+        q=a; c=5; a=c | q=a; c=5; a=c ?q 5<eos> ?c 5<eos> ?a 5<eos>
+
+    The answer to a query is predicted at the query token itself. Statement positions
+    are trained too (dense supervision): in the first copy to predict their variable's
+    value when the statements so far resolve it, in the second copy always (all
+    statements are in sight there). Without these labels a small model only learns to
+    guess among the digits in the section.
+    """
     stmts, head, value = make_section(rng, statements, rng.choice(list(hops)))
     others = [s.split("=")[0] for s in stmts if s.split("=")[0] != head]
     rng.shuffle(others)
     asked = [head] + others[: (queries - 1) if queries is not None else len(others)]
+    eos = tok.eos_token_id
+
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
     ids: list[int] = []
     labels: list[int] = []
-    user, asst, eos = (tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|eos|>"))
+    pending = IGNORE  # the label of the next position: predicted from the current one
+    for copy in (0, 1):
+        if copy == 1:
+            ids += encode(" | ")
+            labels += [pending, IGNORE, IGNORE]
+            pending = IGNORE
+        for i, statement in enumerate(stmts):
+            ids += encode(statement)
+            labels.append(pending)
+            seen = stmts[: i + 1] if copy == 0 else stmts
+            known = resolve(seen, statement.split("=")[0])[0]
+            pending = encode(known)[0] if known is not None else IGNORE
+            if i < len(stmts) - 1:
+                ids += encode("; ")
+                labels += [pending, IGNORE]
+                pending = IGNORE
     for turn, var in enumerate(asked):
-        content = child_prompt(stmts, var) if turn == 0 else f"?{var}"
-        answer = resolve(stmts, var)[0]
-        prompt = [user] + tok(content, add_special_tokens=False)["input_ids"] + [eos, asst]
-        reply = tok(answer, add_special_tokens=False)["input_ids"] + [eos]
-        ids += prompt + reply
-        labels += [IGNORE] * len(prompt) + reply
+        query = encode(f" ?{var}" if turn == 0 else f"?{var}")
+        ids += query
+        labels += [pending] + [IGNORE] * (len(query) - 1)
+        pending = IGNORE
+        answer = encode(resolve(stmts, var)[0]) + [eos]
+        ids += answer
+        labels += answer
     return Example(ids, labels)
 
 

@@ -60,11 +60,11 @@ class TrainConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "child": dict(role="child", steps=1500, batch_size=64, lr=3e-3, hidden_size=64, intermediate_size=256,
-                  injection="concat", default_loops=4, max_loops=16, loops_min=1, loops_max=8),
-    "root": dict(role="root", steps=1500, batch_size=32, lr=2e-3, hidden_size=128, intermediate_size=384,
+    "child": dict(role="child", steps=2000, batch_size=64, lr=3e-3, hidden_size=64, intermediate_size=256,
+                  injection="concat", default_loops=4, max_loops=16, loops_min=1, loops_max=8, eval_every=200),
+    "root": dict(role="root", steps=1200, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
-                 eval_every=500),
+                 eval_every=400),
     # a few seconds on a laptop: for tests and smoke runs
     "tiny-child": dict(role="child", steps=12, batch_size=8, hidden_size=32, intermediate_size=64, loops_max=4,
                        checkpoint_every=4, eval_every=12, eval_items=16),
@@ -85,10 +85,10 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 def make_tokenizer(role: Role) -> Any:
     from loopagent.backends.looped.tokenizer import byte_tokenizer
 
-    from .data import CHILD_EXTRA_TOKENS, ROOT_CHAT_TEMPLATE
+    from .data import CHILD_CHAT_TEMPLATE, CHILD_EXTRA_TOKENS, ROOT_CHAT_TEMPLATE
 
     if role == "child":
-        return byte_tokenizer(CHILD_EXTRA_TOKENS)
+        return byte_tokenizer(CHILD_EXTRA_TOKENS, chat_template=CHILD_CHAT_TEMPLATE)
     return byte_tokenizer(chat_template=ROOT_CHAT_TEMPLATE)
 
 
@@ -376,3 +376,17 @@ def export(model: Any, tok: Any, path: Path) -> None:
     plain = plain_model(copy.deepcopy(model)).eval()
     plain.save_pretrained(path)
     tok.save_pretrained(path)
+
+
+def export_run(out: str | Path) -> Path:
+    """Export the latest checkpoint of a (possibly unfinished) run to ``out/model``."""
+    import torch
+
+    out = Path(out)
+    config = TrainConfig.model_validate_json((out / "train_config.json").read_text())
+    tok = make_tokenizer(config.role)
+    model = make_model(config, tok)
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    model.load_state_dict(state["model"])
+    export(model, tok, out / "model")
+    return out / "model"

@@ -71,21 +71,24 @@ def test_questions_outside_the_families_get_no_program():
 def test_child_example_first_turn_is_what_inference_sees():
     tok = make_tokenizer("child")
     example = child_example(tok, random.Random(0))
-    text = tok.decode(example.input_ids)
-    first_user = text.split("<|eos|>")[0].removeprefix("<|user|>")
-    statements, var = first_user.rsplit(" ?", 1)
-    rendered = tok.apply_chat_template([{"role": "user", "content": first_user}], add_generation_prompt=True, tokenize=False)
-    encoded = tok(rendered, add_special_tokens=False)["input_ids"]
-    assert example.input_ids[: len(encoded)] == encoded
-    # every statement is one token, and the label after the prompt is the resolved value
+    first_query = next(i for i, t in enumerate(example.input_ids) if tok.decode([t]).startswith("?"))
+    prompt_ids = example.input_ids[: first_query + 1]
+    shown = tok.decode(prompt_ids)  # "S | S ?x": the template shows the statements twice
+    statements, var = shown.rsplit(" ?", 1)
+    statements = statements.split(" | ")[0]
+    rendered = tok.apply_chat_template([{"role": "user", "content": f"{statements} ?{var}"}], add_generation_prompt=True,
+                                       tokenize=False)
+    assert rendered == shown
+    assert tok(rendered, add_special_tokens=False)["input_ids"] == prompt_ids
     n = len(statements.split("; "))
     assert len(tok(statements, add_special_tokens=False)["input_ids"]) == 3 * n - 2  # n statements, n - 1 "; "
-    answer_pos = len(encoded)
-    assert tok.decode([example.labels[answer_pos]]) == resolve(statements.split("; "), var)[0]
-    assert all(label == IGNORE for label in example.labels[:answer_pos])
-    # dense: one supervised answer (plus its end token) per variable of the section
-    supervised = [label for label in example.labels if label != IGNORE]
-    assert len(supervised) == 2 * len(statements.split("; "))
+    # the answer is predicted at the query token
+    assert tok.decode([example.labels[first_query + 1]]) == resolve(statements.split("; "), var)[0]
+    # every variable is asked once (answer + end token), statements that resolve are labelled too
+    answers = [label for label in example.labels[first_query + 1 :] if label != IGNORE]
+    assert len(answers) == 2 * n
+    dense = [label for label in example.labels[: first_query + 1] if label != IGNORE]
+    assert dense and all(tok.decode([d]).isdigit() for d in dense)
 
 
 def test_root_example_matches_the_root_chat_template():

@@ -1,0 +1,72 @@
+"""The shipped embedded models: they load, and clear the quality bars on a small sample."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from loopagent import RLM, model  # noqa: E402
+from loopagent.backends.embedded import WEIGHTS, EmbeddedBackend  # noqa: E402
+from loopagent.backends.embedded.data import random_root_question, root_program  # noqa: E402
+from loopagent.backends.embedded.evaluate import HELD_OUT_SEED  # noqa: E402
+from loopagent.backends.embedded.train import evaluate_child  # noqa: E402
+from loopagent.evals.base import get_task  # noqa: E402
+
+
+def test_weights_are_small_plain_checkpoints():
+    total = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert total <= 20 * 1024 * 1024
+    assert (WEIGHTS / "MODEL_CARD.md").is_file()
+    for role in ("root", "child"):
+        assert (WEIGHTS / role / "model.safetensors").is_file() and (WEIGHTS / role / "tokenizer.json").is_file()
+
+
+def test_embedded_spec_takes_its_role_in_an_rlm():
+    backend = model("embedded", loops=4)
+    assert isinstance(backend, EmbeddedBackend)
+    rlm = RLM(root=backend)
+    assert rlm.root.name == "embedded:root" and rlm.child.name == "embedded:child"
+    assert rlm.child.default_loops == 4
+
+
+def test_child_latent_depth_pays_off_on_four_hops():
+    child = model("embedded:child")
+    acc = evaluate_child(child.model, child.tokenizer, items=128, seed=HELD_OUT_SEED + 1, loops=[1, 8], hops=[4])["hops4"]
+    assert acc["L8"] - acc["L1"] >= 0.30, acc
+    assert acc["L8"] >= 0.8, acc
+
+
+def test_root_writes_the_programs_of_its_families():
+    root = model("embedded:root")
+    rng = random.Random(HELD_OUT_SEED + 2)
+    questions = [random_root_question(rng)[0] for _ in range(12)]
+    replies = root.batch([[{"role": "user", "content": q}] for q in questions], max_tokens=220)
+    exact = sum(r.text.strip() == f"```repl\n{root_program(q)}\n```" for q, r in zip(questions, replies))
+    assert exact >= 11, [r.text for r in replies]
+
+
+@pytest.mark.slow
+def test_single_needle_in_a_million_characters():
+    items = get_task("sniah").generate(3, 1_000_000, seed=HELD_OUT_SEED + 3)
+    rlm = RLM(root=model("embedded"), max_iterations=4)
+    correct = sum(rlm.run(item.question, item.context).answer == item.answer for item in items)
+    assert correct >= 3
+
+
+def test_questions_outside_the_families_end_cleanly():
+    result = RLM(root=model("embedded"), max_iterations=3).run("Who wrote the first letter, and why?", context="Dear Bob, ...")
+    assert result.reason in ("final", "max_iterations", "consecutive_errors")
+    assert result.iterations >= 1
+
+
+@pytest.mark.slow
+def test_demo_runs_small(tmp_path):
+    from loopagent.demo import run_demo
+
+    report = run_demo(chars=60_000, questions=3, loops=(1, 8), log_dir=tmp_path)
+    assert [row.loops for row in report.table] == [1, 8]
+    assert report.examples[0]["correct"]  # the needle
+    assert report.table[1].correct >= report.table[0].correct

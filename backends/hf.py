@@ -27,7 +27,7 @@ class HFLoopedBackend(Backend):
 
     Example::
 
-        child = HFLoopedBackend("ckpt/", loops=4, max_new_tokens=64)
+        child = HFLoopedBackend("ckpt/", loops=4, max_new_tokens=64)   # threads=N to pin torch's threads
         child.batch([[{"role": "user", "content": "x=1;y=x;?y"}]] * 8, loops=[1, 2, 4, 8] * 2)
     """
 
@@ -42,6 +42,7 @@ class HFLoopedBackend(Backend):
         dtype: str | None = None,
         batch_size: int = 32,
         seed: int = 0,
+        threads: int | None = None,
         name: str | None = None,
     ) -> None:
         self.path = Path(path)
@@ -69,6 +70,7 @@ class HFLoopedBackend(Backend):
         self.dtype = dtype
         self.batch_size = batch_size
         self.seed = seed
+        self.threads = threads
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -97,6 +99,12 @@ class HFLoopedBackend(Backend):
             tok = AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as e:
             raise ModelSpecError(f"{str(self.path)!r} has no usable tokenizer ({e}); save one next to the weights") from None
+        # Decoding a small model is a long chain of tiny ops: a second intra-op thread
+        # buys nothing and costs 10-30x when the other core is busy. torch's thread
+        # count is process-wide, so it is only changed for small models or on request.
+        small = sum(p.numel() for p in self._model.parameters()) < 50_000_000
+        if self.threads is not None or small:
+            torch.set_num_threads(self.threads or 1)
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token

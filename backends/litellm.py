@@ -4,6 +4,9 @@ Specs: ``litellm:openai/gpt-5``, ``litellm:anthropic/claude-...`` (litellm's own
 model names), and ``served:http://127.0.0.1:8000/v1`` for an OpenAI-compatible
 server (vLLM, ``loopagent serve``, llama.cpp ...). A served model that is looped
 takes its loop budget per request as ``{"loops": n}`` in the request body.
+``served:http://host1:8000/v1,http://host2:8000/v1`` lists replicas of one model:
+calls are spread over them by litellm's Router (and retried on another replica when
+one fails).
 """
 
 from __future__ import annotations
@@ -72,12 +75,24 @@ class LiteLLMBackend(Backend):
         self.default_loops = loops
         self.max_loops = max_loops
         self._resolved = not served or "/" in model and not model.endswith("/")
+        #: Replicas of a served model (``served:URL1,URL2``); balanced by litellm's Router.
+        self.api_bases: list[str] = [self.api_base] if self.api_base else []
+        self._router: Any = None
 
     @classmethod
     def served(cls, base_url: str, *, model: str | None = None, **kwargs: Any) -> LiteLLMBackend:
         """An OpenAI-compatible server at ``base_url`` (``.../v1``); the model name
-        is read from its ``/models`` list unless given."""
-        backend = cls(f"openai/{model}" if model else "openai/", api_base=base_url, api_key=kwargs.pop("api_key", None) or "EMPTY", served=True, **kwargs)
+        is read from its ``/models`` list unless given. Several comma-separated URLs are
+        replicas of one model, balanced by litellm's Router."""
+        urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        if not urls:
+            from loopagent.errors import ModelSpecError
+
+            raise ModelSpecError(f"served: needs a base URL like http://127.0.0.1:8000/v1, got {base_url!r}")
+        name = kwargs.pop("name", None) or (f"served:{','.join(urls)}" if len(urls) > 1 else None)
+        backend = cls(f"openai/{model}" if model else "openai/", api_base=urls[0], api_key=kwargs.pop("api_key", None) or "EMPTY",
+                      served=True, name=name, **kwargs)
+        backend.api_bases = urls
         return backend
 
     # -- checks ------------------------------------------------------------------------
@@ -97,6 +112,9 @@ class LiteLLMBackend(Backend):
             )
 
     def _resolve_served_model(self) -> None:
+        if len(self.api_bases) > 1:
+            self._resolve_replicas()
+            return
         url = f"{self.api_base}/models"
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
@@ -114,12 +132,35 @@ class LiteLLMBackend(Backend):
         self.model = f"openai/{models[0]}"
         self._resolved = True
 
+    def _resolve_replicas(self) -> None:
+        """Check every replica and build the Router (model names read per replica)."""
+        deployments = []
+        for base in self.api_bases:
+            url = f"{base}/models"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
+                    listing = json.loads(resp.read())
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                raise BackendUnavailableError(
+                    f"cannot reach the model server at {base} ({e}); start it (e.g. `loopagent serve ...`) "
+                    "or check the URLs in the served: spec"
+                ) from None
+            models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+            if not models:
+                raise BackendUnavailableError(f"the server at {base} lists no models at {url}")
+            name = self.model if self._resolved else f"openai/{models[0]}"
+            deployments.append({"model_name": "served", "litellm_params": {
+                "model": name, "api_base": base, "api_key": self.api_key, "timeout": self.timeout_s}})
+        self.model = deployments[0]["litellm_params"]["model"]
+        self._router = _litellm().Router(model_list=deployments, num_retries=self.num_retries)
+        self._resolved = True
+
     # -- calls -------------------------------------------------------------------------
     async def acomplete(
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
     ) -> Completion:
         loops = self.validate_loops(loops)
-        if not self._resolved:
+        if not self._resolved or (len(self.api_bases) > 1 and self._router is None):
             self._resolve_served_model()
         litellm = _litellm()
         params: dict[str, Any] = {**self.completion_kwargs, **kwargs}
@@ -129,15 +170,18 @@ class LiteLLMBackend(Backend):
             params["extra_body"] = {**params.get("extra_body", {}), "loops": loops}
         start = time.perf_counter()
         try:
-            resp = await litellm.acompletion(
-                model=self.model,
-                messages=list(messages),
-                api_base=self.api_base,
-                api_key=self.api_key,
-                timeout=self.timeout_s,
-                num_retries=self.num_retries,
-                **params,
-            )
+            if self._router is not None:
+                resp = await self._router.acompletion(model="served", messages=list(messages), timeout=self.timeout_s, **params)
+            else:
+                resp = await litellm.acompletion(
+                    model=self.model,
+                    messages=list(messages),
+                    api_base=self.api_base,
+                    api_key=self.api_key,
+                    timeout=self.timeout_s,
+                    num_retries=self.num_retries,
+                    **params,
+                )
         except Exception as e:
             raise _translate(e, self.name) from None
         wall = time.perf_counter() - start

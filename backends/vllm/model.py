@@ -1,0 +1,384 @@
+"""``LoopedForCausalLM`` as a vLLM model class (see the package docstring for the design).
+
+The module tree mirrors the transformers reference (``backends/looped/modeling_looped.py``)
+so checkpoints load by name; q/k/v and gate/up are fused into vLLM's tensor-parallel
+linear layers, attention and the KV cache are vLLM's ``Attention`` layers: one per
+prelude layer, one per coda layer and one per (loop, core layer), like vLLM's own
+looped models. Norms, rotary embeddings and loop injection reuse the reference's torch
+code, so a float32 engine reproduces the reference's greedy tokens.
+
+``forward`` takes the per-token loop budgets (``loop_budgets``, a [num_tokens] tensor;
+``loop_max``, their maximum; ``loop_uniform``, whether they are all equal; ``loop_levels``,
+the distinct budgets; the last three computed on the host) from the model-runner hook in
+``hooks.py``: the core block runs ``loop_max`` times and a token whose budget is reached
+keeps its state from then on, so every request of a mixed batch gets exactly its own
+budget. Once fewer than ``COMPACT_BELOW`` of the tokens still loop, a loop computes only
+their rows (gathered; vLLM's attention call still spans the batch, with zeros for the
+others), so a mixed batch costs less than the same batch at its largest budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+
+from ..looped.configuration_looped import LoopedConfig
+from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection, _rope_inv_freq, _rotate_half
+
+# (indices of the tokens still looping, tokens in the batch)
+_Rows = tuple[torch.Tensor, int]
+#: Below this fraction of still-looping tokens, a loop computes only those rows (gathered)
+#: instead of all rows with the spent ones masked: the saving outweighs the gathers.
+COMPACT_BELOW = 0.75
+
+# q/k/v and gate/up are stored separately in checkpoints and fused here.
+_STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
+            ("gate_up_proj", "gate_proj", 0), ("gate_up_proj", "up_proj", 1))
+
+
+def check_config(config: Any, tp_size: int = 1, pp_size: int = 1) -> None:
+    """Raise a clear error for what the vLLM path does not serve."""
+    if getattr(config, "kv_cache", "per_loop") != "per_loop":
+        raise ValueError(
+            "loopagent's vLLM model serves kv_cache='per_loop' checkpoints only; kv_cache='shared' processes "
+            "positions one at a time (use the hf: backend for it)"
+        )
+    if getattr(config, "lora_rank", 0) and tp_size > 1:
+        raise ValueError("per-loop LoRA (lora_rank > 0) is served with tensor_parallel_size=1 only")
+    if pp_size > 1:
+        raise ValueError(
+            "pipeline parallelism is not supported for looped models (the core block loops within one stage); "
+            "use tensor parallelism (--tensor-parallel-size) and several endpoints (served:URL1,URL2)"
+        )
+
+
+class _LoRA(nn.Module):
+    """Per-loop low-rank deltas of one projection (names match ``LoopLinear``)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, max_loops: int) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.zeros(max_loops, rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(max_loops, out_features, rank))
+
+    def forward(self, x: torch.Tensor, loop: int) -> torch.Tensor:
+        return F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
+
+
+def _loras(config: LoopedConfig, core: bool, shapes: dict[str, tuple[int, int]]) -> nn.ModuleDict:
+    if not core or not config.lora_rank:
+        return nn.ModuleDict()
+    return nn.ModuleDict({name: _LoRA(i, o, config.lora_rank, config.max_loops)
+                          for name, (i, o) in shapes.items() if name in config.lora_targets})
+
+
+class _Rope(nn.Module):
+    """Rotary embeddings exactly as the reference computes them (neox layout)."""
+
+    def __init__(self, config: LoopedConfig) -> None:
+        super().__init__()
+        inv_freq = _rope_inv_freq(config.head_dim, config.rope_theta, config.rope_freq_scaling, torch.device("cpu"))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [t, 1, head_dim]
+
+
+class VLoopedAttention(nn.Module):
+    def __init__(self, config: LoopedConfig, core: bool, prefix: str) -> None:
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        d, hd = config.hidden_size, config.head_dim
+        self.head_dim = hd
+        self.num_heads = config.num_attention_heads // tp
+        self.num_kv_heads = max(1, config.num_key_value_heads // tp)
+        self.q_size, self.kv_size = self.num_heads * hd, self.num_kv_heads * hd
+        qkv_bias = config.qkv_bias or config.attention_bias
+        self.qkv_proj = QKVParallelLinear(d, hd, config.num_attention_heads, config.num_key_value_heads,
+                                          bias=qkv_bias, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(config.num_attention_heads * hd, d, bias=config.attention_bias,
+                                        prefix=f"{prefix}.o_proj")
+        nq, nkv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+        self.lora = _loras(config, core, {"q_proj": (d, nq), "k_proj": (d, nkv), "v_proj": (d, nkv), "o_proj": (nq, d)})
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention, loop: int | None,
+                rows: _Rows | None = None) -> torch.Tensor:
+        qkv, _ = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if loop is not None and len(self.lora):
+            if "q_proj" in self.lora:
+                q = q + self.lora["q_proj"](x, loop)
+            if "k_proj" in self.lora:
+                k = k + self.lora["k_proj"](x, loop)
+            if "v_proj" in self.lora:
+                v = v + self.lora["v_proj"](x, loop)
+        t = x.shape[0]
+        cos, sin = rope
+        q = q.reshape(t, self.num_heads, self.head_dim)
+        k = k.reshape(t, self.num_kv_heads, self.head_dim)
+        q = (q * cos + _rotate_half(q) * sin).reshape(t, self.q_size)
+        k = (k * cos + _rotate_half(k) * sin).reshape(t, self.kv_size)
+        if rows is None:
+            out = attn(q, k, v.contiguous())
+        else:
+            # Only the active rows were computed. vLLM's attention call covers the whole
+            # batch: rows whose budget is spent get zeros (their outputs are dropped, and the
+            # keys/values written for them, in a cache of a loop past their budget, are read
+            # by no one: only their own request attends to them, and the budget salt keeps
+            # other budgets from sharing those cache blocks).
+            index, total = rows
+            q = q.new_zeros(total, self.q_size).index_copy_(0, index, q)
+            k = k.new_zeros(total, self.kv_size).index_copy_(0, index, k)
+            v = v.new_zeros(total, self.kv_size).index_copy_(0, index, v)
+            out = attn(q, k, v).index_select(0, index)
+        y, _ = self.o_proj(out)
+        if loop is not None and "o_proj" in self.lora:
+            y = y + self.lora["o_proj"](out, loop)
+        return y
+
+
+class VLoopedMLP(nn.Module):
+    def __init__(self, config: LoopedConfig, core: bool, prefix: str) -> None:
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(d, [f, f], bias=config.mlp_bias, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(f, d, bias=config.mlp_bias, prefix=f"{prefix}.down_proj")
+        self.lora = _loras(config, core, {"gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)})
+
+    def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
+        gate_up, _ = self.gate_up_proj(x)
+        gate, up = gate_up.chunk(2, dim=-1)
+        if loop is not None and len(self.lora):
+            if "gate_proj" in self.lora:
+                gate = gate + self.lora["gate_proj"](x, loop)
+            if "up_proj" in self.lora:
+                up = up + self.lora["up_proj"](x, loop)
+        h = F.silu(gate) * up
+        y, _ = self.down_proj(h)
+        if loop is not None and "down_proj" in self.lora:
+            y = y + self.lora["down_proj"](h, loop)
+        return y
+
+
+class VLoopedDecoderLayer(nn.Module):
+    """Pre-norm attention + SwiGLU MLP, sandwich norms as in the reference."""
+
+    def __init__(self, config: LoopedConfig, core: bool, prefix: str) -> None:
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_layernorm = LoopedRMSNorm(config.hidden_size, eps)
+        self.self_attn = VLoopedAttention(config, core, f"{prefix}.self_attn")
+        self.post_attention_layernorm = LoopedRMSNorm(config.hidden_size, eps)
+        self.mlp = VLoopedMLP(config, core, f"{prefix}.mlp")
+        self.sandwich = config.sandwich_norm
+        self.residual_sandwich = config.sandwich_norm and config.sandwich_style == "residual"
+        if self.sandwich:
+            self.attn_out_norm = LoopedRMSNorm(config.hidden_size, eps)
+            self.mlp_out_norm = LoopedRMSNorm(config.hidden_size, eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention, loop: int | None = None,
+                rows: _Rows | None = None) -> torch.Tensor:
+        a = self.self_attn(self.input_layernorm(x), rope, attn, loop, rows)
+        if self.residual_sandwich:
+            x = self.attn_out_norm(x + a)
+            return self.mlp_out_norm(x + self.mlp(self.post_attention_layernorm(x), loop))
+        x = x + (self.attn_out_norm(a) if self.sandwich else a)
+        m = self.mlp(self.post_attention_layernorm(x), loop)
+        return x + (self.mlp_out_norm(m) if self.sandwich else m)
+
+
+class VLoopedModel(nn.Module):
+    """Embeddings, prelude, looped core, coda, final norm (weights named as in the reference)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config: LoopedConfig = vllm_config.model_config.hf_config
+        check_config(config, get_tensor_model_parallel_world_size(), get_pp_group().world_size)
+        self.config = config
+        cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.prelude = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.prelude.{i}") for i in range(config.num_prelude_layers))
+        self.core = nn.ModuleList(VLoopedDecoderLayer(config, True, f"{prefix}.core.{i}") for i in range(config.num_core_layers))
+        self.coda = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.coda.{i}") for i in range(config.num_coda_layers))
+        self.injection = LoopInjection(config)
+        self.loop_norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.loop_norm else None
+        # Loaded so Ouro-style checkpoints load; the gate is not evaluated (every token runs its budget).
+        self.exit_gate = nn.Linear(config.hidden_size, 1) if config.exit_gate else None
+        self.norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.final_norm else nn.Identity()
+        self.rope = _Rope(config)
+
+        # One vLLM attention layer (and so one KV cache) per prelude layer, per
+        # (loop, core layer) and per coda layer. vLLM binds caches by the single integer
+        # in each layer's name, so the names use one running index over the unrolled depth.
+        tp = get_tensor_model_parallel_world_size()
+        heads, kv_heads = config.num_attention_heads // tp, max(1, config.num_key_value_heads // tp)
+        scale = config.head_dim**-0.5
+        counter = iter(range(10**9))
+
+        def attention() -> Attention:
+            return Attention(heads, config.head_dim, scale, num_kv_heads=kv_heads, cache_config=cache_config,
+                             quant_config=quant_config, prefix=f"{prefix}.unrolled.{next(counter)}.attn")
+
+        self.prelude_attn = nn.ModuleList(attention() for _ in self.prelude)
+        self.core_attn = nn.ModuleList(nn.ModuleList(attention() for _ in self.core) for _ in range(config.max_loops))
+        self.coda_attn = nn.ModuleList(attention() for _ in self.coda)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def _initial_state(self, e: torch.Tensor) -> torch.Tensor:
+        mode = self.config.initial_state
+        if mode == "zeros":
+            return torch.zeros_like(e)
+        if mode == "random":
+            std = self.config.initial_state_std
+            return nn.init.trunc_normal_(torch.empty_like(e), mean=0.0, std=std, a=-3 * std, b=3 * std)
+        return e
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        loop_budgets: torch.Tensor | None = None,
+        loop_max: int | None = None,
+        loop_uniform: bool | None = None,
+        loop_levels: frozenset[int] | None = None,
+    ) -> torch.Tensor:
+        x = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.embedding_scale != 1.0:
+            x = x * self.config.embedding_scale
+        rope = self.rope(positions, x.dtype)
+        for module, attn in zip(self.prelude, self.prelude_attn):
+            x = module(x, rope, attn)
+        e = x
+        s = self._initial_state(e)
+        if loop_budgets is None:  # a profiling / warm-up run: the deepest case
+            loops, keep = self.config.max_loops, None
+        else:
+            loops = int(loop_max) if loop_max is not None else int(loop_budgets.max())
+            uniform = loop_uniform if loop_uniform is not None else bool(loop_budgets.eq(loops).all())
+            keep = None if uniform else loop_budgets[:, None]
+        total = s.shape[0]
+        rows: _Rows | None = None
+        for loop in range(loops):
+            # the still-looping rows change only after a loop that is some row's budget
+            if keep is not None and (loop == 0 or loop_levels is None or loop in loop_levels):
+                active = (keep[:, 0] > loop).nonzero().squeeze(1)
+                rows = (active, total) if active.numel() < COMPACT_BELOW * total else None
+            if rows is None:
+                h = self.injection(s, e)
+                r = rope
+            else:
+                h = self.injection(s.index_select(0, rows[0]), e.index_select(0, rows[0]))
+                r = (rope[0].index_select(0, rows[0]), rope[1].index_select(0, rows[0]))
+            for module, attn in zip(self.core, self.core_attn[loop]):
+                h = module(h, r, attn, loop, rows)
+            if self.loop_norm is not None:
+                h = self.loop_norm(h)
+            # A token whose budget is reached keeps its state: exactly `budget` loops each.
+            if keep is None:
+                s = h
+            elif rows is None:
+                s = torch.where(keep > loop, h, s)
+            else:
+                s = s.index_copy(0, rows[0], h)
+        h = self.norm(s) if self.config.norm_before_coda else s
+        for module, attn in zip(self.coda, self.coda_attn):
+            h = module(h, rope, attn)
+        return self.norm(h)
+
+
+class LoopedForCausalLM(nn.Module):
+    """vLLM model class for ``architectures: ["LoopedForCausalLM"]`` checkpoints."""
+
+    #: read by the model-runner hook: this model takes per-token loop budgets.
+    loopagent_loop_budgets = True
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.model = VLoopedModel(vllm_config=vllm_config, prefix=f"{prefix}.model" if prefix else "model")
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
+        if config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        loop_budgets: torch.Tensor | None = None,
+        loop_max: int | None = None,
+        loop_uniform: bool | None = None,
+        loop_levels: frozenset[int] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "LoopedForCausalLM runs a data-dependent number of loops per batch and cannot be captured in a "
+                "CUDA graph; start the engine with enforce_eager=True (--enforce-eager)"
+            )
+        return self.model(input_ids, positions, inputs_embeds, loop_budgets, loop_max, loop_uniform, loop_levels)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if self.config.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            name = _rename_lora(name)
+            for fused, part, shard in _STACKED:
+                if f".{part}." in name and ".lora." not in name:
+                    target = name.replace(f".{part}.", f".{fused}.")
+                    if target not in params:
+                        raise ValueError(f"checkpoint weight {name!r} has no place in LoopedForCausalLM (config mismatch?)")
+                    param = params[target]
+                    param.weight_loader(param, tensor, shard)
+                    loaded.add(target)
+                    break
+            else:
+                if name not in params:
+                    raise ValueError(f"checkpoint weight {name!r} has no place in LoopedForCausalLM (config mismatch?)")
+                param = params[name]
+                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+                loaded.add(name)
+        if self.config.tie_word_embeddings:
+            loaded.add("lm_head.weight")
+        # vLLM attention layers' own parameters (KV-cache scales) keep their defaults.
+        for module_name, module in self.named_modules():
+            if isinstance(module, Attention):
+                loaded |= {f"{module_name}.{n}" for n, _ in module.named_parameters()}
+        missing = sorted(n for n in params if n not in loaded)
+        if missing:
+            raise ValueError(f"the checkpoint lacks weights of LoopedForCausalLM: {missing[:8]}")
+        return loaded
+
+
+def _rename_lora(name: str) -> str:
+    """``...q_proj.lora_A`` (reference) -> ``...lora.q_proj.lora_A`` (here)."""
+    if name.endswith((".lora_A", ".lora_B")):
+        head, proj, leaf = name.rsplit(".", 2)
+        return f"{head}.lora.{proj}.{leaf}"
+    return name

@@ -1,0 +1,447 @@
+"""vLLM serving of looped models: the plugin model, per-request loop budgets, the
+vllm: backend, `loopagent serve`, and served: replicas behind litellm's Router.
+
+Tests marked ``vllm`` need vLLM (the ``vllm-cpu`` extra) and are skipped without it;
+they run the engine in-process on CPU (float32, eager, 1 GiB of KV cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from loopagent import RLM, InvalidLoopsError, ModelSpecError, model  # noqa: E402
+from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM  # noqa: E402
+from loopagent.backends.looped.tokenizer import byte_tokenizer  # noqa: E402
+from loopagent.backends.scripted import ScriptedBackend  # noqa: E402
+from loopagent.backends.vllm import hooks  # noqa: E402
+from loopagent.backends.vllm.backend import VLLMBackend  # noqa: E402
+from loopagent.backends.vllm.serve import LoopsMiddleware, serve_argv  # noqa: E402
+from loopagent.trajectory import read_trajectory  # noqa: E402
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+# head_dim 64: vLLM's CPU attention supports 32, 64, 80, ... (not 16)
+BASE = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
+            num_prelude_layers=1, num_core_layers=2, num_coda_layers=1, default_loops=2, max_loops=8,
+            injection="stable", initializer_range=0.2)
+# every option the vLLM model implements, in one checkpoint
+RICH = dict(BASE, injection="concat", sandwich_norm=True, sandwich_style="residual", loop_norm=True,
+            norm_before_coda=True, embedding_scale=2.0, qkv_bias=True, attention_bias=True, mlp_bias=True,
+            lora_rank=4, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            tie_word_embeddings=True, exit_gate=True, initial_state="zeros",
+            rope_freq_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 64})
+# the layout of converted Ouro checkpoints: no injection, output sandwich norms, loop norm, no final norm
+OURO = dict(BASE, injection="none", sandwich_norm=True, sandwich_style="output", loop_norm=True, final_norm=False,
+            exit_gate=True, qkv_bias=True)
+CONFIGS = {"base": BASE, "rich": RICH, "ouro": OURO}
+
+
+def _save(path: Path, options: dict) -> Path:
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LoopedConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **options)
+    ref = LoopedForCausalLM(config)
+    if config.lora_rank:  # LoRA B starts at zero: make the per-loop deltas matter
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                if name.endswith("lora_B"):
+                    p.normal_(std=0.2)
+    ref.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return {name: _save(tmp_path_factory.mktemp(name), options) for name, options in CONFIGS.items()}
+
+
+@pytest.fixture(scope="module")
+def engines(ckpts):
+    """One in-process engine per checkpoint, started on first use, closed at the end."""
+    started: dict[str, VLLMBackend] = {}
+
+    def get(name: str) -> VLLMBackend:
+        if name not in started:
+            for other in list(started):  # one engine at a time keeps memory small
+                started.pop(other).close()
+            started[name] = VLLMBackend(ckpts[name], dtype="float32", max_new_tokens=8, max_model_len=1024)
+        return started[name]
+
+    yield get
+    for backend in started.values():
+        backend.close()
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _reference_tokens(path: Path, prompt_ids: list[int], loops: int, n: int) -> list[int]:
+    ref = LoopedForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt_ids]), loops=loops, max_new_tokens=n, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+# -- without vLLM --------------------------------------------------------------------------------
+
+
+def test_spec_builds_a_vllm_backend_without_starting_an_engine(ckpts, tmp_path):
+    backend = model(f"vllm:{ckpts['base']}", loops=3)
+    assert isinstance(backend, VLLMBackend) and backend._llm is None
+    assert backend.looped and backend.default_loops == 3 and backend.max_loops == 8
+    assert backend.name == f"vllm:{ckpts['base']}"
+    with pytest.raises(InvalidLoopsError):
+        model(f"vllm:{ckpts['base']}", loops=9)
+    with pytest.raises(ModelSpecError, match="not a checkpoint directory"):
+        model(f"vllm:{tmp_path}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "config.json").write_text(json.dumps({"model_type": "looped", "kv_cache": "shared", "max_loops": 4, "default_loops": 2}))
+    with pytest.raises(ModelSpecError, match="per_loop"):
+        model(f"vllm:{shared}")
+
+
+def test_budget_resolution_and_cache_salt():
+    assert hooks.resolve_loops(None, 2, 8) == 2
+    assert hooks.resolve_loops({"loops": 8}, 2, 8) == 8
+    for bad in (0, -1, 9, 2.5, "3", True):
+        with pytest.raises(ValueError, match="loops"):
+            hooks.resolve_loops({"loops": bad}, 2, 8)
+    assert hooks.salted(None, 4) == "loopagent-loops=4"
+    assert hooks.salted("user", 4) == "user|loopagent-loops=4"
+
+
+def _asgi(middleware_app, body: dict | bytes, path: str = "/v1/chat/completions"):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent, seen = [], {}
+
+    async def receive():
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        await middleware_app({"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", str(len(raw)).encode())]},
+                             receive, send)
+
+    asyncio.run(run())
+    return sent, seen
+
+
+def test_middleware_moves_loops_into_extra_args_and_rejects_bad_ones():
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen["body"] = json.loads(message["body"])
+        seen["length"] = dict(scope["headers"])[b"content-length"]
+
+    mw = LoopsMiddleware(app)
+    _asgi(mw, {"model": "m", "messages": [], "loops": 3, "vllm_xargs": {"x": 1}})
+    assert seen["body"]["vllm_xargs"] == {"x": 1, "loops": 3} and "loops" not in seen["body"]
+    assert int(seen["length"]) == len(json.dumps(seen["body"]).encode())
+    seen.clear()
+    _asgi(mw, {"model": "m", "prompt": "hi"}, path="/v1/completions")
+    assert seen["body"] == {"model": "m", "prompt": "hi"}
+    for bad in (0, -2, "2", 1.5, True):
+        seen.clear()
+        sent, _ = _asgi(mw, {"model": "m", "messages": [], "loops": bad})
+        assert not seen and sent[0]["status"] == 400
+        assert "loops must be a positive integer" in json.loads(sent[1]["body"])["error"]["message"]
+
+
+def test_serve_command_line(ckpts, tmp_path):
+    argv = serve_argv(ckpts["base"], "127.0.0.1", 9000, ["--tensor-parallel-size", "2"])
+    assert argv[:3] == ["vllm", "serve", str(ckpts["base"])]
+    assert "--enforce-eager" in argv and "loopagent.backends.vllm.serve.LoopsMiddleware" in argv
+    assert argv[-2:] == ["--tensor-parallel-size", "2"] and "--chat-template" not in argv  # the tokenizer has one
+
+
+def test_served_replicas_are_balanced_by_the_router(server):
+    other = type(server)(model_id="tiny-looped")
+    try:
+        server.responder = lambda body: "a"
+        other.responder = lambda body: "b"
+        backend = model(f"served:{server.base_url},{other.base_url}", loops=3)
+        assert backend.name == f"served:{server.base_url},{other.base_url}"
+        backend.check()
+        outs = backend.batch([user(f"q{i}") for i in range(24)])
+        assert {o.text for o in outs} == {"a", "b"}
+        assert len(server.completions()) + len(other.completions()) == 24
+        assert all(r["loops"] == 3 for r in server.completions() + other.completions())
+        assert outs[0].loops.requested == 3
+    finally:
+        other.close()
+
+
+# -- the engine --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(reversed(CONFIGS)))  # "base" last: the tests after it share its engine
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_greedy_tokens_match_the_transformers_reference(engines, ckpts, name):
+    from vllm import SamplingParams
+
+    backend = engines(name)
+    tok = backend.tokenizer
+    prompts = ["hello world", "the quick brown fox jumps", "a"]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    want = {}
+    for loops in (1, 2, 4):
+        params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, extra_args={"loops": loops})
+        outs = backend.generate(ids, params)
+        for i, (prompt_ids, out) in enumerate(zip(ids, outs)):
+            want[i, loops] = _reference_tokens(ckpts[name], prompt_ids, loops, 10)
+            assert list(out.outputs[0].token_ids) == want[i, loops], (name, loops)
+    # one batch, three budgets: the deeper loops run on the still-looping rows only
+    for budgets in ((1, 2, 4), (4, 1, 2)):
+        params = [SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, extra_args={"loops": n}) for n in budgets]
+        outs = backend.generate(ids, params)
+        assert [list(o.outputs[0].token_ids) for o in outs] == [want[i, n] for i, n in enumerate(budgets)], (name, budgets)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_backend_matches_the_hf_backend(engines, ckpts):
+    backend = engines("base")
+    hf = model(f"hf:{ckpts['base']}", max_new_tokens=8)
+    prompts = [user("hello"), user("x=1;y=x;?y"), user("what is this")]
+    for loops in (1, 3):
+        got, want = backend.batch(prompts, loops=loops), hf.batch(prompts, loops=loops)
+        for g, w in zip(got, want):
+            assert (g.text, g.usage.prompt_tokens, g.usage.completion_tokens) == (w.text, w.usage.prompt_tokens, w.usage.completion_tokens)
+            assert g.loops.requested == loops and g.loops.executed_mean == loops
+            assert g.usage.loop_tokens == loops * (g.usage.prompt_tokens + g.usage.completion_tokens)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_mixed_budget_batch_gives_each_request_its_own_budget(engines):
+    backend = engines("base")
+    prompts = [user(f"request number {i} " + "pad " * i) for i in range(8)]
+    budgets = [1, 2, 3, 4, 5, 6, 7, 8]
+    mixed = backend.batch(prompts, loops=budgets)
+    alone = [backend.complete(p, loops=n) for p, n in zip(prompts, budgets)]
+    assert [m.text for m in mixed] == [a.text for a in alone]
+    assert [m.loops.requested for m in mixed] == budgets
+    # the budget matters: the same prompt at every budget does not give one answer
+    same = backend.batch([prompts[0]] * 8, loops=budgets)
+    assert len({s.text for s in same}) > 1
+    assert [s.text for s in same] == [backend.complete(prompts[0], loops=n).text for n in budgets]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_concurrent_calls_join_one_running_batch(engines):
+    backend = engines("base")
+    prompts = [user(f"call {i}") for i in range(12)]
+    budgets = [1 + i % 8 for i in range(12)]
+
+    async def calls():
+        return await asyncio.gather(*(backend.acomplete(p, loops=n) for p, n in zip(prompts, budgets)))
+
+    together = asyncio.run(calls())
+    assert [t.text for t in together] == [b.text for b in backend.batch(prompts, loops=budgets)]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_prefix_cache_is_kept_apart_per_budget(engines, ckpts):
+    from vllm import SamplingParams
+
+    backend = engines("base")
+    tok = backend.tokenizer
+    prefix = tok("a long shared prefix " * 12, add_special_tokens=False)["input_ids"]  # several 16-token blocks
+
+    def run(loops):
+        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, extra_args={"loops": loops})
+        return backend.generate([prefix], params)[0]
+
+    shallow, deep, deep_again = run(2), run(8), run(8)
+    assert deep.num_cached_tokens == 0  # not served from the 2-loop request's blocks
+    assert deep_again.num_cached_tokens > 0  # the same budget shares them
+    want = _reference_tokens(ckpts["base"], prefix, 8, 6)
+    assert list(deep.outputs[0].token_ids) == want and list(deep_again.outputs[0].token_ids) == want
+    assert list(shallow.outputs[0].token_ids) == _reference_tokens(ckpts["base"], prefix, 2, 6)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_bad_budgets_are_rejected_and_others_are_unaffected(engines):
+    from vllm import SamplingParams
+
+    backend = engines("base")
+    for bad in (0, -1, 9, 2.5, True, "4"):
+        with pytest.raises(InvalidLoopsError):
+            backend.complete(user("hi"), loops=bad)
+    # at the engine: one bad request among good ones in flight
+    tok = backend.tokenizer
+    ids = tok("hello", add_special_tokens=False)["input_ids"]
+    good = [backend._loop.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": n})) for n in (1, 8)]
+    bad = backend._loop.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": 9}))
+    with pytest.raises(ValueError, match="exceeds this model's max_loops=8"):
+        bad.result(timeout=60)
+    assert all(len(f.result(timeout=60).outputs[0].token_ids) == 4 for f in good)
+    with pytest.raises(ValueError, match="positive integer"):
+        backend.generate([ids], SamplingParams(max_tokens=2, extra_args={"loops": 0}))
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - 127.0.0.1
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def served(ckpts, tmp_path_factory):
+    """`loopagent serve` on 127.0.0.1 (a subprocess), stopped after the module."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cli = Path(sys.executable).with_name("loopagent")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "loopagent.cli"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*command, "serve", str(ckpts["base"]), "--port", str(port), "--dtype", "float32",
+                                 "--max-model-len", "1024"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 150
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/models", timeout=2):  # noqa: S310 - 127.0.0.1
+                    break
+            except (urllib.error.URLError, OSError):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"loopagent serve did not come up:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+@pytest.mark.timeout(300)
+def test_serve_end_to_end_with_an_rlm(served, engines, tmp_path):
+    local = engines("base")
+    # budgets reach the served model: the same text as the in-process engine (the server's
+    # streaming detokenizer holds back a trailing incomplete UTF-8 byte sequence)
+    child = model(f"served:{served}", loops=2, max_tokens=8, temperature=0)
+
+    def same(a: str, b: str) -> bool:
+        return a.rstrip("\ufffd") == b.rstrip("\ufffd")
+
+    for loops in (1, 4):
+        assert same(child.complete(user("hello"), loops=loops).text, local.complete(user("hello"), loops=loops).text)
+    # bad budgets: HTTP 400 with a clear message; the server keeps serving
+    for bad, words in ((0, "positive integer"), (99, "max_loops=8"), ("2", "positive integer")):
+        status, body = _post(f"{served}/chat/completions", {"model": str(local.path), "messages": user("hi"), "max_tokens": 2, "loops": bad})
+        assert status == 400 and words in body["error"]["message"]
+    # an RLM: scripted root, looped child behind the server
+    repl = lambda code: f"```repl\n{textwrap.dedent(code).strip()}\n```"  # noqa: E731
+    root = ScriptedBackend([
+        repl("parts = llm_batch(['part ' + c for c in context.split()], loops=1)\nprint(len(parts))"),
+        repl("FINAL(llm_query('combine', loops=4))"),
+    ])
+    result = RLM(root, child, log_dir=tmp_path).run("what?", context="alpha beta gamma")
+    assert result.finished and result.reason == "final"
+    assert same(result.answer, local.complete(user("combine"), loops=4).text)
+    calls = [e for e in read_trajectory(result.trajectory) if e.type == "sub_call"]
+    assert [c.loops_chosen for c in calls] == [1, 1, 1, 4]
+    assert result.usage.by_depth[1].calls == 4 and result.usage.total.loop_tokens > 0
+    # the same server listed twice: the Router spreads calls, answers unchanged
+    pair = model(f"served:{served},{served.replace('127.0.0.1', 'localhost')}", loops=4, max_tokens=8, temperature=0)
+    assert {pair.complete(user("combine")).text for _ in range(4)} == {result.answer}
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+@pytest.mark.timeout(300)
+def test_serving_benchmark_smoke(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "serving.json"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "serving.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=280, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["same_texts"] is True
+    for key in ("hf_64", "vllm_64", "hf_mixed", "vllm_mixed", "hf_uniform8", "vllm_uniform8"):
+        assert data["results"][key]["tokens_per_s"] > 0 and data["results"][key]["loop_tokens_per_s"] > 0
+    assert data["speedup"] > 0 and data["mixed_over_uniform"] > 0
+    assert "serving benchmark" in proc.stdout
+
+
+_TP_SCRIPT = """
+import json, sys
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    path, prompts = sys.argv[1], json.loads(sys.argv[2])
+    llm = LLM(path, dtype="float32", enforce_eager=True, max_model_len=512, tensor_parallel_size=2,
+              distributed_executor_backend="mp")
+    budgets = [1, 3]
+    params = [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, extra_args={"loops": n}) for n in budgets]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU needs 2 cores")
+@pytest.mark.timeout(300)
+def test_tensor_parallel_matches_the_reference(ckpts, tmp_path):
+    """Two CPU workers (vLLM's gloo tensor parallelism), one core each; the single KV head
+    is replicated, the two query heads split."""
+    tok = byte_tokenizer()
+    prompts = [tok("hello world")["input_ids"], tok("the quick brown fox")["input_ids"]]
+    script = tmp_path / "tp.py"
+    script.write_text(_TP_SCRIPT)
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(ckpts["base"]), json.dumps(prompts)], capture_output=True,
+                          text=True, timeout=280, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert got == [_reference_tokens(ckpts["base"], p, n, 8) for p, n in zip(prompts, (1, 3))]

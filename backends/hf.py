@@ -9,7 +9,6 @@ token actually ran (exit gates can stop tokens early).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections import defaultdict
@@ -19,6 +18,7 @@ from typing import Any
 
 from loopagent.errors import BackendError, ModelSpecError
 
+from .checkpoint import looped_checkpoint_config
 from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage
 
 
@@ -46,18 +46,7 @@ class HFLoopedBackend(Backend):
         name: str | None = None,
     ) -> None:
         self.path = Path(path)
-        config_file = self.path / "config.json"
-        if not config_file.is_file():
-            raise ModelSpecError(f"{str(self.path)!r} is not a checkpoint directory (no config.json)")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelSpecError(f"{config_file}: invalid JSON ({e.msg}, line {e.lineno})") from None
-        if config.get("model_type") != "looped":
-            raise ModelSpecError(
-                f"{str(self.path)!r} holds a {config.get('model_type')!r} model, not a looped one; convert it with "
-                "`loopagent convert retrofit|ouro|huginn SRC DST` first"
-            )
+        config = looped_checkpoint_config(self.path)
         self.name = name or f"hf:{self.path}"
         self.looped = True
         self.max_loops = int(config["max_loops"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
-import json
 import os
 import queue
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, ModelSpecError
 
 from ..base import Backend, Completion, LoopStats, Message, Usage, _per_call_loops, loop_usage
+from ..checkpoint import looped_checkpoint_config
 
 
 class VLLMBackend(Backend):
@@ -58,18 +58,7 @@ class VLLMBackend(Backend):
         **engine_kwargs: Any,
     ) -> None:
         self.path = Path(path)
-        config_file = self.path / "config.json"
-        if not config_file.is_file():
-            raise ModelSpecError(f"{str(self.path)!r} is not a checkpoint directory (no config.json)")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelSpecError(f"{config_file}: invalid JSON ({e.msg}, line {e.lineno})") from None
-        if config.get("model_type") != "looped":
-            raise ModelSpecError(
-                f"{str(self.path)!r} holds a {config.get('model_type')!r} model, not a looped one; convert it with "
-                "`loopagent convert retrofit|ouro|huginn SRC DST` first"
-            )
+        config = looped_checkpoint_config(self.path)
         if config.get("kv_cache", "per_loop") != "per_loop":
             raise ModelSpecError(f"{str(self.path)!r} uses kv_cache={config.get('kv_cache')!r}; vLLM serves per_loop caches only (use hf:)")
         self.name = name or f"vllm:{self.path}"

@@ -115,20 +115,9 @@ class LiteLLMBackend(Backend):
         if len(self.api_bases) > 1:
             self._resolve_replicas()
             return
-        url = f"{self.api_base}/models"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
-                listing = json.loads(resp.read())
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise BackendUnavailableError(
-                f"cannot reach the model server at {self.api_base} ({e}); start it (e.g. `loopagent serve ...`) "
-                "or check the URL in the served: spec"
-            ) from None
+        models = _served_models(self.api_base, "URL", require=not self._resolved)
         if self._resolved:
             return
-        models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
-        if not models:
-            raise BackendUnavailableError(f"the server at {self.api_base} lists no models at {url}")
         self.model = f"openai/{models[0]}"
         self._resolved = True
 
@@ -136,18 +125,7 @@ class LiteLLMBackend(Backend):
         """Check every replica and build the Router (model names read per replica)."""
         deployments = []
         for base in self.api_bases:
-            url = f"{base}/models"
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
-                    listing = json.loads(resp.read())
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                raise BackendUnavailableError(
-                    f"cannot reach the model server at {base} ({e}); start it (e.g. `loopagent serve ...`) "
-                    "or check the URLs in the served: spec"
-                ) from None
-            models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
-            if not models:
-                raise BackendUnavailableError(f"the server at {base} lists no models at {url}")
+            models = _served_models(base, "URLs")
             name = self.model if self._resolved else f"openai/{models[0]}"
             deployments.append({"model_name": "served", "litellm_params": {
                 "model": name, "api_base": base, "api_key": self.api_key, "timeout": self.timeout_s}})
@@ -221,6 +199,23 @@ class LiteLLMBackend(Backend):
         except Exception:  # unknown model price
             return None
         return float(cost) if cost else None
+
+
+def _served_models(base: str, what: str, *, require: bool = True) -> list[str]:
+    """Model ids an OpenAI-compatible server lists at ``base/models`` (checks it is reachable)."""
+    url = f"{base}/models"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
+            listing = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise BackendUnavailableError(
+            f"cannot reach the model server at {base} ({e}); start it (e.g. `loopagent serve ...`) "
+            f"or check the {what} in the served: spec"
+        ) from None
+    models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+    if require and not models:
+        raise BackendUnavailableError(f"the server at {base} lists no models at {url}")
+    return models
 
 
 def _executed_loops(resp: Any, loops: int | None) -> float | None:

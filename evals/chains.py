@@ -63,6 +63,25 @@ def resolve(statements: list[str], variable: str, max_hops: int = 64) -> tuple[s
     return None, hops
 
 
+def pointer_steps(statements: list[str], variable: str, steps: int) -> list[str]:
+    """Where ``variable``'s chain stands after 1..``steps`` lookups.
+
+    Entry ``k - 1`` is the value reached after ``k`` lookups; it stays at the digit
+    (or at a name with no statement) once the chain ends. The embedded child is trained
+    to hold entry ``k - 1`` after ``k`` loops: one loop, one hop.
+
+    Example::
+
+        pointer_steps(["q=a", "a=c", "c=5"], "q", 4)   # ['a', 'c', '5', '5']
+    """
+    table = dict(s.split("=", 1) for s in statements)
+    out = []
+    for _ in range(steps):
+        variable = table.get(variable, variable)
+        out.append(variable)
+    return out
+
+
 def format_section(number: int, statements: list[str]) -> str:
     return f"Section {number}: " + "; ".join(statements)
 

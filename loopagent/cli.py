@@ -152,6 +152,8 @@ def train(
     steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the data and the initial weights.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
+    device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:1, ...")] = "cpu",
+    workers: Annotated[int, typer.Option(min=0, help="Processes generating batches ahead (0: none).")] = 0,
 ) -> None:
     """Train an embedded looped model on the synthetic task families (resumable, deterministic by seed).
 
@@ -165,7 +167,12 @@ def train(
         config = preset(preset_name or role, steps=steps, seed=seed)
         if config.role != role:
             _fail(f"preset {preset_name!r} trains the {config.role}, not the {role}")
-        result = run_training(config, out, resume=resume)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                _fail(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+        result = run_training(config, out, resume=resume, device=device, workers=workers)
     except ValueError as e:
         _fail(str(e))
     _console.print(f"trained {role} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}")

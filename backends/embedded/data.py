@@ -1,9 +1,11 @@
 """Training data of the embedded models, generated from the seeded task families.
 
 Child role: resolve a variable in one section of statements (``"q=a; c=5; a=c ?q"``
--> ``"5"``). Each training sequence asks about every variable of its section in
-successive turns, so one sequence carries a label per statement (dense
-supervision) while the first turn is exactly what an ``llm_query`` sends.
+-> ``"5"``), one hop per loop. A training sequence asks about several variables of
+its section and carries a target for every loop depth (latent-step supervision):
+after ``k`` loops the answer position holds the chain's value after ``k`` lookups
+(``a``, then ``c``, then ``5``), so more loops resolve longer chains. The first
+query is exactly what an ``llm_query`` sends.
 
 Root role: read a question, write the REPL program for its family, read the REPL
 output, answer with ``FINAL('...')``. The programs are the ones
@@ -16,25 +18,21 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from loopagent import prompts
-from loopagent.evals.chains import DIGITS, NAMES, make_section, resolve
+from loopagent.evals.chains import DIGITS, NAMES, make_section, pointer_steps
 
 IGNORE = -100
 
 #: Every "x=y" statement and "?x" query is one token of the child's tokenizer.
 CHILD_EXTRA_TOKENS = [f"{a}={b}" for a in NAMES for b in NAMES + DIGITS] + [f"?{a}" for a in NAMES]
 
-#: The child reads "statements ?x" and answers at the query token: no turn markers. The
-#: first turn's statements are shown twice ("S | S ?x"): in the second copy every
-#: statement sees all of them, so a causal model can follow each chain there, loop by
-#: loop, and the query only has to look its variable up.
+#: The child reads "statements ?x" and answers at the query token: no turn markers.
 CHILD_CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'assistant' -%}{{ m['content'] }}<|eos|>"
-    "{%- elif loop.first and ' ?' in m['content'] -%}"
-    "{%- set parts = m['content'].rsplit(' ?', 1) -%}{{ parts[0] }} | {{ parts[0] }} ?{{ parts[1] }}"
     "{%- else -%}{{ m['content'] }}{%- endif -%}{%- endfor -%}"
 )
 
@@ -62,8 +60,14 @@ _KEY_WORDS = ("amber", "basil", "cobalt", "delta", "ember", "fjord", "granite", 
 
 @dataclass
 class Example:
+    """Token ids and next-token labels (``labels[i]`` is predicted at ``i - 1``).
+
+    ``depth_labels`` (child): one label row per loop depth instead of ``labels``.
+    """
+
     input_ids: list[int]
     labels: list[int]
+    depth_labels: list[list[int]] | None = None
 
 
 # -- child ----------------------------------------------------------------------------------------
@@ -74,55 +78,63 @@ def child_prompt(statements: Sequence[str], var: str) -> str:
     return "; ".join(statements) + f" ?{var}"
 
 
-def child_example(tok: Any, rng: random.Random, *, statements: int = 8, hops: Sequence[int] = (1, 2, 3, 4), queries: int | None = None) -> Example:
-    """One section, then every variable asked in turn; labels are dense.
+def child_example(
+    tok: Any,
+    rng: random.Random,
+    *,
+    statements: Sequence[int] = (8,),
+    hops: Sequence[int] = (1, 2, 3, 4),
+    depths: int = 8,
+    queries: int = 4,
+) -> Example:
+    """One section, then ``queries`` variables asked (the chain's head first).
 
-    Layout (what the child's chat template renders for the turns)::
+    Layout::
 
-        q=a; c=5; a=c | q=a; c=5; a=c ?q 5<eos> ?c 5<eos> ?a 5<eos>
+        q=a; c=5; a=c ?q ?a ?c 5<eos>
 
-    The answer to a query is predicted at the query token itself. Statement positions
-    are trained too (dense supervision): in the first copy to predict their variable's
-    value when the statements so far resolve it, in the second copy always (all
-    statements are in sight there). Without these labels a small model only learns to
-    guess among the digits in the section.
+    Each query token predicts its variable's value; after ``k`` loops the target is
+    where the chain stands after ``k`` lookups (:func:`pointer_steps`), so row ``k - 1``
+    of ``depth_labels`` is ``a``, ``c``, ``5``, ``5``... at ``?q``. The last query is
+    followed by a one-token reply and the end token, as a generated reply would be.
     """
-    stmts, head, value = make_section(rng, statements, rng.choice(list(hops)))
+    n = rng.choice(list(statements))
+    stmts, head, _ = make_section(rng, n, rng.choice([h for h in hops if h <= n]))
     others = [s.split("=")[0] for s in stmts if s.split("=")[0] != head]
     rng.shuffle(others)
-    asked = [head] + others[: (queries - 1) if queries is not None else len(others)]
-    eos = tok.eos_token_id
-
-    def encode(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"]
+    asked = [head] + others[: queries - 1]
+    piece = _child_pieces(tok)
 
     ids: list[int] = []
-    labels: list[int] = []
-    pending = IGNORE  # the label of the next position: predicted from the current one
-    for copy in (0, 1):
-        if copy == 1:
-            ids += encode(" | ")
-            labels += [pending, IGNORE, IGNORE]
-            pending = IGNORE
-        for i, statement in enumerate(stmts):
-            ids += encode(statement)
-            labels.append(pending)
-            seen = stmts[: i + 1] if copy == 0 else stmts
-            known = resolve(seen, statement.split("=")[0])[0]
-            pending = encode(known)[0] if known is not None else IGNORE
-            if i < len(stmts) - 1:
-                ids += encode("; ")
-                labels += [pending, IGNORE]
-                pending = IGNORE
-    for turn, var in enumerate(asked):
-        query = encode(f" ?{var}" if turn == 0 else f"?{var}")
-        ids += query
-        labels += [pending] + [IGNORE] * (len(query) - 1)
-        pending = IGNORE
-        answer = encode(resolve(stmts, var)[0]) + [eos]
-        ids += answer
-        labels += answer
-    return Example(ids, labels)
+    for i, statement in enumerate(stmts):
+        ids += piece(("; " if i else "") + statement)
+    rows = [[IGNORE] * len(ids) for _ in range(depths)]
+    for var in asked:
+        ids += piece(f" ?{var}")
+        steps = pointer_steps(stmts, var, depths)
+        for row, value in zip(rows, steps):
+            row += [IGNORE] * (len(ids) - len(row)) + [piece(value)[0]]
+    # The last query's reply, then the end token. The reply is where the chain stands at a
+    # random depth, so the end follows any one-token reply, also one given with too few loops.
+    ids.append(rng.choice(rows)[-1])
+    for row in rows:
+        row.append(tok.eos_token_id)
+    ids.append(tok.eos_token_id)
+    return Example(ids, rows[-1], depth_labels=rows)
+
+
+@lru_cache(maxsize=8)
+def _child_pieces(tok: Any) -> Any:
+    """A memoized encoder: a section is a few hundred distinct strings, not worth a tokenizer call each."""
+
+    @lru_cache(maxsize=4096)
+    def encode(text: str) -> tuple[int, ...]:
+        return tuple(tok(text, add_special_tokens=False)["input_ids"])
+
+    def piece(text: str) -> list[int]:
+        return list(encode(text))
+
+    return piece
 
 
 # -- root ---------------------------------------------------------------------------------------------
@@ -174,13 +186,19 @@ def random_root_question(rng: random.Random) -> tuple[str, str, str]:
         return rng.choice(NEEDLE_QUESTIONS).format(key=key), f"{found!r}\n", value if found else "not found"
     if family == "value":
         value = rng.choice(DIGITS)
-        question = VALUE_QUESTION.format(section=rng.randint(1, 5000), var=rng.choice(NAMES))
+        question = VALUE_QUESTION.format(section=_section_number(rng), var=rng.choice(NAMES))
         return question, f"{value}\n", value
-    first = rng.randint(1, 4000)
+    first = _section_number(rng)
     last = first + rng.randint(1, 19)
     count = str(rng.randint(0, min(9, last - first + 1)))
     question = COUNT_QUESTION.format(first=first, last=last, var=rng.choice(NAMES), digit=rng.choice(DIGITS))
     return question, f"{count}\n", count
+
+
+def _section_number(rng: random.Random) -> int:
+    """1 to 5 digits, each length equally often: the root copies numbers it has seen every
+    length of (a 1M-character document has about 19,000 sections, a 5M one 94,000)."""
+    return rng.randint(1, 10 ** rng.randint(1, 5) - 1)
 
 
 def root_example(tok: Any, rng: random.Random) -> Example:
@@ -210,6 +228,13 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    batch: dict[str, Any] = {}
+    if examples[0].depth_labels is not None:
+        depths = len(examples[0].depth_labels)
+        depth_labels = torch.full((depths, len(examples), width), IGNORE, dtype=torch.long)
+        for row, e in enumerate(examples):
+            depth_labels[:, row, : len(e.input_ids)] = torch.tensor(e.depth_labels)
+        batch["depth_labels"] = depth_labels
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
@@ -217,4 +242,4 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
         ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, **batch}

@@ -19,11 +19,14 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["child", "root"]
 
@@ -52,22 +55,32 @@ class TrainConfig(BaseModel):
     injection: str = "concat"
     default_loops: int = 4
     max_loops: int = 16
-    statements: int = 8
+    objective: Literal["final", "stepwise"] = "final"
+    statements: list[int] = Field(default_factory=lambda: [8])
     train_hops: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    queries: int = Field(4, gt=0)
     checkpoint_every: int = Field(100, gt=0)
     eval_every: int = Field(250, gt=0)
     eval_items: int = Field(256, gt=0)
 
+    @field_validator("statements", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "child": dict(role="child", steps=2000, batch_size=64, lr=3e-3, hidden_size=64, intermediate_size=256,
-                  injection="concat", default_loops=4, max_loops=16, loops_min=1, loops_max=8, eval_every=200),
-    "root": dict(role="root", steps=1200, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
+    # stepwise: the state after k loops is trained to hold the chain after k lookups
+    "child": dict(role="child", steps=2000, batch_size=512, lr=2e-3, warmup=200, hidden_size=128,
+                  intermediate_size=512, injection="concat", objective="stepwise", default_loops=8, max_loops=16,
+                  loops_min=1, loops_max=8, statements=[5, 6, 7, 8, 9, 10], train_hops=[1, 2, 3, 4, 5, 6], queries=4,
+                  eval_every=500, checkpoint_every=250),
+    "root": dict(role="root", steps=2400, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
                  eval_every=400),
     # a few seconds on a laptop: for tests and smoke runs
     "tiny-child": dict(role="child", steps=12, batch_size=8, hidden_size=32, intermediate_size=64, loops_max=4,
-                       checkpoint_every=4, eval_every=12, eval_items=16),
+                       objective="stepwise", checkpoint_every=4, eval_every=12, eval_items=16),
     "tiny-root": dict(role="root", steps=6, batch_size=4, hidden_size=32, intermediate_size=64,
                       default_loops=2, max_loops=4, loops_max=2, checkpoint_every=3, eval_every=6, eval_items=2),
 }
@@ -82,6 +95,7 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 # -- model and data --------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2)
 def make_tokenizer(role: Role) -> Any:
     from loopagent.backends.looped.tokenizer import byte_tokenizer
 
@@ -198,7 +212,13 @@ def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train")
 
     rng = random.Random(f"{salt}/{config.seed}/{step}")
     if config.role == "child":
-        examples = [child_example(tok, rng, statements=config.statements, hops=config.train_hops) for _ in range(config.batch_size)]
+        # "final": every label is the fully resolved value (the chain after its last hop)
+        depths = config.loops_max if config.objective == "stepwise" else max(config.train_hops)
+        examples = [child_example(tok, rng, statements=config.statements, hops=config.train_hops, depths=depths,
+                                  queries=config.queries) for _ in range(config.batch_size)]
+        if config.objective == "final":
+            for e in examples:
+                e.depth_labels = None
     else:
         examples = [root_example(tok, rng) for _ in range(config.batch_size)]
     return collate(examples, tok.pad_token_id)
@@ -226,8 +246,8 @@ def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[i
                 text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head)}], add_generation_prompt=True, tokenize=False)
                 prompts.append(text)
                 answers.append(tok.convert_tokens_to_ids(value))
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            gold = torch.tensor(answers)
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            gold = torch.tensor(answers, device=model.device)
             for n in loops:
                 logits = model(enc["input_ids"], attention_mask=enc["attention_mask"], loops=n).logits[:, -1]
                 out.setdefault(f"hops{h}", {})[f"L{n}"] = float((logits.argmax(-1) == gold).float().mean())
@@ -245,7 +265,7 @@ def evaluate_root(model: Any, tok: Any, *, items: int, seed: int, loops: int) ->
     rng = random.Random(f"eval-root/{seed}")
     questions = [random_root_question(rng)[0] for _ in range(items)]
     texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
         out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], loops=loops, max_new_tokens=220,
                              do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -273,12 +293,19 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> TrainResult:
     """Train (or continue training) one embedded model into ``out``.
+
+    ``device``: where the model trains ("cpu", "cuda"); ``workers``: processes that
+    generate batches ahead (0: in this process). Neither changes the data: batch
+    ``k`` is a function of the seed and ``k``.
 
     Example::
 
         train(preset("child"), "runs/child")       # rerun the same call to resume
+        train(preset("child"), "runs/child", device="cuda", workers=4)
     """
     import torch
 
@@ -295,7 +322,7 @@ def train(
     # One thread: small models gain nothing from a second, and lose 10x when a core is busy.
     torch.set_num_threads(1)
     tok = make_tokenizer(config.role)
-    model = make_model(config, tok)
+    model = make_model(config, tok).to(device)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
@@ -305,11 +332,12 @@ def train(
     state_file = out / "train_state.pt"
     start, elapsed = 0, 0.0
     if resume and state_file.exists():
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         start, elapsed = state["step"], state["elapsed"]
+    _record_start(out, device, workers, start)
     log_file = open(out / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed below
     evaluation: dict[str, Any] = {}
     loss = math.nan
@@ -324,7 +352,7 @@ def train(
     def evaluate(step: int) -> dict[str, Any]:
         if config.role == "child":
             return evaluate_child(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=[1, 2, 4, 8],
-                                  hops=[1, 2, 3, 4, 5, 6], statements=config.statements)
+                                  hops=[1, 2, 3, 4, 5, 6], statements=8 if 8 in config.statements else max(config.statements))
         return evaluate_root(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=config.default_loops)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -334,12 +362,12 @@ def train(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=config.steps, completed=start, loss="-")
         try:
-            for step in range(start, config.steps):
+            for step, batch in zip(range(start, config.steps), _batches(config, start, workers)):
                 lr = _lr(config, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                stats = train_step(model, optimizer, make_batch(config, tok, step), loops_sampler=sampler,
-                                   grad_clip=config.grad_clip)
+                batch = {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
+                stats = train_step(model, optimizer, batch, loops_sampler=sampler, grad_clip=config.grad_clip)
                 loss = stats.loss
                 record: dict[str, Any] = {"step": step + 1, "loss": round(loss, 5), "loops": stats.loops, "lr": lr,
                                           "seconds": round(time.monotonic() - began, 2)}
@@ -362,6 +390,43 @@ def train(
     return TrainResult(out=out, steps=config.steps, seconds=seconds, final_loss=loss, evaluation=evaluation)
 
 
+def _record_start(out: Path, device: str, workers: int, step: int) -> None:
+    """Append where this stretch of the run trains (the model card reads it back)."""
+    import platform
+
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    record = {"from_step": step, "device": device, "device_name": name, "workers": workers, "torch": torch.__version__,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(out / "train_runs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _batches(config: TrainConfig, start: int, workers: int) -> Iterator[dict[str, Any]]:
+    """Batches ``start, start + 1, ...`` in order, made here or by ``workers`` processes
+    (a bounded window ahead, so a slow consumer never piles batches up in memory)."""
+    steps = iter(range(start, config.steps))
+    if workers <= 0:
+        for step in steps:
+            yield _worker_batch(config, step)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = deque(pool.apply_async(_worker_batch, (config, step)) for step in islice(steps, 4 * workers))
+        while pending:
+            batch = pending.popleft().get()
+            for step in islice(steps, 1):
+                pending.append(pool.apply_async(_worker_batch, (config, step)))
+            yield batch
+
+
+def _worker_batch(config: TrainConfig, step: int) -> dict[str, Any]:
+    # numpy, not torch: arrays pickle by value (torch tensors would pass file descriptors)
+    return {k: v.numpy() for k, v in make_batch(config, make_tokenizer(config.role), step).items()}
+
+
 def _lr(config: TrainConfig, step: int) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -373,7 +438,7 @@ def export(model: Any, tok: Any, path: Path) -> None:
     """Save a servable checkpoint: plain embedding table, safetensors, tokenizer."""
     import copy
 
-    plain = plain_model(copy.deepcopy(model)).eval()
+    plain = plain_model(copy.deepcopy(model)).cpu().eval()
     plain.save_pretrained(path)
     tok.save_pretrained(path)
 
@@ -386,7 +451,7 @@ def export_run(out: str | Path) -> Path:
     config = TrainConfig.model_validate_json((out / "train_config.json").read_text())
     tok = make_tokenizer(config.role)
     model = make_model(config, tok)
-    state = torch.load(out / "train_state.pt", weights_only=False)
+    state = torch.load(out / "train_state.pt", weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"])
     export(model, tok, out / "model")
     return out / "model"

@@ -272,6 +272,48 @@ def looped_loss(
                              depth_weights=depth_weights, attention_mask=attention_mask).loss
 
 
+def stepwise_loss_terms(
+    model: LoopedForCausalLM,
+    input_ids: torch.Tensor,
+    depth_labels: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+) -> LoopedLossTerms:
+    """Latent-step supervision: ``depth_labels[k - 1]`` ([loops, batch, seq], next-token
+    labels like ``labels``, ``-100`` ignored) are the targets after ``k`` loops.
+
+    The model runs ``loops = depth_labels.shape[0]`` loops once; the coda and head read
+    the state after every loop. The loss is the mean over depths of each depth's mean
+    token loss. The head runs only on positions some depth has a target for, so long
+    sequences with few targets stay cheap.
+
+    Example::
+
+        # after 1, 2, 3 loops the answer position should hold "a", "c", "5"
+        terms = stepwise_loss_terms(model, ids, depth_labels)   # depth_labels: [3, B, T]
+        terms.loss.backward()
+    """
+    if depth_labels.dim() != 3 or depth_labels.shape[1:] != input_ids.shape:
+        raise ValueError(f"depth_labels must be [loops, *input_ids.shape], got {tuple(depth_labels.shape)} "
+                         f"for input_ids {tuple(input_ids.shape)}")
+    loops = _loops(model, int(depth_labels.shape[0]))
+    if attention_mask is not None:
+        depth_labels = depth_labels.masked_fill(attention_mask[None] == 0, -100)
+    out = model.model(input_ids=input_ids, attention_mask=attention_mask, loops=loops, output_loop_states=True)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = model.model.head_states(out["loop_states"], mask, positions)
+    targets = depth_labels[:, :, 1:]
+    rows = (targets != -100).any(0)  # [batch, seq - 1]: positions that predict something
+    depth_losses = {}
+    for depth, h in enumerate(hidden, start=1):
+        logits = model.lm_head(h[:, :-1][rows]).float()
+        depth_losses[depth] = F.cross_entropy(logits, targets[depth - 1][rows], ignore_index=-100)
+    loss = torch.stack(list(depth_losses.values())).mean()
+    output = LoopedCausalLMOutput(loop_states=out["loop_states"])
+    return LoopedLossTerms(loss=loss, depth_losses=depth_losses, tokens=int(rows.sum()), output=output)
+
+
 @dataclass
 class LoopLosses:
     """:func:`loop_token_losses` output. ``token_losses`` ([loops, batch, seq-1]): the
@@ -445,10 +487,10 @@ class StepStats:
     expected_exit: float | None = None
 
 
-def _batch(batch: Mapping[str, torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _batch(batch: Mapping[str, torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    return batch["input_ids"], batch.get("labels"), batch.get("attention_mask")
+        return batch, None, None, None
+    return batch["input_ids"], batch.get("labels"), batch.get("attention_mask"), batch.get("depth_labels")
 
 
 def _mean_per_loop(token_losses: torch.Tensor, mask: torch.Tensor) -> dict[int, float]:
@@ -477,6 +519,8 @@ def train_step(
     ``default_loops``. The loss is, by mode:
 
     - default: :func:`looped_loss` (``backprop_loops``, ``depth_weights``);
+    - a batch with ``depth_labels`` ([loops, batch, seq]): :func:`stepwise_loss_terms`, every
+      depth against its own targets (the sampler is not used);
     - ``gate_beta``: Ouro stage I, :func:`exit_gate_loss` over all loops (LM and gate);
     - ``gate_margin``: Ouro stage II, :func:`gate_only_loss`; the forward runs without
       gradients and the gate is re-applied to the detached loop states, and only the
@@ -502,10 +546,16 @@ def train_step(
         raise ValueError("depth_weights does not apply to the gate objectives (they use every depth)")
     if (gate_beta is not None or gate_margin is not None) and model.model.exit_gate is None:
         raise ValueError("gate_beta / gate_margin need a model with an exit gate (config.exit_gate=True)")
+    input_ids, labels, attention_mask, depth_labels = _batch(batch)
+    if depth_labels is not None:
+        if gate_beta is not None or gate_margin is not None or depth_weights is not None or backprop_loops is not None:
+            raise ValueError("a batch with depth_labels trains every depth (stepwise); drop gate_*, depth_weights and backprop_loops")
+        if loops is not None and loops != depth_labels.shape[0]:
+            raise ValueError(f"loops={loops} but depth_labels has targets for {depth_labels.shape[0]} depths; drop loops")
+        loops = int(depth_labels.shape[0])
     if loops is None and loops_sampler is not None:
         loops = int(loops_sampler())
     loops = _loops(model, loops)
-    input_ids, labels, attention_mask = _batch(batch)
 
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -524,8 +574,11 @@ def train_step(
         loss = exit_gate_loss(ll.token_losses, gates, gate_beta, mask=ll.mask)
         depth_losses, tokens = _mean_per_loop(ll.token_losses, ll.mask), int(ll.mask.sum())
     else:
-        terms = looped_loss_terms(model, input_ids, labels, loops=loops, backprop_loops=backprop_loops,
-                                  depth_weights=depth_weights, attention_mask=attention_mask)
+        if depth_labels is not None:
+            terms = stepwise_loss_terms(model, input_ids, depth_labels, attention_mask=attention_mask)
+        else:
+            terms = looped_loss_terms(model, input_ids, labels, loops=loops, backprop_loops=backprop_loops,
+                                      depth_weights=depth_weights, attention_mask=attention_mask)
         loss, tokens = terms.loss, terms.tokens
         depth_losses = {d: float(v.detach()) for d, v in terms.depth_losses.items()}
         gates = None
@@ -570,5 +623,6 @@ __all__ = [
     "looped_loss",
     "looped_loss_terms",
     "sample_loops",
+    "stepwise_loss_terms",
     "train_step",
 ]

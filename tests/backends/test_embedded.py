@@ -32,13 +32,19 @@ def test_embedded_spec_takes_its_role_in_an_rlm():
     assert rlm.child.default_loops == 4
 
 
-@pytest.mark.xfail(strict=True, reason="quality bar not met yet: the shipped child resolves 1-hop lookups but does "
-                   "not yet gain from loops on 4-hop chains (issue 7 stays open; see weights/MODEL_CARD.md)")
 def test_child_latent_depth_pays_off_on_four_hops():
     child = model("embedded:child")
     acc = evaluate_child(child.model, child.tokenizer, items=128, seed=HELD_OUT_SEED + 1, loops=[1, 8], hops=[4])["hops4"]
     assert acc["L8"] - acc["L1"] >= 0.30, acc
     assert acc["L8"] >= 0.8, acc
+
+
+def test_each_child_loop_resolves_one_hop():
+    child = model("embedded:child")
+    prompt = [{"role": "user", "content": "q=a; c=5; a=c; m=7 ?q"}]  # q -> a -> c -> 5
+    replies = [child.complete(prompt, loops=n) for n in (1, 2, 3, 4, 12)]
+    assert [r.text for r in replies] == ["a", "c", "5", "5", "5"]
+    assert all(r.finish_reason == "stop" for r in replies)
 
 
 def test_root_programs_run_without_error():

@@ -21,7 +21,7 @@ from loopagent.backends.embedded.data import (  # noqa: E402
 )
 from loopagent.backends.embedded.train import make_tokenizer  # noqa: E402
 from loopagent.environments import SandboxREPL  # noqa: E402
-from loopagent.evals.chains import ChainsTask, make_section, resolve  # noqa: E402
+from loopagent.evals.chains import NAMES, ChainsTask, make_section, pointer_steps, resolve  # noqa: E402
 
 
 def child_reply(prompt: str) -> str:
@@ -68,27 +68,42 @@ def test_questions_outside_the_families_get_no_program():
     assert root_program("Who wrote the letter?") is None
 
 
-def test_child_example_first_turn_is_what_inference_sees():
+def test_child_example_first_query_is_what_inference_sees():
     tok = make_tokenizer("child")
-    example = child_example(tok, random.Random(0))
+    example = child_example(tok, random.Random(0), statements=[8], hops=[3], depths=4, queries=3)
     first_query = next(i for i, t in enumerate(example.input_ids) if tok.decode([t]).startswith("?"))
     prompt_ids = example.input_ids[: first_query + 1]
-    shown = tok.decode(prompt_ids)  # "S | S ?x": the template shows the statements twice
+    shown = tok.decode(prompt_ids)
     statements, var = shown.rsplit(" ?", 1)
-    statements = statements.split(" | ")[0]
-    rendered = tok.apply_chat_template([{"role": "user", "content": f"{statements} ?{var}"}], add_generation_prompt=True,
+    stmts = statements.split("; ")
+    rendered = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, var)}], add_generation_prompt=True,
                                        tokenize=False)
     assert rendered == shown
     assert tok(rendered, add_special_tokens=False)["input_ids"] == prompt_ids
-    n = len(statements.split("; "))
-    assert len(tok(statements, add_special_tokens=False)["input_ids"]) == 3 * n - 2  # n statements, n - 1 "; "
-    # the answer is predicted at the query token
-    assert tok.decode([example.labels[first_query + 1]]) == resolve(statements.split("; "), var)[0]
-    # every variable is asked once (answer + end token), statements that resolve are labelled too
-    answers = [label for label in example.labels[first_query + 1 :] if label != IGNORE]
-    assert len(answers) == 2 * n
-    dense = [label for label in example.labels[: first_query + 1] if label != IGNORE]
-    assert dense and all(tok.decode([d]).isdigit() for d in dense)
+    assert len(stmts) == 8 and len(tok(statements, add_special_tokens=False)["input_ids"]) == 3 * 8 - 2
+    # after k loops the query predicts the chain after k lookups: two names, then the value
+    targets = [tok.decode([row[first_query + 1]]) for row in example.depth_labels]
+    assert targets == pointer_steps(stmts, var, 4)
+    assert targets[0] in NAMES and targets[1] in NAMES and targets[2] == targets[3] == resolve(stmts, var)[0]
+    assert example.labels == example.depth_labels[-1]
+    # three queries labelled at every depth, then a one-token reply and the end token
+    for row in example.depth_labels:
+        assert len([x for x in row if x != IGNORE]) == 3 + 1
+        assert row[-1] == tok.eos_token_id
+    assert example.input_ids[-1] == tok.eos_token_id
+    assert tok.decode([example.input_ids[-2]]) in pointer_steps(stmts, tok.decode([example.input_ids[-3]])[1], 4)
+
+
+def test_child_batches_carry_labels_for_every_depth():
+    from loopagent.backends.embedded.data import collate
+
+    tok = make_tokenizer("child")
+    rng = random.Random(1)
+    batch = collate([child_example(tok, rng, statements=[5, 9], hops=[1, 4], depths=6) for _ in range(5)], tok.pad_token_id)
+    depths, rows, width = batch["depth_labels"].shape
+    assert (depths, rows) == (6, 5) and batch["input_ids"].shape == (5, width)
+    # padding is never a target
+    assert (batch["depth_labels"][:, batch["attention_mask"] == 0] == IGNORE).all()
 
 
 def test_root_example_matches_the_root_chat_template():

@@ -36,7 +36,18 @@ def test_tiny_child_trains_resumes_and_serves(tmp_path):
     # the exported checkpoint is a plain looped model the hf: backend serves
     backend = model(f"hf:{tmp_path / 'full' / 'model'}", loops=2, max_new_tokens=2)
     out = backend.complete([{"role": "user", "content": "a=b; b=3 ?a"}])
-    assert out.loops.requested == 2 and out.usage.prompt_tokens == 13  # "a=b; b=3 | a=b; b=3 ?a"
+    assert out.loops.requested == 2 and out.usage.prompt_tokens == 6  # "a=b", ";", " ", "b=3", " ", "?a"
+    # each stretch of the run records where it trained
+    starts = [json.loads(line) for line in (tmp_path / "split" / "train_runs.jsonl").read_text().splitlines()]
+    assert [r["from_step"] for r in starts] == [0, 8] and starts[0]["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_batches_from_worker_processes_are_the_same_batches(tmp_path):
+    here = train(preset("tiny-child", steps=4), tmp_path / "here", progress=False)
+    pooled = train(preset("tiny-child", steps=4), tmp_path / "pooled", progress=False, workers=2)
+    assert [r["loss"] for r in _log(tmp_path / "here")] == [r["loss"] for r in _log(tmp_path / "pooled")]
+    assert here.final_loss == pooled.final_loss
 
 
 @pytest.mark.slow

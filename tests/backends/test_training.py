@@ -22,6 +22,7 @@ from loopagent.backends.looped.training import (  # noqa: E402
     looped_loss,
     looped_loss_terms,
     sample_loops,
+    stepwise_loss_terms,
     train_step,
 )
 
@@ -210,6 +211,38 @@ def test_multi_depth_loss_is_the_weighted_sum_of_depth_losses():
     (0.5 * looped_loss(model, x, labels, loops=2) + looped_loss(model, x, labels, loops=4)).backward()
     for name, g in grads(model).items():
         torch.testing.assert_close(combined[name], g, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_stepwise_loss_is_the_mean_of_each_depth_against_its_own_targets():
+    model = tiny()
+    x = ids(t=10)
+    mask = torch.ones_like(x)
+    mask[1, 7:] = 0  # right padding in the second row
+    depth_labels = torch.full((3, *x.shape), -100)
+    depth_labels[:, :, 5] = torch.tensor([[3, 4], [5, 6], [7, 8]])  # a different target at each depth
+    depth_labels[:, 0, 9] = 9
+    depth_labels[:, 1, 8] = 2  # a padded position: ignored
+
+    terms = stepwise_loss_terms(model, x, depth_labels, attention_mask=mask)
+    with torch.no_grad():
+        separate = {d: causal_lm_loss(model(x, attention_mask=mask, loops=d).logits,
+                                      depth_labels[d - 1].masked_fill(mask == 0, -100)) for d in (1, 2, 3)}
+    for d in (1, 2, 3):
+        torch.testing.assert_close(terms.depth_losses[d], separate[d])
+    torch.testing.assert_close(terms.loss, sum(separate.values()) / 3)
+    assert terms.tokens == 3  # positions 4 and 8 of row 0, 4 of row 1
+
+    # train_step takes depth_labels from the batch and runs that many loops
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_step(model, opt, {"input_ids": x, "attention_mask": mask, "depth_labels": depth_labels},
+                       loops_sampler=lambda: 8)
+    assert stats.loops == 3 and set(stats.depth_losses) == {1, 2, 3}
+    with pytest.raises(ValueError, match="depth_labels"):
+        train_step(model, opt, {"input_ids": x, "depth_labels": depth_labels}, depth_weights={1: 1.0})
+    with pytest.raises(ValueError, match="3 depths"):
+        train_step(model, opt, {"input_ids": x, "depth_labels": depth_labels}, loops=4)
+    with pytest.raises(ValueError, match="depth_labels must be"):
+        stepwise_loss_terms(model, x, depth_labels[0])
 
 
 def test_depth_weights_callable_and_validation():

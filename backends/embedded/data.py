@@ -185,7 +185,8 @@ def random_root_question(rng: random.Random) -> tuple[str, str, str]:
         found = [value] if rng.random() < 0.95 else []
         return rng.choice(NEEDLE_QUESTIONS).format(key=key), f"{found!r}\n", value if found else "not found"
     if family == "value":
-        value = rng.choice(DIGITS)
+        # a child given too few loops replies with a variable name: the root passes it on as is
+        value = rng.choice(DIGITS) if rng.random() < 0.8 else rng.choice(NAMES)
         question = VALUE_QUESTION.format(section=_section_number(rng), var=rng.choice(NAMES))
         return question, f"{value}\n", value
     first = _section_number(rng)

@@ -3,8 +3,7 @@
 ``python -m loopagent.backends.embedded.evaluate OUT`` measures, on held-out seeds:
 
 1. the child alone on one section: accuracy by loop budget (including budgets past
-   the 1-8 it was trained on) and by chain length (including 5-6 hops, past the 1-4
-   it was trained on);
+   the 1-8 it was trained on) and by chain length (1-6 hops);
 2. single needle in a 1M-character document, root and child both embedded, through
    the evals runner (``sniah``);
 3. 4-hop questions over a long document through the runner (``chains``), child loops

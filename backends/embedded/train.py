@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   intermediate_size=512, injection="concat", objective="stepwise", default_loops=8, max_loops=16,
                   loops_min=1, loops_max=8, statements=[5, 6, 7, 8, 9, 10], train_hops=[1, 2, 3, 4, 5, 6], queries=4,
                   eval_every=500, checkpoint_every=250),
-    "root": dict(role="root", steps=2400, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
+    "root": dict(role="root", steps=3000, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
                  eval_every=400),
     # a few seconds on a laptop: for tests and smoke runs

@@ -49,15 +49,24 @@ def test_each_child_loop_resolves_one_hop():
 
 def test_root_programs_run_without_error():
     """Quality bar: the root's programs execute without error on >= 95% of held-out items."""
+    import re
+
     from loopagent.environments import SandboxREPL
-    from loopagent.evals.chains import ChainsTask
+    from loopagent.evals.chains import format_section, make_section
     from loopagent.parsing import find_code_blocks
 
     root = model("embedded:root")
     rng = random.Random(HELD_OUT_SEED + 2)
     questions = [random_root_question(rng)[0] for _ in range(20)]
     replies = root.batch([[{"role": "user", "content": q}] for q in questions], max_tokens=220)
-    document = ChainsTask().generate(1, 300_000, seed=HELD_OUT_SEED)[0].context
+    # a document holding every section the questions name (numbers go up to 5 digits)
+    numbers: set[int] = set()
+    for q in questions:
+        if m := re.search(r"sections (\d+) to (\d+)", q):
+            numbers.update(range(int(m[1]), int(m[2]) + 1))
+        elif m := re.search(r"section (\d+)", q):
+            numbers.add(int(m[1]))
+    document = "\n".join(format_section(n, make_section(rng, 8, 2)[0]) for n in sorted(numbers))
     ok = 0
     with SandboxREPL() as repl:
         repl.load_context(document)
@@ -92,4 +101,6 @@ def test_demo_runs_small(tmp_path):
     report = run_demo(chars=60_000, questions=3, loops=(1, 8), log_dir=tmp_path)
     assert [row.loops for row in report.table] == [1, 8]
     assert [row.child_loop_tokens for row in report.table][1] == 8 * report.table[0].child_loop_tokens
+    # 4-hop questions: one child loop is too shallow, eight resolve them all
+    assert report.table[0].correct < report.table[1].correct == report.table[1].total
     assert len(report.examples) == 2 and all(e["trajectory"] for e in report.examples)

@@ -64,6 +64,14 @@ def test_count_program_batches_over_sections(repl):
     assert result.stdout.strip() == item.answer
 
 
+def test_root_questions_name_sections_of_every_length():
+    # a 1M-character document has about 19,000 sections: the root must copy 5-digit numbers too
+    rng = random.Random(0)
+    numbers = [int(n) for q, _, _ in (random_root_question(rng) for _ in range(600))
+               for n in re.findall(r"sections? (\d+)", q)]
+    assert {len(str(n)) for n in numbers} == {1, 2, 3, 4, 5}
+
+
 def test_questions_outside_the_families_get_no_program():
     assert root_program("Who wrote the letter?") is None
 

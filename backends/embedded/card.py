@@ -39,6 +39,24 @@ def _prod(shape: Any) -> int:
     return n
 
 
+def _loop_summary(hops: dict[str, dict[str, float]], loops: list[int], trained: int) -> list[str]:
+    """Two sentences: the gain from loops on 4 hops, and how far past the trained loops it holds."""
+    out = []
+    if "hops4" in hops and {"L1", f"L{trained}"} <= set(hops["hops4"]):
+        row = hops["hops4"]
+        out.append(f"4 hops: {row['L1']:.2f} at 1 loop, {row[f'L{trained}']:.2f} at {trained} "
+                   f"({(row[f'L{trained}'] - row['L1']) * 100:+.0f} points).")
+    beyond = [n for n in loops if n > trained]
+    if beyond:
+        worst = ", ".join(f"{min(row[f'L{n}'] for row in hops.values()):.2f} at {n} loops" for n in beyond)
+        out.append(f"Past the {trained} loops it was trained on, the lowest accuracy over all chain lengths is {worst}.")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
+
+
 def _span(values: list[int]) -> str:
     return f"{min(values)}-{max(values)}" if len(set(values)) > 1 else str(values[0])
 
@@ -73,15 +91,16 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         f"| injection | {root['config']['injection']} | {child['config']['injection']} |",
         f"| loops: default / max / trained | {root['config']['default_loops']} / {root['config']['max_loops']} / {root['config']['loops_min']}-{root['config']['loops_max']} | {child['config']['default_loops']} / {child['config']['max_loops']} / {child['config']['loops_min']}-{child['config']['loops_max']} |",
         "| tokenizer | bytes + chat markers | bytes + one token per statement `x=y` and query `?x` |",
-        f"| training | {root['steps']} steps, batch {root['config']['batch_size']}, {root['seconds'] / 60:.0f} min | {child['steps']} steps, batch {child['config']['batch_size']}, {child['seconds'] / 60:.0f} min |",
-        f"| final training loss | {root['loss']:.4f} | {child['loss']:.4f} |",
+        f"| training | {root['steps']} steps, batch {root['config']['batch_size']}, {_duration(root['seconds'])} | {child['steps']} steps, batch {child['config']['batch_size']}, {_duration(child['seconds'])} |",
+        f"| final training loss | {root['loss']:.2g} | {child['loss']:.2g} |",
         f"| objective | next-token loss on the assistant turns, loops sampled per step | {_objective(child['config'])} |",
         f"| hardware | {root['hardware']} | {child['hardware']} |",
         "",
         "Commands: `loopagent train root --out runs/embedded-root` and",
         "`loopagent train child --out runs/embedded-child --device cuda --workers 12` (presets in",
         "`backends/embedded/train.py`; deterministic by seed, resumable; `--device cpu` runs the same",
-        "steps, at about 6 s a step on 2 CPU cores).",
+        "steps, at about 6 s a step on 2 CPU cores). The data are a function of the seed; GPU kernels",
+        "may make a retrained model differ from the shipped one in the last bits.",
         "",
         "## Data",
         "",
@@ -94,13 +113,16 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "  (`q=a; a=c; c=5 ?q`: `a` after 1 loop, `c` after 2, `5` from 3 on), for every `k` up to",
         f"  {child['config']['loops_max']}, so each loop of the core resolves one hop.",
         "- root: questions of three families (needle in a document, a section's variable, counting a value",
-        "  over a range of sections), the REPL program for each, the REPL output, and `FINAL('...')`.",
+        "  over a range of sections; section numbers of 1-5 digits), the REPL program for each, the REPL",
+        "  output, and `FINAL('...')` (a child reply that is a variable name is passed on as is).",
         "",
         "## Held-out quality (seed 10000; `python -m loopagent.backends.embedded.evaluate`)",
         "",
         "Child alone, first-turn accuracy on held-out sections by chain length and loop budget:",
         "",
         *table,
+        "",
+        *_loop_summary(hops, loops, child["config"]["loops_max"]),
         "",
         f"- Single needle in a 1M-character document, root and child embedded (evals runner, `sniah`): {json.dumps(needle)}",
         f"- 4-hop questions over a 200K-character document by child loops (evals runner, `chains`): {json.dumps(chains)}",

@@ -451,10 +451,20 @@ class LoopedModel(LoopedPreTrainedModel):
             "gate_probs": torch.stack(gates) if gates and output_loop_states else None,
         }
 
-    def head_states(self, states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, position_ids: torch.LongTensor) -> list[torch.Tensor]:
+    def head_states(
+        self,
+        states: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> list[torch.Tensor]:
         """Run the coda and final norm on intermediate loop states (uncached), e.g.
-        to train on the logits of several loop depths."""
+        to train on the logits of several loop depths. Mask and positions default as
+        in :meth:`forward` (no past)."""
         t = states[0].shape[1]
+        if attention_mask is None:
+            attention_mask = torch.ones(states[0].shape[:2], dtype=torch.long, device=states[0].device)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         mask = self._mask(attention_mask, 0, t)
         rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, states[0].dtype, self.config.rope_freq_scaling)
         outs = []
@@ -550,9 +560,7 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
             loss = causal_lm_loss(logits, labels)
         loop_logits = None
         if output_loop_logits:
-            mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-            positions = position_ids if position_ids is not None else (mask.long().cumsum(-1) - 1).clamp(min=0)
-            loop_logits = tuple(self.lm_head(h).float() for h in self.model.head_states(out["loop_states"], mask, positions))
+            loop_logits = tuple(self.lm_head(h).float() for h in self.model.head_states(out["loop_states"], attention_mask, position_ids))
         kept = out["cache"] if use_cache else None
         return LoopedCausalLMOutput(
             loss=loss, logits=logits, cache=kept, exit_steps=out["exit_steps"],

@@ -192,9 +192,7 @@ def _depth_logits(
     if inner:
         states = out.loop_states
         assert states is not None, "the forward must be run with output_loop_states=True"
-        mask = attention_mask if attention_mask is not None else torch.ones(states[0].shape[:2], dtype=torch.long, device=states[0].device)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as the forward computes them
-        hidden = model.model.head_states(tuple(states[d - 1] for d in inner), mask, positions)
+        hidden = model.model.head_states(tuple(states[d - 1] for d in inner), attention_mask)
         logits.update({d: model.lm_head(h).float() for d, h in zip(inner, hidden)})
     return logits
 
@@ -297,12 +295,9 @@ def stepwise_loss_terms(
         raise ValueError(f"depth_labels must be [loops, *input_ids.shape], got {tuple(depth_labels.shape)} "
                          f"for input_ids {tuple(input_ids.shape)}")
     loops = _loops(model, int(depth_labels.shape[0]))
-    if attention_mask is not None:
-        depth_labels = depth_labels.masked_fill(attention_mask[None] == 0, -100)
+    depth_labels = _labels(input_ids, depth_labels, attention_mask)  # the mask broadcasts over depths
     out = model.model(input_ids=input_ids, attention_mask=attention_mask, loops=loops, output_loop_states=True)
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = model.model.head_states(out["loop_states"], mask, positions)
+    hidden = model.model.head_states(out["loop_states"], attention_mask)
     targets = depth_labels[:, :, 1:]
     rows = (targets != -100).any(0)  # [batch, seq - 1]: positions that predict something
     depth_losses = {}

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from loopagent._aio import run_sync as _run_sync
+from loopagent.aio import run_sync as _run_sync
 from loopagent.errors import InvalidLoopsError
 from loopagent.tokens import token_counter
 

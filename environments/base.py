@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from loopagent.errors import LoopagentError
+
 #: What ``load_context`` accepts. A ``str`` is always text, never a path: pass
 #: ``pathlib.Path`` to load a file or a directory.
 ContextLike = str | bytes | list | dict | os.PathLike | None
@@ -46,7 +48,7 @@ class ExecResult(BaseModel):
         return f"{self.stdout}{'' if not self.stdout or self.stdout.endswith(chr(10)) else chr(10)}{self.error}"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(LoopagentError, RuntimeError):
     """Base class of environment errors raised to the host program."""
 
 
@@ -62,7 +64,7 @@ class ContextTooLargeError(SandboxError, ValueError):
     """The context does not fit the sandbox's memory limit."""
 
 
-class UnsupportedContextError(TypeError):
+class UnsupportedContextError(SandboxError, TypeError):
     """The context is of a type the sandbox cannot hold."""
 
 

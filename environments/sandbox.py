@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopagent._aio import run_sync
+from loopagent.aio import run_sync
 
 from ._protocol import Channel, ChannelClosed, FrameTooLarge
 from .base import (

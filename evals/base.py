@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
+from loopagent.errors import ConfigError
+
 AnswerType = Literal["exact", "numeric", "pairs", "choice", "text"]
 
 
@@ -60,7 +62,7 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(ConfigError, KeyError):
     """No task of that name."""
 
     def __str__(self) -> str:

@@ -40,13 +40,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loopagent.errors import LoopagentError
 from loopagent.evals.base import Item, Task, register
 from loopagent.evals.scorers import choice_accuracy, exact_match, oolong_gold, oolong_synth_score
 
 __all__ = ["BenchmarkFileError", "OolongSynthFile", "LongBenchV2File", "LongBenchV2CodeQA", "BrowseCompPlusFile"]
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(LoopagentError, ValueError):
     """A benchmark file that cannot be read as its published format.
 
     ``str(err)`` reads ``<file>:<line>: field '<field>': <problem>``; the parts are also

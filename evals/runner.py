@@ -52,9 +52,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loopagent._aio import run_sync
+from loopagent.aio import run_sync
 from loopagent.backends.base import Backend, Completion, Message
-from loopagent.errors import BackendError, ConfigError, InvalidLoopsError
+from loopagent.errors import BackendError, ConfigError, InvalidLoopsError, LoopagentError
 from loopagent.evals.base import Item, Task, get_task
 from loopagent.models import model as build_model
 from loopagent.parsing import find_final_in_text, strip_code_blocks
@@ -82,7 +82,7 @@ class ResultDirConflict(ConfigError):
     """The output directory holds results of a different configuration."""
 
 
-class ResultsCorrupt(ValueError):
+class ResultsCorrupt(LoopagentError, ValueError):
     """``results.jsonl`` has an invalid line that is not a torn last line."""
 
 

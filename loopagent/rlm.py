@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loopagent import prompts
-from loopagent._aio import run_sync as _run_sync
+from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
 from loopagent.environments import SandboxLimits, SandboxREPL
 from loopagent.environments.base import ContextLike, ExecResult

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from loopagent.errors import LoopagentError
+
 SCHEMA_VERSION = 1
 
 
@@ -141,7 +143,7 @@ class TrajectoryWriter:
                 self._file = None
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(LoopagentError, ValueError):
     """A trajectory file that is not a loopagent log."""
 
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from loopagent.errors import LoopagentError
+
 from .configuration_looped import LoopedConfig
 from .modeling_looped import LoopedForCausalLM
 
@@ -63,7 +65,7 @@ TOKENIZER_FILES = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(LoopagentError, ValueError):
     """A checkpoint cannot be converted: unknown layout, missing/misshapen tensors, bad options."""
 
 

@@ -5,6 +5,8 @@ RestrictedPython code as an unprivileged user with OS limits and no network.
 """
 
 from .base import (
+    ContextInfo,
+    ContextNotFoundError,
     ContextTooLargeError,
     Environment,
     ExecResult,
@@ -13,10 +15,13 @@ from .base import (
     SandboxStartError,
     UnsupportedContextError,
     VariableError,
+    describe_context,
 )
 from .sandbox import SandboxLimits, SandboxREPL
 
 __all__ = [
+    "ContextInfo",
+    "ContextNotFoundError",
     "ContextTooLargeError",
     "Environment",
     "ExecResult",
@@ -27,4 +32,5 @@ __all__ = [
     "SandboxStartError",
     "UnsupportedContextError",
     "VariableError",
+    "describe_context",
 ]

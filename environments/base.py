@@ -10,10 +10,12 @@ remote sandbox).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from loopagent.errors import LoopagentError
 
@@ -22,6 +24,83 @@ from loopagent.errors import LoopagentError
 ContextLike = str | bytes | list | dict | os.PathLike | None
 
 HostFunction = Callable[..., Any]
+
+#: Characters of a text context shown to the root model in its system prompt.
+PREVIEW_CHARS = 200
+
+
+class ContextInfo(BaseModel):
+    """What a loaded context is: its type and size, never its content.
+
+    ``load_context`` returns it; the controller builds the root's system prompt
+    from it and logs :meth:`summary` in the trajectory, so both say the same.
+
+    Example::
+
+        describe_context(["a", "bc"]).summary()   # {'type': 'list', 'items': 2, 'chars': 3}
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["none", "str", "bytes", "list", "dict", "file", "directory"]
+    chars: int | None = Field(default=None, description="str: its length; list: characters of its str items.")
+    bytes: int | None = Field(default=None, description="bytes, file and directory contexts: size in bytes.")
+    items: int | None = Field(default=None, description="list: number of items.")
+    keys: int | None = Field(default=None, description="dict: number of keys.")
+    files: int | None = Field(default=None, description="directory: number of regular files code can read.")
+    path: str | None = Field(default=None, description="file and directory contexts: the path as given.")
+    preview: str | None = Field(
+        default=None, exclude=True, description="The first characters of a text context (prompt only, never logged)."
+    )
+
+    def summary(self) -> dict[str, Any]:
+        """The logged form: the fields that apply, no content."""
+        return self.model_dump(exclude_none=True)
+
+
+def describe_context(context: ContextLike, *, files: Sequence[tuple[str, int]] | None = None) -> ContextInfo:
+    """Describe ``context`` as an environment would load it.
+
+    ``files`` (relative path, size) spares a second walk of a directory whose
+    files were already listed.
+    """
+    if context is None:
+        return ContextInfo(type="none")
+    if isinstance(context, str):
+        return ContextInfo(type="str", chars=len(context), preview=context[:PREVIEW_CHARS])
+    if isinstance(context, (bytes, bytearray, memoryview)):
+        return ContextInfo(type="bytes", bytes=len(context))
+    if isinstance(context, (list, tuple)):
+        first = context[0] if context and isinstance(context[0], str) else None
+        return ContextInfo(type="list", items=len(context), chars=sum(len(x) for x in context if isinstance(x, str)),
+                           preview=first[:PREVIEW_CHARS] if first is not None else None)
+    if isinstance(context, dict):
+        return ContextInfo(type="dict", keys=len(context))
+    if isinstance(context, os.PathLike):
+        path = Path(context)
+        if path.is_dir():
+            listed = list(files) if files is not None else list_files(path)
+            return ContextInfo(type="directory", path=str(path), files=len(listed), bytes=sum(s for _, s in listed))
+        return ContextInfo(type="file", path=str(path), bytes=path.stat().st_size if path.exists() else 0)
+    raise UnsupportedContextError(f"unsupported context type {type(context).__name__}")
+
+
+def list_files(root: Path, *, limit: int | None = None) -> list[tuple[str, int]]:
+    """Regular files under ``root`` as (relative POSIX path, size), sorted; symlinks and
+    special files are skipped since they could lead outside the directory."""
+    root = root.resolve()
+    files: list[tuple[str, int]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            st = full.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            files.append((full.relative_to(root).as_posix(), st.st_size))
+            if limit is not None and len(files) > limit:
+                raise ContextTooLargeError(f"context directory {str(root)!r} has more than {limit:,} files")
+    return files
 
 
 class ExecResult(BaseModel):
@@ -64,6 +143,10 @@ class ContextTooLargeError(SandboxError, ValueError):
     """The context does not fit the sandbox's memory limit."""
 
 
+class ContextNotFoundError(SandboxError, FileNotFoundError):
+    """A context path that does not exist."""
+
+
 class UnsupportedContextError(SandboxError, TypeError):
     """The context is of a type the sandbox cannot hold."""
 
@@ -85,8 +168,9 @@ class Environment(Protocol):
             assert result.stdout == "A LONG\\n"
     """
 
-    def load_context(self, context: ContextLike) -> None:
-        """Make ``context`` available to code as the variable ``context`` (sent once)."""
+    def load_context(self, context: ContextLike) -> ContextInfo:
+        """Make ``context`` available to code as the variable ``context`` (sent once);
+        returns what was loaded (see :func:`describe_context`)."""
 
     def register(self, name: str, fn: HostFunction) -> None:
         """Expose a host function to code by name; sync or async functions."""

@@ -39,7 +39,9 @@ from loopagent.aio import run_sync
 
 from ._protocol import Channel, ChannelClosed, FrameTooLarge
 from .base import (
+    ContextInfo,
     ContextLike,
+    ContextNotFoundError,
     ContextTooLargeError,
     ExecResult,
     HostFunction,
@@ -48,6 +50,8 @@ from .base import (
     SandboxStartError,
     UnsupportedContextError,
     VariableError,
+    describe_context,
+    list_files,
 )
 
 _WORKER_DIR = str(Path(__file__).resolve().parent)
@@ -305,19 +309,21 @@ class SandboxREPL:
         self._start_worker()
 
     # -- context ---------------------------------------------------------------------
-    def load_context(self, context: ContextLike) -> None:
+    def load_context(self, context: ContextLike) -> ContextInfo:
         """Hand ``context`` to the worker once; code sees it as ``context``.
 
         ``str`` -> str, ``bytes`` -> bytes, ``list``/``dict`` (JSON-like) -> list/dict,
         ``Path`` to a file -> its text (read by the worker from a read-only file
         descriptor, never through the parent), ``Path`` to a directory -> a read-only
         mapping of relative path -> text whose files are read on first access.
+        Returns what was loaded (type and size; a directory is walked once).
         """
         prepared = self._prepare_context(context)
         with self._lock:
             self._ensure_started()
             self._send_context(prepared)
             self._context, self._context_set = context, True
+        return describe_context(context, files=prepared.files if prepared.kind == "dir" else None)
 
     def _prepare_context(self, context: ContextLike) -> _Context:
         limit = self.limits.max_context_bytes
@@ -354,7 +360,7 @@ class SandboxREPL:
 
     def _prepare_path(self, path: Path, limit: int) -> _Context:
         if not path.exists():
-            raise FileNotFoundError(f"context path {str(path)!r} does not exist")
+            raise ContextNotFoundError(f"context path {str(path)!r} does not exist; pass an existing file or directory")
         if path.is_file():
             size = path.stat().st_size
             if size > limit:
@@ -363,17 +369,7 @@ class SandboxREPL:
         if not path.is_dir():
             raise UnsupportedContextError(f"context path {str(path)!r} is neither a regular file nor a directory")
         root = path.resolve()
-        files: list[tuple[str, int]] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                st = full.lstat()
-                if not stat.S_ISREG(st.st_mode):
-                    continue  # symlinks and special files could lead outside the directory
-                files.append((full.relative_to(root).as_posix(), st.st_size))
-                if len(files) > _MAX_DIR_FILES:
-                    raise ContextTooLargeError(f"context directory {str(path)!r} has more than {_MAX_DIR_FILES:,} files")
+        files = list_files(root, limit=_MAX_DIR_FILES)
         return _Context(kind="dir", path=root, files=files, description=str(path))
 
     def _send_context(self, ctx: _Context) -> None:

@@ -58,7 +58,7 @@ from loopagent.errors import BackendError, ConfigError, InvalidLoopsError, Loopa
 from loopagent.evals.base import Item, Task, get_task
 from loopagent.models import model as build_model
 from loopagent.parsing import find_final_in_text, strip_code_blocks
-from loopagent.prompts import describe_context
+from loopagent.environments import describe_context
 from loopagent.trajectory import FinalAnswer, LimitHit, RootTurn, RunEnd, RunStart, TrajectoryWriter
 from loopagent.usage import RunUsage, UsageTotals
 
@@ -710,7 +710,7 @@ class _Runner:
             text = item.context if isinstance(item.context, str) else json.dumps(item.context, ensure_ascii=False, default=str)
             shown = text[: self.baseline_chars]
             prompt = root_only_prompt(item.question, shown, omitted=len(text) - len(shown))
-            writer.write(RunStart(run_id=run_id, query=item.question, context=describe_context(item.context),
+            writer.write(RunStart(run_id=run_id, query=item.question, context=describe_context(item.context).summary(),
                                   config={"baseline": "root_only", "root": backend.name, "root_loops": config.root_loops,
                                           "baseline_chars": self.baseline_chars, "shown_chars": len(shown)}))
             call = backend.acomplete([{"role": "user", "content": prompt}], loops=config.root_loops,

@@ -3,6 +3,30 @@
 Problems in model-written code never raise: they come back to the model inside
 the run. These exceptions are for invalid configuration (raised before any work
 starts) and for programming errors.
+
+Every exception loopagent raises on purpose is a :class:`LoopagentError`, so one
+``except LoopagentError`` catches them all; each also keeps the builtin base a
+caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``...)::
+
+    LoopagentError
+    ├── ConfigError (ValueError)             bad argument, spec, limit or option
+    │   ├── ModelSpecError, MissingAPIKeyError, InvalidLoopsError
+    │   ├── UnknownTaskError (KeyError)      loopagent.evals.base
+    │   └── ResultDirConflict                loopagent.evals (results of another configuration)
+    ├── BackendError                         a model call failed
+    │   └── BackendUnavailableError (ConnectionError)
+    ├── BudgetExceededError                  internal to a run, never reaches users
+    ├── SandboxError (RuntimeError)          loopagent.environments
+    │   ├── SandboxStartError, SandboxClosedError, VariableError (LookupError)
+    │   ├── ContextTooLargeError (ValueError), UnsupportedContextError (TypeError)
+    │   └── ContextNotFoundError (FileNotFoundError)
+    ├── TrajectoryError (ValueError)         loopagent.trajectory: not a loopagent log
+    ├── ConversionError (ValueError)         loopagent.backends.looped.convert
+    ├── BenchmarkFileError (ValueError)      loopagent.evals.loaders
+    └── ResultsCorrupt (ValueError)          loopagent.evals: a results file with a bad line
+
+Subclasses live next to the code that raises them; this module holds the root and
+the ones every layer shares.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from loopagent.environments import ContextInfo
 
 SYSTEM_TEMPLATE = """\
 You answer a question about a context that is too long to read at once. {context_line}
@@ -22,60 +22,36 @@ Functions in the REPL:
 Limits: {limits_line}{session_line}"""
 
 
-def describe_context(context: Any) -> dict[str, Any]:
-    """Type and size of a context, for prompts and logs (never its content)."""
-    import os
-    from pathlib import Path
-
-    if context is None:
-        return {"type": "none"}
-    if isinstance(context, str):
-        return {"type": "str", "chars": len(context)}
-    if isinstance(context, (bytes, bytearray)):
-        return {"type": "bytes", "bytes": len(context)}
-    if isinstance(context, (list, tuple)):
-        return {"type": "list", "items": len(context), "chars": sum(len(x) for x in context if isinstance(x, str))}
-    if isinstance(context, dict):
-        return {"type": "dict", "keys": len(context)}
-    if isinstance(context, os.PathLike):
-        p = Path(context)
-        if p.is_dir():
-            files = [f for f in p.rglob("*") if f.is_file() and not f.is_symlink()]
-            return {"type": "directory", "path": str(p), "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
-        return {"type": "file", "path": str(p), "bytes": p.stat().st_size if p.exists() else 0}
-    return {"type": type(context).__name__}
-
-
-def context_line(info: dict[str, Any], preview: str | None) -> str:
-    kind = info["type"]
+def context_line(info: ContextInfo) -> str:
+    """The system prompt's sentence about the context, from what the environment loaded."""
+    kind = info.type
     if kind == "none":
         return "There is no `context` variable for this question; work from the question itself."
     if kind == "str":
-        line = f"It is loaded in a Python REPL as `context`, a str of {info['chars']:,} characters."
+        line = f"It is loaded in a Python REPL as `context`, a str of {info.chars:,} characters."
     elif kind == "bytes":
-        line = f"It is loaded in a Python REPL as `context`, bytes of length {info['bytes']:,}."
+        line = f"It is loaded in a Python REPL as `context`, bytes of length {info.bytes:,}."
     elif kind == "list":
-        line = f"It is loaded in a Python REPL as `context`, a list of {info['items']:,} items ({info['chars']:,} characters of text)."
+        line = f"It is loaded in a Python REPL as `context`, a list of {info.items:,} items ({info.chars:,} characters of text)."
     elif kind == "dict":
-        line = f"It is loaded in a Python REPL as `context`, a dict with {info['keys']:,} keys."
+        line = f"It is loaded in a Python REPL as `context`, a dict with {info.keys:,} keys."
     elif kind == "directory":
         line = (
-            f"It is loaded in a Python REPL as `context`, a directory of {info['files']:,} files ({info['bytes']:,} bytes): "
+            f"It is loaded in a Python REPL as `context`, a directory of {info.files:,} files ({info.bytes:,} bytes): "
             "`context.files` lists their paths, `context[path]` reads one as text."
         )
     elif kind == "file":
-        line = f"It is loaded in a Python REPL as `context`, the text of a file of {info['bytes']:,} bytes."
+        line = f"It is loaded in a Python REPL as `context`, the text of a file of {info.bytes:,} bytes."
     else:
         line = f"It is loaded in a Python REPL as `context` ({kind})."
-    if preview:
-        line += f" It begins: {preview!r}"
+    if info.preview:
+        line += f" It begins: {info.preview!r}"
     return line
 
 
 def system_prompt(
     *,
-    context_info: dict[str, Any],
-    preview: str | None,
+    context: ContextInfo,
     max_output: int,
     can_recurse: bool,
     child_looped: bool,
@@ -99,7 +75,7 @@ def system_prompt(
         shown = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in earlier[-5:])
         session_line = f"\n\nEarlier questions in this session (their REPL variables still exist):\n{shown}"
     return SYSTEM_TEMPLATE.format(
-        context_line=context_line(context_info, preview),
+        context_line=context_line(context),
         max_output=max_output,
         depth_note=depth_note,
         loops_line=loops_line,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopagent import prompts
 from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
-from loopagent.environments import SandboxLimits, SandboxREPL
-from loopagent.environments.base import ContextLike, ExecResult
-from loopagent.errors import BackendError, BudgetExceededError, ConfigError, InvalidLoopsError
+from loopagent.environments import ContextInfo, Environment, ExecResult, SandboxLimits, SandboxREPL, describe_context
+from loopagent.environments.base import ContextLike
+from loopagent.errors import BackendError, BudgetExceededError, ConfigError
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
 from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, TrajectoryWriter
 from loopagent.usage import RunUsage
+from loopagent.validation import check_int, check_loops
+
+#: Makes a run's REPL from the sandbox limits: ``SandboxREPL`` itself, or any class or
+#: function returning an :class:`~loopagent.environments.Environment`.
+EnvironmentFactory = Callable[[SandboxLimits], Environment]
 
 
 class Budget(BaseModel):
@@ -103,7 +108,7 @@ class _Run:
     def __init__(
         self,
         tree: _RunTree,
-        env: SandboxREPL,
+        env: Environment,
         *,
         depth: int,
         root: Backend,
@@ -154,10 +159,8 @@ class _Run:
         return completion
 
     def _choose(self, backend: Backend, kind: CallKind, depth: int, explicit: int | None, est_tokens: int, n: int = 1) -> LoopChoice:
-        if explicit is not None and (isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1):
-            raise InvalidLoopsError(f"loops must be a positive integer, got {explicit!r}")
-        if explicit is not None and backend.looped and backend.max_loops is not None and explicit > backend.max_loops:
-            raise InvalidLoopsError(f"loops={explicit} exceeds the maximum of {backend.max_loops} for {backend.name}")
+        if explicit is not None:
+            check_loops(explicit, max_loops=backend.max_loops if backend.looped else None, model=backend.name)
         return self.rlm.policy.choose(
             LoopRequest(
                 depth=depth, kind=kind, looped=backend.looped, explicit=explicit, default=backend.default_loops,
@@ -246,10 +249,11 @@ class _Run:
 
         async def one(index: int, prompt: str, context: Any) -> str:
             async with gate:
-                env = SandboxREPL(self.rlm.sandbox)
+                # starting a worker takes ~50 ms: keep the event loop free for sibling runs
+                env, info = await asyncio.to_thread(self.rlm._open, context)
                 try:
                     child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self, explicit_loops=loops)
-                    result = await child.execute(prompt, context)
+                    result = await child.execute(prompt, info)
                 finally:
                     env.close()
             self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name, prompt=self.tree.writer.clip(prompt),
@@ -262,13 +266,7 @@ class _Run:
         return list(await asyncio.gather(*(one(i, p, c) for i, (p, c) in enumerate(zip(prompts_, contexts)))))
 
     # -- the loop ----------------------------------------------------------------------
-    def _system_prompt(self, context: ContextLike) -> str:
-        info = prompts.describe_context(context)
-        preview = None
-        if isinstance(context, str):
-            preview = context[:200]
-        elif isinstance(context, list) and context and isinstance(context[0], str):
-            preview = context[0][:200]
+    def _system_prompt(self, info: ContextInfo) -> str:
         b, rlm = self.rlm.budget, self.rlm
         limits = [f"{rlm.max_iterations} turns"]
         if b.max_loop_tokens:
@@ -280,19 +278,18 @@ class _Run:
         if b.timeout_s:
             limits.append(f"{b.timeout_s:g} s")
         return prompts.system_prompt(
-            context_info=info, preview=preview, max_output=rlm.sandbox.max_output_chars,
+            context=info, max_output=rlm.sandbox.max_output_chars,
             can_recurse=self.depth + 1 < rlm.max_depth, child_looped=rlm.child.looped,
             child_default_loops=rlm.child.default_loops, child_max_loops=rlm.child.max_loops,
             limits=limits, earlier=self.earlier,
         )
 
-    async def execute(self, query: str, context: ContextLike, *, load: bool = True) -> Result:
+    async def execute(self, query: str, info: ContextInfo) -> Result:
+        """Run the loop over this run's environment, whose context ``info`` describes."""
         start = time.monotonic()
-        if load:  # starting a worker takes ~50 ms: keep the event loop free for sibling runs
-            await asyncio.to_thread(self.env.load_context, context)
         self._register()
-        system = self._system_prompt(context)
-        self._log(RunStart, query=query, context=prompts.describe_context(context), config=self.rlm.config(),
+        system = self._system_prompt(info)
+        self._log(RunStart, query=query, context=info.summary(), config=self.rlm.config(),
                   system_prompt=system)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": query}]
         reason, detail, errors, iterations = "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
@@ -433,6 +430,7 @@ class RLM:
         concurrency: int = 64,
         max_tokens_per_call: int | None = None,
         sandbox: SandboxLimits | dict[str, Any] | None = None,
+        environment: EnvironmentFactory | None = None,
         log_dir: str | Path | None = None,
         log_text_limit: int | None = 20_000,
     ) -> None:
@@ -440,10 +438,15 @@ class RLM:
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
         self.root = root_backend.for_role("root")
         self.child = child_backend.for_role("child")
-        for name, value, low in (("max_depth", max_depth, 1), ("max_iterations", max_iterations, 1),
-                                 ("max_consecutive_errors", max_consecutive_errors, 1), ("concurrency", concurrency, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, value in (("max_depth", max_depth), ("max_iterations", max_iterations),
+                            ("max_consecutive_errors", max_consecutive_errors), ("concurrency", concurrency)):
+            check_int(value, name, minimum=1)
+        if environment is not None and not callable(environment):
+            raise ConfigError(
+                f"environment must be a class or factory called with the sandbox limits (e.g. SandboxREPL), "
+                f"got {type(environment).__name__}"
+            )
+        self.environment: EnvironmentFactory = environment if environment is not None else SandboxREPL
         self.max_depth = max_depth
         self.max_iterations = max_iterations
         self.max_consecutive_errors = max_consecutive_errors
@@ -476,6 +479,26 @@ class RLM:
         if self.child is not self.root:
             self.child.check()
 
+    def _open(self, context: ContextLike) -> tuple[Environment, ContextInfo]:
+        """The one place a run's environment is made: create it, load ``context`` into it.
+
+        Bad or oversized contexts fail here, before any model call.
+        """
+        env = self.environment(self.sandbox)
+        if not isinstance(env, Environment):
+            name = getattr(self.environment, "__name__", type(self.environment).__name__)
+            raise ConfigError(
+                f"environment {name} made a {type(env).__name__}, which lacks the Environment methods "
+                "(load_context, register, execute, aexecute, get_variable, reset, close)"
+            )
+        try:
+            info = env.load_context(context)
+        except BaseException:
+            env.close()
+            raise
+        # an environment that describes nothing still gets an honest description
+        return env, info if isinstance(info, ContextInfo) else describe_context(context)
+
     def _writer(self) -> TrajectoryWriter:
         if self.log_dir is None:
             return TrajectoryWriter(None)
@@ -488,26 +511,27 @@ class RLM:
 
     async def arun(self, query: str, context: ContextLike = None) -> Result:
         """Async form of :meth:`run`."""
-        return await self._arun(query, context, env=None, earlier=None)
+        self._check_query(query)
+        self.check()
+        env, info = await asyncio.to_thread(self._open, context)
+        try:
+            return await self._arun(query, env, info, earlier=None)
+        finally:
+            env.close()
 
-    async def _arun(self, query: str, context: ContextLike, *, env: SandboxREPL | None,
-                    earlier: list[tuple[str, str | None]] | None) -> Result:
+    @staticmethod
+    def _check_query(query: str) -> None:
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query must be a non-empty string")
-        self.check()
-        own_env = env is None
-        env = env or SandboxREPL(self.sandbox)
+
+    async def _arun(self, query: str, env: Environment, info: ContextInfo, *,
+                    earlier: list[tuple[str, str | None]] | None) -> Result:
         writer = self._writer()
         try:
-            if own_env:  # bad or oversized contexts fail here, before any model call
-                await asyncio.to_thread(env.load_context, context)
-            tree = _RunTree(self, writer)
-            run = _Run(tree, env, depth=0, root=self.root, earlier=earlier)
-            return await run.execute(query, context, load=False)
+            run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, earlier=earlier)
+            return await run.execute(query, info)
         finally:
             writer.close()
-            if own_env:
-                env.close()
 
     def session(self, context: ContextLike = None) -> Session:
         """Several questions over one context and one REPL (variables persist).
@@ -527,19 +551,16 @@ class Session:
     def __init__(self, rlm: RLM, context: ContextLike) -> None:
         self.rlm = rlm
         self.context = context
-        self.env = SandboxREPL(rlm.sandbox)
-        try:
-            self.env.load_context(context)
-        except BaseException:
-            self.env.close()
-            raise
+        self.env, self.info = rlm._open(context)
         self.history: list[tuple[str, str | None]] = []
 
     def ask(self, query: str) -> Result:
         return _run_sync(self.aask(query))
 
     async def aask(self, query: str) -> Result:
-        result = await self.rlm._arun(query, self.context, env=self.env, earlier=list(self.history))
+        self.rlm._check_query(query)
+        self.rlm.check()
+        result = await self.rlm._arun(query, self.env, self.info, earlier=list(self.history))
         self.history.append((query, result.answer))
         return result
 

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from loopagent import RLM, Budget, ConfigError, InvalidLoopsError, ModelSpecError, model
+from loopagent import RLM, Budget, ConfigError, InvalidLoopsError, LoopagentError, ModelSpecError, model
 from loopagent.backends.scripted import ScriptedBackend
-from loopagent.environments import ContextTooLargeError, UnsupportedContextError
+from loopagent.environments import (
+    ContextNotFoundError,
+    ContextTooLargeError,
+    SandboxLimits,
+    SandboxREPL,
+    UnsupportedContextError,
+    describe_context,
+)
 from loopagent.policies import LoopRequest, get_policy
 from loopagent.trajectory import SCHEMA_VERSION, read_trajectory
 
@@ -266,6 +273,69 @@ def test_bad_context_fails_before_any_model_call(tmp_path):
         RLM(root, sandbox={"max_context_mb": 0.001}).run("q", context="x" * 5000)
     with pytest.raises(ConfigError):
         RLM(root).run("", context="c")
+    assert root.calls == []
+
+
+# -- environments and context descriptions ------------------------------------------------------------
+
+
+class CountingREPL(SandboxREPL):
+    """The default sandbox, counting how often it is made and which limits it got."""
+
+    made: list[SandboxLimits] = []
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        CountingREPL.made.append(limits)
+        super().__init__(limits)
+
+
+def test_environment_factory_makes_every_repl_of_a_run(tmp_path):
+    def script(messages, loops):
+        turns = sum(1 for m in messages if m["role"] == "assistant")
+        if messages[1]["content"].startswith("Count"):
+            return repl("FINAL(str(len(context)))")
+        return repl("print(rlm_query('Count', context='abcd'))") if turns == 0 else repl("FINAL('done')")
+
+    CountingREPL.made = []
+    rlm = RLM(ScriptedBackend(script), max_depth=2, environment=CountingREPL, sandbox={"timeout_s": 7})
+    assert rlm.run("q", context="text").answer == "done"
+    assert len(CountingREPL.made) == 2 and all(limits.timeout_s == 7 for limits in CountingREPL.made)
+    with rlm.session("banana") as s:
+        s.ask("q")
+    assert len(CountingREPL.made) == 4  # the session's REPL and its child run's
+
+
+def test_bad_environment_is_a_config_error():
+    with pytest.raises(ConfigError, match="environment must be a class or factory"):
+        RLM(ScriptedBackend(["x"]), environment="sandbox")
+    root = ScriptedBackend([repl("FINAL(1)")])
+    with pytest.raises(ConfigError, match="lacks the Environment methods"):
+        RLM(root, environment=lambda limits: object()).run("q", context="c")
+    assert root.calls == []
+
+
+def test_context_description_is_what_the_prompt_says_and_the_log_holds(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("hello")
+    (docs / "sub" / "b.md").write_text("abc")
+    (docs / "link.md").symlink_to(docs / "a.md")  # the sandbox does not follow links: not counted
+    root = ScriptedBackend([repl("FINAL(str(len(context.files)))")])
+    result = RLM(root, log_dir=tmp_path / "runs").run("q", context=docs)
+    assert result.answer == "2"
+    start = events_of(result, "run_start")[0]
+    assert start.context == {"type": "directory", "path": str(docs), "files": 2, "bytes": 8}
+    assert "a directory of 2 files (8 bytes)" in start.system_prompt == root.calls[0]["messages"][0]["content"]
+    with SandboxREPL() as env:
+        assert env.load_context(["first item", "x"]) == describe_context(["first item", "x"])
+        assert describe_context(["first item", "x"]).summary() == {"type": "list", "items": 2, "chars": 11}
+
+
+def test_missing_context_path_is_a_sandbox_error_and_a_file_not_found_error(tmp_path):
+    root = ScriptedBackend([repl("FINAL(1)")])
+    with pytest.raises(ContextNotFoundError, match="does not exist") as info:
+        RLM(root).run("q", context=tmp_path / "missing.txt")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, LoopagentError)
     assert root.calls == []
 
 

@@ -74,7 +74,6 @@ def run(
     Example: loopagent run "Which city is named most often?" -c book.txt --root litellm:openai/gpt-4o-mini
     """
     from loopagent import RLM, LoopagentError, model
-    from loopagent.environments import SandboxError
 
     ctx: object = None
     if context is not None:
@@ -92,7 +91,7 @@ def run(
             log_dir=log_dir,
         )
         result = rlm.run(query, ctx)  # type: ignore[arg-type]
-    except (LoopagentError, SandboxError, TypeError, ValueError, FileNotFoundError) as e:
+    except LoopagentError as e:
         _fail(str(e))
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
@@ -187,13 +186,14 @@ def show(
 ) -> None:
     """Show a run's trajectory as a tree: turns, REPL cells, child calls with loop budgets, nested runs."""
     from loopagent.show import render
-    from loopagent.trajectory import TrajectoryError, read_trajectory
+    from loopagent import LoopagentError
+    from loopagent.trajectory import read_trajectory
 
     if not path.is_file():
         _fail(f"{path} is not a file; pass a .jsonl written by `loopagent run` (see its log_dir)")
     try:
         events = read_trajectory(path)
-    except TrajectoryError as e:
+    except LoopagentError as e:
         _fail(str(e))
     if not events:
         _fail(f"{path} holds no events")
@@ -353,9 +353,7 @@ def eval_(
     Rerun the same command to resume: finished items are skipped. A different configuration against an existing OUT is refused (--extend may add grid values). A model that is not looped takes no loop list (giving one is an error).
     """
     from loopagent import LoopagentError
-    from loopagent.environments import SandboxError
-    from loopagent.evals.base import UnknownTaskError
-    from loopagent.evals.runner import ResultsCorrupt, parse_int_list, parse_loops_list, run_eval
+    from loopagent.evals.runner import parse_int_list, parse_loops_list, run_eval
 
     try:
         summary = run_eval(
@@ -382,11 +380,9 @@ def eval_(
             extend=extend,
             retry_errors=retry_errors,
         )
-    except UnknownTaskError as e:
-        _fail(str(e))
     except ImportError as e:
         _fail(f"the evaluation tasks could not be loaded: {e}")
-    except (LoopagentError, SandboxError, ResultsCorrupt, ValueError, FileNotFoundError) as e:
+    except LoopagentError as e:
         _fail(str(e))
     _console.print(f"{summary.task}: {summary.jobs_run} runs now, {summary.jobs_skipped} already done, "
                    f"{summary.errors} crashed ({summary.elapsed_s:.1f} s)", highlight=False)

@@ -7,6 +7,7 @@ other keys (RULER's multi-key variant), so finding *a* magic number is not enoug
 
 from __future__ import annotations
 
+import random
 import re
 
 from loopagent.evals.base import Item, Task, register
@@ -27,6 +28,11 @@ _KEY_NOUNS = [
 NEEDLE = "The special magic number for {key} is {value}."
 QUESTION = "What is the special magic number for {key} mentioned in the provided text? Answer with the number only."
 _SEVEN_DIGITS = re.compile(r"(?<!\d)\d{7}(?!\d)")
+
+
+def needle_key(rng: random.Random) -> str:
+    """A needle key in the task's style, e.g. ``"calm-river-123"`` (three draws from ``rng``)."""
+    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}"
 
 
 @register
@@ -50,7 +56,7 @@ class SNIAH(Task):
         rng = item_rng(self.name, seed, length_chars, index)
         keys = set()
         while len(keys) < 1 + self.distractors:
-            keys.add(f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}")
+            keys.add(needle_key(rng))
         keys = sorted(keys)
         rng.shuffle(keys)
         values: list[str] = []

@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import re
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, register
 from loopagent.evals.scorers import exact_match
-from loopagent.evals.tasks._common import Filler, check_request, item_id, item_rng, scatter
+from loopagent.evals.tasks._common import scatter, task_filler
+from loopagent.validation import check_int
 
 _KEY_ADJECTIVES = [
     "amber", "brisk", "candid", "dusky", "eager", "fabled", "gilded", "hollow", "ivory", "jolly",
@@ -43,17 +44,9 @@ class SNIAH(Task):
     description = "RULER single needle: a 7-digit 'special magic number' for a key, hidden at a seeded depth in prose"
 
     def __init__(self, distractors: int = 0) -> None:
-        if distractors < 0:
-            raise ValueError("distractors must be >= 0")
-        self.distractors = distractors
+        self.distractors = check_int(distractors, "distractors", minimum=0)
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        filler = Filler(f"{self.name}|{seed}")
-        return [self._one(filler, length_chars, seed, i) for i in range(n)]
-
-    def _one(self, filler: Filler, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
         keys = set()
         while len(keys) < 1 + self.distractors:
             keys.add(needle_key(rng))
@@ -67,17 +60,14 @@ class SNIAH(Task):
         needles = [NEEDLE.format(key=k, value=v) + " " for k, v in zip(keys, values)]
         depth = rng.random()
         positions = [depth] + [rng.random() for _ in keys[1:]]
-        units = filler.units(rng, length_chars - sum(len(s) for s in needles))
+        units = task_filler(self.name, slot.seed).units(rng, slot.length_chars - sum(len(s) for s in needles))
         units, _ = scatter(rng, units, needles, positions)
         context = "".join(units)
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=QUESTION.format(key=keys[0]),
             context=context,
             answer=values[0],
             answer_type="exact",
-            length_chars=len(context),
             meta={"key": keys[0], "depth": round(depth, 4), "needle_offset": context.index(needles[0]),
                   "distractors": self.distractors},
         )

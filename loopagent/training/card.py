@@ -85,7 +85,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         "| | root | child |",
         "|---|---|---|",
-        f"| role | writes the REPL program, reads its output, answers | resolves a variable in one section of statements |",
+        "| role | writes the REPL program, reads its output, answers | resolves a variable in one section of statements |",
         f"| parameters | {_params(WEIGHTS / 'root'):,} | {_params(WEIGHTS / 'child'):,} |",
         f"| layers | prelude {root['config']['num_prelude_layers']} / core {root['config']['num_core_layers']} / coda {root['config']['num_coda_layers']}, hidden {root['config']['hidden_size']} | prelude {child['config']['num_prelude_layers']} / core {child['config']['num_core_layers']} / coda {child['config']['num_coda_layers']}, hidden {child['config']['hidden_size']} |",
         f"| injection | {root['config']['injection']} | {child['config']['injection']} |",

@@ -4,11 +4,18 @@ A :class:`Task` makes :class:`Item` s (a question, a long context, the gold answ
 from a seed and a target length, and scores a prediction against an item with its
 benchmark's published rule. Tasks register by name so the runner and the CLI can
 find them (``get_task("sniah")``).
+
+A generator implements :meth:`Task.make_item`, one item at its :class:`ItemSlot`; the
+request checks, the loop over indices and the per-item randomness live in
+:meth:`Task.generate`. Tasks that read items from a file override ``generate`` instead.
 """
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
@@ -16,6 +23,9 @@ from pydantic import BaseModel, Field
 from loopagent.errors import ConfigError
 
 AnswerType = Literal["exact", "numeric", "pairs", "choice", "text"]
+
+#: The shortest context a generator makes (characters).
+MIN_LENGTH = 1_000
 
 
 class Item(BaseModel):
@@ -31,6 +41,69 @@ class Item(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict, description="Generator details (hops, needle position, ...).")
 
 
+def context_length(context: Any) -> int:
+    """Characters of a context: a str's length; for a list the sum over its strings; for a dict
+    the sum over its keys and values."""
+    if isinstance(context, str):
+        return len(context)
+    if isinstance(context, dict):
+        return sum(len(str(k)) + context_length(v) for k, v in context.items())
+    if isinstance(context, (list, tuple)):
+        return sum(context_length(v) for v in context)
+    return len(str(context))
+
+
+@dataclass(frozen=True)
+class ItemSlot:
+    """Where one generated item sits in a request: its task, seed, target length and index.
+
+    Item ``index`` depends on these four only (not on ``n``), so a longer run extends a
+    shorter one.
+    """
+
+    task: str
+    seed: int
+    length_chars: int
+    index: int
+
+    @property
+    def id(self) -> str:
+        """The item's stable id, e.g. ``"sniah-s0-L8000-3"``."""
+        return f"{self.task}-s{self.seed}-L{self.length_chars}-{self.index}"
+
+    def rng(self) -> random.Random:
+        """The item's own generator. ``random.Random`` seeded with a str hashes it with SHA-512,
+        independent of ``PYTHONHASHSEED`` and the platform."""
+        return random.Random(f"{self.task}|{self.seed}|{self.length_chars}|{self.index}")
+
+    def item(self, *, question: str, context: Any, answer: Any, answer_type: AnswerType,
+             meta: dict[str, Any] | None = None, item_id: str | None = None) -> Item:
+        """The :class:`Item` at this slot (id :attr:`id` unless ``item_id``); its size is measured from
+        ``context``."""
+        return Item(id=self.id if item_id is None else item_id, task=self.task, question=question, context=context,
+                    answer=answer, answer_type=answer_type, length_chars=context_length(context), meta=meta or {})
+
+
+def check_request(n: int, length_chars: int) -> None:
+    """Raise ``ValueError`` unless ``n >= 0`` and ``length_chars >= MIN_LENGTH``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if length_chars < MIN_LENGTH:
+        raise ValueError(f"length_chars must be at least {MIN_LENGTH}, got {length_chars}")
+
+
+def check_choices(chosen: Iterable[str] | None, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A task option naming some of ``known`` (all of them when empty), as a tuple.
+
+    ``what`` names the option in the error: "unknown oolong question kinds ['x']; known: ...".
+    """
+    picked = tuple(chosen) if chosen else known
+    unknown = set(picked) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown {what} {sorted(unknown)}; known: {', '.join(known)}")
+    return picked
+
+
 class Task(ABC):
     """A family of evaluation items.
 
@@ -44,9 +117,19 @@ class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
-    @abstractmethod
     def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
         """``n`` items whose contexts are about ``length_chars`` long; same seed, same items."""
+        check_request(n, length_chars)
+        slots = [ItemSlot(self.name, seed, length_chars, index) for index in range(n)]
+        return [self.make_item(self.item_rng(slot), slot) for slot in slots]
+
+    def item_rng(self, slot: ItemSlot) -> random.Random:
+        """The generator :meth:`make_item` draws from (default: :meth:`ItemSlot.rng`)."""
+        return slot.rng()
+
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        """One item: a function of ``rng``, ``slot`` and the task's options only."""
+        raise NotImplementedError(f"{type(self).__name__} generates no items: implement make_item or generate")
 
     @abstractmethod
     def score(self, item: Item, prediction: str | None) -> float:

@@ -22,7 +22,7 @@ import random
 import string
 from typing import Any
 
-from .base import Item, Task, register
+from .base import Item, ItemSlot, Task, register
 
 NAMES = string.ascii_lowercase
 DIGITS = string.digits
@@ -101,15 +101,13 @@ class ChainsTask(Task):
         self.kind = kind
         self.count_span = int(count_span)
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        items = []
-        for index in range(n):
-            rng = random.Random(f"chains/{seed}/{length_chars}/{index}")
-            hops = rng.choice(self.hops)
-            items.append(self._item(rng, index, seed, length_chars, hops))
-        return items
+    def item_rng(self, slot: ItemSlot) -> random.Random:
+        # this task's own seed format, older than ItemSlot's: the same seeds keep their items
+        return random.Random(f"chains/{slot.seed}/{slot.length_chars}/{slot.index}")
 
-    def _item(self, rng: random.Random, index: int, seed: int, length_chars: int, hops: int) -> Item:
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        hops = rng.choice(self.hops)
+        length_chars = slot.length_chars
         target_section = None
         sections: list[str] = []
         size = 0
@@ -147,11 +145,8 @@ class ChainsTask(Task):
             question = f"In sections {span.start} to {span.stop - 1}, how many times does {var} equal {digit}?"
             answer = str(sum(1 for s in span if values.get(s) == digit))
             meta.update(first=span.start, last=span.stop - 1, digit=digit)
-        return Item(
-            id=f"chains-{self.kind}-h{hops}-s{seed}-l{length_chars}-{index}",
-            task=self.name, question=question, context=context, answer=answer, answer_type="exact",
-            length_chars=len(context), meta=meta,
-        )
+        return slot.item(question=question, context=context, answer=answer, answer_type="exact", meta=meta,
+                         item_id=f"chains-{self.kind}-h{hops}-s{slot.seed}-l{length_chars}-{slot.index}")
 
     def score(self, item: Item, prediction: str | None) -> float:
         if prediction is None:

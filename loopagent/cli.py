@@ -158,7 +158,7 @@ def train(
 
     The servable checkpoint lands in OUT/model (use it with --root/--child hf:OUT/model).
     """
-    from loopagent.backends.embedded.train import preset, train as run_training
+    from loopagent.training.trainer import preset, train as run_training
 
     if role not in ("child", "root"):
         _fail(f"ROLE must be child or root, got {role!r}")

@@ -20,9 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from loopagent.evals.chains import NAMES, format_section, make_section
-
-NEEDLE = "The special magic number for {key} is {value}."
+from loopagent.evals.chains import format_section, make_section
+from loopagent.evals.tasks.sniah import NEEDLE, needle_key
 
 
 class DemoDocument(BaseModel):
@@ -45,9 +44,7 @@ def build_document(chars: int, seed: int, hops: int = 4, statements: int = 8) ->
         line = format_section(number, stmts)
         lines.append(line)
         size += len(line) + 1
-    from loopagent.evals.tasks.sniah import _KEY_ADJECTIVES, _KEY_NOUNS
-
-    key = f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}"  # the sniah task's style
+    key = needle_key(rng)  # the sniah task's style
     value = str(rng.randint(1_000_000, 9_999_999))
     lines.insert(rng.randint(len(lines) // 4, 3 * len(lines) // 4), NEEDLE.format(key=key, value=value))
     return DemoDocument(text="\n".join(lines), needle_key=key, needle_value=value, answers=answers)

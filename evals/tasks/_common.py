@@ -1,53 +1,22 @@
-"""Shared pieces of the generators: seeded randomness, item ids, sizes, filler prose."""
+"""Shared pieces of the generators: filler prose, cutting to length, scattering facts in it.
+
+Item ids, per-item randomness and the request checks live in :mod:`loopagent.evals.base`
+(:class:`~loopagent.evals.base.ItemSlot`, :meth:`~loopagent.evals.base.Task.generate`).
+"""
 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
-from typing import Any
 
 __all__ = [
-    "item_rng",
-    "item_id",
-    "context_length",
-    "check_request",
     "Filler",
+    "task_filler",
     "fit_to_length",
+    "scatter",
 ]
-
-
-def item_rng(task: str, seed: int, length_chars: int, index: int) -> random.Random:
-    """One generator per item: item ``i`` is the same whatever ``n`` is, so a longer run extends
-    a shorter one. ``random.Random`` seeded with a str hashes it with SHA-512, independent of
-    ``PYTHONHASHSEED`` and the platform."""
-    return random.Random(f"{task}|{seed}|{length_chars}|{index}")
-
-
-def item_id(task: str, seed: int, length_chars: int, index: int) -> str:
-    return f"{task}-s{seed}-L{length_chars}-{index}"
-
-
-def context_length(context: Any) -> int:
-    """Characters of a context: a str's length; for a list the sum over its strings; for a dict
-    the sum over its keys and values."""
-    if isinstance(context, str):
-        return len(context)
-    if isinstance(context, dict):
-        return sum(len(str(k)) + context_length(v) for k, v in context.items())
-    if isinstance(context, (list, tuple)):
-        return sum(context_length(v) for v in context)
-    return len(str(context))
-
-
-MIN_LENGTH = 1_000
-
-
-def check_request(n: int, length_chars: int) -> None:
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if length_chars < MIN_LENGTH:
-        raise ValueError(f"length_chars must be at least {MIN_LENGTH}, got {length_chars}")
 
 
 # --- filler prose --------------------------------------------------------------------------
@@ -137,6 +106,13 @@ class Filler:
 
     def text(self, rng: random.Random, chars: int) -> str:
         return "".join(self.units(rng, chars))
+
+
+@functools.lru_cache(maxsize=16)
+def task_filler(task: str, seed: int) -> Filler:
+    """The filler of one task and seed, built once for all of a request's items (it draws from
+    its own generator, never from an item's, so sharing it changes no item)."""
+    return Filler(f"{task}|{seed}")
 
 
 def fit_to_length(units: list[str], chars: int) -> list[str]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, check_choices, register
 from loopagent.evals.scorers import exact_match
-from loopagent.evals.tasks._common import Filler, check_request, item_id, item_rng
+from loopagent.evals.tasks._common import task_filler
+from loopagent.validation import check_int
 
 _SYLLABLES = ["mar", "ven", "tal", "or", "kes", "bri", "dun", "ala", "sel", "qua", "rin", "thos", "el",
               "var", "nor", "pel", "ix", "ost", "ryn", "cal", "hul", "ome", "tessa", "lor", "gan", "wim",
@@ -160,21 +161,12 @@ class BrowseComp(Task):
     description = "BrowseComp-Plus-style QA over a dict of synthetic web pages; answers combine facts from 2-3 pages"
 
     def __init__(self, kinds: tuple[str, ...] | list[str] | None = None, page_chars: int = 1000) -> None:
-        self.kinds = tuple(kinds) if kinds else KINDS
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown browsecomp question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-        if page_chars < 200:
-            raise ValueError("page_chars must be >= 200")
-        self.page_chars = page_chars
+        self.kinds = check_choices(kinds, KINDS, "browsecomp question kinds")
+        self.page_chars = check_int(page_chars, "page_chars", minimum=200)
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        filler = Filler(f"{self.name}|{seed}")
-        return [self._one(filler, length_chars, seed, i) for i in range(n)]
-
-    def _one(self, filler: Filler, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        length_chars = slot.length_chars
+        filler = task_filler(self.name, slot.seed)
         n_docs = max(8, round(length_chars / self.page_chars))
         for _attempt in range(20):
             world = _World(rng, n_docs)
@@ -209,17 +201,7 @@ class BrowseComp(Task):
         meta["doc_ids"] = [title_to_doc[title] for title in meta.pop("docs")]
         meta["kind"] = kind
         meta["n_docs"] = len(context)
-        length = sum(len(k) + len(v) for k, v in context.items())
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
-            question=question,
-            context=context,
-            answer=answer,
-            answer_type="exact",
-            length_chars=length,
-            meta=meta,
-        )
+        return slot.item(question=question, context=context, answer=answer, answer_type="exact", meta=meta)
 
     def score(self, item: Item, prediction: str | None) -> float:
         """Exact match after SQuAD normalization (BrowseComp-Plus grades with an LLM judge; the

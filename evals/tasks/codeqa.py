@@ -28,9 +28,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, check_choices, register
 from loopagent.evals.scorers import choice_accuracy
-from loopagent.evals.tasks._common import check_request, item_id, item_rng
 
 LETTERS = ("A", "B", "C", "D")
 FILE_HEADER = "# ==== file: {path} ===="
@@ -70,6 +69,15 @@ def corpus_files(include_tests: bool = False) -> tuple[tuple[str, str], ...]:
                 rel = "/".join([*parts, name])
                 out.append((rel, os.path.join(dirpath, name)))
     return tuple(sorted(out))
+
+
+def _corpus_for(length_chars: int) -> tuple[tuple[str, str], ...]:
+    """The files a context of ``length_chars`` draws from: the test suites join in only when the
+    rest is too small to fill it."""
+    files = corpus_files(False)
+    if length_chars > 0.9 * sum(_size(p) for _, p in files):
+        files = corpus_files(True)
+    return files
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,20 +267,11 @@ class CodeQA(Task):
     description = "CodeQA-style multiple choice over the installed Python standard library sources (facts from ast)"
 
     def __init__(self, kinds: tuple[str, ...] | list[str] | None = None) -> None:
-        self.kinds = tuple(kinds) if kinds else KINDS
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown codeqa question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        self.kinds = check_choices(kinds, KINDS, "codeqa question kinds")
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        files = corpus_files(False)
-        if length_chars > 0.9 * sum(_size(p) for _, p in files):
-            files = corpus_files(True)
-        return [self._one(files, length_chars, seed, i) for i in range(n)]
-
-    def _one(self, files: tuple[tuple[str, str], ...], length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        length_chars = slot.length_chars
+        files = _corpus_for(length_chars)
         budget = length_chars
         header_cost = 60
         fitting = [f for f in files if _size(f[1]) + header_cost <= 0.9 * budget]
@@ -305,14 +304,11 @@ class CodeQA(Task):
         rel, path, kind, (question, choices, letter, extra) = found
         context = self._context(rng, files, rel, path, budget)
         options = "\n".join(f"({k}) {v}" for k, v in choices.items())
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=f"{question}\n{options}\nAnswer with the letter of the correct option.",
             context=context,
             answer=letter,
             answer_type="choice",
-            length_chars=len(context),
             meta={"kind": kind, "file": rel, "module": module_name(rel), "choices": choices, **extra,
                   "python": ".".join(map(str, sys.version_info[:3])), "capped": len(context) < 0.9 * length_chars},
         )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, register
 from loopagent.evals.scorers import exact_match
-from loopagent.evals.tasks._common import Filler, check_request, item_id, item_rng, scatter
+from loopagent.evals.tasks._common import scatter, task_filler
+from loopagent.validation import check_int
 
 _LETTERS = "abcdefghijkmnpqrstuvwxyz"
 STATEMENT = "Remember that {lhs} = {rhs}."
@@ -37,21 +38,13 @@ class MultiHop(Task):
     description = "Follow a chain of variable assignments scattered through a long document (hops configurable)"
 
     def __init__(self, hops: int = 3, distractors: int = 12, max_distractor_hops: int | None = None) -> None:
-        if hops < 1:
-            raise ValueError("hops must be >= 1")
-        if distractors < 0:
-            raise ValueError("distractors must be >= 0")
-        self.hops = hops
-        self.distractors = distractors
-        self.max_distractor_hops = max_distractor_hops or max(hops, 2)
+        self.hops = check_int(hops, "hops", minimum=1)
+        self.distractors = check_int(distractors, "distractors", minimum=0)
+        # None (or 0): distractor chains as long as the asked one, at least 2 hops
+        self.max_distractor_hops = (check_int(max_distractor_hops, "max_distractor_hops", minimum=1)
+                                    if max_distractor_hops else max(self.hops, 2))
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        filler = Filler(f"{self.name}|{seed}")
-        return [self._one(filler, length_chars, seed, i) for i in range(n)]
-
-    def _one(self, filler: Filler, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
         lengths = [self.hops] + [rng.randint(1, self.max_distractor_hops) for _ in range(self.distractors)]
         names = _names(rng, sum(lengths))
         values = rng.sample(range(10, 1000), len(lengths))
@@ -74,17 +67,14 @@ class MultiHop(Task):
                 statements.append((chain[-1], rng.choice(target)))
         rng.shuffle(statements)
         texts = [STATEMENT.format(lhs=a, rhs=b) + ("\n\n" if rng.random() < 0.3 else " ") for a, b in statements]
-        units = filler.units(rng, length_chars - sum(len(t) for t in texts))
+        units = task_filler(self.name, slot.seed).units(rng, slot.length_chars - sum(len(t) for t in texts))
         units, _ = scatter(rng, units, texts)
         context = "".join(units)
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=QUESTION.format(var=target[0]),
             context=context,
             answer=str(values[0]),
             answer_type="exact",
-            length_chars=len(context),
             meta={"hops": self.hops, "variable": target[0], "chain": target, "distractors": self.distractors,
                   "statements": len(statements)},
         )

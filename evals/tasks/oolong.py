@@ -21,9 +21,10 @@ import random
 from collections import Counter, defaultdict
 from datetime import date, timedelta
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, check_choices, register
 from loopagent.evals.scorers import exact_match, first_number, oolong_numeric, oolong_parse_answer, pairs_f1
-from loopagent.evals.tasks._common import check_request, fit_to_length, item_id, item_rng
+from loopagent.evals.tasks._common import fit_to_length
+from loopagent.validation import check_int
 
 LABELS = ("weather", "sports", "food", "travel", "music", "money")
 
@@ -142,20 +143,12 @@ class Oolong(Task):
 
     def __init__(self, with_labels: bool = False, kinds: tuple[str, ...] | list[str] | None = None) -> None:
         self.with_labels = with_labels
-        self.kinds = tuple(kinds) if kinds else self.KINDS
-        unknown = set(self.kinds) - set(self.KINDS)
-        if unknown:
-            raise ValueError(f"unknown oolong question kinds {sorted(unknown)}; known: {', '.join(self.KINDS)}")
+        self.kinds = check_choices(kinds, self.KINDS, "oolong question kinds")
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        return [self._one(length_chars, seed, i) for i in range(n)]
-
-    def _one(self, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
         weights = {lab: rng.uniform(0.3, 1.0) for lab in LABELS}
-        records = _Records(rng, length_chars, weights, self.with_labels)
-        records.trim(rng, length_chars)
+        records = _Records(rng, slot.length_chars, weights, self.with_labels)
+        records.trim(rng, slot.length_chars)
         rows = records.rows
         counts = Counter(r[2] for r in rows)
         by_user: dict[int, Counter] = defaultdict(Counter)
@@ -168,14 +161,11 @@ class Oolong(Task):
             kind = "count_label"
             question, answer, qtype = self._question(rng, kind, label, counts, by_user)
         context = records.text()
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=question,
             context=context,
             answer=answer,
             answer_type=qtype,
-            length_chars=len(context),
             meta={"kind": kind, "labels": list(LABELS), "n_records": len(rows), "n_users": len(by_user),
                   "with_labels": self.with_labels},
         )
@@ -247,20 +237,11 @@ class OolongPairs(Task):
     def __init__(self, with_labels: bool = False, conditions: tuple[str, ...] | list[str] | None = None,
                  max_users_per_label: int = 10) -> None:
         self.with_labels = with_labels
-        self.conditions = tuple(conditions) if conditions else PAIR_CONDITIONS
-        unknown = set(self.conditions) - set(PAIR_CONDITIONS)
-        if unknown:
-            raise ValueError(f"unknown oolong_pairs conditions {sorted(unknown)}; known: {', '.join(PAIR_CONDITIONS)}")
-        if max_users_per_label < 3:
-            raise ValueError("max_users_per_label must be >= 3")
-        self.max_users = max_users_per_label
+        self.conditions = check_choices(conditions, PAIR_CONDITIONS, "oolong_pairs conditions")
+        self.max_users = check_int(max_users_per_label, "max_users_per_label", minimum=3)
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        return [self._one(length_chars, seed, i) for i in range(n)]
-
-    def _one(self, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        length_chars = slot.length_chars
         x, y = rng.sample(LABELS, 2)
         common = {lab: rng.uniform(0.3, 1.0) for lab in LABELS if lab not in (x, y)}
         # The two rare labels are placed by hand on a few users, which bounds the answer size.
@@ -281,14 +262,11 @@ class OolongPairs(Task):
         condition = rng.choice(self.conditions)
         question, pairs = self._pairs(condition, x, y, sorted(have), have)
         context = records.text()
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=question,
             context=context,
             answer=[list(p) for p in pairs],
             answer_type="pairs",
-            length_chars=len(context),
             meta={"condition": condition, "label_x": x, "label_y": y, "n_pairs": len(pairs),
                   "n_records": len(records.rows), "n_users": len(have), "with_labels": self.with_labels},
         )

@@ -7,11 +7,13 @@ other keys (RULER's multi-key variant), so finding *a* magic number is not enoug
 
 from __future__ import annotations
 
+import random
 import re
 
-from loopagent.evals.base import Item, Task, register
+from loopagent.evals.base import Item, ItemSlot, Task, register
 from loopagent.evals.scorers import exact_match
-from loopagent.evals.tasks._common import Filler, check_request, item_id, item_rng, scatter
+from loopagent.evals.tasks._common import scatter, task_filler
+from loopagent.validation import check_int
 
 _KEY_ADJECTIVES = [
     "amber", "brisk", "candid", "dusky", "eager", "fabled", "gilded", "hollow", "ivory", "jolly",
@@ -29,6 +31,11 @@ QUESTION = "What is the special magic number for {key} mentioned in the provided
 _SEVEN_DIGITS = re.compile(r"(?<!\d)\d{7}(?!\d)")
 
 
+def needle_key(rng: random.Random) -> str:
+    """A needle key in the task's style, e.g. ``"calm-river-123"`` (three draws from ``rng``)."""
+    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}"
+
+
 @register
 class SNIAH(Task):
     """RULER-style single needle: find the 7-digit value stated for one key."""
@@ -37,20 +44,12 @@ class SNIAH(Task):
     description = "RULER single needle: a 7-digit 'special magic number' for a key, hidden at a seeded depth in prose"
 
     def __init__(self, distractors: int = 0) -> None:
-        if distractors < 0:
-            raise ValueError("distractors must be >= 0")
-        self.distractors = distractors
+        self.distractors = check_int(distractors, "distractors", minimum=0)
 
-    def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        check_request(n, length_chars)
-        filler = Filler(f"{self.name}|{seed}")
-        return [self._one(filler, length_chars, seed, i) for i in range(n)]
-
-    def _one(self, filler: Filler, length_chars: int, seed: int, index: int) -> Item:
-        rng = item_rng(self.name, seed, length_chars, index)
+    def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
         keys = set()
         while len(keys) < 1 + self.distractors:
-            keys.add(f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}")
+            keys.add(needle_key(rng))
         keys = sorted(keys)
         rng.shuffle(keys)
         values: list[str] = []
@@ -61,17 +60,14 @@ class SNIAH(Task):
         needles = [NEEDLE.format(key=k, value=v) + " " for k, v in zip(keys, values)]
         depth = rng.random()
         positions = [depth] + [rng.random() for _ in keys[1:]]
-        units = filler.units(rng, length_chars - sum(len(s) for s in needles))
+        units = task_filler(self.name, slot.seed).units(rng, slot.length_chars - sum(len(s) for s in needles))
         units, _ = scatter(rng, units, needles, positions)
         context = "".join(units)
-        return Item(
-            id=item_id(self.name, seed, length_chars, index),
-            task=self.name,
+        return slot.item(
             question=QUESTION.format(key=keys[0]),
             context=context,
             answer=values[0],
             answer_type="exact",
-            length_chars=len(context),
             meta={"key": keys[0], "depth": round(depth, 4), "needle_offset": context.index(needles[0]),
                   "distractors": self.distractors},
         )

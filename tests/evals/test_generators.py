@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from loopagent.errors import ConfigError
 from loopagent.evals.base import Item, get_task
 
 GENERATORS = ["sniah", "oolong", "oolong_pairs", "multihop", "codeqa", "browsecomp"]
@@ -80,6 +81,25 @@ def test_unknown_question_kinds_are_rejected():
         get_task("oolong_pairs", conditions=["nope"])
     with pytest.raises(ValueError):
         get_task("sniah").generate(1, 10, seed=0)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("sniah", {"distractors": -1}), ("multihop", {"hops": 0}), ("multihop", {"hops": True}),
+    ("multihop", {"max_distractor_hops": 1.5}), ("browsecomp", {"page_chars": 100}),
+    ("oolong_pairs", {"max_users_per_label": 2}),
+])
+def test_integer_options_are_checked(name, options):
+    (option,) = options
+    with pytest.raises(ConfigError, match=f"^{option} must be"):
+        get_task(name, **options)
+
+
+@pytest.mark.parametrize("name", [*GENERATORS, "chains"])
+def test_every_generator_checks_the_request(name):
+    with pytest.raises(ValueError, match="n must be"):
+        get_task(name).generate(-1, 20_000, seed=0)
+    with pytest.raises(ValueError, match="length_chars must be at least"):
+        get_task(name).generate(1, 999, seed=0)
 
 
 # --- independent checkers ------------------------------------------------------------------------

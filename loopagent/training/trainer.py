@@ -14,9 +14,12 @@ per-token part), then exported as an ordinary embedding table.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import multiprocessing
 import os
+import platform
 import random
 import time
 from collections import deque
@@ -26,7 +29,27 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+from loopagent.backends.looped.tokenizer import byte_tokenizer
+from loopagent.backends.looped.training import LoopSampler, train_step
+from loopagent.evals.chains import DIGITS, NAMES, make_section
+
+from .data import (
+    CHILD_CHAT_TEMPLATE,
+    CHILD_EXTRA_TOKENS,
+    ROOT_CHAT_TEMPLATE,
+    child_example,
+    child_prompt,
+    collate,
+    random_root_question,
+    root_example,
+    root_program,
+)
 
 Role = Literal["child", "root"]
 
@@ -97,20 +120,14 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 @lru_cache(maxsize=2)
 def make_tokenizer(role: Role) -> Any:
-    from loopagent.backends.looped.tokenizer import byte_tokenizer
-
-    from .data import CHILD_CHAT_TEMPLATE, CHILD_EXTRA_TOKENS, ROOT_CHAT_TEMPLATE
-
+    """The byte tokenizer of a role; the child's adds one token per statement and query."""
     if role == "child":
         return byte_tokenizer(CHILD_EXTRA_TOKENS, chat_template=CHILD_CHAT_TEMPLATE)
     return byte_tokenizer(chat_template=ROOT_CHAT_TEMPLATE)
 
 
 def make_model(config: TrainConfig, tok: Any) -> Any:
-    import torch
-
-    from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
-
+    """A freshly initialized model for ``config`` (the child with a :class:`FactoredEmbedding`)."""
     torch.manual_seed(config.seed)
     model_config = LoopedConfig(
         vocab_size=len(tok), hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
@@ -125,79 +142,68 @@ def make_model(config: TrainConfig, tok: Any) -> Any:
     return model
 
 
-def _factored_embedding_class() -> type:
-    import torch
-    from torch import nn
+class FactoredEmbedding(nn.Module):
+    """Embedding of a composite token = its own row + the rows of its parts.
 
-    class _FactoredEmbedding(nn.Module):
-        """Embedding of a composite token = its own row + the rows of its parts."""
+    ``parts[i]`` holds token ``i``'s left name, right value and query name (-1: none), so
+    ``"q=a"`` shares its left-name row with every ``"q=..."``. Training uses it; the export
+    folds it into an ordinary table (:func:`plain_model`). Its parameters are ``base.weight``
+    and ``tables.{0,1,2}.weight``: the names the training checkpoints hold.
+    """
 
-        def __init__(self, base: nn.Embedding, parts: torch.Tensor, sizes: list[int]) -> None:
-            super().__init__()
-            self.base = base
-            self.register_buffer("parts", parts, persistent=False)
-            self.tables = nn.ModuleList(nn.Embedding(n, base.embedding_dim) for n in sizes)
-            for table in self.tables:
-                nn.init.normal_(table.weight, std=0.02)
-            with torch.no_grad():
-                self.base.weight[(parts >= 0).any(-1)] = 0.0
+    def __init__(self, base: nn.Embedding, parts: torch.Tensor, sizes: list[int]) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("parts", parts, persistent=False)
+        self.tables = nn.ModuleList(nn.Embedding(n, base.embedding_dim) for n in sizes)
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=0.02)
+        with torch.no_grad():
+            self.base.weight[(parts >= 0).any(-1)] = 0.0
 
-        @classmethod
-        def for_child(cls, base: nn.Embedding, tok: Any) -> nn.Module:
-            from loopagent.evals.chains import DIGITS, NAMES
+    @classmethod
+    def for_child(cls, base: nn.Embedding, tok: Any) -> FactoredEmbedding:
+        """Factor the child's statement tokens ``x=y`` and query tokens ``?x``."""
+        values = NAMES + DIGITS
+        parts = torch.full((base.num_embeddings, 3), -1, dtype=torch.long)
+        for token, index in tok.get_vocab().items():
+            if len(token) == 3 and token[1] == "=" and token[0] in NAMES and token[2] in values:
+                parts[index, 0], parts[index, 1] = NAMES.index(token[0]), values.index(token[2])
+            elif len(token) == 2 and token[0] == "?" and token[1] in NAMES:
+                parts[index, 2] = NAMES.index(token[1])
+        return cls(base, parts, [len(NAMES), len(values), len(NAMES)])
 
-            values = NAMES + DIGITS
-            parts = torch.full((base.num_embeddings, 3), -1, dtype=torch.long)
-            for token, index in tok.get_vocab().items():
-                if len(token) == 3 and token[1] == "=" and token[0] in NAMES and token[2] in values:
-                    parts[index, 0], parts[index, 1] = NAMES.index(token[0]), values.index(token[2])
-                elif len(token) == 2 and token[0] == "?" and token[1] in NAMES:
-                    parts[index, 2] = NAMES.index(token[1])
-            return cls(base, parts, [len(NAMES), len(values), len(NAMES)])
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.materialize()
 
-        @property
-        def weight(self) -> torch.Tensor:
-            return self.materialize()
+    @property
+    def num_embeddings(self) -> int:
+        return self.base.num_embeddings
 
-        @property
-        def num_embeddings(self) -> int:
-            return self.base.num_embeddings
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
 
-        @property
-        def embedding_dim(self) -> int:
-            return self.base.embedding_dim
+    def materialize(self) -> torch.Tensor:
+        """The equivalent ordinary embedding table."""
+        weight = self.base.weight
+        for k, table in enumerate(self.tables):
+            column = self.parts[:, k]
+            rows = table.weight[column.clamp(min=0)] * (column >= 0).unsqueeze(-1)
+            weight = weight + rows
+        return weight
 
-        def materialize(self) -> torch.Tensor:
-            weight = self.base.weight
-            for k, table in enumerate(self.tables):
-                column = self.parts[:, k]
-                rows = table.weight[column.clamp(min=0)] * (column >= 0).unsqueeze(-1)
-                weight = weight + rows
-            return weight
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            x = self.base(ids)
-            for k, table in enumerate(self.tables):
-                column = self.parts[ids, k]
-                x = x + table(column.clamp(min=0)) * (column >= 0).unsqueeze(-1)
-            return x
-
-    return _FactoredEmbedding
-
-
-class FactoredEmbedding:
-    """Lazy alias of the torch module class (keeps torch out of import time)."""
-
-    @staticmethod
-    def for_child(base: Any, tok: Any) -> Any:
-        return _factored_embedding_class().for_child(base, tok)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.base(ids)
+        for k, table in enumerate(self.tables):
+            column = self.parts[ids, k]
+            x = x + table(column.clamp(min=0)) * (column >= 0).unsqueeze(-1)
+        return x
 
 
 def plain_model(model: Any) -> Any:
     """The model with a factored embedding folded back into an ordinary table."""
-    import torch
-    from torch import nn
-
     emb = model.model.embed_tokens
     if not isinstance(emb, nn.Embedding):
         table = nn.Embedding(emb.num_embeddings, emb.embedding_dim, padding_idx=None)
@@ -208,8 +214,7 @@ def plain_model(model: Any) -> Any:
 
 
 def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train") -> dict[str, Any]:
-    from .data import child_example, collate, root_example
-
+    """Batch ``step`` of a run: a function of the seed, the step and ``salt`` only."""
     rng = random.Random(f"{salt}/{config.seed}/{step}")
     if config.role == "child":
         # "final": every label is the fully resolved value (the chain after its last hop)
@@ -229,12 +234,6 @@ def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train")
 
 def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[int], hops: list[int], statements: int = 8) -> dict[str, dict[str, float]]:
     """First-turn answer accuracy by loops and hops on held-out sections."""
-    import torch
-
-    from loopagent.evals.chains import make_section
-
-    from .data import child_prompt
-
     model.eval()
     out: dict[str, dict[str, float]] = {}
     with torch.no_grad():
@@ -257,10 +256,6 @@ def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[i
 
 def evaluate_root(model: Any, tok: Any, *, items: int, seed: int, loops: int) -> dict[str, float]:
     """Share of held-out questions whose generated first turn is exactly the right program."""
-    import torch
-
-    from .data import random_root_question, root_program
-
     model.eval()
     rng = random.Random(f"eval-root/{seed}")
     questions = [random_root_question(rng)[0] for _ in range(items)]
@@ -307,10 +302,6 @@ def train(
         train(preset("child"), "runs/child")       # rerun the same call to resume
         train(preset("child"), "runs/child", device="cuda", workers=4)
     """
-    import torch
-
-    from loopagent.backends.looped.training import LoopSampler, train_step
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "train_config.json"
@@ -355,8 +346,6 @@ def train(
                                   hops=[1, 2, 3, 4, 5, 6], statements=8 if 8 in config.statements else max(config.statements))
         return evaluate_root(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=config.default_loops)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     columns = [TextColumn(f"train {config.role}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]}")]
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -392,10 +381,6 @@ def train(
 
 def _record_start(out: Path, device: str, workers: int, step: int) -> None:
     """Append where this stretch of the run trains (the model card reads it back)."""
-    import platform
-
-    import torch
-
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     record = {"from_step": step, "device": device, "device_name": name, "workers": workers, "torch": torch.__version__,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -411,8 +396,6 @@ def _batches(config: TrainConfig, start: int, workers: int) -> Iterator[dict[str
         for step in steps:
             yield _worker_batch(config, step)
         return
-    import multiprocessing
-
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending = deque(pool.apply_async(_worker_batch, (config, step)) for step in islice(steps, 4 * workers))
         while pending:
@@ -436,8 +419,6 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 def export(model: Any, tok: Any, path: Path) -> None:
     """Save a servable checkpoint: plain embedding table, safetensors, tokenizer."""
-    import copy
-
     plain = plain_model(copy.deepcopy(model)).cpu().eval()
     plain.save_pretrained(path)
     tok.save_pretrained(path)
@@ -445,8 +426,6 @@ def export(model: Any, tok: Any, path: Path) -> None:
 
 def export_run(out: str | Path) -> Path:
     """Export the latest checkpoint of a (possibly unfinished) run to ``out/model``."""
-    import torch
-
     out = Path(out)
     config = TrainConfig.model_validate_json((out / "train_config.json").read_text())
     tok = make_tokenizer(config.role)

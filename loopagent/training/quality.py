@@ -1,6 +1,6 @@
-"""Quality of the embedded models: the numbers in ``weights/MODEL_CARD.md``.
+"""Quality of the embedded models: the numbers in ``backends/embedded/weights/MODEL_CARD.md``.
 
-``python -m loopagent.backends.embedded.evaluate OUT`` measures, on held-out seeds:
+``python -m loopagent.training.quality OUT`` measures, on held-out seeds:
 
 1. the child alone on one section: accuracy by loop budget (including budgets past
    the 1-8 it was trained on) and by chain length (1-6 hops);
@@ -20,21 +20,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loopagent.backends.embedded import embedded_role
+from loopagent.evals.runner import run_eval
+from loopagent.trajectory import read_trajectory
+
+from .trainer import evaluate_child
+
 HELD_OUT_SEED = 10_000
 
 
 def child_alone(*, items: int = 256, loops: tuple[int, ...] = (1, 2, 4, 8, 12, 16), hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> dict[str, dict[str, float]]:
-    from .train import evaluate_child
-    from . import embedded_role
-
     backend = embedded_role("child")
     return evaluate_child(backend.model, backend.tokenizer, items=items, seed=HELD_OUT_SEED, loops=list(loops), hops=list(hops))
 
 
 def program_error_rate(out: Path) -> dict[str, float]:
     """Share of REPL cells that ran without error, over every trajectory under ``out``."""
-    from loopagent.trajectory import read_trajectory
-
     cells = errors = 0
     for path in out.rglob("*.jsonl"):
         if path.name == "results.jsonl":
@@ -47,8 +48,7 @@ def program_error_rate(out: Path) -> dict[str, float]:
 
 
 def evaluate(out: str | Path, *, needle_items: int = 20, chain_items: int = 20, child_items: int = 256) -> dict[str, Any]:
-    from loopagent.evals.runner import run_eval
-
+    """Measure everything above into ``out`` (runs and trajectories) and ``out/quality.json``."""
     out = Path(out)
     started = time.monotonic()
     report: dict[str, Any] = {"child_alone": child_alone(items=child_items)}

@@ -23,6 +23,7 @@ from typing import Any
 
 from loopagent import prompts
 from loopagent.evals.chains import DIGITS, NAMES, make_section, pointer_steps
+from loopagent.evals.tasks.sniah import NEEDLE, needle_key  # noqa: F401 - NEEDLE: the sentence the root finds
 
 IGNORE = -100
 
@@ -45,7 +46,6 @@ ROOT_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-NEEDLE = "The special magic number for {key} is {value}."
 # The short form, and the RULER-style form of the sniah eval task.
 NEEDLE_QUESTIONS = (
     "What is the special magic number for {key}?",
@@ -169,11 +169,9 @@ def root_turns(question: str, output: str, answer: str) -> list[dict[str, str]]:
 
 def _needle_key(rng: random.Random) -> str:
     """Keys in the styles of the demo ("amber-qxz") and of the sniah task ("calm-river-123")."""
-    from loopagent.evals.tasks.sniah import _KEY_ADJECTIVES, _KEY_NOUNS
-
     if rng.random() < 0.5:
         return rng.choice(_KEY_WORDS) + "-" + "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
-    return f"{rng.choice(_KEY_ADJECTIVES)}-{rng.choice(_KEY_NOUNS)}-{rng.randrange(100, 1000)}"
+    return needle_key(rng)
 
 
 def random_root_question(rng: random.Random) -> tuple[str, str, str]:

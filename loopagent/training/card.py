@@ -1,6 +1,6 @@
-"""Write ``weights/MODEL_CARD.md`` from the training runs and ``quality.json``.
+"""Write ``backends/embedded/weights/MODEL_CARD.md`` from the training runs and ``quality.json``.
 
-``python -m loopagent.backends.embedded.card ROOT_RUN CHILD_RUN QUALITY_JSON``
+``python -m loopagent.training.card ROOT_RUN CHILD_RUN QUALITY_JSON``
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import WEIGHTS
+from loopagent.backends.embedded import WEIGHTS
 
 
 def _run_summary(run: Path) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         "| | root | child |",
         "|---|---|---|",
-        f"| role | writes the REPL program, reads its output, answers | resolves a variable in one section of statements |",
+        "| role | writes the REPL program, reads its output, answers | resolves a variable in one section of statements |",
         f"| parameters | {_params(WEIGHTS / 'root'):,} | {_params(WEIGHTS / 'child'):,} |",
         f"| layers | prelude {root['config']['num_prelude_layers']} / core {root['config']['num_core_layers']} / coda {root['config']['num_coda_layers']}, hidden {root['config']['hidden_size']} | prelude {child['config']['num_prelude_layers']} / core {child['config']['num_core_layers']} / coda {child['config']['num_coda_layers']}, hidden {child['config']['hidden_size']} |",
         f"| injection | {root['config']['injection']} | {child['config']['injection']} |",
@@ -98,7 +98,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         "Commands: `loopagent train root --out runs/embedded-root` and",
         "`loopagent train child --out runs/embedded-child --device cuda --workers 12` (presets in",
-        "`backends/embedded/train.py`; deterministic by seed, resumable; `--device cpu` runs the same",
+        "`loopagent/training/trainer.py`; deterministic by seed, resumable; `--device cpu` runs the same",
         "steps, at about 6 s a step on 2 CPU cores). The data are a function of the seed; GPU kernels",
         "may make a retrained model differ from the shipped one in the last bits.",
         "",
@@ -116,7 +116,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "  over a range of sections; section numbers of 1-5 digits), the REPL program for each, the REPL",
         "  output, and `FINAL('...')` (a child reply that is a variable name is passed on as is).",
         "",
-        "## Held-out quality (seed 10000; `python -m loopagent.backends.embedded.evaluate`)",
+        "## Held-out quality (seed 10000; `python -m loopagent.training.quality`)",
         "",
         "Child alone, first-turn accuracy on held-out sections by chain length and loop budget:",
         "",

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from loopagent.backends.embedded.data import (  # noqa: E402
+from loopagent.training.data import (  # noqa: E402
     IGNORE,
     NEEDLE,
     child_example,
@@ -19,7 +19,7 @@ from loopagent.backends.embedded.data import (  # noqa: E402
     root_program,
     root_turns,
 )
-from loopagent.backends.embedded.train import make_tokenizer  # noqa: E402
+from loopagent.training.trainer import make_tokenizer  # noqa: E402
 from loopagent.environments import SandboxREPL  # noqa: E402
 from loopagent.evals.chains import NAMES, ChainsTask, make_section, pointer_steps, resolve  # noqa: E402
 
@@ -103,7 +103,7 @@ def test_child_example_first_query_is_what_inference_sees():
 
 
 def test_child_batches_carry_labels_for_every_depth():
-    from loopagent.backends.embedded.data import collate
+    from loopagent.training.data import collate
 
     tok = make_tokenizer("child")
     rng = random.Random(1)

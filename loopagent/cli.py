@@ -355,7 +355,9 @@ def eval_(
     from loopagent import LoopagentError
     from loopagent.environments import SandboxError
     from loopagent.evals.base import UnknownTaskError
-    from loopagent.evals.runner import ResultsCorrupt, parse_int_list, parse_loops_list, run_eval
+    from loopagent.evals.grid import parse_int_list, parse_loops_list
+    from loopagent.evals.runner import run_eval
+    from loopagent.evals.store import ResultsCorrupt
 
     try:
         summary = run_eval(
@@ -422,7 +424,7 @@ def report_(
     Works on partial results (a killed or running sweep).
     """
     from loopagent.evals.report import write_report
-    from loopagent.evals.runner import ResultDirConflict, ResultsCorrupt
+    from loopagent.evals.store import ResultDirConflict, ResultsCorrupt
 
     if not out.is_dir():
         _fail(f"{out} is not a directory; pass the --out of `loopagent eval`")

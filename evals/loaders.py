@@ -43,6 +43,7 @@ from typing import Any
 from loopagent.errors import LoopagentError
 from loopagent.evals.base import Item, Task, register
 from loopagent.evals.scorers import choice_accuracy, exact_match, oolong_gold, oolong_synth_score
+from loopagent.validation import check_int
 
 __all__ = ["BenchmarkFileError", "OolongSynthFile", "LongBenchV2File", "LongBenchV2CodeQA", "BrowseCompPlusFile"]
 
@@ -182,8 +183,7 @@ class _FileTask(Task):
         return length_chars / self.length_window <= n_chars < length_chars * self.length_window
 
     def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        check_int(n, "n", minimum=0, error=ValueError)
         items = self.rows(length_chars)
         if n >= len(items):
             return items

@@ -73,7 +73,8 @@ class EvalSummary(BaseModel):
     mean_overhead_s: float = Field(description="Wall time minus time inside model calls.")
     mean_setup_s: float = Field(description="Part of the overhead: sandbox start + context load.")
     mean_controller_s: float = Field(description="Part of the overhead: controller and REPL time outside model calls.")
-    mean_runner_s: float = Field(description="Part of the overhead: the runner's own (scheduling, scoring, logs, records).")
+    mean_runner_s: float = Field(
+        description="Part of the overhead: the runner's own (scheduling, scoring, logs, records).")
     overhead_ratio: float | None = Field(description="Sum of overhead / sum of model time.")
     runner_ratio: float | None = Field(description="Sum of the runner's own time / sum of model time.")
 
@@ -312,7 +313,8 @@ def _summarize(out: Path, task: str, total: int, skipped: int, new: list[Record]
     runner = sum(r.wall_s - r.setup_s - r.run_s for r in ok)
     return EvalSummary(
         out=str(out), task=task, jobs_total=total, jobs_skipped=skipped, jobs_run=len(new),
-        errors=sum(1 for r in new if r.error), elapsed_s=elapsed, items_per_s=len(new) / elapsed if elapsed > 0 else 0.0,
+        errors=sum(1 for r in new if r.error), elapsed_s=elapsed,
+        items_per_s=len(new) / elapsed if elapsed > 0 else 0.0,
         accuracy=accuracy,
         mean_wall_s=_mean([r.wall_s for r in ok]), mean_model_time_s=_mean([r.model_time_s for r in ok]),
         mean_overhead_s=_mean([r.overhead_s for r in ok]), mean_setup_s=_mean([r.setup_s for r in ok]),
@@ -347,7 +349,8 @@ def _progress(enabled: bool, name: str, total: int, done: int) -> Iterator[_Bar 
         yield _NoBar()
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True)) as progress:

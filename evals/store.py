@@ -123,7 +123,8 @@ def load_records(out: str | os.PathLike[str], *, repair: bool = False) -> list[R
             records.append(Record.model_validate_json(line))
         except ValidationError as e:
             first = str(e).splitlines()[0]
-            raise ResultsCorrupt(f"{path}:{number}: not a valid result record ({first}); fix or remove that line") from None
+            raise ResultsCorrupt(
+                f"{path}:{number}: not a valid result record ({first}); fix or remove that line") from None
     return records
 
 
@@ -156,12 +157,14 @@ def check_manifest(out: Path, config: dict[str, Any], *, extend: bool) -> dict[s
         return config
     old = existing.get("config")
     if existing.get("version") != MANIFEST_VERSION or not isinstance(old, dict):
-        raise ResultDirConflict(f"{out / MANIFEST} is not a manifest this version understands; use a new --out directory")
+        raise ResultDirConflict(
+            f"{out / MANIFEST} is not a manifest this version understands; use a new --out directory")
     diffs = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
     if not diffs:
         return config
     fixed = [k for k in diffs if k not in EXTENSIBLE]
-    shrunk = [k for k in diffs if k in EXTENSIBLE and not set(map(_hashable, old.get(k) or [])) <= set(map(_hashable, config.get(k) or []))]
+    shrunk = [k for k in diffs if k in EXTENSIBLE
+              and not set(map(_hashable, old.get(k) or [])) <= set(map(_hashable, config.get(k) or []))]
     detail = "; ".join(f"{k}: existing {old.get(k)!r}, requested {config.get(k)!r}" for k in diffs)
     if not extend:
         hint = " (or pass extend=True / --extend to add grid values)" if not fixed and not shrunk else ""
@@ -218,7 +221,8 @@ class ResultsDir:
             self._lock.seek(0)
             holder = self._lock.read().strip() or "?"
             self._lock.close()
-            raise ResultDirConflict(f"another eval (pid {holder}) is writing to {self.out}; wait for it or stop it") from None
+            raise ResultDirConflict(
+                f"another eval (pid {holder}) is writing to {self.out}; wait for it or stop it") from None
         self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(str(os.getpid()))

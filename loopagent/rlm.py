@@ -544,7 +544,8 @@ class RLM:
         writer = self._writer()
         try:
             # A direct run has no REPL: nothing it calls touches the environment.
-            run = _Run(_RunTree(self, writer), None, depth=0, root=self.root, explicit_loops=loops)  # type: ignore[arg-type]
+            env: Any = None
+            run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, explicit_loops=loops)
             return await run.execute_direct(query, prompt, context=context, log_config=log_config)
         finally:
             writer.close()

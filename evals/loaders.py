@@ -43,6 +43,7 @@ from typing import Any
 from loopagent.errors import LoopagentError
 from loopagent.evals.base import Item, Task, register
 from loopagent.evals.scorers import choice_accuracy, exact_match, oolong_gold, oolong_synth_score
+from loopagent.validation import check_int
 
 __all__ = ["BenchmarkFileError", "OolongSynthFile", "LongBenchV2File", "LongBenchV2CodeQA", "BrowseCompPlusFile"]
 
@@ -142,7 +143,8 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
         raise BenchmarkFileError(path, line, None, "invalid JSON (expected ',' or ']' between array elements)")
 
 
-def _require(path: Path, line: int, row: Any, field: str, kinds: type | tuple[type, ...], *, optional: bool = False) -> Any:
+def _require(path: Path, line: int, row: Any, field: str, kinds: type | tuple[type, ...], *,
+             optional: bool = False) -> Any:
     if not isinstance(row, dict):
         raise BenchmarkFileError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
     if field not in row or row[field] is None:
@@ -158,7 +160,8 @@ def _require(path: Path, line: int, row: Any, field: str, kinds: type | tuple[ty
 
 def _resolve(path: str | os.PathLike[str] | None, task: str) -> Path:
     if path is None:
-        raise ValueError(f"task {task!r} reads a benchmark file: pass path=..., e.g. get_task({task!r}, path='data.json')")
+        raise ValueError(
+            f"task {task!r} reads a benchmark file: pass path=..., e.g. get_task({task!r}, path='data.json')")
     return Path(path).expanduser()
 
 
@@ -182,8 +185,7 @@ class _FileTask(Task):
         return length_chars / self.length_window <= n_chars < length_chars * self.length_window
 
     def generate(self, n: int, length_chars: int, seed: int = 0) -> list[Item]:
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        check_int(n, "n", minimum=0, error=ValueError)
         items = self.rows(length_chars)
         if n >= len(items):
             return items
@@ -206,7 +208,8 @@ class OolongSynthFile(_FileTask):
     description = "OOLONG-synth from its released rows (JSONL); the harness's scoring rules"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, dataset: str | None = None,
-                 context_len: int | None = None, with_labels: bool = False, length_window: float = math.sqrt(2)) -> None:
+                 context_len: int | None = None, with_labels: bool = False,
+                 length_window: float = math.sqrt(2)) -> None:
         super().__init__(path, length_window)
         self.dataset = dataset
         self.context_len = context_len
@@ -236,7 +239,9 @@ class OolongSynthFile(_FileTask):
             try:
                 gold = oolong_gold(answer_raw)
             except (ValueError, SyntaxError, TypeError) as e:
-                raise BenchmarkFileError(path, line, "answer", f"not an OOLONG answer literal such as \"['entity']\" or \"[12]\" ({e})") from None
+                raise BenchmarkFileError(
+                    path, line, "answer", f"not an OOLONG answer literal such as \"['entity']\" or \"[12]\" ({e})"
+                ) from None
             key = str(rid)
             if key in seen:
                 raise BenchmarkFileError(path, line, "id", f"duplicate id {rid!r}")
@@ -351,7 +356,8 @@ def _doc_list(path: Path, line: int, row: dict, field: str) -> list[tuple[str, s
     out = []
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
-            raise BenchmarkFileError(path, line, f"{field}[{i}]", f"expected an object with docid and text, got {type(doc).__name__}")
+            raise BenchmarkFileError(path, line, f"{field}[{i}]",
+                                     f"expected an object with docid and text, got {type(doc).__name__}")
         docid = doc.get("docid")
         text = doc.get("text")
         if not isinstance(docid, (str, int)) or isinstance(docid, bool):

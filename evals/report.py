@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loopagent.evals.runner import (
+from loopagent.evals.grid import format_length
+from loopagent.evals.store import (
     MANIFEST,
     RESULTS,
     Record,
-    format_length,
     latest_records,
     load_records,
     read_manifest,

@@ -353,7 +353,8 @@ def eval_(
     Rerun the same command to resume: finished items are skipped. A different configuration against an existing OUT is refused (--extend may add grid values). A model that is not looped takes no loop list (giving one is an error).
     """
     from loopagent import LoopagentError
-    from loopagent.evals.runner import parse_int_list, parse_loops_list, run_eval
+    from loopagent.evals.grid import parse_int_list, parse_loops_list
+    from loopagent.evals.runner import run_eval
 
     try:
         summary = run_eval(
@@ -418,7 +419,7 @@ def report_(
     Works on partial results (a killed or running sweep).
     """
     from loopagent.evals.report import write_report
-    from loopagent.evals.runner import ResultDirConflict, ResultsCorrupt
+    from loopagent.evals.store import ResultDirConflict, ResultsCorrupt
 
     if not out.is_dir():
         _fail(f"{out} is not a directory; pass the --out of `loopagent eval`")

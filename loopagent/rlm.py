@@ -344,14 +344,7 @@ class _Run:
             reason, detail = "final", ""
         elif reason == "max_iterations":
             await self._force_final(messages)
-        if reason != "final":
-            self._log(LimitHit, reason=reason, detail=detail)
-        answer, finished = self._answer(last_text, reason)
-        self._log(RunEnd, answer=answer, finished=finished, reason=reason, iterations=iterations,
-                  wall_s=time.monotonic() - start, usage=self.usage.model_dump())
-        return Result(answer=answer, finished=finished, reason=reason, detail=detail, usage=self.usage,
-                      iterations=iterations, wall_s=time.monotonic() - start, run_id=self.run_id,
-                      trajectory=self.tree.writer.path)
+        return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
 
     def _final_from_text(self, text: str) -> bool:
         found = find_final_in_text(text)
@@ -389,6 +382,44 @@ class _Run:
             self._log(FinalAnswer, answer=last_text, source="partial")
             return last_text, False
         return None, False
+
+    # -- a run without a REPL ---------------------------------------------------------
+    async def execute_direct(self, query: str, prompt: str, *, context: ContextLike = None,
+                             log_config: dict[str, Any] | None = None) -> Result:
+        """One root call on ``prompt`` as the only message, no REPL; see :meth:`RLM.arun_direct`."""
+        start = time.monotonic()
+        self._log(RunStart, query=query, context=describe_context(context).summary(),
+                  config=self.rlm.config() if log_config is None else log_config)
+        reason, detail = "final", ""
+        try:
+            choice = self._choose(self.root, "root", self.depth, self.explicit_loops, 0)
+            completion = await self._call(self.root, [{"role": "user", "content": prompt}], choice, self.depth)
+        except BudgetExceededError as e:
+            reason, detail = e.reason, e.detail
+        except BackendError as e:
+            reason, detail = "model_error", str(e)
+        else:
+            text = completion.text
+            self._log(RootTurn, iteration=0, prompt=self.tree.writer.clip(prompt) or "", completion=text,
+                      model=completion.model, loops_chosen=choice.loops,
+                      loops_executed=completion.loops.executed_mean if completion.loops else None,
+                      usage=completion.usage.model_dump())
+            # With nothing to run, the reply is the answer: FINAL(...) where it gives one, else its prose.
+            found = find_final_in_text(text)
+            answer = found[1] if found and found[0] == "FINAL" else (strip_code_blocks(text) or text.strip())
+            self.final = (answer, "text")
+        return self._finish(reason, detail, iterations=1, start=start)
+
+    def _finish(self, reason: str, detail: str, *, iterations: int, start: float, last_text: str = "") -> Result:
+        """Log how the run ended (limit, final answer, totals) and build its result."""
+        if reason != "final":
+            self._log(LimitHit, reason=reason, detail=detail)
+        answer, finished = self._answer(last_text, reason)
+        wall = time.monotonic() - start
+        self._log(RunEnd, answer=answer, finished=finished, reason=reason, iterations=iterations, wall_s=wall,
+                  usage=self.usage.model_dump())
+        return Result(answer=answer, finished=finished, reason=reason, detail=detail, usage=self.usage,
+                      iterations=iterations, wall_s=wall, run_id=self.run_id, trajectory=self.tree.writer.path)
 
 
 def _str_list(values: Any, fn: str) -> list[str]:
@@ -498,6 +529,41 @@ class RLM:
             raise
         # an environment that describes nothing still gets an honest description
         return env, info if isinstance(info, ContextInfo) else describe_context(context)
+
+    def run_direct(self, query: str, prompt: str, *, context: ContextLike = None, loops: int | None = None,
+                   log_config: dict[str, Any] | None = None) -> Result:
+        """Sync form of :meth:`arun_direct`."""
+        return _run_sync(self.arun_direct(query, prompt, context=context, loops=loops, log_config=log_config))
+
+    async def arun_direct(self, query: str, prompt: str, *, context: ContextLike = None, loops: int | None = None,
+                          log_config: dict[str, Any] | None = None) -> Result:
+        """Ask the root model once, without a REPL: ``prompt`` is the only message.
+
+        The call goes through the run's budget, timeout, loop policy (``loops`` is the
+        call's explicit budget) and usage accounting, and logs the events of a run
+        (run start, root turn, limit, final answer, run end). The answer is ``FINAL(...)``
+        where the reply gives one, else the reply outside code blocks. ``query`` is the
+        question as logged; ``context`` is only described in the log (never sent);
+        ``log_config`` replaces :meth:`config` in the run-start event.
+
+        Example::
+
+            prompt = f"<document>{text[:100_000]}</document>\n\nWho signed it? Reply with the name only."
+            result = await rlm.arun_direct("Who signed it?", prompt, context=text)
+            result.answer, result.reason, result.usage.total
+        """
+        for name, text in (("query", query), ("prompt", prompt)):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"the {name} must be a non-empty string")
+        self.root.check()  # the only model a direct run calls
+        writer = self._writer()
+        try:
+            # A direct run has no REPL: nothing it calls touches the environment.
+            env: Any = None
+            run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, explicit_loops=loops)
+            return await run.execute_direct(query, prompt, context=context, log_config=log_config)
+        finally:
+            writer.close()
 
     def _writer(self) -> TrajectoryWriter:
         if self.log_dir is None:

@@ -20,18 +20,9 @@ from typer.testing import CliRunner
 from loopagent.cli import app
 from loopagent.errors import ConfigError
 from loopagent.evals.report import bootstrap_interval, pareto_front, wilson_interval, write_report
-from loopagent.evals.runner import (
-    MANIFEST,
-    RESULTS,
-    Record,
-    ResultDirConflict,
-    ResultsCorrupt,
-    format_length,
-    load_records,
-    parse_length,
-    parse_loops_list,
-    run_eval,
-)
+from loopagent.evals.grid import format_length, parse_length, parse_loops_list
+from loopagent.evals.runner import run_eval
+from loopagent.evals.store import MANIFEST, RESULTS, Record, ResultDirConflict, ResultsCorrupt, load_records
 from loopagent.trajectory import read_trajectory
 
 HERE = Path(__file__).resolve().parent

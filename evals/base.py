@@ -87,9 +87,9 @@ class ItemSlot:
 def check_request(n: int, length_chars: int) -> None:
     """Raise ``ValueError`` unless ``n >= 0`` and ``length_chars >= MIN_LENGTH``."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise ConfigError(f"n must be >= 0, got {n}")
     if length_chars < MIN_LENGTH:
-        raise ValueError(f"length_chars must be at least {MIN_LENGTH}, got {length_chars}")
+        raise ConfigError(f"length_chars must be at least {MIN_LENGTH}, got {length_chars}")
 
 
 def check_choices(chosen: Iterable[str] | None, known: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -22,6 +22,8 @@ import random
 import string
 from typing import Any
 
+from loopagent.errors import ConfigError
+
 from .base import Item, ItemSlot, Task, register
 
 NAMES = string.ascii_lowercase
@@ -34,7 +36,7 @@ def make_section(rng: random.Random, statements: int, hops: int, target: str | N
     Returns (statements, target, value); the rest are distractor chains of 1-3 hops.
     """
     if not 1 <= hops <= statements:
-        raise ValueError(f"need 1 <= hops <= statements, got hops={hops}, statements={statements}")
+        raise ConfigError(f"need 1 <= hops <= statements, got hops={hops}, statements={statements}")
     names = list(NAMES)
     rng.shuffle(names)
     if target is not None:
@@ -97,7 +99,7 @@ class ChainsTask(Task):
         self.hops = [int(h) for h in str(hops).split(",")] if isinstance(hops, str) else [int(hops)]
         self.statements = int(statements)
         if kind not in ("value", "count"):
-            raise ValueError(f"kind must be 'value' or 'count', got {kind!r}")
+            raise ConfigError(f"kind must be 'value' or 'count', got {kind!r}")
         self.kind = kind
         self.count_span = int(count_span)
 

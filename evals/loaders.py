@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from loopagent.errors import LoopagentError
+from loopagent.errors import ConfigError, LoopagentError
 from loopagent.evals.base import Item, Task, register
 from loopagent.evals.scorers import choice_accuracy, exact_match, oolong_gold, oolong_synth_score
 from loopagent.validation import check_int
@@ -160,7 +160,7 @@ def _require(path: Path, line: int, row: Any, field: str, kinds: type | tuple[ty
 
 def _resolve(path: str | os.PathLike[str] | None, task: str) -> Path:
     if path is None:
-        raise ValueError(
+        raise ConfigError(
             f"task {task!r} reads a benchmark file: pass path=..., e.g. get_task({task!r}, path='data.json')")
     return Path(path).expanduser()
 
@@ -170,7 +170,7 @@ class _FileTask(Task):
 
     def __init__(self, path: str | os.PathLike[str] | None = None, length_window: float = math.sqrt(2)) -> None:
         if length_window < 1:
-            raise ValueError("length_window must be >= 1")
+            raise ConfigError("length_window must be >= 1")
         self.path = None if path is None else Path(path).expanduser()
         self.length_window = length_window
 

@@ -30,6 +30,7 @@ from loopagent.evals.store import (
     MANIFEST,
     RESULTS,
     Record,
+    ResultsNotFound,
     latest_records,
     load_records,
     read_manifest,
@@ -158,7 +159,7 @@ def write_report(out_dir: str | os.PathLike[str], *, plots: bool = True) -> Path
     from the records so far; returns the report's path."""
     out = Path(out_dir)
     if not (out / RESULTS).exists() and not (out / MANIFEST).exists():
-        raise FileNotFoundError(f"{out} holds no {RESULTS} or {MANIFEST}: not an eval output directory")
+        raise ResultsNotFound(f"{out} holds no {RESULTS} or {MANIFEST}: not an eval output directory; pass the --out of `loopagent eval`")
     manifest = read_manifest(out)
     config = (manifest or {}).get("config", {})
     records = latest_records(load_records(out))

@@ -58,6 +58,10 @@ class ResultsCorrupt(LoopagentError, ValueError):
     """``results.jsonl`` has an invalid line that is not a torn last line."""
 
 
+class ResultsNotFound(LoopagentError, FileNotFoundError):
+    """A directory that holds no eval results (no results file, no manifest)."""
+
+
 class Record(BaseModel):
     """One line of ``results.jsonl``: one configuration on one item."""
 
@@ -286,6 +290,6 @@ def _safe_name(text: str) -> str:
 
 __all__ = [
     "EXTENSIBLE", "MANIFEST", "MANIFEST_VERSION", "PREDICTION_LIMIT", "RECORD_VERSION", "RESULTS", "SUMMARY",
-    "TRAJECTORIES", "Record", "ResultDirConflict", "ResultsCorrupt", "ResultsDir", "check_manifest",
+    "TRAJECTORIES", "Record", "ResultDirConflict", "ResultsCorrupt", "ResultsDir", "ResultsNotFound", "check_manifest",
     "latest_records", "load_records", "read_manifest",
 ]

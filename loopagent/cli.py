@@ -158,6 +158,7 @@ def train(
 
     The servable checkpoint lands in OUT/model (use it with --root/--child hf:OUT/model).
     """
+    from loopagent import LoopagentError
     from loopagent.training.trainer import preset, train as run_training
 
     if role not in ("child", "root"):
@@ -172,7 +173,7 @@ def train(
             if not torch.cuda.is_available():
                 _fail(f"--device {device}: torch sees no CUDA device here; use --device cpu")
         result = run_training(config, out, resume=resume, device=device, workers=workers)
-    except ValueError as e:
+    except LoopagentError as e:
         _fail(str(e))
     _console.print(f"trained {role} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}")
     _console.print(f"evaluation: {result.evaluation}", highlight=False)
@@ -418,14 +419,14 @@ def report_(
 
     Works on partial results (a killed or running sweep).
     """
+    from loopagent import LoopagentError
     from loopagent.evals.report import write_report
-    from loopagent.evals.store import ResultDirConflict, ResultsCorrupt
 
     if not out.is_dir():
         _fail(f"{out} is not a directory; pass the --out of `loopagent eval`")
     try:
         path = write_report(out, plots=plots)
-    except (FileNotFoundError, ResultsCorrupt, ResultDirConflict) as e:
+    except LoopagentError as e:
         _fail(str(e))
     _console.print(f"report: {path}", highlight=False)
 

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+from loopagent.errors import ConfigError
 from loopagent.backends.looped.tokenizer import byte_tokenizer
 from loopagent.backends.looped.training import LoopSampler, train_step
 from loopagent.evals.chains import DIGITS, NAMES, make_section
@@ -110,9 +111,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named configuration with ``overrides`` (None values keep the preset's)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        return TrainConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as e:
+        raise ConfigError(f"preset {name!r}: {e}") from None
 
 
 # -- model and data --------------------------------------------------------------------------------
@@ -308,7 +313,7 @@ def train(
     if config_file.exists() and resume:
         saved = TrainConfig.model_validate_json(config_file.read_text())
         if saved.model_dump(exclude={"steps"}) != config.model_dump(exclude={"steps"}):
-            raise ValueError(f"{out} holds a run with another configuration; use a new --out or --no-resume")
+            raise ConfigError(f"{out} holds a run with another configuration; use a new --out or --no-resume")
     config_file.write_text(config.model_dump_json(indent=2))
     # One thread: small models gain nothing from a second, and lose 10x when a core is busy.
     torch.set_num_threads(1)

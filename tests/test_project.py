@@ -16,7 +16,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = _command_lines((ROOT / ".ci" / "run").read_text())
     assert len(readme) == 2, "the README starts with two commands: install + main job, install + tests"
     assert ci == [readme[1]]
-    assert readme[1].endswith("pytest -q")
+    assert readme[1].endswith("&& ruff check . && pytest -q")  # lint first, then the tests
 
 
 def test_one_importable_top_level_name():

@@ -13,6 +13,7 @@ only ``None`` and report ``loops=None``.
 from __future__ import annotations
 
 import asyncio
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from loopagent.aio import run_sync as _run_sync
 from loopagent.errors import InvalidLoopsError
 from loopagent.tokens import token_counter
+from loopagent.validation import check_loops
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -131,11 +133,20 @@ class Backend(ABC):
             return None
         if loops is None:
             return self.default_loops
-        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-            raise InvalidLoopsError(f"loops must be a positive integer, got {loops!r}")
-        if self.max_loops is not None and loops > self.max_loops:
-            raise InvalidLoopsError(f"loops={loops} exceeds the maximum of {self.max_loops} for {self.name}")
-        return loops
+        return check_loops(loops, max_loops=self.max_loops, model=self.name)
+
+    def with_default_loops(self, loops: int) -> Backend:
+        """A shallow copy of this backend whose calls default to ``loops``; ``self`` is unchanged.
+
+        The copy shares the model (and anything loaded) with this backend. Example::
+
+            deep = child.with_default_loops(8)
+            deep.default_loops, child.default_loops   # (8, 4)
+        """
+        budget = self.validate_loops(loops)
+        clone = copy.copy(self)
+        clone.default_loops = budget
+        return clone
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model (tiktoken by default)."""

@@ -28,6 +28,8 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from loopagent import validation
+
 from .configuration_looped import LoopedConfig
 
 # -- building blocks ------------------------------------------------------------------------
@@ -312,12 +314,10 @@ class LoopedModel(LoopedPreTrainedModel):
         self.embed_tokens = value
 
     def check_loops(self, loops: int | None) -> int:
+        """The budget to run: ``default_loops`` for None, else ``loops`` if it is a positive
+        integer within ``max_loops`` (``InvalidLoopsError``, a ``ValueError``, if not)."""
         loops = self.config.default_loops if loops is None else loops
-        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-            raise ValueError(f"loops must be a positive integer, got {loops!r}")
-        if loops > self.config.max_loops:
-            raise ValueError(f"loops={loops} exceeds this model's max_loops={self.config.max_loops}")
-        return loops
+        return validation.check_loops(loops, max_loops=self.config.max_loops)
 
     def gate(self, s: torch.Tensor) -> torch.Tensor:
         """Conditional exit probability of every token after a loop."""

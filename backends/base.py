@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -166,8 +166,10 @@ class Backend(ABC):
 
 
 def _per_call_loops(loops: int | None | Sequence[int | None], n: int) -> list[int | None]:
-    if loops is None or isinstance(loops, int):
-        return [loops] * n
+    # Any scalar (None, 4, a bad 2.5 or "4") is one budget for all: a bad one is then
+    # reported by validate_loops as a bad budget, not as a failed iteration.
+    if loops is None or isinstance(loops, (str, bytes)) or not isinstance(loops, Iterable):
+        return [loops] * n  # type: ignore[list-item]
     per_call = list(loops)
     if len(per_call) != n:
         raise InvalidLoopsError(f"got {len(per_call)} loop budgets for {n} conversations")

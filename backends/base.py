@@ -13,8 +13,9 @@ only ``None`` and report ``loops=None``.
 from __future__ import annotations
 
 import asyncio
+import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from loopagent.aio import run_sync as _run_sync
 from loopagent.errors import InvalidLoopsError
 from loopagent.tokens import token_counter
+from loopagent.validation import check_loops
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -131,11 +133,20 @@ class Backend(ABC):
             return None
         if loops is None:
             return self.default_loops
-        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-            raise InvalidLoopsError(f"loops must be a positive integer, got {loops!r}")
-        if self.max_loops is not None and loops > self.max_loops:
-            raise InvalidLoopsError(f"loops={loops} exceeds the maximum of {self.max_loops} for {self.name}")
-        return loops
+        return check_loops(loops, max_loops=self.max_loops, model=self.name)
+
+    def with_default_loops(self, loops: int) -> Backend:
+        """A shallow copy of this backend whose calls default to ``loops``; ``self`` is unchanged.
+
+        The copy shares the model (and anything loaded) with this backend. Example::
+
+            deep = child.with_default_loops(8)
+            deep.default_loops, child.default_loops   # (8, 4)
+        """
+        budget = self.validate_loops(loops)
+        clone = copy.copy(self)
+        clone.default_loops = budget
+        return clone
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model (tiktoken by default)."""
@@ -155,8 +166,10 @@ class Backend(ABC):
 
 
 def _per_call_loops(loops: int | None | Sequence[int | None], n: int) -> list[int | None]:
-    if loops is None or isinstance(loops, int):
-        return [loops] * n
+    # Any scalar (None, 4, a bad 2.5 or "4") is one budget for all: a bad one is then
+    # reported by validate_loops as a bad budget, not as a failed iteration.
+    if loops is None or isinstance(loops, (str, bytes)) or not isinstance(loops, Iterable):
+        return [loops] * n  # type: ignore[list-item]
     per_call = list(loops)
     if len(per_call) != n:
         raise InvalidLoopsError(f"got {len(per_call)} loop budgets for {n} conversations")

@@ -1,4 +1,4 @@
-"""Reading a looped checkpoint's configuration (shared by the hf: and vllm: backends)."""
+"""Reading a looped checkpoint's configuration (the hf: and vllm: backends, ``loopagent serve``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ from typing import Any
 from loopagent.errors import ModelSpecError
 
 
-def looped_checkpoint_config(path: Path) -> dict[str, Any]:
+def looped_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """``config.json`` of a :class:`LoopedForCausalLM` checkpoint, or a ModelSpecError
-    saying what is wrong (no checkpoint, bad JSON, not a looped model)."""
+    saying what is wrong (no checkpoint, bad JSON, not a looped model).
+
+    Example::
+
+        looped_checkpoint_config("ckpt/")["max_loops"]   # 16
+    """
+    path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelSpecError(f"{str(path)!r} is not a checkpoint directory (no config.json)")

@@ -13,16 +13,27 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loopagent.errors import BackendError, ModelSpecError
 
-from .checkpoint import looped_checkpoint_config
-from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage
+from .base import Completion, LoopStats, Message, Usage, loop_usage
+from .local import LocalLoopedBackend, with_chat_template
 
 
-class HFLoopedBackend(Backend):
+@dataclass
+class _HFModel:
+    """What the backend loads on first use (shared with its copies)."""
+
+    model: Any
+    tokenizer: Any
+    #: One generation at a time: the model's forward is not thread-safe.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class HFLoopedBackend(LocalLoopedBackend):
     """A looped model run in-process with torch.
 
     Example::
@@ -30,6 +41,8 @@ class HFLoopedBackend(Backend):
         child = HFLoopedBackend("ckpt/", loops=4, max_new_tokens=64)   # threads=N to pin torch's threads
         child.batch([[{"role": "user", "content": "x=1;y=x;?y"}]] * 8, loops=[1, 2, 4, 8] * 2)
     """
+
+    scheme = "hf"
 
     def __init__(
         self,
@@ -45,42 +58,26 @@ class HFLoopedBackend(Backend):
         threads: int | None = None,
         name: str | None = None,
     ) -> None:
-        self.path = Path(path)
-        config = looped_checkpoint_config(self.path)
-        self.name = name or f"hf:{self.path}"
-        self.looped = True
-        self.max_loops = int(config["max_loops"])
-        self.default_loops = int(config["default_loops"])
-        if loops is not None:
-            self.default_loops = self.validate_loops(loops)
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        super().__init__(path, loops=loops, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         name=name)
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
-        self.seed = seed
         self.threads = threads
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
-    def _load(self) -> None:
-        if self._model is not None:
-            return
+    def _open(self) -> _HFModel:
         import torch
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from .looped import LoopedForCausalLM
-        from .looped.tokenizer import DEFAULT_CHAT_TEMPLATE
-
-        from transformers.utils import logging as hf_logging
 
         dtype = getattr(torch, self.dtype) if self.dtype else torch.float32
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a run
         try:
-            self._model = LoopedForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
+            model = LoopedForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -91,66 +88,42 @@ class HFLoopedBackend(Backend):
         # Decoding a small model is a long chain of tiny ops: a second intra-op thread
         # buys nothing and costs 10-30x when the other core is busy. torch's thread
         # count is process-wide, so it is only changed for small models or on request.
-        small = sum(p.numel() for p in self._model.parameters()) < 50_000_000
+        small = sum(p.numel() for p in model.parameters()) < 50_000_000
         if self.threads is not None or small:
             torch.set_num_threads(self.threads or 1)
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        if not getattr(tok, "chat_template", None):
-            tok.chat_template = DEFAULT_CHAT_TEMPLATE
-        self._tokenizer = tok
-
-    def check(self) -> None:
-        self._load()
+        return _HFModel(model, with_chat_template(tok))
 
     @property
     def model(self) -> Any:
-        self._load()
-        return self._model
-
-    @property
-    def tokenizer(self) -> Any:
-        self._load()
-        return self._tokenizer
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """The ``LoopedForCausalLM`` (loaded on first use)."""
+        return self._loaded().model
 
     # -- calls -----------------------------------------------------------------------------
-    async def acomplete(
-        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
-    ) -> Completion:
-        return (await self.abatch([messages], loops=loops, max_tokens=max_tokens, **kwargs))[0]
-
-    async def abatch(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        loops: int | None | Sequence[int | None] = None,
-        max_tokens: int | None = None,
-        concurrency: int = 64,
-        exit_threshold: float | None = None,
-        **kwargs: Any,
+    async def _agenerate(
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
     ) -> list[Completion]:
-        from .base import _per_call_loops
-
-        budgets = [self.validate_loops(n) for n in _per_call_loops(loops, len(conversations))]
-        return await asyncio.to_thread(self._generate_all, list(conversations), budgets, max_tokens, exit_threshold)
+        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, exit_threshold)
 
     def _generate_all(
-        self, conversations: list[Sequence[Message]], budgets: list[int | None], max_tokens: int | None, exit_threshold: float | None
+        self,
+        conversations: list[Sequence[Message]],
+        budgets: list[int],
+        max_new: int,
+        exit_threshold: float | None,
     ) -> list[Completion]:
         # One cached decode per (loop budget) group: a cache holds one budget's layers.
         groups: dict[int, list[int]] = defaultdict(list)
         for i, n in enumerate(budgets):
-            groups[int(n or self.default_loops)].append(i)
+            groups[n].append(i)
         results: list[Completion | None] = [None] * len(conversations)
-        with self._lock:
+        with self._loaded().lock:
             for n, indices in groups.items():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
-                    outs = self._generate([conversations[i] for i in chunk], n, max_tokens or self.max_new_tokens, exit_threshold)
+                    outs = self._generate([conversations[i] for i in chunk], n, max_new, exit_threshold)
                     for i, out in zip(chunk, outs):
                         results[i] = out
         return [r for r in results if r is not None]
@@ -160,8 +133,7 @@ class HFLoopedBackend(Backend):
 
         start = time.perf_counter()
         tok, model = self.tokenizer, self.model
-        texts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = tok(self._prompts(conversations), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
         eos = tok.eos_token_id

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from loopagent.backends.base import Backend
-from loopagent.errors import InvalidLoopsError, ModelSpecError
+from loopagent.errors import ModelSpecError
+from loopagent.validation import check_loops
 
-_PLANNED: dict[str, str] = {}
 _KNOWN = (
     "embedded[:root|:child], litellm:<provider/model>, served:<base URL>[,<base URL>...], hf:<checkpoint dir>, "
     "vllm:<checkpoint dir>, scripted:<replies.json>"
@@ -27,18 +27,18 @@ _KNOWN = (
 def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Backend:
     """Build the backend for ``spec``; ``loops`` is its default loop budget.
 
+    A :class:`Backend` passed as ``spec`` is returned as is, or, with ``loops``, as a copy
+    with that default (the backend passed in is not changed).
+
     Example::
 
         root = model("litellm:openai/gpt-4o-mini")
         child = model("served:http://127.0.0.1:8000/v1", loops=4)
     """
-    if loops is not None and (isinstance(loops, bool) or not isinstance(loops, int) or loops < 1):
-        raise InvalidLoopsError(f"loops must be a positive integer, got {loops!r}")
+    if loops is not None:
+        loops = check_loops(loops)
     if isinstance(spec, Backend):
-        if loops is not None:
-            spec.validate_loops(loops)
-            spec.default_loops = loops
-        return spec
+        return spec.with_default_loops(loops) if loops is not None else spec
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"a model spec must be a non-empty string like {_KNOWN}; got {spec!r}")
     kind, _, rest = spec.partition(":")
@@ -77,6 +77,4 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
         if "replies" not in kwargs:
             raise ModelSpecError("model('scripted') needs replies=[...] (or use 'scripted:replies.json')")
         return ScriptedBackend(kwargs.pop("replies"), **options, **kwargs)
-    if kind in _PLANNED:
-        raise ModelSpecError(f"{spec!r}: {_PLANNED[kind]} is not part of this version yet; available: {_KNOWN}")
     raise ModelSpecError(f"unknown model spec {spec!r}; expected one of: {_KNOWN}")

@@ -62,11 +62,17 @@ def check_loops(
     model: str | None = None,
     error: ErrorFactory = InvalidLoopsError,
 ) -> int:
-    """A loop budget: a positive integer, at most ``max_loops`` when the model has one."""
+    """A loop budget: a positive integer, at most ``max_loops`` when the model has one.
+
+    Messages: "loops must be a positive integer, got 0"; "loops=12 exceeds the maximum of 8
+    for hf:ckpt" (with ``model``), "loops=12 exceeds this model's max_loops=8" (without: a
+    check inside the model names the config field to change).
+    """
     loops = check_int(loops, "loops", minimum=1, error=error)
     if max_loops is not None and loops > max_loops:
-        where = f" for {model}" if model else ""
-        raise error(f"loops={loops} exceeds the maximum of {max_loops}{where}")
+        if model:
+            raise error(f"loops={loops} exceeds the maximum of {max_loops} for {model}")
+        raise error(f"loops={loops} exceeds this model's max_loops={max_loops}")
     return loops
 
 

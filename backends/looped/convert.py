@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from loopagent.errors import LoopagentError
+from loopagent.validation import check_loops, is_int
 
 from .configuration_looped import LoopedConfig
 from .modeling_looped import LoopedForCausalLM
@@ -183,13 +184,11 @@ def _token_ids(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loops(loops: int | None, max_loops: int | None, default: int, default_max: Callable[[int], int]) -> tuple[int, int]:
-    loops = default if loops is None else loops
-    if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-        raise ConversionError(f"loops must be a positive integer, got {loops!r}")
+    loops = check_loops(default if loops is None else loops, error=ConversionError)
     max_loops = default_max(loops) if max_loops is None else max_loops
-    if isinstance(max_loops, bool) or not isinstance(max_loops, int) or max_loops < loops:
+    if not is_int(max_loops) or max_loops < loops:
         raise ConversionError(f"max_loops must be an integer >= loops ({loops}), got {max_loops!r}")
-    return loops, max_loops
+    return loops, int(max_loops)
 
 
 # -- building the looped model -----------------------------------------------------------------

@@ -28,7 +28,10 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from loopagent import validation
+
 from .configuration_looped import LoopedConfig
+from .functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
 
 # -- building blocks ------------------------------------------------------------------------
 
@@ -59,42 +62,13 @@ class LoopLinear(nn.Linear):
     def forward(self, x: torch.Tensor, loop: int | None = None) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         if self.rank and loop is not None:
-            y = y + F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
+            y = y + lora_delta(x, self.lora_A[loop], self.lora_B[loop])
         return y
 
 
-def _rope_inv_freq(dim: int, theta: float, scaling: dict[str, Any] | None, device: torch.device) -> torch.Tensor:
-    """Rotary inverse frequencies, optionally scaled (``LoopedConfig.rope_freq_scaling``)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
-    if not scaling:
-        return inv_freq
-    kind = scaling.get("rope_type", scaling.get("type"))
-    factor = float(scaling["factor"])
-    if kind == "linear":
-        return inv_freq / factor
-    # llama3 (Llama 3.1+): long wavelengths scaled by 1/factor, short kept, a smooth ramp between
-    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-    old_len = float(scaling["original_max_position_embeddings"])
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
-    return torch.where(medium, smoothed, scaled)
-
-
-def _rope(
-    positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype, scaling: dict[str, Any] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = _rope_inv_freq(dim, theta, scaling, positions.device)
-    freqs = positions.float()[..., None] * inv_freq  # [b, t, dim/2]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [b, 1, t, dim]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+def _rope(config: LoopedConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_freq_scaling, positions.device)
+    return rope_cos_sin(positions, inv_freq, dtype)  # [b, 1, t, head_dim]
 
 
 class LoopedAttention(nn.Module):
@@ -128,8 +102,7 @@ class LoopedAttention(nn.Module):
         k = self.k_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
@@ -312,12 +285,10 @@ class LoopedModel(LoopedPreTrainedModel):
         self.embed_tokens = value
 
     def check_loops(self, loops: int | None) -> int:
+        """The budget to run: ``default_loops`` for None, else ``loops`` if it is a positive
+        integer within ``max_loops`` (``InvalidLoopsError``, a ``ValueError``, if not)."""
         loops = self.config.default_loops if loops is None else loops
-        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-            raise ValueError(f"loops must be a positive integer, got {loops!r}")
-        if loops > self.config.max_loops:
-            raise ValueError(f"loops={loops} exceeds this model's max_loops={self.config.max_loops}")
-        return loops
+        return validation.check_loops(loops, max_loops=self.config.max_loops)
 
     def gate(self, s: torch.Tensor) -> torch.Tensor:
         """Conditional exit probability of every token after a loop."""
@@ -362,16 +333,6 @@ class LoopedModel(LoopedPreTrainedModel):
         out = self._run(x, attention_mask, position_ids, *args[2:])
         return out
 
-    def _initial_state(self, e: torch.Tensor) -> torch.Tensor:
-        """The first loop state ``s_0`` (``LoopedConfig.initial_state``)."""
-        mode = self.config.initial_state
-        if mode == "zeros":
-            return torch.zeros_like(e)
-        if mode == "random":
-            std = self.config.initial_state_std
-            return nn.init.trunc_normal_(torch.empty_like(e), mean=0.0, std=std, a=-3 * std, b=3 * std)
-        return e
-
     def _mask(self, attention_mask: torch.Tensor, past: int, t: int) -> torch.Tensor:
         keys = attention_mask[:, : past + t].bool()  # [b, kv]
         rows = torch.arange(t, device=keys.device)[:, None] + past
@@ -395,7 +356,7 @@ class LoopedModel(LoopedPreTrainedModel):
         b, t, _ = x.shape
         past = cache.seen if cache is not None else 0
         mask = self._mask(attention_mask, past, t)
-        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope_freq_scaling)
+        rope = _rope(self.config, position_ids, x.dtype)
 
         def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool, key: tuple[Any, ...]) -> torch.Tensor:
             kv_past = cache.get(key) if cache is not None else None
@@ -407,7 +368,7 @@ class LoopedModel(LoopedPreTrainedModel):
         for i, module in enumerate(self.prelude):
             x = layer("prelude", i, module, x, None, True, ("prelude", i))
         e = x
-        s = self._initial_state(e)
+        s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
         shared = self.config.kv_cache == "shared"
         exited = torch.zeros(b, t, dtype=torch.bool, device=x.device)
         exit_steps = torch.full((b, t), loops, dtype=torch.long, device=x.device)
@@ -466,7 +427,7 @@ class LoopedModel(LoopedPreTrainedModel):
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         mask = self._mask(attention_mask, 0, t)
-        rope = _rope(position_ids, self.config.head_dim, self.config.rope_theta, states[0].dtype, self.config.rope_freq_scaling)
+        rope = _rope(self.config, position_ids, states[0].dtype)
         outs = []
         for h in states:
             if self.config.norm_before_coda:

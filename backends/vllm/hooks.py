@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from loopagent.validation import check_loops
+
 _INSTALLED = False
 SALT_PREFIX = "loopagent-loops="
 
@@ -43,11 +45,7 @@ def resolve_loops(extra_args: dict[str, Any] | None, default: int, maximum: int)
     value = (extra_args or {}).get("loops")
     if value is None:
         return int(default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise _validation_error(f"loops must be a positive integer, got {value!r}", value)
-    if value > maximum:
-        raise _validation_error(f"loops={value} exceeds this model's max_loops={maximum}", value)
-    return int(value)
+    return check_loops(value, max_loops=maximum, error=lambda message: _validation_error(message, value))
 
 
 _ERROR_CLASS: type[Exception] | None = None

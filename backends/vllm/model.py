@@ -4,8 +4,9 @@ The module tree mirrors the transformers reference (``backends/looped/modeling_l
 so checkpoints load by name; q/k/v and gate/up are fused into vLLM's tensor-parallel
 linear layers, attention and the KV cache are vLLM's ``Attention`` layers: one per
 prelude layer, one per coda layer and one per (loop, core layer), like vLLM's own
-looped models. Norms, rotary embeddings and loop injection reuse the reference's torch
-code, so a float32 engine reproduces the reference's greedy tokens.
+looped models. Norms and loop injection are the reference's modules, and the math both
+share (rotary embeddings, initial state, LoRA deltas) is ``backends/looped/functional.py``,
+so a float32 engine reproduces the reference's greedy tokens.
 
 ``forward`` takes the per-token loop budgets (``loop_budgets``, a [num_tokens] tensor;
 ``loop_max``, their maximum; ``loop_uniform``, whether they are all equal; ``loop_levels``,
@@ -34,7 +35,8 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
 from ..looped.configuration_looped import LoopedConfig
-from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection, _rope_inv_freq, _rotate_half
+from ..looped.functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
+from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection
 
 # (indices of the tokens still looping, tokens in the batch)
 _Rows = tuple[torch.Tensor, int]
@@ -72,7 +74,7 @@ class _LoRA(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(max_loops, out_features, rank))
 
     def forward(self, x: torch.Tensor, loop: int) -> torch.Tensor:
-        return F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
+        return lora_delta(x, self.lora_A[loop], self.lora_B[loop])
 
 
 def _loras(config: LoopedConfig, core: bool, shapes: dict[str, tuple[int, int]]) -> nn.ModuleDict:
@@ -82,18 +84,21 @@ def _loras(config: LoopedConfig, core: bool, shapes: dict[str, tuple[int, int]])
                           for name, (i, o) in shapes.items() if name in config.lora_targets})
 
 
+def _plus_lora(lora: nn.ModuleDict, name: str, y: torch.Tensor, x: torch.Tensor, loop: int | None) -> torch.Tensor:
+    """``y`` plus projection ``name``'s per-loop delta of input ``x``, where it has one (core layers)."""
+    return y + lora[name](x, loop) if loop is not None and name in lora else y
+
+
 class _Rope(nn.Module):
     """Rotary embeddings exactly as the reference computes them (neox layout)."""
 
     def __init__(self, config: LoopedConfig) -> None:
         super().__init__()
-        inv_freq = _rope_inv_freq(config.head_dim, config.rope_theta, config.rope_freq_scaling, torch.device("cpu"))
+        inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_freq_scaling, torch.device("cpu"))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [t, 1, head_dim]
+        return rope_cos_sin(positions, self.inv_freq, dtype)  # [t, 1, head_dim]
 
 
 class VLoopedAttention(nn.Module):
@@ -117,19 +122,13 @@ class VLoopedAttention(nn.Module):
                 rows: _Rows | None = None) -> torch.Tensor:
         qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if loop is not None and len(self.lora):
-            if "q_proj" in self.lora:
-                q = q + self.lora["q_proj"](x, loop)
-            if "k_proj" in self.lora:
-                k = k + self.lora["k_proj"](x, loop)
-            if "v_proj" in self.lora:
-                v = v + self.lora["v_proj"](x, loop)
+        q, k, v = (_plus_lora(self.lora, name, y, x, loop) for name, y in (("q_proj", q), ("k_proj", k), ("v_proj", v)))
         t = x.shape[0]
         cos, sin = rope
         q = q.reshape(t, self.num_heads, self.head_dim)
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        q = (q * cos + _rotate_half(q) * sin).reshape(t, self.q_size)
-        k = (k * cos + _rotate_half(k) * sin).reshape(t, self.kv_size)
+        q = apply_rope(q, cos, sin).reshape(t, self.q_size)
+        k = apply_rope(k, cos, sin).reshape(t, self.kv_size)
         if rows is None:
             out = attn(q, k, v.contiguous())
         else:
@@ -144,9 +143,7 @@ class VLoopedAttention(nn.Module):
             v = v.new_zeros(total, self.kv_size).index_copy_(0, index, v)
             out = attn(q, k, v).index_select(0, index)
         y, _ = self.o_proj(out)
-        if loop is not None and "o_proj" in self.lora:
-            y = y + self.lora["o_proj"](out, loop)
-        return y
+        return _plus_lora(self.lora, "o_proj", y, out, loop)
 
 
 class VLoopedMLP(nn.Module):
@@ -160,16 +157,10 @@ class VLoopedMLP(nn.Module):
     def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
         gate_up, _ = self.gate_up_proj(x)
         gate, up = gate_up.chunk(2, dim=-1)
-        if loop is not None and len(self.lora):
-            if "gate_proj" in self.lora:
-                gate = gate + self.lora["gate_proj"](x, loop)
-            if "up_proj" in self.lora:
-                up = up + self.lora["up_proj"](x, loop)
+        gate, up = _plus_lora(self.lora, "gate_proj", gate, x, loop), _plus_lora(self.lora, "up_proj", up, x, loop)
         h = F.silu(gate) * up
         y, _ = self.down_proj(h)
-        if loop is not None and "down_proj" in self.lora:
-            y = y + self.lora["down_proj"](h, loop)
-        return y
+        return _plus_lora(self.lora, "down_proj", y, h, loop)
 
 
 class VLoopedDecoderLayer(nn.Module):
@@ -238,15 +229,6 @@ class VLoopedModel(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
-    def _initial_state(self, e: torch.Tensor) -> torch.Tensor:
-        mode = self.config.initial_state
-        if mode == "zeros":
-            return torch.zeros_like(e)
-        if mode == "random":
-            std = self.config.initial_state_std
-            return nn.init.trunc_normal_(torch.empty_like(e), mean=0.0, std=std, a=-3 * std, b=3 * std)
-        return e
-
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -264,7 +246,7 @@ class VLoopedModel(nn.Module):
         for module, attn in zip(self.prelude, self.prelude_attn):
             x = module(x, rope, attn)
         e = x
-        s = self._initial_state(e)
+        s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
         if loop_budgets is None:  # a profiling / warm-up run: the deepest case
             loops, keep = self.config.max_loops, None
         else:

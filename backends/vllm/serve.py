@@ -18,6 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loopagent.errors import InvalidLoopsError
+from loopagent.validation import check_loops
+
+from ..checkpoint import looped_checkpoint_config
+
 _PATHS = ("/chat/completions", "/completions")
 
 
@@ -51,8 +56,10 @@ class LoopsMiddleware:
         if isinstance(data, dict) and "loops" in data:
             loops = data.pop("loops")
             if loops is not None:
-                if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
-                    await _send_json(send, 400, _error(f"loops must be a positive integer, got {loops!r}"))
+                try:
+                    loops = check_loops(loops)  # the maximum is the plugin's admission check
+                except InvalidLoopsError as e:
+                    await _send_json(send, 400, _error(str(e)))
                     return
                 xargs = data.get("vllm_xargs") if isinstance(data.get("vllm_xargs"), dict) else {}
                 data["vllm_xargs"] = {**xargs, "loops": loops}
@@ -103,15 +110,8 @@ def serve_argv(path: str | Path, host: str = "127.0.0.1", port: int = 8000, extr
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's config, or ``ValueError`` with what is wrong."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{str(path)!r} is not a checkpoint directory (no config.json)")
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") != "looped":
-        raise ValueError(f"{str(path)!r} holds a {config.get('model_type')!r} model, not a looped one")
-    return config
+    """The checkpoint's config, or ``ModelSpecError`` (a ``ValueError``) with what is wrong."""
+    return looped_checkpoint_config(Path(path))
 
 
 def main(path: str | Path, host: str = "127.0.0.1", port: int = 8000, extra: Sequence[str] = ()) -> None:

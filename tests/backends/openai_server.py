@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from loopagent.errors import InvalidLoopsError
+from loopagent.validation import check_loops
 
 
 @dataclass
@@ -97,9 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
             if delay:
                 time.sleep(delay)
             loops = body.get("loops")
-            if "loops" in body and (isinstance(loops, bool) or not isinstance(loops, int) or loops < 1):
-                self._error(400, f"loops must be a positive integer, got {loops!r}", param="loops")
-                return
+            if "loops" in body:
+                try:
+                    check_loops(loops)
+                except InvalidLoopsError as e:
+                    self._error(400, str(e), param="loops")
+                    return
             reply = fake.next_reply(body)
             if isinstance(reply, ScriptedError):
                 self._error(reply.status, reply.message, reply.type)

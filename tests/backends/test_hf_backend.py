@@ -77,6 +77,30 @@ def test_bad_input(ckpt, tmp_path):
         model(f"hf:{tmp_path / 'llama'}")
 
 
+def test_model_of_a_backend_is_a_copy_that_shares_the_model(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=2)
+    deep = model(backend, loops=6)
+    assert deep is not backend and deep.default_loops == 6 and backend.default_loops == 3
+    assert not backend.loaded and deep.complete(user("x")).loops.requested == 6
+    assert backend.loaded and backend.model is deep.model  # loaded once, for both
+    assert backend.complete(user("x")).loops.requested == 3
+    with pytest.raises(InvalidLoopsError, match="exceeds the maximum of 8"):
+        model(backend, loops=9)
+    with pytest.raises(InvalidLoopsError, match="not a looped model"):
+        model(ScriptedBackend(["a"]), loops=2)
+    scripted = ScriptedBackend(["a"], looped=True, default_loops=1, max_loops=4)
+    assert model(scripted, loops=3).default_loops == 3 and scripted.default_loops == 1
+
+
+def test_bad_budget_types_are_loop_errors(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=2)
+    for bad in (2.5, "4", True):
+        with pytest.raises(InvalidLoopsError, match="positive integer"):
+            backend.batch([user("x")], loops=bad)
+    with pytest.raises(InvalidLoopsError, match="2 loop budgets for 1 conversations"):
+        backend.batch([user("x")], loops=[1, 2])
+
+
 def test_rlm_with_a_looped_child(ckpt, tmp_path):
     root = ScriptedBackend([
         "```repl\nr = llm_batch(['one', 'two'])\nx = llm_query('three', loops=6)\nFINAL(str(len(r)))\n```",

@@ -109,7 +109,7 @@ def _reference_tokens(path: Path, prompt_ids: list[int], loops: int, n: int) -> 
 
 def test_spec_builds_a_vllm_backend_without_starting_an_engine(ckpts, tmp_path):
     backend = model(f"vllm:{ckpts['base']}", loops=3)
-    assert isinstance(backend, VLLMBackend) and backend._llm is None
+    assert isinstance(backend, VLLMBackend) and not backend.loaded
     assert backend.looped and backend.default_loops == 3 and backend.max_loops == 8
     assert backend.name == f"vllm:{ckpts['base']}"
     with pytest.raises(InvalidLoopsError):
@@ -301,8 +301,9 @@ def test_bad_budgets_are_rejected_and_others_are_unaffected(engines):
     # at the engine: one bad request among good ones in flight
     tok = backend.tokenizer
     ids = tok("hello", add_special_tokens=False)["input_ids"]
-    good = [backend._loop.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": n})) for n in (1, 8)]
-    bad = backend._loop.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": 9}))
+    engine = backend._loaded().loop
+    good = [engine.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": n})) for n in (1, 8)]
+    bad = engine.submit(ids, SamplingParams(max_tokens=4, temperature=0, extra_args={"loops": 9}))
     with pytest.raises(ValueError, match="exceeds this model's max_loops=8"):
         bad.result(timeout=60)
     assert all(len(f.result(timeout=60).outputs[0].token_ids) == 4 for f in good)

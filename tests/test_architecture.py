@@ -205,9 +205,10 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"backends/hf.py": "from loopagent import rlm\n"}, "(backends) imports loopagent.rlm (controller)"),
         ({"backends/hf.py": "from loopagent import RLM\n"}, "(backends) imports loopagent (apps)"),
         ({"backends/hf.py": "from loopagent.evals.base import Task\n"}, "imports loopagent.evals.base (evals)"),
-        ({"loopagent/rlm.py": "from loopagent.evals import runner\n"}, "(controller) imports loopagent.evals.runner"),
+        ({"loopagent/rlm.py": "from loopagent.evals import runner\n"}, "(controller) imports loopagent.evals (evals)"),
         ({"backends/vllm/model.py": "from loopagent.backends.base import _helper\n"}, "private name"),
-        ({"backends/vllm/model.py": "from loopagent.backends import base\nx = base._helper\n"}, "reads loopagent.backends.base._helper"),
+        ({"backends/base.py": "", "backends/vllm/model.py": "from loopagent.backends import base\nx = base._helper\n"},
+         "reads loopagent.backends.base._helper"),
         ({"evals/runner.py": "from loopagent._aio import run_sync\n"}, "private module loopagent._aio"),
     ],
 )

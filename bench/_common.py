@@ -82,7 +82,7 @@ def machine_info(packages: Sequence[str] = ()) -> dict[str, Any]:
     except (AttributeError, OSError):
         usable = os.cpu_count()
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
         "cpu_model": _cpu_model(),

@@ -22,7 +22,8 @@ import resource
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import _hardening
 import _policy

@@ -46,8 +46,8 @@ from pydantic import BaseModel, Field
 from loopagent.aio import run_sync
 from loopagent.backends.base import Backend
 from loopagent.errors import ConfigError
-from loopagent.evals.baselines import Strategy, make_strategies
 from loopagent.evals.base import Item, Task, get_task
+from loopagent.evals.baselines import Strategy, make_strategies
 from loopagent.evals.grid import RunConfig, build_grid, check_baselines, check_depths, parse_lengths
 from loopagent.evals.store import PREDICTION_LIMIT, Record, ResultsDir, latest_records, load_records
 from loopagent.models import model as build_model
@@ -349,8 +349,14 @@ def _progress(enabled: bool, name: str, total: int, done: int) -> Iterator[_Bar 
         yield _NoBar()
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True)) as progress:

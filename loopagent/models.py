@@ -59,8 +59,8 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
         return embedded_role(rest, loops=loops, **kwargs) if rest else EmbeddedBackend(loops=loops, **kwargs)
     if kind == "hf" and rest:
         try:
-            from loopagent.backends.hf import HFLoopedBackend
             import loopagent.backends.looped  # noqa: F401 - needs torch and transformers
+            from loopagent.backends.hf import HFLoopedBackend
         except ImportError as e:
             raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
         return HFLoopedBackend(rest, loops=loops, **kwargs)

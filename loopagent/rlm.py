@@ -152,7 +152,7 @@ class _Run:
         left = self.tree.remaining_s()
         try:
             completion = await (asyncio.wait_for(call, left) if left is not None else call)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.tree.stop = BudgetExceededError("timeout", f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
             raise self.tree.stop from None
         self._account(depth, completion)

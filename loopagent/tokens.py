@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _DEFAULT_ENCODING = "o200k_base"
 

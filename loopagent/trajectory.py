@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -102,7 +102,7 @@ class RunEnd(_Event):
 
 
 Event = Annotated[
-    Union[RunStart, RootTurn, ReplExec, SubCall, LimitHit, FinalAnswer, RunEnd],
+    RunStart | RootTurn | ReplExec | SubCall | LimitHit | FinalAnswer | RunEnd,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter(Event)

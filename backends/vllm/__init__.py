@@ -59,9 +59,9 @@ ARCHITECTURE = "LoopedForCausalLM"
 
 def register() -> None:
     """vLLM plugin entry point: make looped checkpoints servable (idempotent)."""
-    import loopagent.backends.looped  # noqa: F401 - registers model_type "looped" with AutoConfig
-
     from vllm import ModelRegistry
+
+    import loopagent.backends.looped  # noqa: F401 - registers model_type "looped" with AutoConfig
 
     from . import hooks
 

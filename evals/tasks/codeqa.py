@@ -80,12 +80,12 @@ def _corpus_for(length_chars: int) -> tuple[tuple[str, str], ...]:
     return files
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source(path: str) -> str:
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _size(path: str) -> int:
     return os.path.getsize(path)
 

@@ -35,9 +35,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
-from loopagent.errors import ConfigError
 from loopagent.backends.looped.tokenizer import byte_tokenizer
 from loopagent.backends.looped.training import LoopSampler, train_step
+from loopagent.errors import ConfigError
 from loopagent.evals.chains import DIGITS, NAMES, make_section
 
 from .data import (

@@ -10,10 +10,10 @@ torch = pytest.importorskip("torch")
 
 from loopagent import RLM, model  # noqa: E402
 from loopagent.backends.embedded import WEIGHTS, EmbeddedBackend  # noqa: E402
+from loopagent.evals.base import get_task  # noqa: E402
 from loopagent.training.data import random_root_question, root_program  # noqa: E402
 from loopagent.training.quality import HELD_OUT_SEED  # noqa: E402
 from loopagent.training.trainer import evaluate_child  # noqa: E402
-from loopagent.evals.base import get_task  # noqa: E402
 
 
 def test_weights_are_small_plain_checkpoints():

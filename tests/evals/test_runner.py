@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from typer.testing import CliRunner
 
 from loopagent.cli import app
 from loopagent.errors import ConfigError
-from loopagent.evals.report import bootstrap_interval, pareto_front, wilson_interval, write_report
 from loopagent.evals.grid import format_length, parse_length, parse_loops_list
+from loopagent.evals.report import bootstrap_interval, pareto_front, wilson_interval, write_report
 from loopagent.evals.runner import run_eval
 from loopagent.evals.store import MANIFEST, RESULTS, Record, ResultDirConflict, ResultsCorrupt, load_records
 from loopagent.trajectory import read_trajectory

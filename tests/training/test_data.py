@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from loopagent.environments import SandboxREPL  # noqa: E402
+from loopagent.evals.chains import NAMES, ChainsTask, make_section, pointer_steps, resolve  # noqa: E402
 from loopagent.training.data import (  # noqa: E402
     IGNORE,
     NEEDLE,
@@ -20,8 +22,6 @@ from loopagent.training.data import (  # noqa: E402
     root_turns,
 )
 from loopagent.training.trainer import make_tokenizer  # noqa: E402
-from loopagent.environments import SandboxREPL  # noqa: E402
-from loopagent.evals.chains import NAMES, ChainsTask, make_section, pointer_steps, resolve  # noqa: E402
 
 
 def child_reply(prompt: str) -> str:

@@ -123,13 +123,17 @@ class Backend(ABC):
         **kwargs: Any,
     ) -> list[Completion]:
         """Sync form of :meth:`abatch`."""
-        return _run_sync(self.abatch(conversations, loops=loops, max_tokens=max_tokens, concurrency=concurrency, **kwargs))
+        return _run_sync(
+            self.abatch(conversations, loops=loops, max_tokens=max_tokens, concurrency=concurrency, **kwargs)
+        )
 
     def validate_loops(self, loops: int | None) -> int | None:
         """Check a loop budget; returns the budget to use (the default for None)."""
         if not self.looped:
             if loops is not None:
-                raise InvalidLoopsError(f"{self.name} is not a looped model; it takes no loop budget (got loops={loops!r})")
+                raise InvalidLoopsError(
+                    f"{self.name} is not a looped model; it takes no loop budget (got loops={loops!r})"
+                )
             return None
         if loops is None:
             return self.default_loops
@@ -181,7 +185,9 @@ def messages_text(messages: Sequence[Message]) -> str:
     return "\n".join(m.get("content", "") for m in messages)
 
 
-def loop_usage(prompt_tokens: int, completion_tokens: int, loops: int | None, executed_mean: float | None = None) -> int | None:
+def loop_usage(
+    prompt_tokens: int, completion_tokens: int, loops: int | None, executed_mean: float | None = None
+) -> int | None:
     """Loop-tokens of a call: tokens times the loops they ran through."""
     if loops is None:
         return None

@@ -84,7 +84,9 @@ class HFLoopedBackend(LocalLoopedBackend):
         try:
             tok = AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as e:
-            raise ModelSpecError(f"{str(self.path)!r} has no usable tokenizer ({e}); save one next to the weights") from None
+            raise ModelSpecError(
+                f"{str(self.path)!r} has no usable tokenizer ({e}); save one next to the weights"
+            ) from None
         # Decoding a small model is a long chain of tiny ops: a second intra-op thread
         # buys nothing and costs 10-30x when the other core is busy. torch's thread
         # count is process-wide, so it is only changed for small models or on request.
@@ -128,12 +130,15 @@ class HFLoopedBackend(LocalLoopedBackend):
                         results[i] = out
         return [r for r in results if r is not None]
 
-    def _generate(self, conversations: list[Sequence[Message]], loops: int, max_new: int, exit_threshold: float | None) -> list[Completion]:
+    def _generate(
+        self, conversations: list[Sequence[Message]], loops: int, max_new: int, exit_threshold: float | None
+    ) -> list[Completion]:
         import torch
 
         start = time.perf_counter()
         tok, model = self.tokenizer, self.model
-        enc = tok(self._prompts(conversations), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = tok(self._prompts(conversations), return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
         eos = tok.eos_token_id
@@ -170,12 +175,14 @@ class HFLoopedBackend(LocalLoopedBackend):
         for row in range(len(conversations)):
             steps = exits[row]
             executed = float(steps.float().mean()) if steps.numel() else float(loops)
-            histogram = {int(k): int(v) for k, v in zip(*torch.unique(steps, return_counts=True))} if exit_threshold is not None else None
+            histogram = ({int(k): int(v) for k, v in zip(*torch.unique(steps, return_counts=True))}
+                         if exit_threshold is not None else None)
             p, c = int(prompt_lens[row]), len(new_tokens[row])
             completions.append(Completion(
                 text=tok.decode(new_tokens[row], skip_special_tokens=True),
                 model=self.name,
-                usage=Usage(prompt_tokens=p, completion_tokens=c, loop_tokens=int(steps.sum()) if steps.numel() else loop_usage(p, c, loops),
+                usage=Usage(prompt_tokens=p, completion_tokens=c,
+                            loop_tokens=int(steps.sum()) if steps.numel() else loop_usage(p, c, loops),
                             wall_s=wall),
                 loops=LoopStats(requested=loops, executed_mean=executed, exit_histogram=histogram),
                 finish_reason="stop" if bool(done[row]) else "length",

@@ -90,8 +90,8 @@ class LiteLLMBackend(Backend):
 
             raise ModelSpecError(f"served: needs a base URL like http://127.0.0.1:8000/v1, got {base_url!r}")
         name = kwargs.pop("name", None) or (f"served:{','.join(urls)}" if len(urls) > 1 else None)
-        backend = cls(f"openai/{model}" if model else "openai/", api_base=urls[0], api_key=kwargs.pop("api_key", None) or "EMPTY",
-                      served=True, name=name, **kwargs)
+        backend = cls(f"openai/{model}" if model else "openai/", api_base=urls[0],
+                      api_key=kwargs.pop("api_key", None) or "EMPTY", served=True, name=name, **kwargs)
         backend.api_bases = urls
         return backend
 
@@ -149,7 +149,8 @@ class LiteLLMBackend(Backend):
         start = time.perf_counter()
         try:
             if self._router is not None:
-                resp = await self._router.acompletion(model="served", messages=list(messages), timeout=self.timeout_s, **params)
+                resp = await self._router.acompletion(model="served", messages=list(messages), timeout=self.timeout_s,
+                                                      **params)
             else:
                 resp = await litellm.acompletion(
                     model=self.model,

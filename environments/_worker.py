@@ -316,7 +316,8 @@ class Worker:
             error_type, error = self._run(cell, code, out)
         if error is not None and len(error) > self.max_output:
             half = self.max_output // 2
-            error = f"{error[:half]}\n... [{len(error) - 2 * half:,} characters of the error not shown] ...\n{error[-half:]}"
+            error = (f"{error[:half]}\n... [{len(error) - 2 * half:,} characters of the error not shown] ...\n"
+                     f"{error[-half:]}")
         self._restore_reserved(out)
         return {
             "op": "result",

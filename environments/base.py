@@ -107,13 +107,17 @@ class ExecResult(BaseModel):
     """The outcome of executing one code cell."""
 
     stdout: str = Field(description="Printed output plus the value of a trailing expression, capped.")
-    error: str | None = Field(default=None, description="Model-readable error with a traceback of the cell's own lines.")
+    error: str | None = Field(
+        default=None, description="Model-readable error with a traceback of the cell's own lines."
+    )
     error_type: str | None = Field(default=None, description="Exception name, e.g. 'NameError', 'TimeoutError'.")
     duration_s: float = Field(description="Wall time of the exec as seen by the parent, host calls included.")
     host_time_s: float = Field(default=0.0, description="Part of duration_s spent serving host functions.")
     host_calls: int = Field(default=0, description="Host function calls made by the cell.")
     truncated: bool = Field(default=False, description="True when stdout was cut at the output limit.")
-    restarted: bool = Field(default=False, description="True when the worker was replaced (timeout or crash): variables are gone.")
+    restarted: bool = Field(
+        default=False, description="True when the worker was replaced (timeout or crash): variables are gone."
+    )
 
     @property
     def ok(self) -> bool:

@@ -66,11 +66,17 @@ class SandboxLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout_s: float = Field(30.0, gt=0, description="Wall-clock seconds a cell may run, excluding time spent in host functions.")
+    timeout_s: float = Field(
+        30.0, gt=0, description="Wall-clock seconds a cell may run, excluding time spent in host functions."
+    )
     memory_mb: int = Field(2048, ge=256, description="Address-space limit of the worker (RLIMIT_AS).")
-    max_context_mb: float | None = Field(None, gt=0, description="Largest context accepted; default a quarter of memory_mb.")
+    max_context_mb: float | None = Field(
+        None, gt=0, description="Largest context accepted; default a quarter of memory_mb."
+    )
     max_output_chars: int = Field(20_000, ge=100, description="stdout kept per cell; the rest is counted and marked.")
-    cpu_total_s: int = Field(24 * 3600, ge=10, description="CPU seconds over the worker's whole life (hard RLIMIT_CPU).")
+    cpu_total_s: int = Field(
+        24 * 3600, ge=10, description="CPU seconds over the worker's whole life (hard RLIMIT_CPU)."
+    )
     max_open_files: int = Field(64, ge=16, description="RLIMIT_NOFILE of the worker.")
     max_file_mb: int = Field(64, ge=1, description="Largest file the worker may write (RLIMIT_FSIZE).")
     max_disk_mb: int = Field(256, ge=1, description="Size of the worker's private tmpfs working directory (as root).")
@@ -218,7 +224,8 @@ class SandboxREPL:
             "seccomp": self.seccomp,
             "spin_s": self.spin_s,
         }
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": self._workdir, "TMPDIR": self._workdir}
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": self._workdir,
+               "TMPDIR": self._workdir}
         self._stderr = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(

@@ -30,7 +30,8 @@ NAMES = string.ascii_lowercase
 DIGITS = string.digits
 
 
-def make_section(rng: random.Random, statements: int, hops: int, target: str | None = None) -> tuple[list[str], str, str]:
+def make_section(rng: random.Random, statements: int, hops: int,
+                 target: str | None = None) -> tuple[list[str], str, str]:
     """Statements of one section with a ``hops``-hop chain from ``target``.
 
     Returns (statements, target, value); the rest are distractor chains of 1-3 hops.

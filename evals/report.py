@@ -159,7 +159,8 @@ def write_report(out_dir: str | os.PathLike[str], *, plots: bool = True) -> Path
     from the records so far; returns the report's path."""
     out = Path(out_dir)
     if not (out / RESULTS).exists() and not (out / MANIFEST).exists():
-        raise ResultsNotFound(f"{out} holds no {RESULTS} or {MANIFEST}: not an eval output directory; pass the --out of `loopagent eval`")
+        raise ResultsNotFound(f"{out} holds no {RESULTS} or {MANIFEST}: not an eval output directory; "
+                              "pass the --out of `loopagent eval`")
     manifest = read_manifest(out)
     config = (manifest or {}).get("config", {})
     records = latest_records(load_records(out))
@@ -177,14 +178,18 @@ def write_report(out_dir: str | os.PathLike[str], *, plots: bool = True) -> Path
     done = sum(1 for r in records if r.config in set((manifest or {}).get("configs") or order))
 
     lines: list[str] = [f"# Eval report: {config.get('task', records[0].task if records else '?')}", ""]
-    status = "complete" if expected and done >= expected else f"partial: {done:,} of {expected:,} runs" if expected else f"{done:,} runs"
+    status = ("complete" if expected and done >= expected else
+              f"partial: {done:,} of {expected:,} runs" if expected else f"{done:,} runs")
     lines += [
         f"- results: {len(records):,} records ({status}); generated {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"- root: `{config.get('root')}`, child: `{config.get('child')}`",
-        f"- grid: root loops {config.get('root_loops')}, child loops {config.get('child_loops')}, depths {config.get('depths')}, "
-        f"lengths {[format_length(x) for x in config.get('lengths') or []]}, n = {config.get('n')} per length, seed {config.get('seed')}",
+        f"- grid: root loops {config.get('root_loops')}, child loops {config.get('child_loops')}, "
+        f"depths {config.get('depths')}, "
+        f"lengths {[format_length(x) for x in config.get('lengths') or []]}, n = {config.get('n')} per length, "
+        f"seed {config.get('seed')}",
         f"- baselines: {', '.join(config.get('baselines') or []) or 'none'}"
-        + (f" (root_only sees the first {config.get('baseline_chars'):,} characters)" if "root_only" in (config.get("baselines") or []) else ""),
+        + (f" (root_only sees the first {config.get('baseline_chars'):,} characters)"
+           if "root_only" in (config.get("baselines") or []) else ""),
     ]
     if config.get("task_options"):
         lines.append(f"- task options: {config['task_options']}")
@@ -210,9 +215,11 @@ def write_report(out_dir: str | os.PathLike[str], *, plots: bool = True) -> Path
         errors = sum(r.error is not None for r in g.records)
         usd = g.usd()
         lines.append(
-            f"| `{key}` | {first.kind} | {_cell(first.root_loops)} | {_cell(first.child_loops)} | {_cell(first.depth)} | {g.n} | "
+            f"| `{key}` | {first.kind} | {_cell(first.root_loops)} | {_cell(first.child_loops)} | "
+            f"{_cell(first.depth)} | {g.n} | "
             f"{_fmt(g.accuracy)} | {_fmt_ci(accuracy_interval(g.scores, binary))} | {finished:.0%} | {errors} | "
-            f"{_fmt(g.mean('iterations'), 1)} | {_fmt(g.mean('usage.calls'), 1)} | {_fmt_int(g.mean('usage.loop_tokens'))} | "
+            f"{_fmt(g.mean('iterations'), 1)} | {_fmt(g.mean('usage.calls'), 1)} | "
+            f"{_fmt_int(g.mean('usage.loop_tokens'))} | "
             f"{_fmt(usd, 4) if usd is not None else '-'} | {_fmt(g.mean('wall_s'), 2)} |"
         )
     lines.append("")
@@ -304,8 +311,9 @@ def _cost_axes(order: list[str], groups: dict[str, _Group]) -> list[tuple[str, s
 
 
 # -- plots ---------------------------------------------------------------------------------------
-def _plots(out: Path, order: list[str], groups: dict[str, _Group], by_config_length: dict[tuple[str, int], list[Record]],
-           lengths: list[int], binary: bool, cost_axes: list[tuple[str, str, list[tuple[float, float, str]]]]) -> list[str]:
+def _plots(out: Path, order: list[str], groups: dict[str, _Group],
+           by_config_length: dict[tuple[str, int], list[Record]], lengths: list[int], binary: bool,
+           cost_axes: list[tuple[str, str, list[tuple[float, float, str]]]]) -> list[str]:
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -337,13 +345,15 @@ def _plots(out: Path, order: list[str], groups: dict[str, _Group], by_config_len
             for k in rlm_keys:
                 rs = by_config_length.get((k, length))
                 if rs:
-                    lines_by[(first[k].root_loops, first[k].depth)].append((first[k].child_loops, [r.score for r in rs]))  # type: ignore[arg-type]
+                    lines_by[(first[k].root_loops, first[k].depth)].append(
+                        (first[k].child_loops, [r.score for r in rs]))  # type: ignore[arg-type]
             for (rl, d), pts in sorted(lines_by.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
                 pts.sort()
                 xs = [p[0] for p in pts]
                 es = [err(p[1]) for p in pts]
                 label = (f"root loops {rl}, " if rl is not None else "") + f"depth {d}"
-                ax.errorbar(xs, [e[0] for e in es], yerr=[[e[1] for e in es], [e[2] for e in es]], marker="o", capsize=3, label=label)
+                ax.errorbar(xs, [e[0] for e in es], yerr=[[e[1] for e in es], [e[2] for e in es]], marker="o",
+                            capsize=3, label=label)
             ax.set_xscale("log", base=2)
             ticks = sorted({first[k].child_loops for k in rlm_keys})  # type: ignore[type-var]
             ax.set_xticks(ticks)
@@ -368,7 +378,8 @@ def _plots(out: Path, order: list[str], groups: dict[str, _Group], by_config_len
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for k in order:
-        pts = [(length, [r.score for r in by_config_length[(k, length)]]) for length in lengths if by_config_length.get((k, length))]
+        pts = [(length, [r.score for r in by_config_length[(k, length)]]) for length in lengths
+               if by_config_length.get((k, length))]
         if not pts:
             continue
         es = [err(p[1]) for p in pts]

@@ -224,7 +224,8 @@ class _Runner:
                 jobs = [(c, item) for item in items for c in configs if (c.key, length, item.id) not in done]
                 gate = asyncio.Semaphore(self.concurrency)
 
-                async def one(config: RunConfig, item: Item, length: int = length) -> None:
+                async def one(config: RunConfig, item: Item, length: int = length,
+                              gate: asyncio.Semaphore = gate) -> None:
                     async with gate:
                         record = await self._job(store, config, item, length)
                     sink.write(record.model_dump_json() + "\n")

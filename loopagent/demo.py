@@ -80,7 +80,8 @@ def run_demo(
     say = console.print if console is not None else (lambda *a, **k: None)
     start = time.monotonic()
     doc = build_document(chars, seed)
-    say(f"[bold]document[/]: {len(doc.text):,} characters, {len(doc.answers):,} sections of statements, one hidden magic number")
+    say(f"[bold]document[/]: {len(doc.text):,} characters, {len(doc.answers):,} sections of statements, "
+        "one hidden magic number")
     root = model("embedded")
     rlm = RLM(root=root, child=model("embedded", loops=4), max_iterations=4, log_dir=log_dir)
     rng = random.Random(f"demo-questions/{seed}")
@@ -135,6 +136,7 @@ def _loop_table(doc: DemoDocument, root: Any, loops: Sequence[int], questions: i
     for col in ("child loops", "accuracy", "child loop-tokens", "seconds"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r.loops), f"{r.correct}/{r.total} ({r.correct / r.total:.0%})", f"{r.child_loop_tokens:,}", f"{r.seconds:.1f}")
+        table.add_row(str(r.loops), f"{r.correct}/{r.total} ({r.correct / r.total:.0%})", f"{r.child_loop_tokens:,}",
+                      f"{r.seconds:.1f}")
     say(table)
     return rows

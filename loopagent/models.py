@@ -55,14 +55,18 @@ def model(spec: str | Backend, *, loops: int | None = None, **kwargs: Any) -> Ba
         try:
             from loopagent.backends.embedded import EmbeddedBackend, embedded_role
         except ImportError as e:
-            raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
+            raise ModelSpecError(
+                f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})"
+            ) from None
         return embedded_role(rest, loops=loops, **kwargs) if rest else EmbeddedBackend(loops=loops, **kwargs)
     if kind == "hf" and rest:
         try:
             import loopagent.backends.looped  # noqa: F401 - needs torch and transformers
             from loopagent.backends.hf import HFLoopedBackend
         except ImportError as e:
-            raise ModelSpecError(f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})") from None
+            raise ModelSpecError(
+                f"{spec!r} needs torch and transformers: pip install 'loopagent[looped]' ({e})"
+            ) from None
         return HFLoopedBackend(rest, loops=loops, **kwargs)
     if kind == "vllm" and rest:
         from loopagent.backends.vllm.backend import VLLMBackend

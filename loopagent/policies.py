@@ -113,7 +113,9 @@ class BudgetedPolicy(LoopPolicy):
     def _choose(self, request: LoopRequest) -> LoopChoice:
         loops = _base(request)
         if request.remaining_loop_tokens is not None and request.est_tokens > 0:
-            affordable = int(self.fraction * request.remaining_loop_tokens // (request.est_tokens * max(1, request.n_calls)))
+            affordable = int(
+                self.fraction * request.remaining_loop_tokens // (request.est_tokens * max(1, request.n_calls))
+            )
             loops = max(1, min(loops, affordable))
         return LoopChoice(loops=loops)
 

@@ -13,9 +13,11 @@ Look at the context's structure first, then slice, search (import re, json, coll
 ask child models about the pieces, combine what they say, and end with FINAL. Never guess without looking.
 
 Functions in the REPL:
-- llm_query(prompt, loops=None) -> str: ask a child model. It cannot see `context`: put the text it needs into the prompt.
+- llm_query(prompt, loops=None) -> str: ask a child model. It cannot see `context`: put the text it needs \
+into the prompt.
 - llm_batch(prompts, loops=None) -> list[str]: many llm_query calls at once, run concurrently; much faster than a loop.
-- rlm_query(prompt, context=None, loops=None) -> str: hand a sub-question and its own context to a child that has its own REPL like yours{depth_note}.
+- rlm_query(prompt, context=None, loops=None) -> str: hand a sub-question and its own context to a child that \
+has its own REPL like yours{depth_note}.
 - rlm_batch(prompts, contexts=None, loops=None) -> list[str]: several rlm_query calls at once.
 - FINAL(answer): finish with this answer. FINAL_VAR(name): finish with the value of the variable `name`.
 {loops_line}
@@ -32,7 +34,10 @@ def context_line(info: ContextInfo) -> str:
     elif kind == "bytes":
         line = f"It is loaded in a Python REPL as `context`, bytes of length {info.bytes:,}."
     elif kind == "list":
-        line = f"It is loaded in a Python REPL as `context`, a list of {info.items:,} items ({info.chars:,} characters of text)."
+        line = (
+            f"It is loaded in a Python REPL as `context`, a list of {info.items:,} items "
+            f"({info.chars:,} characters of text)."
+        )
     elif kind == "dict":
         line = f"It is loaded in a Python REPL as `context`, a dict with {info.keys:,} keys."
     elif kind == "directory":

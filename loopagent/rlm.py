@@ -153,12 +153,14 @@ class _Run:
         try:
             completion = await (asyncio.wait_for(call, left) if left is not None else call)
         except TimeoutError:
-            self.tree.stop = BudgetExceededError("timeout", f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
+            self.tree.stop = BudgetExceededError("timeout",
+                                                 f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
             raise self.tree.stop from None
         self._account(depth, completion)
         return completion
 
-    def _choose(self, backend: Backend, kind: CallKind, depth: int, explicit: int | None, est_tokens: int, n: int = 1) -> LoopChoice:
+    def _choose(self, backend: Backend, kind: CallKind, depth: int, explicit: int | None, est_tokens: int,
+                n: int = 1) -> LoopChoice:
         if explicit is not None:
             check_loops(explicit, max_loops=backend.max_loops if backend.looped else None, model=backend.name)
         return self.rlm.policy.choose(
@@ -187,7 +189,8 @@ class _Run:
         async def rlm_query(prompt: str, context: Any = None, loops: int | None = None) -> str:
             return (await self._subruns([prompt], [context], loops))[0]
 
-        async def rlm_batch(prompts_: list[str], contexts: list[Any] | None = None, loops: int | None = None) -> list[str]:
+        async def rlm_batch(prompts_: list[str], contexts: list[Any] | None = None,
+                            loops: int | None = None) -> list[str]:
             prompts_ = _str_list(prompts_, "rlm_batch")
             if contexts is None:
                 contexts = [None] * len(prompts_)
@@ -219,7 +222,8 @@ class _Run:
 
         async def one(index: int, prompt: str) -> str | Exception:
             choice = self._choose(backend, kind, depth, loops, backend.count_tokens(prompt), n)
-            entry: dict[str, Any] = dict(kind=kind, index=index, model=backend.name, prompt=self.tree.writer.clip(prompt),
+            entry: dict[str, Any] = dict(kind=kind, index=index, model=backend.name,
+                                         prompt=self.tree.writer.clip(prompt),
                                          loops_requested=loops, loops_chosen=choice.loops)
             try:
                 async with self.tree.calls:
@@ -240,7 +244,8 @@ class _Run:
     async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None) -> list[str]:
         """Child RLMs with their own REPLs; at the depth limit, plain calls with the context inlined."""
         if self.depth + 1 >= self.rlm.max_depth:
-            inlined = [p if c is None else f"{p}\n\nContext:\n{c if isinstance(c, str) else json.dumps(c)}" for p, c in zip(prompts_, contexts)]
+            inlined = [p if c is None else f"{p}\n\nContext:\n{c if isinstance(c, str) else json.dumps(c)}"
+                       for p, c in zip(prompts_, contexts)]
             replies = await self._children(inlined, loops, "rlm_query")
             return [r if isinstance(r, str) else f"[error: {r}]" for r in replies]
         if loops is not None:
@@ -252,13 +257,14 @@ class _Run:
                 # starting a worker takes ~50 ms: keep the event loop free for sibling runs
                 env, info = await asyncio.to_thread(self.rlm._open, context)
                 try:
-                    child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self, explicit_loops=loops)
+                    child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self,
+                                 explicit_loops=loops)
                     result = await child.execute(prompt, info)
                 finally:
                     env.close()
-            self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name, prompt=self.tree.writer.clip(prompt),
-                      response=self.tree.writer.clip(result.answer), loops_requested=loops, child_run_id=child.run_id,
-                      usage=child.usage.total.model_dump())
+            self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name,
+                      prompt=self.tree.writer.clip(prompt), response=self.tree.writer.clip(result.answer),
+                      loops_requested=loops, child_run_id=child.run_id, usage=child.usage.total.model_dump())
             if result.answer is None:
                 return f"[no answer: the child run ended with {result.reason}: {result.detail}]"
             return result.answer
@@ -292,7 +298,9 @@ class _Run:
         self._log(RunStart, query=query, context=info.summary(), config=self.rlm.config(),
                   system_prompt=system)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": query}]
-        reason, detail, errors, iterations = "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
+        reason, detail, errors, iterations = (
+            "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
+        )
         last_text = ""
         for iteration in range(self.rlm.max_iterations):
             iterations = iteration + 1
@@ -333,7 +341,8 @@ class _Run:
                 if self.final is not None:
                     break
                 errors = errors + 1 if had_error else 0
-                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": prompts.repl_feedback(outputs)}]
+                messages += [{"role": "assistant", "content": text},
+                             {"role": "user", "content": prompts.repl_feedback(outputs)}]
             if self.tree.stop is not None:
                 reason, detail = self.tree.stop.reason, self.tree.stop.detail
                 break
@@ -364,7 +373,8 @@ class _Run:
         """Out of turns: ask once for a final answer (if the budget allows)."""
         try:
             choice = self._choose(self.root, "root", self.depth, self.explicit_loops, 0)
-            completion = await self._call(self.root, messages + [{"role": "user", "content": prompts.OUT_OF_TURNS}], choice, self.depth)
+            completion = await self._call(self.root, messages + [{"role": "user", "content": prompts.OUT_OF_TURNS}],
+                                          choice, self.depth)
         except (BudgetExceededError, BackendError):
             return
         found = find_final_in_text(completion.text)

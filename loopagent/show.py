@@ -89,7 +89,8 @@ def _render_run(parent: Tree, run_id: str, by_run: dict[str, list[Any]], width: 
             total = event.usage.get("total", {})
             node.add(
                 f"[dim]end: {escape(event.reason)}, {event.iterations} turns, {event.wall_s:.2f} s, "
-                f"{total.get('calls', 0)} calls, {total.get('prompt_tokens', 0) + total.get('completion_tokens', 0):,} tokens, "
+                f"{total.get('calls', 0)} calls, "
+                f"{total.get('prompt_tokens', 0) + total.get('completion_tokens', 0):,} tokens, "
                 f"{total.get('loop_tokens', 0):,} loop-tokens[/]"
             )
     for call in pending:  # calls of a cell that never finished (killed run)
@@ -98,7 +99,8 @@ def _render_run(parent: Tree, run_id: str, by_run: dict[str, list[Any]], width: 
 
 def _render_call(parent: Tree, call: SubCall, by_run: dict[str, list[Any]], width: int) -> None:
     requested = f" [dim](asked {call.loops_requested})[/]" if call.loops_requested is not None else ""
-    head = f"[blue]{call.kind}[/]#{call.index} → {escape(call.model)}{_loops(call.loops_chosen, call.loops_executed)}{requested}{_tokens(call.usage)}"
+    head = (f"[blue]{call.kind}[/]#{call.index} → {escape(call.model)}"
+            f"{_loops(call.loops_chosen, call.loops_executed)}{requested}{_tokens(call.usage)}")
     node = parent.add(f"{head}  {_short(call.prompt, width // 2)}")
     if call.error:
         node.add(f"[red]error:[/] {_short(call.error, width)}")

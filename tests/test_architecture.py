@@ -222,7 +222,8 @@ def test_the_checker_lets_allowed_imports_through(tmp_path: Path) -> None:
         "backends/base.py": "from loopagent.errors import BackendError\n",
         "backends/hf.py": "from .base import _helper\nfrom loopagent.backends import base\nx = base._helper\n",
         "environments/sandbox.py": "from ._protocol import Channel\nfrom loopagent.errors import LoopagentError\n",
-        "loopagent/rlm.py": "from loopagent.backends.base import Backend\nfrom loopagent.environments import SandboxREPL\n",
+        "loopagent/rlm.py": ("from loopagent.backends.base import Backend\n"
+                             "from loopagent.environments import SandboxREPL\n"),
         "evals/runner.py": "from loopagent.rlm import RLM\nfrom loopagent.backends import base\nx = base.__name__\n",
     }
     assert violations(_tree(tmp_path, files)) == []

@@ -46,7 +46,8 @@ def events_of(result, kind=None):
 
 def test_run_answers_with_final_and_logs_everything(tmp_path):
     root = ScriptedBackend([
-        "First look at it.\n" + repl("print(len(context))\nchunks = [context[i:i + 20] for i in range(0, len(context), 20)]"),
+        "First look at it.\n"
+        + repl("print(len(context))\nchunks = [context[i:i + 20] for i in range(0, len(context), 20)]"),
         repl("notes = llm_batch(['summarize: ' + c for c in chunks])\nprint(notes)"),
         repl("FINAL(llm_query('combine: ' + ' '.join(notes), loops=2))"),
     ])
@@ -124,7 +125,7 @@ def test_loop_token_budget_ends_the_run_cleanly(tmp_path):
 
 def test_timeout_budget():
     root = ScriptedBackend([repl("x = llm_query('slow')")] * 10)
-    slow = ScriptedBackend(lambda m, l: "late", latency_s=0.6, name="slow")
+    slow = ScriptedBackend(lambda m, loops: "late", latency_s=0.6, name="slow")
     result = RLM(root, slow, budget={"timeout_s": 1.0}).run("q", context="c")
     assert result.reason == "timeout"
     assert result.wall_s < 5
@@ -166,7 +167,7 @@ def test_rlm_query_starts_a_child_run_with_its_own_repl(tmp_path):
 
 def test_rlm_query_at_max_depth_is_a_plain_call_with_context_inlined():
     seen = []
-    child = ScriptedBackend(lambda m, l: seen.append(m[-1]["content"]) or "plain", name="child")
+    child = ScriptedBackend(lambda m, loops: seen.append(m[-1]["content"]) or "plain", name="child")
     root = ScriptedBackend([repl("FINAL(rlm_query('Count', context='abcd'))")])
     result = RLM(root, child, max_depth=1).run("q", context="c")
     assert result.answer == "plain"
@@ -175,7 +176,7 @@ def test_rlm_query_at_max_depth_is_a_plain_call_with_context_inlined():
 
 def test_llm_batch_runs_concurrently():
     root = ScriptedBackend([repl("r = llm_batch(['p'] * 16)"), repl("FINAL(str(len(r)))")])
-    child = ScriptedBackend(lambda m, l: "x", latency_s=0.2, name="child")
+    child = ScriptedBackend(lambda m, loops: "x", latency_s=0.2, name="child")
     start = time.monotonic()
     result = RLM(root, child).run("q", context="c")
     elapsed = time.monotonic() - start
@@ -213,7 +214,8 @@ def test_concurrency_bound_is_respected():
         ("by-depth", {"schedule": {2: 5}}, dict(depth=2, default=8), 5),
         ("budgeted", {"fraction": 0.5}, dict(depth=1, default=8, est_tokens=100, remaining_loop_tokens=400), 2),
         ("budgeted", {}, dict(depth=1, default=8, est_tokens=100, remaining_loop_tokens=None), 8),
-        ("budgeted", {"fraction": 1.0}, dict(depth=1, default=8, est_tokens=100, n_calls=4, remaining_loop_tokens=1600), 4),
+        ("budgeted", {"fraction": 1.0},
+         dict(depth=1, default=8, est_tokens=100, n_calls=4, remaining_loop_tokens=1600), 4),
         ("adaptive", {}, dict(depth=1, default=2, max_loops=16), 16),
     ],
 )
@@ -224,7 +226,8 @@ def test_policies_choose_loops(policy, options, request_kw, expected):
 
 def test_policies_give_non_looped_models_none_and_adaptive_sets_a_threshold():
     assert get_policy("by-depth").choose(LoopRequest(depth=1, kind="llm_query", looped=False, explicit=4)).loops is None
-    assert get_policy("adaptive", threshold=0.7).choose(LoopRequest(depth=1, kind="llm_query", looped=True)).exit_threshold == 0.7
+    assert (get_policy("adaptive", threshold=0.7).choose(LoopRequest(depth=1, kind="llm_query", looped=True))
+            .exit_threshold == 0.7)
 
 
 def test_by_depth_policy_in_a_nested_run(tmp_path):
@@ -448,7 +451,8 @@ def test_rlm_batch_runs_child_runs_concurrently(tmp_path):
             await asyncio.sleep(0.4)
             return repl("FINAL(context.upper())")
         turns = sum(1 for m in messages if m["role"] == "assistant")
-        return repl("r = rlm_batch(['part a', 'part b', 'part c'], ['x', 'y', 'z'])\nFINAL('-'.join(r))") if turns == 0 else "x"
+        return (repl("r = rlm_batch(['part a', 'part b', 'part c'], ['x', 'y', 'z'])\nFINAL('-'.join(r))")
+                if turns == 0 else "x")
 
     start = time.monotonic()
     result = RLM(ScriptedBackend(script, name="m"), max_depth=2, log_dir=tmp_path).run("q", context="c")

@@ -37,7 +37,9 @@ def embedded_path(role: str, weights: Path | None = None) -> Path:
     return path
 
 
-def embedded_role(role: str, *, loops: int | None = None, weights: Path | None = None, **kwargs: Any) -> HFLoopedBackend:
+def embedded_role(
+    role: str, *, loops: int | None = None, weights: Path | None = None, **kwargs: Any
+) -> HFLoopedBackend:
     """The root or child model as a plain ``hf:`` backend."""
     if role not in ROLES:
         raise ModelSpecError(f"embedded role must be one of {ROLES}, got {role!r}")
@@ -72,7 +74,9 @@ class EmbeddedBackend(Backend):
     def for_role(self, role: str) -> Backend:
         return self._role(role)
 
-    async def acomplete(self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any) -> Completion:
+    async def acomplete(
+        self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
+    ) -> Completion:
         role = "root" if any(m.get("role") == "system" for m in messages) else "child"
         return await self._role(role).acomplete(messages, loops=loops, max_tokens=max_tokens, **kwargs)
 

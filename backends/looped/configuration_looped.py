@@ -167,7 +167,8 @@ class LoopedConfig(PretrainedConfig):
             raise ValueError(f"num_core_layers must be >= 1, got {self.num_core_layers}")
         if not 1 <= self.default_loops <= self.max_loops:
             raise ValueError(
-                f"need 1 <= default_loops <= max_loops, got default_loops={self.default_loops}, max_loops={self.max_loops}"
+                f"need 1 <= default_loops <= max_loops, got default_loops={self.default_loops}, "
+                f"max_loops={self.max_loops}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -190,7 +191,10 @@ class LoopedConfig(PretrainedConfig):
             kind = self.rope_freq_scaling.get("rope_type", self.rope_freq_scaling.get("type"))
             if kind not in ROPE_FREQ_SCALINGS:
                 raise ValueError(f"rope_freq_scaling['rope_type'] must be one of {ROPE_FREQ_SCALINGS}, got {kind!r}")
-            needed = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}[kind]
+            needed = {
+                "linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+            }[kind]
             missing = [k for k in needed if k not in self.rope_freq_scaling]
             if missing:
                 raise ValueError(f"rope_freq_scaling of type {kind!r} needs {missing}")

@@ -56,7 +56,8 @@ from loopagent.validation import check_loops, is_int
 from .configuration_looped import LoopedConfig
 from .modeling_looped import LoopedForCausalLM
 
-__all__ = ["ConversionError", "KINDS", "convert", "convert_huginn", "convert_ouro", "describe", "load_checkpoint", "parse_core", "retrofit"]
+__all__ = ["ConversionError", "KINDS", "convert", "convert_huginn", "convert_ouro", "describe", "load_checkpoint",
+           "parse_core", "retrofit"]
 
 KINDS = ("ouro", "huginn", "retrofit")
 RETROFIT_TYPES = ("llama", "qwen2", "mistral")
@@ -113,7 +114,8 @@ def _load_tensors(src: Path) -> dict[str, torch.Tensor]:
             return loader(src / name)
     found = sorted(p.name for p in src.iterdir())[:12]
     raise ConversionError(
-        f"{src}: no weights (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin); found {found}"
+        f"{src}: no weights (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin); "
+        f"found {found}"
     )
 
 
@@ -123,7 +125,8 @@ def _describe(config: dict[str, Any]) -> str:
 
 def _keys_like(tensors: dict[str, torch.Tensor], n: int = 4) -> str:
     keys = sorted(tensors)
-    return ", ".join(repr(k) for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "") if keys else "none"
+    return (", ".join(repr(k) for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+            if keys else "none")
 
 
 def _need(config: dict[str, Any], layout: str, *names: str) -> None:
@@ -133,7 +136,8 @@ def _need(config: dict[str, Any], layout: str, *names: str) -> None:
 
 
 def _check_tensors(
-    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], layout: str, ignore: Callable[[str], bool] = lambda k: False
+    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], layout: str,
+    ignore: Callable[[str], bool] = lambda k: False,
 ) -> None:
     """All expected tensors present with the expected shapes, nothing unexpected left over."""
     missing = [k for k in expected if k not in tensors]
@@ -183,7 +187,9 @@ def _token_ids(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
-def _loops(loops: int | None, max_loops: int | None, default: int, default_max: Callable[[int], int]) -> tuple[int, int]:
+def _loops(
+    loops: int | None, max_loops: int | None, default: int, default_max: Callable[[int], int]
+) -> tuple[int, int]:
     loops = check_loops(default if loops is None else loops, error=ConversionError)
     max_loops = default_max(loops) if max_loops is None else max_loops
     if not is_int(max_loops) or max_loops < loops:
@@ -194,7 +200,9 @@ def _loops(loops: int | None, max_loops: int | None, default: int, default_max: 
 # -- building the looped model -----------------------------------------------------------------
 
 
-def _build(config: LoopedConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | str | None, sources: dict[str, str]) -> LoopedForCausalLM:
+def _build(
+    config: LoopedConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | str | None, sources: dict[str, str]
+) -> LoopedForCausalLM:
     """A LoopedForCausalLM whose parameters are exactly ``state`` (no random init)."""
     if isinstance(dtype, str):
         if dtype == "auto":
@@ -223,7 +231,8 @@ def _build(config: LoopedConfig, state: dict[str, torch.Tensor], dtype: torch.dt
         if tuple(value.shape) != tuple(wanted[key].shape):
             origin = sources.get(key, key)
             raise ConversionError(
-                f"tensor {origin!r} (-> {key}): expected shape {tuple(wanted[key].shape)} (from config.json), found {tuple(value.shape)}"
+                f"tensor {origin!r} (-> {key}): expected shape {tuple(wanted[key].shape)} (from config.json), "
+                f"found {tuple(value.shape)}"
             )
     model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=True, assign=True)
     if tied:
@@ -263,7 +272,9 @@ def convert_ouro(
     cfg, tensors = load_checkpoint(src)
     layout = "Ouro"
     if cfg.get("model_type") != "ouro" and "OuroForCausalLM" not in (cfg.get("architectures") or []):
-        raise ConversionError(f"expected an Ouro checkpoint (config.json model_type 'ouro', OuroForCausalLM); found {_describe(cfg)}")
+        raise ConversionError(
+            f"expected an Ouro checkpoint (config.json model_type 'ouro', OuroForCausalLM); found {_describe(cfg)}"
+        )
     _need(cfg, layout, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"Ouro: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
@@ -295,7 +306,8 @@ def convert_ouro(
     expected["model.early_exit_gate.bias"] = (1,)
     if not tied:
         expected["lm_head.weight"] = (vocab, d)
-    _check_tensors(tensors, expected, layout, ignore=lambda k: k.endswith("rotary_emb.inv_freq") or (tied and k == "lm_head.weight"))
+    _check_tensors(tensors, expected, layout,
+                   ignore=lambda k: k.endswith("rotary_emb.inv_freq") or (tied and k == "lm_head.weight"))
 
     rename = {
         "input_layernorm": "input_layernorm", "input_layernorm_2": "attn_out_norm",
@@ -312,7 +324,8 @@ def convert_ouro(
         p, q = f"model.layers.{i}.", f"model.core.{i}."
         for theirs, ours in rename.items():
             put(q + ours + ".weight", p + theirs + ".weight")
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
             put(q + name + ".weight", p + name + ".weight")
     put("model.loop_norm.weight", "model.norm.weight")
     put("model.exit_gate.weight", "model.early_exit_gate.weight")
@@ -322,9 +335,9 @@ def convert_ouro(
 
     threshold = cfg.get("early_exit_threshold")
     config = LoopedConfig(
-        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd,
-        num_prelude_layers=0, num_core_layers=n_layers, num_coda_layers=0, default_loops=loops, max_loops=max_loops,
-        injection="none", kv_cache="per_loop", exit_gate=True,
+        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv,
+        head_dim=hd, num_prelude_layers=0, num_core_layers=n_layers, num_coda_layers=0, default_loops=loops,
+        max_loops=max_loops, injection="none", kv_cache="per_loop", exit_gate=True,
         exit_threshold=float(threshold) if threshold is not None and 0.0 <= float(threshold) <= 1.0 else 1.0,
         sandwich_norm=True, sandwich_style="output", loop_norm=True, final_norm=False,
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_freq_scaling=scaling,
@@ -366,12 +379,14 @@ def convert_huginn(
     layout = "Huginn"
     if cfg.get("model_type") != "huginn_raven" and "RavenForCausalLM" not in (cfg.get("architectures") or []):
         raise ConversionError(
-            f"expected a Huginn checkpoint (config.json model_type 'huginn_raven', RavenForCausalLM); found {_describe(cfg)}"
+            f"expected a Huginn checkpoint (config.json model_type 'huginn_raven', RavenForCausalLM); "
+            f"found {_describe(cfg)}"
         )
     if initial_state not in ("zeros", "random"):
         raise ConversionError(f"initial_state must be 'zeros' or 'random' for Huginn, got {initial_state!r}")
     _need(cfg, layout, "n_embd", "n_heads", "intermediate_size", "vocab_size")
-    for key, want in (("injection_type", "linear"), ("block_class_name", "SandwichBlock"), ("mlp_class_name", "GatedMLP"), ("nonlin_name", "SiLU")):
+    for key, want in (("injection_type", "linear"), ("block_class_name", "SandwichBlock"),
+                      ("mlp_class_name", "GatedMLP"), ("nonlin_name", "SiLU")):
         if cfg.get(key, want) != want:
             raise ConversionError(f"Huginn: {key}={cfg[key]!r} is not supported (only {want!r})")
     if "rmsnorm" not in str(cfg.get("norm_class_name", "RMSNorm_llama")).lower():
@@ -385,10 +400,12 @@ def convert_huginn(
     if d % heads:
         raise ConversionError(f"Huginn: n_embd={d} is not a multiple of n_heads={heads}")
     hd = d // heads
-    n_pre, n_core, n_coda = (int(cfg.get(k, v)) for k, v in (("n_layers_in_prelude", 2), ("n_layers_in_recurrent_block", 4), ("n_layers_in_coda", 2)))
+    n_pre, n_core, n_coda = (int(cfg.get(k, v)) for k, v in (
+        ("n_layers_in_prelude", 2), ("n_layers_in_recurrent_block", 4), ("n_layers_in_coda", 2)))
     if cfg.get("n_layers") is not None and cfg["n_layers"] != n_pre + n_core + n_coda:
         raise ConversionError(
-            f"Huginn: n_layers={cfg['n_layers']} but prelude+core+coda = {n_pre}+{n_core}+{n_coda} = {n_pre + n_core + n_coda}"
+            f"Huginn: n_layers={cfg['n_layers']} but prelude+core+coda = {n_pre}+{n_core}+{n_coda} = "
+            f"{n_pre + n_core + n_coda}"
         )
     qk_bias = bool(cfg.get("qk_bias", True))
     tied = bool(cfg.get("tie_embeddings", cfg.get("tie_word_embeddings", True)))
@@ -448,9 +465,9 @@ def convert_huginn(
 
     embed_scale = math.sqrt(d)
     config = LoopedConfig(
-        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=heads, head_dim=hd,
-        num_prelude_layers=n_pre, num_core_layers=n_core, num_coda_layers=n_coda, default_loops=loops, max_loops=max_loops,
-        injection="concat", kv_cache="per_loop", exit_gate=False,
+        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=heads,
+        head_dim=hd, num_prelude_layers=n_pre, num_core_layers=n_core, num_coda_layers=n_coda,
+        default_loops=loops, max_loops=max_loops, injection="concat", kv_cache="per_loop", exit_gate=False,
         sandwich_norm=True, sandwich_style="residual", loop_norm=False, final_norm=True, norm_before_coda=True,
         qkv_bias=qk_bias, embedding_scale=embed_scale,
         # Huginn: trunc_normal(std=sqrt(2/(5 d))) times the embedding scale sqrt(d)
@@ -487,7 +504,8 @@ def parse_core(text: str | tuple[int, int] | None, num_layers: int) -> tuple[int
     start, end = (v + num_layers if v < 0 else v for v in raw)
     if not 0 <= start < end <= num_layers:
         raise ConversionError(
-            f"--core {text if isinstance(text, str) else f'{raw[0]}:{raw[1]}'} is outside the model's {num_layers} layers "
+            f"--core {text if isinstance(text, str) else f'{raw[0]}:{raw[1]}'} "
+            f"is outside the model's {num_layers} layers "
             f"(need 0 <= START < END <= {num_layers}; layers START..END-1 become the looped core)"
         )
     return start, end
@@ -511,14 +529,17 @@ def retrofit(
     kind = cfg.get("model_type")
     if kind not in RETROFIT_TYPES:
         raise ConversionError(
-            f"retrofit expects a Llama/Qwen2/Mistral checkpoint (config.json model_type one of {list(RETROFIT_TYPES)}); found {_describe(cfg)}"
+            f"retrofit expects a Llama/Qwen2/Mistral checkpoint "
+            f"(config.json model_type one of {list(RETROFIT_TYPES)}); found {_describe(cfg)}"
         )
     layout = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[kind]
     _need(cfg, layout, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"{layout}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
     window = cfg.get("sliding_window")
-    if (kind == "qwen2" and cfg.get("use_sliding_window")) or (kind == "mistral" and window is not None and window < int(cfg.get("max_position_embeddings") or 0)):
+    if (kind == "qwen2" and cfg.get("use_sliding_window")) or (
+        kind == "mistral" and window is not None and window < int(cfg.get("max_position_embeddings") or 0)
+    ):
         raise ConversionError(f"{layout}: sliding-window attention is not supported")
     d, n_layers, heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or heads
@@ -534,8 +555,10 @@ def retrofit(
 
     expected: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d)}
     shapes = {"self_attn.q_proj": (heads * hd, d), "self_attn.k_proj": (kv * hd, d), "self_attn.v_proj": (kv * hd, d),
-              "self_attn.o_proj": (d, heads * hd), "mlp.gate_proj": (inter, d), "mlp.up_proj": (inter, d), "mlp.down_proj": (d, inter)}
-    biased = {"self_attn.q_proj": qkv_bias, "self_attn.k_proj": qkv_bias, "self_attn.v_proj": qkv_bias, "self_attn.o_proj": o_bias,
+              "self_attn.o_proj": (d, heads * hd),
+              "mlp.gate_proj": (inter, d), "mlp.up_proj": (inter, d), "mlp.down_proj": (d, inter)}
+    biased = {"self_attn.q_proj": qkv_bias, "self_attn.k_proj": qkv_bias, "self_attn.v_proj": qkv_bias,
+              "self_attn.o_proj": o_bias,
               "mlp.gate_proj": mlp_bias, "mlp.up_proj": mlp_bias, "mlp.down_proj": mlp_bias}
     for i in range(n_layers):
         p = f"model.layers.{i}."
@@ -548,7 +571,8 @@ def retrofit(
     expected["model.norm.weight"] = (d,)
     if not tied:
         expected["lm_head.weight"] = (vocab, d)
-    _check_tensors(tensors, expected, layout, ignore=lambda k: k.endswith("rotary_emb.inv_freq") or (tied and k == "lm_head.weight"))
+    _check_tensors(tensors, expected, layout,
+                   ignore=lambda k: k.endswith("rotary_emb.inv_freq") or (tied and k == "lm_head.weight"))
 
     state: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
@@ -564,8 +588,8 @@ def retrofit(
         state[target], sources[target] = value, key
 
     config = LoopedConfig(
-        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd,
-        num_prelude_layers=start, num_core_layers=end - start, num_coda_layers=n_layers - end,
+        vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv,
+        head_dim=hd, num_prelude_layers=start, num_core_layers=end - start, num_coda_layers=n_layers - end,
         default_loops=loops, max_loops=max_loops, injection="none", kv_cache="per_loop",
         qkv_bias=qkv_bias, attention_bias=o_bias, mlp_bias=mlp_bias,
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_freq_scaling=scaling,
@@ -580,7 +604,10 @@ def retrofit(
 # -- one entry point ---------------------------------------------------------------------------
 
 
-def convert(kind: str, src: str | Path, dst: str | Path | None = None, *, core: str | tuple[int, int] | None = None, **options: Any) -> LoopedForCausalLM:
+def convert(
+    kind: str, src: str | Path, dst: str | Path | None = None, *, core: str | tuple[int, int] | None = None,
+    **options: Any,
+) -> LoopedForCausalLM:
     """Dispatch on ``kind`` (``ouro``, ``huginn`` or ``retrofit``); ``core`` only for retrofit."""
     if kind not in KINDS:
         raise ConversionError(f"unknown conversion {kind!r}; choose one of {list(KINDS)}")

@@ -121,7 +121,8 @@ class LoopedMLP(nn.Module):
         def proj(name: str, i: int, o: int) -> LoopLinear:
             return LoopLinear(i, o, bias, rank if name in config.lora_targets else 0, config.max_loops)
 
-        self.gate_proj, self.up_proj, self.down_proj = proj("gate_proj", d, f), proj("up_proj", d, f), proj("down_proj", f, d)
+        self.gate_proj, self.up_proj, self.down_proj = (proj("gate_proj", d, f), proj("up_proj", d, f),
+                                                        proj("down_proj", f, d))
 
     def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x, loop)) * self.up_proj(x, loop), loop)
@@ -214,7 +215,8 @@ class LoopedCache:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.entries.values())
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.entries = {key: (k.index_select(0, beam_idx), v.index_select(0, beam_idx)) for key, (k, v) in self.entries.items()}
+        self.entries = {key: (k.index_select(0, beam_idx), v.index_select(0, beam_idx))
+                        for key, (k, v) in self.entries.items()}
 
 
 @dataclass
@@ -328,7 +330,8 @@ class LoopedModel(LoopedPreTrainedModel):
         args = (attention_mask, position_ids, cache, loops, exit_threshold, output_loop_states, backprop_loops)
         if self.config.kv_cache == "shared" and t > 1:
             # Exact semantics of a shared cache: each position sees earlier ones at their final loop.
-            parts = [self._run(x[:, i : i + 1], attention_mask[:, : past + i + 1], position_ids[:, i : i + 1], *args[2:]) for i in range(t)]
+            parts = [self._run(x[:, i : i + 1], attention_mask[:, : past + i + 1], position_ids[:, i : i + 1],
+                               *args[2:]) for i in range(t)]
             return _concat_parts(parts, cache)
         out = self._run(x, attention_mask, position_ids, *args[2:])
         return out
@@ -358,7 +361,8 @@ class LoopedModel(LoopedPreTrainedModel):
         mask = self._mask(attention_mask, past, t)
         rope = _rope(self.config, position_ids, x.dtype)
 
-        def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool, key: tuple[Any, ...]) -> torch.Tensor:
+        def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool,
+                  key: tuple[Any, ...]) -> torch.Tensor:
             kv_past = cache.get(key) if cache is not None else None
             h, kv = module(h, rope, mask, kv_past, loop)
             if cache is not None and store:
@@ -521,7 +525,8 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
             loss = causal_lm_loss(logits, labels)
         loop_logits = None
         if output_loop_logits:
-            loop_logits = tuple(self.lm_head(h).float() for h in self.model.head_states(out["loop_states"], attention_mask, position_ids))
+            loop_logits = tuple(self.lm_head(h).float()
+                                for h in self.model.head_states(out["loop_states"], attention_mask, position_ids))
         kept = out["cache"] if use_cache else None
         return LoopedCausalLMOutput(
             loss=loss, logits=logits, cache=kept, exit_steps=out["exit_steps"],

@@ -17,7 +17,9 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def byte_tokenizer(extra_tokens: list[str] | tuple[str, ...] = (), chat_template: str = DEFAULT_CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+def byte_tokenizer(
+    extra_tokens: list[str] | tuple[str, ...] = (), chat_template: str = DEFAULT_CHAT_TEMPLATE
+) -> PreTrainedTokenizerFast:
     """A fast tokenizer with 256 byte tokens, then :data:`SPECIAL_TOKENS`, then
     ``extra_tokens``: whole strings that become one token wherever they occur (a
     small model can then read a fact such as ``"q=a"`` at one position).

@@ -392,7 +392,9 @@ def exit_gate_loss(
         # p = [0.2, 0.4, 0.4]: 1.8 - 0.1 * 1.0549 = 1.6945
     """
     if per_loop_losses.shape != gate_probs.shape:
-        raise ValueError(f"per_loop_losses {tuple(per_loop_losses.shape)} and gate_probs {tuple(gate_probs.shape)} differ")
+        raise ValueError(
+            f"per_loop_losses {tuple(per_loop_losses.shape)} and gate_probs {tuple(gate_probs.shape)} differ"
+        )
     p = exit_distribution(gate_probs.float())
     expected = (p * per_loop_losses.float()).sum(0)
     entropy = -torch.xlogy(p, p).sum(0)
@@ -438,7 +440,9 @@ def gate_only_loss(
         # mean(-log 0.9, -log 0.6, -log 0.7)
     """
     if per_loop_losses.shape != gate_probs.shape:
-        raise ValueError(f"per_loop_losses {tuple(per_loop_losses.shape)} and gate_probs {tuple(gate_probs.shape)} differ")
+        raise ValueError(
+            f"per_loop_losses {tuple(per_loop_losses.shape)} and gate_probs {tuple(gate_probs.shape)} differ"
+        )
     if gate_probs.shape[0] < 2:
         return gate_probs.sum() * 0.0  # one loop: nothing to decide
     targets = gate_targets(per_loop_losses, margin, sharpness=sharpness)
@@ -477,7 +481,9 @@ class StepStats:
     expected_exit: float | None = None
 
 
-def _batch(batch: Mapping[str, torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _batch(
+    batch: Mapping[str, torch.Tensor] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     if isinstance(batch, torch.Tensor):
         return batch, None, None, None
     return batch["input_ids"], batch.get("labels"), batch.get("attention_mask"), batch.get("depth_labels")
@@ -539,9 +545,13 @@ def train_step(
     input_ids, labels, attention_mask, depth_labels = _batch(batch)
     if depth_labels is not None:
         if gate_beta is not None or gate_margin is not None or depth_weights is not None or backprop_loops is not None:
-            raise ValueError("a batch with depth_labels trains every depth (stepwise); drop gate_*, depth_weights and backprop_loops")
+            raise ValueError(
+                "a batch with depth_labels trains every depth (stepwise); drop gate_*, depth_weights and backprop_loops"
+            )
         if loops is not None and loops != depth_labels.shape[0]:
-            raise ValueError(f"loops={loops} but depth_labels has targets for {depth_labels.shape[0]} depths; drop loops")
+            raise ValueError(
+                f"loops={loops} but depth_labels has targets for {depth_labels.shape[0]} depths; drop loops"
+            )
         loops = int(depth_labels.shape[0])
     if loops is None and loops_sampler is not None:
         loops = int(loops_sampler())
@@ -574,7 +584,8 @@ def train_step(
         gates = None
     if gates is not None:
         with torch.no_grad():
-            depth = torch.arange(1, loops + 1, dtype=torch.float32, device=gates.device).view(-1, *[1] * (gates.dim() - 1))
+            depth = torch.arange(1, loops + 1, dtype=torch.float32, device=gates.device).view(
+                -1, *[1] * (gates.dim() - 1))
             expected_exit = float(_masked_mean((exit_distribution(gates.float()) * depth).sum(0), ll.mask))
 
     loss.backward()
@@ -585,7 +596,8 @@ def train_step(
             if id(p) not in gate_ids:
                 p.grad = None
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf) if params else torch.zeros(())
+    grad_norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+                 if params else torch.zeros(()))
     optimizer.step()
     return StepStats(
         loss=float(loss.detach()),

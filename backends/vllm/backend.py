@@ -102,7 +102,9 @@ class VLLMBackend(LocalLoopedBackend):
             llm = loop.ready.result()
         except Exception as e:  # engine start-up: bad checkpoint, no memory, bad options
             torch.set_num_threads = set_num_threads
-            raise BackendUnavailableError(f"{self.name}: the vLLM engine did not start: {type(e).__name__}: {e}") from None
+            raise BackendUnavailableError(
+                f"{self.name}: the vLLM engine did not start: {type(e).__name__}: {e}"
+            ) from None
         return _Engine(llm, with_chat_template(llm.get_tokenizer()), loop, set_num_threads)
 
     @property
@@ -133,7 +135,9 @@ class VLLMBackend(LocalLoopedBackend):
         self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
     ) -> list[Completion]:
         if exit_threshold is not None:
-            raise InvalidLoopsError(f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend")
+            raise InvalidLoopsError(
+                f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend"
+            )
         engine = await self._aloaded()
         start = time.perf_counter()
         tok = engine.tokenizer

@@ -36,7 +36,8 @@ SALT_PREFIX = "loopagent-loops="
 
 
 def is_looped_config(config: Any) -> bool:
-    return getattr(config, "model_type", None) == "looped" or "LoopedForCausalLM" in (getattr(config, "architectures", None) or [])
+    return (getattr(config, "model_type", None) == "looped"
+            or "LoopedForCausalLM" in (getattr(config, "architectures", None) or []))
 
 
 def resolve_loops(extra_args: dict[str, Any] | None, default: int, maximum: int) -> int:
@@ -105,7 +106,8 @@ def _patch_model_runner() -> None:
                        inputs_embeds: Any = None, **model_kwargs: Any) -> Any:
         if getattr(self.get_model(), "loopagent_loop_budgets", False):
             num_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-            model_kwargs.update(loop_kwargs(self, num_tokens, (input_ids if input_ids is not None else inputs_embeds).device))
+            model_kwargs.update(loop_kwargs(self, num_tokens,
+                                            (input_ids if input_ids is not None else inputs_embeds).device))
         return original(self, input_ids=input_ids, positions=positions, intermediate_tensors=intermediate_tensors,
                         inputs_embeds=inputs_embeds, **model_kwargs)
 
@@ -127,7 +129,8 @@ def loop_kwargs(runner: Any, num_tokens: int, device: Any) -> dict[str, Any]:
         budget = getattr(state, "_loopagent_loops", None)
         if budget is None:
             params = state.sampling_params
-            budget = resolve_loops(params.extra_args if params is not None else None, config.default_loops, config.max_loops)
+            budget = resolve_loops(params.extra_args if params is not None else None, config.default_loops,
+                                   config.max_loops)
             state._loopagent_loops = budget
         budgets[row] = budget
     loop_max = int(budgets.max()) if num_reqs else int(config.default_loops)
@@ -135,5 +138,5 @@ def loop_kwargs(runner: Any, num_tokens: int, device: Any) -> dict[str, Any]:
     if per_token.size < num_tokens:  # padding tokens: their outputs are never read
         per_token = np.concatenate([per_token, np.full(num_tokens - per_token.size, loop_max, dtype=np.int64)])
     uniform = bool(num_reqs) and bool((budgets == loop_max).all())
-    return {"loop_budgets": torch.from_numpy(per_token[:num_tokens]).to(device, non_blocking=True), "loop_max": loop_max,
-            "loop_uniform": uniform, "loop_levels": frozenset(int(b) for b in budgets)}
+    return {"loop_budgets": torch.from_numpy(per_token[:num_tokens]).to(device, non_blocking=True),
+            "loop_max": loop_max, "loop_uniform": uniform, "loop_levels": frozenset(int(b) for b in budgets)}

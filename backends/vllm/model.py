@@ -179,8 +179,8 @@ class VLoopedDecoderLayer(nn.Module):
             self.attn_out_norm = LoopedRMSNorm(config.hidden_size, eps)
             self.mlp_out_norm = LoopedRMSNorm(config.hidden_size, eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention, loop: int | None = None,
-                rows: _Rows | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention,
+                loop: int | None = None, rows: _Rows | None = None) -> torch.Tensor:
         a = self.self_attn(self.input_layernorm(x), rope, attn, loop, rows)
         if self.residual_sandwich:
             x = self.attn_out_norm(x + a)
@@ -199,10 +199,14 @@ class VLoopedModel(nn.Module):
         check_config(config, get_tensor_model_parallel_world_size(), get_pp_group().world_size)
         self.config = config
         cache_config, quant_config = vllm_config.cache_config, vllm_config.quant_config
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens")
-        self.prelude = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.prelude.{i}") for i in range(config.num_prelude_layers))
-        self.core = nn.ModuleList(VLoopedDecoderLayer(config, True, f"{prefix}.core.{i}") for i in range(config.num_core_layers))
-        self.coda = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.coda.{i}") for i in range(config.num_coda_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                   prefix=f"{prefix}.embed_tokens")
+        self.prelude = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.prelude.{i}")
+                                     for i in range(config.num_prelude_layers))
+        self.core = nn.ModuleList(VLoopedDecoderLayer(config, True, f"{prefix}.core.{i}")
+                                  for i in range(config.num_core_layers))
+        self.coda = nn.ModuleList(VLoopedDecoderLayer(config, False, f"{prefix}.coda.{i}")
+                                  for i in range(config.num_coda_layers))
         self.injection = LoopInjection(config)
         self.loop_norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.loop_norm else None
         # Loaded so Ouro-style checkpoints load; the gate is not evaluated (every token runs its budget).
@@ -335,7 +339,9 @@ class LoopedForCausalLM(nn.Module):
                 if f".{part}." in name and ".lora." not in name:
                     target = name.replace(f".{part}.", f".{fused}.")
                     if target not in params:
-                        raise ValueError(f"checkpoint weight {name!r} has no place in LoopedForCausalLM (config mismatch?)")
+                        raise ValueError(
+                            f"checkpoint weight {name!r} has no place in LoopedForCausalLM (config mismatch?)"
+                        )
                     param = params[target]
                     param.weight_loader(param, tensor, shard)
                     loaded.add(target)

@@ -27,7 +27,9 @@ _PATHS = ("/chat/completions", "/completions")
 
 
 def _error(message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": "BadRequestError", "param": "loops", "code": 400}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": "BadRequestError", "param": "loops", "code": 400}}
+    ).encode()
 
 
 class LoopsMiddleware:
@@ -36,8 +38,14 @@ class LoopsMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[..., Awaitable[None]]) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or not str(scope.get("path", "")).endswith(_PATHS):
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[..., Awaitable[None]],
+    ) -> None:
+        if (scope.get("type") != "http" or scope.get("method") != "POST"
+                or not str(scope.get("path", "")).endswith(_PATHS)):
             await self.app(scope, receive, send)
             return
         chunks = []

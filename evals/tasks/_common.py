@@ -122,7 +122,8 @@ def fit_to_length(units: list[str], chars: int) -> list[str]:
     return units[: cut + 1]
 
 
-def scatter(rng: random.Random, units: list[str], inserts: list[str], positions: list[float] | None = None) -> tuple[list[str], list[int]]:
+def scatter(rng: random.Random, units: list[str], inserts: list[str],
+            positions: list[float] | None = None) -> tuple[list[str], list[int]]:
     """Insert ``inserts`` among ``units`` at seeded (or given, 0..1) relative positions.
     Returns the new list and the index each insert ended up at."""
     n = len(units)

@@ -34,7 +34,8 @@ from loopagent.evals.scorers import choice_accuracy
 LETTERS = ("A", "B", "C", "D")
 FILE_HEADER = "# ==== file: {path} ===="
 # encodings/: a hundred near-identical codec tables would crowd short contexts.
-_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo", "ensurepip", "lib2to3", "encodings"}
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "idlelib", "turtledemo", "ensurepip", "lib2to3",
+              "encodings"}
 _TEST_DIRS = {"test", "tests", "idle_test"}
 _FALLBACK_DEFAULTS = ["None", "True", "False", "0", "1", "-1", "''", "()", "2", "'utf-8'", "'strict'", "8192"]
 _FALLBACK_BASES = ["Exception", "ValueError", "object", "dict", "list", "int", "str", "tuple", "Enum",
@@ -212,7 +213,8 @@ def _q_base(rng: random.Random, mod: str, facts: dict) -> tuple | None:
         return None
     c, bases = rng.choice(cands)
     correct = rng.choice(bases)
-    pool = sorted((set(facts["classes"]) | set(_FALLBACK_BASES) | {b for _, bs in cands for b in bs}) - set(bases) - {c})
+    pool = sorted((set(facts["classes"]) | set(_FALLBACK_BASES) | {b for _, bs in cands for b in bs})
+                  - set(bases) - {c})
     choices, letter = _options(rng, correct, pool)
     q = f"In module `{mod}`, which of these is a direct base class of class `{c}`?"
     return q, choices, letter, {"class": c}
@@ -290,10 +292,12 @@ class CodeQA(Task):
                     continue
                 mod = module_name(rel)
                 if kind == "defined":
-                    others = [name for _ in range(3) for name in (_facts(rng.choice(files)[1]) or {"top_funcs": []})["top_funcs"]]
+                    others = [name for _ in range(3)
+                              for name in (_facts(rng.choice(files)[1]) or {"top_funcs": []})["top_funcs"]]
                     made = _q_defined(rng, mod, facts, others)
                 else:
-                    made = {"param": _q_param, "default": _q_default, "base": _q_base, "method": _q_method}[kind](rng, mod, facts)
+                    made = {"param": _q_param, "default": _q_default, "base": _q_base,
+                            "method": _q_method}[kind](rng, mod, facts)
                 if made:
                     found = (rel, path, kind, made)
                     break

@@ -127,7 +127,8 @@ def _format_hint(kind: str) -> str:
     return {"number": "Give your final answer in the form 'Answer: <number>'.",
             "label": "Give your final answer in the form 'Label: <label>'.",
             "user": "Give your final answer in the form 'User: <user id>'.",
-            "comparison": "Give your final answer in the form 'Answer: more common', 'Answer: less common' or 'Answer: same frequency'."}[kind]
+            "comparison": "Give your final answer in the form 'Answer: more common', 'Answer: less common' or "
+                          "'Answer: same frequency'."}[kind]
 
 
 _COMPARISONS = ("more common", "less common", "same frequency")
@@ -272,7 +273,8 @@ class OolongPairs(Task):
         )
 
     @staticmethod
-    def _pairs(condition: str, x: str, y: str, users: list[int], have: dict[int, set[str]]) -> tuple[str, list[tuple[int, int]]]:
+    def _pairs(condition: str, x: str, y: str, users: list[int],
+               have: dict[int, set[str]]) -> tuple[str, list[tuple[int, int]]]:
         def ok(a: int, b: int) -> bool:
             ha, hb = have[a], have[b]
             if condition == "both":
@@ -287,9 +289,12 @@ class OolongPairs(Task):
 
         wording = {
             "both": f"both users have at least one instance with the label '{x}'",
-            "both_and": f"each of the two users has at least one instance with the label '{x}' and at least one with the label '{y}'",
-            "cross": f"one user has at least one instance with the label '{x}' and the other user has at least one instance with the label '{y}'",
-            "both_not": f"both users have at least one instance with the label '{x}' and neither user has any instance with the label '{y}'",
+            "both_and": f"each of the two users has at least one instance with the label '{x}' "
+                        f"and at least one with the label '{y}'",
+            "cross": f"one user has at least one instance with the label '{x}' "
+                     f"and the other user has at least one instance with the label '{y}'",
+            "both_not": f"both users have at least one instance with the label '{x}' "
+                        f"and neither user has any instance with the label '{y}'",
         }[condition]
         pairs = [(a, b) for i, a in enumerate(users) for b in users[i + 1:] if ok(a, b)]
         question = (f"List all pairs of user IDs such that {wording}. List each pair once, as "

@@ -29,7 +29,8 @@ def _params(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), "pt") as f:
-        return sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel") else _prod(f.get_slice(k).get_shape()) for k in f.keys())
+        return sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel")
+                   else _prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def _prod(shape: Any) -> int:
@@ -49,7 +50,8 @@ def _loop_summary(hops: dict[str, dict[str, float]], loops: list[int], trained: 
     beyond = [n for n in loops if n > trained]
     if beyond:
         worst = ", ".join(f"{min(row[f'L{n}'] for row in hops.values()):.2f} at {n} loops" for n in beyond)
-        out.append(f"Past the {trained} loops it was trained on, the lowest accuracy over all chain lengths is {worst}.")
+        out.append(f"Past the {trained} loops it was trained on, the lowest accuracy over all chain lengths "
+                   f"is {worst}.")
     return out
 
 
@@ -85,15 +87,24 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         "| | root | child |",
         "|---|---|---|",
-        "| role | writes the REPL program, reads its output, answers | resolves a variable in one section of statements |",
+        ("| role | writes the REPL program, reads its output, answers "
+         "| resolves a variable in one section of statements |"),
         f"| parameters | {_params(WEIGHTS / 'root'):,} | {_params(WEIGHTS / 'child'):,} |",
-        f"| layers | prelude {root['config']['num_prelude_layers']} / core {root['config']['num_core_layers']} / coda {root['config']['num_coda_layers']}, hidden {root['config']['hidden_size']} | prelude {child['config']['num_prelude_layers']} / core {child['config']['num_core_layers']} / coda {child['config']['num_coda_layers']}, hidden {child['config']['hidden_size']} |",
+        (f"| layers | prelude {root['config']['num_prelude_layers']} / core {root['config']['num_core_layers']} "
+         f"/ coda {root['config']['num_coda_layers']}, hidden {root['config']['hidden_size']} "
+         f"| prelude {child['config']['num_prelude_layers']} / core {child['config']['num_core_layers']} "
+         f"/ coda {child['config']['num_coda_layers']}, hidden {child['config']['hidden_size']} |"),
         f"| injection | {root['config']['injection']} | {child['config']['injection']} |",
-        f"| loops: default / max / trained | {root['config']['default_loops']} / {root['config']['max_loops']} / {root['config']['loops_min']}-{root['config']['loops_max']} | {child['config']['default_loops']} / {child['config']['max_loops']} / {child['config']['loops_min']}-{child['config']['loops_max']} |",
+        (f"| loops: default / max / trained | {root['config']['default_loops']} / {root['config']['max_loops']} "
+         f"/ {root['config']['loops_min']}-{root['config']['loops_max']} "
+         f"| {child['config']['default_loops']} / {child['config']['max_loops']} "
+         f"/ {child['config']['loops_min']}-{child['config']['loops_max']} |"),
         "| tokenizer | bytes + chat markers | bytes + one token per statement `x=y` and query `?x` |",
-        f"| training | {root['steps']} steps, batch {root['config']['batch_size']}, {_duration(root['seconds'])} | {child['steps']} steps, batch {child['config']['batch_size']}, {_duration(child['seconds'])} |",
+        (f"| training | {root['steps']} steps, batch {root['config']['batch_size']}, {_duration(root['seconds'])} "
+         f"| {child['steps']} steps, batch {child['config']['batch_size']}, {_duration(child['seconds'])} |"),
         f"| final training loss | {root['loss']:.2g} | {child['loss']:.2g} |",
-        f"| objective | next-token loss on the assistant turns, loops sampled per step | {_objective(child['config'])} |",
+        (f"| objective | next-token loss on the assistant turns, loops sampled per step "
+         f"| {_objective(child['config'])} |"),
         f"| hardware | {root['hardware']} | {child['hardware']} |",
         "",
         "Commands: `loopagent train root --out runs/embedded-root` and",
@@ -124,9 +135,12 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         *_loop_summary(hops, loops, child["config"]["loops_max"]),
         "",
-        f"- Single needle in a 1M-character document, root and child embedded (evals runner, `sniah`): {json.dumps(needle)}",
-        f"- 4-hop questions over a 200K-character document by child loops (evals runner, `chains`): {json.dumps(chains)}",
-        f"- Root programs that ran without error: {programs.get('ok_rate', 0):.0%} of {programs.get('cells', 0)} REPL cells.",
+        (f"- Single needle in a 1M-character document, root and child embedded (evals runner, `sniah`): "
+         f"{json.dumps(needle)}"),
+        (f"- 4-hop questions over a 200K-character document by child loops (evals runner, `chains`): "
+         f"{json.dumps(chains)}"),
+        (f"- Root programs that ran without error: {programs.get('ok_rate', 0):.0%} of {programs.get('cells', 0)} "
+         "REPL cells."),
         "",
         "## What it can and cannot do",
         "",

@@ -144,7 +144,8 @@ def root_program(question: str) -> str | None:
     """The REPL program the root writes for a question of a trained family (None otherwise)."""
     import re
 
-    if m := re.fullmatch(r"What is the special magic number for (\S+?)(\?| mentioned in the provided text\? Answer with the number only\.)", question):
+    if m := re.fullmatch(r"What is the special magic number for (\S+?)"
+                         r"(\?| mentioned in the provided text\? Answer with the number only\.)", question):
         return f"import re\nh = re.findall(r'magic number for {m[1]} is (\\d+)', context)\nprint(h)"
     head = "import re\ns = dict(re.findall(r'Section (\\d+): (.*)', context))\n"
     if m := re.fullmatch(r"In section (\d+), what is the value of ([a-z])\?", question):
@@ -208,7 +209,8 @@ def root_example(tok: Any, rng: random.Random) -> Example:
     labels: list[int] = []
     user, asst, eos = (tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|eos|>"))
     for m in messages:
-        content = tok(m["content"][:400] if m["role"] == "user" else m["content"], add_special_tokens=False)["input_ids"]
+        content = tok(m["content"][:400] if m["role"] == "user" else m["content"],
+                      add_special_tokens=False)["input_ids"]
         if m["role"] == "user":
             piece = [user] + content + [eos]
             ids += piece

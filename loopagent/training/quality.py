@@ -29,9 +29,11 @@ from .trainer import evaluate_child
 HELD_OUT_SEED = 10_000
 
 
-def child_alone(*, items: int = 256, loops: tuple[int, ...] = (1, 2, 4, 8, 12, 16), hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> dict[str, dict[str, float]]:
+def child_alone(*, items: int = 256, loops: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
+                hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> dict[str, dict[str, float]]:
     backend = embedded_role("child")
-    return evaluate_child(backend.model, backend.tokenizer, items=items, seed=HELD_OUT_SEED, loops=list(loops), hops=list(hops))
+    return evaluate_child(backend.model, backend.tokenizer, items=items, seed=HELD_OUT_SEED, loops=list(loops),
+                          hops=list(hops))
 
 
 def program_error_rate(out: Path) -> dict[str, float]:
@@ -47,7 +49,8 @@ def program_error_rate(out: Path) -> dict[str, float]:
     return {"cells": cells, "ok_rate": (cells - errors) / cells if cells else 0.0}
 
 
-def evaluate(out: str | Path, *, needle_items: int = 20, chain_items: int = 20, child_items: int = 256) -> dict[str, Any]:
+def evaluate(out: str | Path, *, needle_items: int = 20, chain_items: int = 20,
+             child_items: int = 256) -> dict[str, Any]:
     """Measure everything above into ``out`` (runs and trajectories) and ``out/quality.json``."""
     out = Path(out)
     started = time.monotonic()
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chain-items", type=int, default=20)
     parser.add_argument("--child-items", type=int, default=256)
     args = parser.parse_args(argv)
-    report = evaluate(args.out, needle_items=args.needle_items, chain_items=args.chain_items, child_items=args.child_items)
+    report = evaluate(args.out, needle_items=args.needle_items, chain_items=args.chain_items,
+                      child_items=args.child_items)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0

@@ -237,7 +237,8 @@ def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train")
 # -- evaluation ---------------------------------------------------------------------------------------
 
 
-def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[int], hops: list[int], statements: int = 8) -> dict[str, dict[str, float]]:
+def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[int], hops: list[int],
+                   statements: int = 8) -> dict[str, dict[str, float]]:
     """First-turn answer accuracy by loops and hops on held-out sections."""
     model.eval()
     out: dict[str, dict[str, float]] = {}
@@ -247,7 +248,8 @@ def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[i
             prompts, answers = [], []
             for _ in range(items):
                 stmts, head, value = make_section(rng, statements, h)
-                text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head)}], add_generation_prompt=True, tokenize=False)
+                text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head)}],
+                                               add_generation_prompt=True, tokenize=False)
                 prompts.append(text)
                 answers.append(tok.convert_tokens_to_ids(value))
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -264,7 +266,8 @@ def evaluate_root(model: Any, tok: Any, *, items: int, seed: int, loops: int) ->
     model.eval()
     rng = random.Random(f"eval-root/{seed}")
     questions = [random_root_question(rng)[0] for _ in range(items)]
-    texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+             for q in questions]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
         out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], loops=loops, max_new_tokens=220,
@@ -324,7 +327,8 @@ def train(
         (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
-    sampler = LoopSampler(max_loops=config.loops_max, min_loops=config.loops_min, distribution="uniform", seed=config.seed)
+    sampler = LoopSampler(max_loops=config.loops_max, min_loops=config.loops_min, distribution="uniform",
+                          seed=config.seed)
     state_file = out / "train_state.pt"
     start, elapsed = 0, 0.0
     if resume and state_file.exists():
@@ -348,7 +352,8 @@ def train(
     def evaluate(step: int) -> dict[str, Any]:
         if config.role == "child":
             return evaluate_child(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=[1, 2, 4, 8],
-                                  hops=[1, 2, 3, 4, 5, 6], statements=8 if 8 in config.statements else max(config.statements))
+                                  hops=[1, 2, 3, 4, 5, 6],
+                                  statements=8 if 8 in config.statements else max(config.statements))
         return evaluate_root(model, tok, items=config.eval_items, seed=config.seed + 10_000, loops=config.default_loops)
 
     columns = [TextColumn(f"train {config.role}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -386,7 +391,8 @@ def train(
 
 def _record_start(out: Path, device: str, workers: int, step: int) -> None:
     """Append where this stretch of the run trains (the model card reads it back)."""
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
+            else f"{platform.machine()} CPU, {os.cpu_count()} cores")
     record = {"from_step": step, "device": device, "device_name": name, "workers": workers, "torch": torch.__version__,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with open(out / "train_runs.jsonl", "a", encoding="utf-8") as f:

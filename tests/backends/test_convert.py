@@ -135,10 +135,12 @@ def ouro_reference(sd: dict, cfg: dict, tokens: torch.Tensor, steps: int):
             x = residual + rms(a, sd[p + "input_layernorm_2.weight"])
             residual = x
             m = rms(x, sd[p + "post_attention_layernorm.weight"])
-            m = (F.silu(m @ sd[p + "mlp.gate_proj.weight"].T) * (m @ sd[p + "mlp.up_proj.weight"].T)) @ sd[p + "mlp.down_proj.weight"].T
+            m = ((F.silu(m @ sd[p + "mlp.gate_proj.weight"].T) * (m @ sd[p + "mlp.up_proj.weight"].T))
+                 @ sd[p + "mlp.down_proj.weight"].T)
             x = residual + rms(m, sd[p + "post_attention_layernorm_2.weight"])
         x = rms(x, sd["model.norm.weight"])  # after every step, fed into the next
-        gates.append(torch.sigmoid(x @ sd["model.early_exit_gate.weight"].T + sd["model.early_exit_gate.bias"]).squeeze(-1))
+        gates.append(
+            torch.sigmoid(x @ sd["model.early_exit_gate.weight"].T + sd["model.early_exit_gate.bias"]).squeeze(-1))
         step_logits.append(x @ sd["lm_head.weight"].T)
     return step_logits[-1], step_logits, gates
 
@@ -205,12 +207,15 @@ HUG_PRE, HUG_CORE, HUG_CODA = 2, 4, 2
 HUG_HD = D // HEADS
 
 
-def assert_huginn_close(ours: torch.Tensor, sd: dict, cfg: dict, tokens: torch.Tensor, steps: int, state: torch.Tensor | None = None) -> None:
+def assert_huginn_close(
+    ours: torch.Tensor, sd: dict, cfg: dict, tokens: torch.Tensor, steps: int, state: torch.Tensor | None = None
+) -> None:
     """Our fp32 logits are as close to the exact (float64) upstream result as the upstream
     equations evaluated in fp32 are. Huginn normalizes the residual stream six times per layer
     and its random tiny blocks are far from contractive, so fp32 rounding alone reaches ~1e-4
     here; with float64 norms on both sides the gap is ~3e-7 (checked while writing this)."""
-    exact = huginn_reference({k: v.double() for k, v in sd.items()}, cfg, tokens, steps, None if state is None else state.double())
+    exact = huginn_reference({k: v.double() for k, v in sd.items()}, cfg, tokens, steps,
+                             None if state is None else state.double())
     fp32_error = (huginn_reference(sd, cfg, tokens, steps, state).double() - exact).abs().max().item()
     torch.testing.assert_close(ours.double(), exact, atol=1e-5 + 2 * fp32_error, rtol=0)
 
@@ -256,7 +261,9 @@ def huginn_state(seed: int = 0, tied: bool = True, qk_bias: bool = True) -> dict
     return sd
 
 
-def huginn_reference(sd: dict, cfg: dict, tokens: torch.Tensor, steps: int, state: torch.Tensor | None = None) -> torch.Tensor:
+def huginn_reference(
+    sd: dict, cfg: dict, tokens: torch.Tensor, steps: int, state: torch.Tensor | None = None
+) -> torch.Tensor:
     """RavenForCausalLM.forward (raven_modeling_minimal.py) with input_states = zeros (or ``state``)."""
     b, t = tokens.shape
     d, h = cfg["n_embd"], cfg["n_heads"]
@@ -443,7 +450,8 @@ def test_cli_convert(tmp_path):
     (src / "tokenizer_config.json").write_text("{}")
     runner = CliRunner()
     dst = tmp_path / "looped"
-    result = runner.invoke(app, ["convert", "retrofit", str(src), str(dst), "--core", "1:4", "--loops", "2", "--max-loops", "6"])
+    result = runner.invoke(app, ["convert", "retrofit", str(src), str(dst), "--core", "1:4", "--loops", "2",
+                                 "--max-loops", "6"])
     assert result.exit_code == 0, result.output
     assert "1 prelude + 3 core + 0 coda" in result.output
     assert (dst / "model.safetensors").is_file() and (dst / "tokenizer_config.json").is_file()
@@ -468,9 +476,11 @@ def test_unknown_layout_is_named(tmp_path):
     bert = write_checkpoint(
         tmp_path / "bert",
         {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": D, "num_hidden_layers": 2},
-        {"bert.embeddings.word_embeddings.weight": torch.zeros(VOCAB, D), "bert.encoder.layer.0.attention.self.query.weight": torch.zeros(D, D)},
+        {"bert.embeddings.word_embeddings.weight": torch.zeros(VOCAB, D),
+         "bert.encoder.layer.0.attention.self.query.weight": torch.zeros(D, D)},
     )
-    with pytest.raises(ConversionError, match=r"retrofit expects a Llama/Qwen2/Mistral checkpoint.*'bert'.*BertForMaskedLM"):
+    with pytest.raises(ConversionError,
+                       match=r"retrofit expects a Llama/Qwen2/Mistral checkpoint.*'bert'.*BertForMaskedLM"):
         retrofit(bert, tmp_path / "out")
     with pytest.raises(ConversionError, match=r"expected a Huginn checkpoint.*'bert'"):
         convert_huginn(bert)
@@ -480,24 +490,28 @@ def test_unknown_layout_is_named(tmp_path):
     llama_cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2, "num_attention_heads": HEADS,
                  "intermediate_size": INTER, "vocab_size": VOCAB}
     (bert / "config.json").write_text(json.dumps(llama_cfg))
-    with pytest.raises(ConversionError, match=r"not a Llama checkpoint.*missing.*'model.embed_tokens.weight'.*found keys like 'bert\."):
+    with pytest.raises(ConversionError,
+                       match=r"not a Llama checkpoint.*missing.*'model.embed_tokens.weight'.*found keys like 'bert\."):
         retrofit(bert)
 
 
 def test_missing_extra_and_misshapen_tensors(tmp_path):
     cfg, sd = ouro_config(), ouro_state()
     missing = {k: v for k, v in sd.items() if k != "model.layers.1.input_layernorm_2.weight"}
-    with pytest.raises(ConversionError, match=r"not a Ouro checkpoint: 1 expected tensor\(s\) missing, e.g. 'model.layers.1.input_layernorm_2.weight'"):
+    with pytest.raises(ConversionError, match=r"not a Ouro checkpoint: 1 expected tensor\(s\) missing, "
+                                              r"e.g. 'model.layers.1.input_layernorm_2.weight'"):
         convert_ouro(write_checkpoint(tmp_path / "missing", cfg, missing))
     wrong = {**sd, "model.layers.2.self_attn.k_proj.weight": torch.zeros(HEADS * OURO_HD, D)}
-    with pytest.raises(ConversionError, match=r"'model.layers.2.self_attn.k_proj.weight': expected shape \(16, 32\) .*found \(32, 32\)"):
+    with pytest.raises(ConversionError,
+                       match=r"'model.layers.2.self_attn.k_proj.weight': expected shape \(16, 32\) .*found \(32, 32\)"):
         convert_ouro(write_checkpoint(tmp_path / "shape", cfg, wrong))
     extra = {**sd, "model.layers.0.self_attn.q_norm.weight": torch.ones(OURO_HD)}
     with pytest.raises(ConversionError, match=r"does not have.*q_norm"):
         convert_ouro(write_checkpoint(tmp_path / "extra", cfg, extra))
     hcfg, hsd = huginn_config(), huginn_state()
     hsd["transformer.core_block.3.attn.Wqkv.weight"] = torch.zeros(3 * D, D + 1)
-    with pytest.raises(ConversionError, match=r"'transformer.core_block.3.attn.Wqkv.weight': expected shape \(96, 32\).*found \(96, 33\)"):
+    with pytest.raises(ConversionError, match=r"'transformer.core_block.3.attn.Wqkv.weight': expected shape \(96, 32\)"
+                                              r".*found \(96, 33\)"):
         convert_huginn(write_checkpoint(tmp_path / "hshape", hcfg, hsd))
     with pytest.raises(ConversionError, match=r"n_layers=9 but prelude\+core\+coda"):
         convert_huginn(write_checkpoint(tmp_path / "hlayers", huginn_config(n_layers=9), huginn_state()))

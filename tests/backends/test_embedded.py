@@ -34,7 +34,8 @@ def test_embedded_spec_takes_its_role_in_an_rlm():
 
 def test_child_latent_depth_pays_off_on_four_hops():
     child = model("embedded:child")
-    acc = evaluate_child(child.model, child.tokenizer, items=128, seed=HELD_OUT_SEED + 1, loops=[1, 8], hops=[4])["hops4"]
+    acc = evaluate_child(child.model, child.tokenizer, items=128, seed=HELD_OUT_SEED + 1, loops=[1, 8],
+                         hops=[4])["hops4"]
     assert acc["L8"] - acc["L1"] >= 0.30, acc
     assert acc["L8"] >= 0.8, acc
 
@@ -89,7 +90,8 @@ def test_single_needle_in_a_million_characters():
 
 
 def test_questions_outside_the_families_end_cleanly():
-    result = RLM(root=model("embedded"), max_iterations=3).run("Who wrote the first letter, and why?", context="Dear Bob, ...")
+    result = RLM(root=model("embedded"), max_iterations=3).run("Who wrote the first letter, and why?",
+                                                               context="Dear Bob, ...")
     assert result.reason in ("final", "max_iterations", "consecutive_errors")
     assert result.iterations >= 1
 

@@ -57,7 +57,8 @@ def test_mixed_budget_batch_matches_single_calls_and_keeps_order(ckpt):
 def test_adaptive_exit_reports_a_histogram(ckpt):
     backend = model(f"hf:{ckpt}", max_new_tokens=4)
     out = backend.complete(user("x"), loops=8, exit_threshold=0.0)
-    assert out.loops.executed_mean == 1.0 and out.loops.exit_histogram == {1: out.usage.prompt_tokens + out.usage.completion_tokens}
+    assert (out.loops.executed_mean == 1.0
+            and out.loops.exit_histogram == {1: out.usage.prompt_tokens + out.usage.completion_tokens})
     assert out.usage.loop_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
 
 

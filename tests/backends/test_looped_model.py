@@ -193,7 +193,8 @@ def test_save_and_load_round_trip(tmp_path):
 # -- bad input --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loops, message", [(0, "positive integer"), (-2, "positive integer"), (65, "max_loops=64"), (2.5, "positive integer")])
+@pytest.mark.parametrize("loops, message", [(0, "positive integer"), (-2, "positive integer"), (65, "max_loops=64"),
+                                            (2.5, "positive integer")])
 def test_bad_loop_budgets(loops, message):
     with pytest.raises(ValueError, match=message):
         tiny()(ids(), loops=loops)

@@ -99,8 +99,8 @@ def user(text: str) -> list[dict]:
 def _reference_tokens(path: Path, prompt_ids: list[int], loops: int, n: int) -> list[int]:
     ref = LoopedForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt_ids]), loops=loops, max_new_tokens=n, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)
+        out = ref.generate(torch.tensor([prompt_ids]), loops=loops, max_new_tokens=n, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -118,7 +118,8 @@ def test_spec_builds_a_vllm_backend_without_starting_an_engine(ckpts, tmp_path):
         model(f"vllm:{tmp_path}")
     shared = tmp_path / "shared"
     shared.mkdir()
-    (shared / "config.json").write_text(json.dumps({"model_type": "looped", "kv_cache": "shared", "max_loops": 4, "default_loops": 2}))
+    (shared / "config.json").write_text(json.dumps({"model_type": "looped", "kv_cache": "shared", "max_loops": 4,
+                                                    "default_loops": 2}))
     with pytest.raises(ModelSpecError, match="per_loop"):
         model(f"vllm:{shared}")
 
@@ -144,7 +145,8 @@ def _asgi(middleware_app, body: dict | bytes, path: str = "/v1/chat/completions"
         sent.append(message)
 
     async def run():
-        await middleware_app({"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", str(len(raw)).encode())]},
+        await middleware_app({"type": "http", "method": "POST", "path": path,
+                              "headers": [(b"content-length", str(len(raw)).encode())]},
                              receive, send)
 
     asyncio.run(run())
@@ -219,9 +221,11 @@ def test_greedy_tokens_match_the_transformers_reference(engines, ckpts, name):
             assert list(out.outputs[0].token_ids) == want[i, loops], (name, loops)
     # one batch, three budgets: the deeper loops run on the still-looping rows only
     for budgets in ((1, 2, 4), (4, 1, 2)):
-        params = [SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, extra_args={"loops": n}) for n in budgets]
+        params = [SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, extra_args={"loops": n})
+                  for n in budgets]
         outs = backend.generate(ids, params)
-        assert [list(o.outputs[0].token_ids) for o in outs] == [want[i, n] for i, n in enumerate(budgets)], (name, budgets)
+        assert ([list(o.outputs[0].token_ids) for o in outs]
+                == [want[i, n] for i, n in enumerate(budgets)]), (name, budgets)
 
 
 @pytest.mark.vllm
@@ -233,7 +237,8 @@ def test_backend_matches_the_hf_backend(engines, ckpts):
     for loops in (1, 3):
         got, want = backend.batch(prompts, loops=loops), hf.batch(prompts, loops=loops)
         for g, w in zip(got, want):
-            assert (g.text, g.usage.prompt_tokens, g.usage.completion_tokens) == (w.text, w.usage.prompt_tokens, w.usage.completion_tokens)
+            assert ((g.text, g.usage.prompt_tokens, g.usage.completion_tokens)
+                    == (w.text, w.usage.prompt_tokens, w.usage.completion_tokens))
             assert g.loops.requested == loops and g.loops.executed_mean == loops
             assert g.usage.loop_tokens == loops * (g.usage.prompt_tokens + g.usage.completion_tokens)
 
@@ -376,7 +381,8 @@ def test_serve_end_to_end_with_an_rlm(served, engines, tmp_path):
         assert same(child.complete(user("hello"), loops=loops).text, local.complete(user("hello"), loops=loops).text)
     # bad budgets: HTTP 400 with a clear message; the server keeps serving
     for bad, words in ((0, "positive integer"), (99, "max_loops=8"), ("2", "positive integer")):
-        status, body = _post(f"{served}/chat/completions", {"model": str(local.path), "messages": user("hi"), "max_tokens": 2, "loops": bad})
+        status, body = _post(f"{served}/chat/completions",
+                             {"model": str(local.path), "messages": user("hi"), "max_tokens": 2, "loops": bad})
         assert status == 400 and words in body["error"]["message"]
     # an RLM: scripted root, looped child behind the server
     repl = lambda code: f"```repl\n{textwrap.dedent(code).strip()}\n```"  # noqa: E731

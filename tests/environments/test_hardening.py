@@ -47,7 +47,8 @@ def fill_disk():
             f.write(b"x" * (900 * 1024))
 attempt("fill_disk", fill_disk)
 attempt("memory_bomb", lambda: bytearray(2 * 1024 ** 3))
-attempt("unshare", lambda: os.unshare(0x40000000) if hasattr(os, "unshare") else (_ for _ in ()).throw(PermissionError()))
+attempt("unshare", lambda: os.unshare(0x40000000) if hasattr(os, "unshare")
+        else (_ for _ in ()).throw(PermissionError()))
 out["proc_visible"] = os.path.exists("/proc/self")
 out["workdir_write"] = "ok" if open("note.txt", "w").write("x") == 1 else "failed"
 print(json.dumps(out))

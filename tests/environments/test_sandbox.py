@@ -82,7 +82,8 @@ def test_allowed_modules_work_after_privileges_are_dropped(repl):
         "  list(itertools.islice(itertools.count(), 3)), functools.reduce(lambda a, b: a + b, [1, 2]),\n"
         "  statistics.mean([1, 2, 3]), string.ascii_lowercase[:3], textwrap.shorten('a b c d e f', 7),\n"
         "  datetime.datetime.strptime('2024-01-02', '%Y-%m-%d').day, heapq.nsmallest(1, [3, 1]),\n"
-        "  bisect.bisect([1, 3], 2), next(csv.reader(['a,b'])), round(difflib.SequenceMatcher(None, 'ab', 'ab').ratio()),\n"
+        "  bisect.bisect([1, 3], 2), next(csv.reader(['a,b'])), "
+        "round(difflib.SequenceMatcher(None, 'ab', 'ab').ratio()),\n"
         "  str(decimal.Decimal('1.5') * 2), str(fractions.Fraction(1, 3)), hashlib.sha256(b'x').hexdigest()[:4],\n"
         "  base64.b64encode('é'.encode('latin-1')).decode(), random.Random(0).randint(1, 1),\n"
         "]\n"
@@ -90,7 +91,8 @@ def test_allowed_modules_work_after_privileges_are_dropped(repl):
     )
     r = repl.execute(code)
     assert r.error is None, r.error
-    assert r.stdout.startswith("[['1', '22'], [1], 4, 2, [0, 1, 2], 3, 2, 'abc', 'a [...]', 2, [1], 1, ['a', 'b'], 1, '3.0', '1/3', '2d71', '6Q==', 1]")
+    assert r.stdout.startswith("[['1', '22'], [1], 4, 2, [0, 1, 2], 3, 2, 'abc', 'a [...]', 2, [1], 1, ['a', 'b'], 1, "
+                               "'3.0', '1/3', '2d71', '6Q==', 1]")
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -259,16 +259,20 @@ def check_browsecomp(it: Item) -> None:
         elif m := re.search(r"^The (.+?) is an? .+? headquartered in (\w+)\.", text, re.M):
             orgs[m.group(1)] = dict(hq=m.group(2))
     q = it.question
-    if m := re.match(r"Which person was born in a town founded in (\d{4}), and later founded an organization headquartered in (\w+)\?", q):
+    if m := re.match(r"Which person was born in a town founded in (\d{4}), "
+                     r"and later founded an organization headquartered in (\w+)\?", q):
         year, hq = int(m.group(1)), m.group(2)
-        hits = [p for p, d in persons.items() if d["org"] and towns[d["town"]]["founded"] == year and orgs[d["org"]]["hq"] == hq]
-    elif m := re.match(r"What is the name of the organization founded by an? (\w+) who was born in (\d{4}) in a town of the (.+?) region\?", q):
+        hits = [p for p, d in persons.items() if d["org"] and towns[d["town"]]["founded"] == year
+                and orgs[d["org"]]["hq"] == hq]
+    elif m := re.match(r"What is the name of the organization founded by an? (\w+) "
+                       r"who was born in (\d{4}) in a town of the (.+?) region\?", q):
         job, born, region = m.group(1), int(m.group(2)), m.group(3)
         hits = [d["org"] for d in persons.values() if d["org"] and d["job"] == job and d["born"] == born
                 and towns[d["town"]]["region"] == region]
     elif m := re.match(r"An organization was founded in (\d{4}) by a person born in (\w+)\. In which town", q):
         year, town = int(m.group(1)), m.group(2)
-        hits = [orgs[d["org"]]["hq"] for d in persons.values() if d["org"] and d["town"] == town and d["org_year"] == year]
+        hits = [orgs[d["org"]]["hq"] for d in persons.values()
+                if d["org"] and d["town"] == town and d["org_year"] == year]
     else:
         raise AssertionError(q)
     assert hits == [it.answer]

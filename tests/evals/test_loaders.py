@@ -108,7 +108,8 @@ def test_longbench_v2_codeqa_is_the_code_repository_domain():
     assert len(items) == 2
     assert all(it.meta["domain"] == "Code Repository Understanding" for it in items)
     assert all(it.task == "longbench_v2_codeqa" for it in items)
-    hard = get_task("longbench_v2", path=LONGBENCH, domain="Code Repository Understanding", difficulty="hard").generate(10, 0)
+    hard = get_task("longbench_v2", path=LONGBENCH, domain="Code Repository Understanding",
+                    difficulty="hard").generate(10, 0)
     assert [it.answer for it in hard] == ["C"]
 
 

@@ -127,7 +127,8 @@ def test_sweep_writes_valid_records_and_trajectories(tmp_path: Path):
 
 def test_looped_root_sweep_and_loop_checks(tmp_path: Path):
     root = fx.root_model()
-    looped_root = type(root)(lambda m, loops: fx.ROOT_CODE, name="looped-root", looped=True, default_loops=3, max_loops=4)
+    looped_root = type(root)(lambda m, loops: fx.ROOT_CODE, name="looped-root", looped=True, default_loops=3,
+                             max_loops=4)
     summary = run_eval(fx.NeedleTask(), **fx.sweep_kwargs(tmp_path / "a", root=looped_root, root_loops=[None, 1], n=2,
                                                          depths=[1, 2]))
     assert set(summary.accuracy) == {f"rlm.rl={rl}.cl={cl}.d={d}" for rl in (3, 1) for cl in (1, 2) for d in (1, 2)}
@@ -153,7 +154,8 @@ def test_different_configuration_is_refused(tmp_path: Path):
     run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, n=2))
     before = lines_of(out)
     for change in ({"child_loops": [1, 4]}, {"n": 3}, {"seed": 1}, {"lengths": ["3k"]}, {"depths": [2]},
-                   {"baselines": ["root_only"]}, {"rlm_options": {"max_iterations": 3}}, {"root": fx.root_model(name="other")}):
+                   {"baselines": ["root_only"]}, {"rlm_options": {"max_iterations": 3}},
+                   {"root": fx.root_model(name="other")}):
         with pytest.raises(ResultDirConflict, match="different configuration"):
             run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, n=2) | change)
     with pytest.raises(ResultDirConflict):
@@ -172,8 +174,8 @@ def test_different_configuration_is_refused(tmp_path: Path):
 
     # Extending the grid runs only the new points and keeps every old record.
     root = fx.root_model()
-    summary = run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, root=root, n=2, child_loops=[1, 2, 4], lengths=["2k", "3k"],
-                                                         extend=True))
+    summary = run_eval(fx.NeedleTask(), **fx.sweep_kwargs(out, root=root, n=2, child_loops=[1, 2, 4],
+                                                         lengths=["2k", "3k"], extend=True))
     assert summary.jobs_total == 3 * 2 * 2 and summary.jobs_skipped == 4 and summary.jobs_run == 8 == len(root.calls)
     assert lines_of(out)[:4] == before
     assert json.loads((out / MANIFEST).read_text())["config"]["child_loops"] == [1, 2, 4]
@@ -191,7 +193,8 @@ def test_killed_run_resumes_without_rerunning_or_losing(tmp_path: Path):
         run_eval(fx.NeedleTask(), **fx.sweep_kwargs({str(out)!r}, root=fx.root_model(latency_s=0.25),
                  child=fx.child_model(latency_s=0.25), n=8, concurrency=2))
     """))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -355,7 +358,8 @@ def test_cli_eval_and_report_end_to_end(tmp_path: Path):
         from loopagent.cli import app
         app()
     """))
-    args = [sys.executable, str(shim), "eval", "needle-test", "--root", f"scripted:{root}", "--child", f"scripted:{child}",
+    args = [sys.executable, str(shim), "eval", "needle-test", "--root", f"scripted:{root}",
+            "--child", f"scripted:{child}",
             "--child-loops", "1,2", "--depth", "1,2", "--lengths", "2k,3k", "--n", "2", "--out", str(out),
             "--baseline", "no_loops", "--concurrency", "3", "--task-option", "hops=2"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=90, cwd=tmp_path)
@@ -370,7 +374,8 @@ def test_cli_eval_and_report_end_to_end(tmp_path: Path):
     # Resuming does nothing; a different grid is refused with exit status 2.
     proc = subprocess.run(args, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert proc.returncode == 0 and "0 runs now, 24 already done" in proc.stdout, proc.stdout + proc.stderr
-    proc = subprocess.run([a if a != "1,2" else "1,4" for a in args], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    proc = subprocess.run([a if a != "1,2" else "1,4" for a in args], capture_output=True, text=True, timeout=90,
+                          cwd=tmp_path)
     assert proc.returncode == 2 and "different configuration" in proc.stdout
 
     (out / "report.md").unlink()

@@ -84,8 +84,8 @@ def test_child_example_first_query_is_what_inference_sees():
     shown = tok.decode(prompt_ids)
     statements, var = shown.rsplit(" ?", 1)
     stmts = statements.split("; ")
-    rendered = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, var)}], add_generation_prompt=True,
-                                       tokenize=False)
+    rendered = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, var)}],
+                                       add_generation_prompt=True, tokenize=False)
     assert rendered == shown
     assert tok(rendered, add_special_tokens=False)["input_ids"] == prompt_ids
     assert len(stmts) == 8 and len(tok(statements, add_special_tokens=False)["input_ids"]) == 3 * 8 - 2
@@ -107,7 +107,8 @@ def test_child_batches_carry_labels_for_every_depth():
 
     tok = make_tokenizer("child")
     rng = random.Random(1)
-    batch = collate([child_example(tok, rng, statements=[5, 9], hops=[1, 4], depths=6) for _ in range(5)], tok.pad_token_id)
+    batch = collate([child_example(tok, rng, statements=[5, 9], hops=[1, 4], depths=6) for _ in range(5)],
+                    tok.pad_token_id)
     depths, rows, width = batch["depth_labels"].shape
     assert (depths, rows) == (6, 5) and batch["input_ids"].shape == (5, width)
     # padding is never a target

@@ -31,7 +31,8 @@ def test_tiny_child_trains_resumes_and_serves(tmp_path):
     a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "train_state.pt", weights_only=False)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert [r["loss"] for r in _log(tmp_path / "full")] == pytest.approx([r["loss"] for r in _log(tmp_path / "split")], abs=1e-4)
+    assert [r["loss"] for r in _log(tmp_path / "full")] == pytest.approx([r["loss"] for r in _log(tmp_path / "split")],
+                                                                         abs=1e-4)
 
     # the exported checkpoint is a plain looped model the hf: backend serves
     backend = model(f"hf:{tmp_path / 'full' / 'model'}", loops=2, max_new_tokens=2)

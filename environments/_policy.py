@@ -286,17 +286,37 @@ def _build_builtins() -> dict[str, Any]:
 class PrintCollector:
     """Target of RestrictedPython's rewritten ``print``: writes to ``sys.stdout``
     (the worker points it at the capped output of the current exec) and keeps
-    the text for RestrictedPython's ``printed`` variable."""
+    the text for RestrictedPython's ``printed`` variable.
+
+    What it keeps is capped at ``max_chars`` (the worker sets it to its output
+    limit) and the rest only counted: a print loop must not grow the worker's
+    memory without bound, and the model never sees more than the limit anyway.
+    """
+
+    max_chars = 20_000
 
     def __init__(self, _getattr_: Any = None) -> None:
         self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
 
     def write(self, text: str) -> None:
-        self.parts.append(text)
+        room = self.max_chars - self.size
+        if room >= len(text):
+            self.parts.append(text)
+            self.size += len(text)
+        else:
+            if room > 0:
+                self.parts.append(text[:room])
+                self.size += room
+            self.dropped += len(text) - max(room, 0)
         sys.stdout.write(text)
 
     def __call__(self) -> str:
-        return "".join(self.parts)
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n... [printed output truncated: {self.dropped:,} more characters not kept]\n"
+        return text
 
     def _call_print(self, *objects: Any, **kwargs: Any) -> None:
         target = kwargs.get("file")

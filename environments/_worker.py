@@ -170,6 +170,8 @@ class Worker:
         self.chan = chan
         self.limits = config["limits"]
         self.max_output = int(self.limits["max_output_chars"])
+        # `printed` keeps no more than the cell's output may show (see PrintCollector).
+        _policy.PrintCollector.max_chars = self.max_output
         self.cpu_per_exec = float(self.limits["timeout_s"]) + 2.0
         self.cpu_hard = int(self.limits["cpu_total_s"])
         self.host_names: list[str] = []
@@ -238,16 +240,22 @@ class Worker:
                 return
             handler = getattr(self, "_op_" + msg["op"], None)
             if handler is None:
-                reply = {"op": "error", "message": f"unknown op {msg['op']!r}"}
+                reply = _error_reply("SandboxError", f"unknown op {msg['op']!r}")
             else:
                 try:
                     reply = handler(msg, payload)
                 except MemoryError:
-                    reply = {"op": "error", "message": "MemoryError: the sandbox memory limit was reached"}
+                    reply = _error_reply("MemoryError", "the sandbox memory limit was reached")
                 except Exception as e:  # a bug or bad request: report, keep serving
-                    reply = {"op": "error", "message": f"{type(e).__name__}: {e}"}
+                    reply = _error_reply(type(e).__name__, str(e))
             del payload  # a 100 MB context must not stay alive until the next request
-            self.chan.send(reply)
+            try:
+                self.chan.send(reply)
+            except MemoryError:
+                # Encoding a large reply (a 20k-character result) can fail when the model's
+                # variables fill the memory limit; a short error still fits, and the parent
+                # must get an answer or it would take the worker for dead.
+                self.chan.send(_error_reply("MemoryError", "the reply did not fit in the sandbox memory limit"))
             if msg["op"] == "shutdown":
                 return
 
@@ -352,10 +360,20 @@ class Worker:
                 if value is not None:
                     out.write(repr(value) + "\n")
         except BaseException as e:  # SystemExit and friends must not end the worker
-            return type(e).__name__, _format_exception(e, code)
+            try:
+                return type(e).__name__, _format_exception(e, code)
+            except MemoryError:
+                # The traceback's frames may still hold what filled the memory; they are
+                # released when this handler ends, so report without formatting them.
+                return type(e).__name__, f"{type(e).__name__} (no traceback: the sandbox memory limit was reached)"
         finally:
             sys.stdout, sys.stderr = saved
         return None, None
+
+
+def _error_reply(error_type: str, message: str) -> dict[str, Any]:
+    """A request failed in the worker; the worker keeps serving (its state is intact)."""
+    return {"op": "error", "error_type": error_type, "message": f"{error_type}: {message}"}
 
 
 def _format_syntax_error(e: SyntaxError) -> str:

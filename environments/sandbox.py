@@ -536,6 +536,21 @@ class SandboxREPL:
                             host_time_s=host_time,
                             host_calls=calls,
                         )
+                    if op == "error":
+                        # The worker's serve loop caught a failure outside the cell's own code
+                        # (e.g. a MemoryError while building the result) and is still serving.
+                        return ExecResult(
+                            stdout="",
+                            error=(
+                                f"{msg.get('message') or 'the cell failed in the sandbox'}\n"
+                                "[the cell did not complete; the sandbox is still running and your variables "
+                                "are kept as the cell left them]"
+                            ),
+                            error_type=_opt_str(msg.get("error_type")) or "SandboxError",
+                            duration_s=time.perf_counter() - start,
+                            host_time_s=host_time,
+                            host_calls=calls,
+                        )
                     t1 = time.perf_counter()
                     try:
                         if op == "call":

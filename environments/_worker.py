@@ -79,6 +79,9 @@ class ContextDir(collections.abc.Mapping):
     Files are read on first access (the parent hands over a read-only file
     descriptor; the sandbox never opens paths itself) and cached up to a byte
     budget. ``context.files`` lists the paths, ``context.sizes`` their sizes.
+    ``context[path]`` is the file's text and raises ``UnicodeDecodeError`` (never
+    a garbled string) for a file that is not UTF-8; ``context.read_bytes(path)``
+    gives any file's bytes.
     """
 
     def __init__(self, name: str, entries: list[list[Any]], opener: Callable[[int], int], cache_bytes: int) -> None:
@@ -88,26 +91,40 @@ class ContextDir(collections.abc.Mapping):
         self.total_size = sum(self.sizes.values())
         self._index = {path: i for i, path in enumerate(self.files)}
         self._opener = opener
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple[bool, str], str | bytes] = {}
         self._cache_bytes = cache_bytes
         self._cached = 0
 
     def __getitem__(self, path: str) -> str:
-        if path in self._cache:
-            return self._cache[path]
-        if path not in self._index:
-            raise KeyError(f"{path!r} is not a file of the context directory (see context.files)")
-        text = _read_fd_text(self._opener(self._index[path]))
-        while self._cache and self._cached + len(text) > self._cache_bytes:
-            old = next(iter(self._cache))
-            self._cached -= len(self._cache.pop(old))
-        if len(text) <= self._cache_bytes:
-            self._cache[path] = text
-            self._cached += len(text)
-        return text
+        return self._load(path, text=True)  # type: ignore[return-value]
 
     def read(self, path: str) -> str:
+        """The text of ``path`` (same as ``context[path]``)."""
         return self[path]
+
+    def read_bytes(self, path: str) -> bytes:
+        """The bytes of ``path``, for files that are not UTF-8 text."""
+        return self._load(path, text=False)  # type: ignore[return-value]
+
+    def __contains__(self, path: object) -> bool:
+        # Mapping's default would read the file (and fail on a binary one).
+        return path in self._index
+
+    def _load(self, path: str, *, text: bool) -> str | bytes:
+        key = (text, path)
+        if key in self._cache:
+            return self._cache[key]
+        if path not in self._index:
+            raise KeyError(f"{path!r} is not a file of the context directory (see context.files)")
+        data = _read_fd_bytes(self._opener(self._index[path]))
+        value = _decode_file(data, path) if text else data
+        while self._cache and self._cached + len(value) > self._cache_bytes:
+            old = next(iter(self._cache))
+            self._cached -= len(self._cache.pop(old))
+        if len(value) <= self._cache_bytes:
+            self._cache[key] = value
+            self._cached += len(value)
+        return value
 
     def __iter__(self) -> Any:
         return iter(self.files)
@@ -118,11 +135,11 @@ class ContextDir(collections.abc.Mapping):
     def __repr__(self) -> str:
         return (
             f"<directory context {self.name!r}: {len(self.files)} files, {self.total_size:,} bytes; "
-            "list them with context.files, read one with context[path]>"
+            "list them with context.files, read one with context[path] (or context.read_bytes(path))>"
         )
 
 
-def _read_fd_text(fd: int) -> str:
+def _read_fd_bytes(fd: int) -> bytes:
     try:
         size = os.fstat(fd).st_size
         chunks = []
@@ -131,9 +148,20 @@ def _read_fd_text(fd: int) -> str:
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "replace")
+        return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _decode_file(data: bytes, path: str) -> str:
+    """Strict UTF-8: a binary file must fail loudly, not turn into U+FFFD soup."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnicodeDecodeError(
+            "utf-8", data, e.start, e.end,
+            f"{e.reason}; {path!r} is not UTF-8 text, context.read_bytes({path!r}) gives its bytes",
+        ) from None
 
 
 _MAX_NESTING = 100
@@ -276,10 +304,15 @@ class Worker:
 
     def _op_load_context(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         kind = msg["kind"]
-        self.context = None  # free the old one before building the new one
+        # Free the old context before building the new one (two large ones may not fit
+        # together). Until the new one is in place no context is installed, so a failed
+        # load leaves none, and the parent, told so, forgets it too.
+        self.context = None
+        self.has_context = False
         self.ns.pop("context", None)
+        self._install_reserved()
         if kind == "none":
-            self.has_context = False
+            pass
         elif kind == "str":
             self.context = (payload or b"").decode("utf-8", "surrogatepass")
         elif kind == "bytes":
@@ -287,7 +320,13 @@ class Worker:
         elif kind == "json":
             self.context = json.loads(payload or b"null")
         elif kind == "file":
-            self.context = _read_fd_text(self.chan.fds.pop(0))
+            data = _read_fd_bytes(self.chan.fds.pop(0))
+            try:
+                # Decoding strictly costs what errors="replace" did on valid text.
+                self.context = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return {"op": "error", "error_type": "NotUTF8", "offset": e.start, "byte": data[e.start],
+                        "message": f"NotUTF8: byte 0x{data[e.start]:02x} at offset {e.start:,} is not UTF-8 text"}
         elif kind == "dir":
             cache = int(self.limits["memory_mb"]) * 1024 * 1024 // 4
             self.context = ContextDir(msg["name"], msg["files"], self._open_context_file, cache)

@@ -165,6 +165,7 @@ class SandboxREPL:
         self._serving_call = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
+        self._lost_context: str | None = None
         self._uid, self._gid = _sandbox_ids()
         self._workdir = tempfile.mkdtemp(prefix="loopagent-sandbox-")
         if os.geteuid() == 0:
@@ -268,7 +269,13 @@ class SandboxREPL:
         if self._functions:
             self._request({"op": "register", "names": list(self._functions)})
         if self._context_set:
-            self._send_context(self._prepare_context(self._context))
+            try:
+                self._send_context(self._prepare_context(self._context))
+            except (ContextNotFoundError, ContextTooLargeError, UnsupportedContextError) as e:
+                # The file or directory changed since it was loaded. The new worker is fine
+                # without a context; the next result tells the model (see _take_lost_context).
+                self._context, self._context_set = None, False
+                self._lost_context = str(e)
 
     def _stop_worker(self) -> None:
         # The worker holds nothing worth a graceful exit (its files live in a private
@@ -310,6 +317,10 @@ class SandboxREPL:
             return f"the worker was killed by {name}{hint}"
         return f"the worker exited with status {code}"
 
+    def _take_lost_context(self) -> str | None:
+        lost, self._lost_context = self._lost_context, None
+        return lost
+
     def _replace_worker(self) -> None:
         self.restarts += 1
         self._stop_worker()
@@ -324,10 +335,24 @@ class SandboxREPL:
         descriptor, never through the parent), ``Path`` to a directory -> a read-only
         mapping of relative path -> text whose files are read on first access.
         Returns what was loaded (type and size; a directory is walked once).
+
+        Text means UTF-8, decoded strictly: a file that is not valid UTF-8 is refused
+        with :class:`UnsupportedContextError` (pass ``path.read_bytes()`` to load its
+        bytes, or ``path.read_text(encoding=...)`` for text in another encoding); in a
+        directory, ``context[path]`` raises ``UnicodeDecodeError`` for such a file and
+        ``context.read_bytes(path)`` gives its bytes. Nothing is ever decoded lossily.
+
+        Errors (all :class:`SandboxError`): :class:`ContextNotFoundError`,
+        :class:`ContextTooLargeError`, :class:`UnsupportedContextError` (a type the
+        sandbox cannot hold, a non-UTF-8 file, an unreadable path). Errors found
+        before sending leave the previous context in place; a file the worker
+        refuses leaves no context loaded (the worker frees the old one first, so two
+        large contexts never need to fit together).
         """
         prepared = self._prepare_context(context)
         with self._lock:
             self._ensure_started()
+            self._lost_context = None  # a context lost in a restart is replaced by this one
             self._send_context(prepared)
             self._context, self._context_set = context, True
         return describe_context(context, files=prepared.files if prepared.kind == "dir" else None)
@@ -395,12 +420,23 @@ class SandboxREPL:
             msg.update(name=ctx.path.name, files=[list(f) for f in ctx.files])
             self._dir_root = ctx.path
             self._dir_files = [f[0] for f in ctx.files]
-            reply = self._request(msg)
+            self._chan.send(msg)
+            reply = self._recv_reply()
         else:
             self._chan.send(msg, ctx.payload)
             reply = self._recv_reply()
-        if reply.get("op") != "ok":
-            raise SandboxError(f"the sandbox could not load the context: {reply.get('message')}")
+        if reply.get("op") == "ok":
+            return
+        # The worker freed its previous context before reading this one: none is loaded.
+        self._context, self._context_set = None, False
+        if reply.get("error_type") == "NotUTF8":
+            raise UnsupportedContextError(
+                f"context file {ctx.description!r} is not UTF-8 text (byte 0x{int(reply.get('byte', 0)):02x} at "
+                f"offset {int(reply.get('offset', 0)):,}); a pathlib.Path file is loaded as text. Pass "
+                "path.read_bytes() to load its bytes, or path.read_text(encoding=...) if it is text in another "
+                "encoding"
+            )
+        raise SandboxError(f"the sandbox could not load the context: {reply.get('message')}")
 
     def _open_readonly(self, path: Path) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -502,6 +538,18 @@ class SandboxREPL:
                     f"SandboxCrash: {self._describe_exit()} before this cell ran; run it again."
                 ))
             self._ensure_started()
+            lost = self._take_lost_context()
+            if lost is not None:  # restarted on this use, after an interrupted cell
+                return ExecResult(
+                    stdout="",
+                    error=(
+                        "SandboxCrash: the sandbox was restarted before this cell ran: every variable you defined "
+                        f"is lost, and `context` could not be loaded again ({lost}). Run the cell again."
+                    ),
+                    error_type="SandboxCrash",
+                    duration_s=time.perf_counter() - start,
+                    restarted=True,
+                )
             assert self._chan is not None
             host_time, calls = 0.0, 0
             try:
@@ -577,9 +625,13 @@ class SandboxREPL:
         """Replace the worker after a timeout or crash and report it to the model."""
         try:
             self._replace_worker()
+            lost = self._take_lost_context()
             note = (
                 " The sandbox was restarted: every variable you defined is lost; "
                 "`context` and the helper functions are available again."
+            ) if lost is None else (
+                " The sandbox was restarted: every variable you defined is lost, and `context` could not be "
+                f"loaded again ({lost}); the helper functions are available."
             )
         except SandboxStartError as e:
             note = f" The sandbox could not be restarted: {e}"

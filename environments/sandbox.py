@@ -58,6 +58,10 @@ _WORKER_DIR = str(Path(__file__).resolve().parent)
 # -I: ignore PYTHON* variables, the user site and the current directory.
 _BOOT = "import sys; sys.path.append(sys.argv.pop(1)); import _worker; _worker.main()"
 _MAX_DIR_FILES = 200_000
+# Lists and dicts inside each other, at most: json (parent and worker) and the model's own
+# recursive code stay far from Python's recursion limit (1000), and real data is rarely
+# deeper than a few dozen levels. Host-call arguments have the same limit (_worker).
+MAX_CONTEXT_NESTING = 100
 _SUPPORTED = "str, bytes, list (of str or JSON-like values), dict (JSON-like), or a pathlib.Path to a file or directory"
 
 
@@ -336,6 +340,10 @@ class SandboxREPL:
         mapping of relative path -> text whose files are read on first access.
         Returns what was loaded (type and size; a directory is walked once).
 
+        A ``list``/``dict`` must be JSON-like: str, int, float, bool, None, lists and
+        dicts with str keys, nested at most ``MAX_CONTEXT_NESTING`` (100) levels, no
+        reference cycles; anything else is refused before it is sent.
+
         Text means UTF-8, decoded strictly: a file that is not valid UTF-8 is refused
         with :class:`UnsupportedContextError` (pass ``path.read_bytes()`` to load its
         bytes, or ``path.read_text(encoding=...)`` for text in another encoding); in a
@@ -367,6 +375,7 @@ class SandboxREPL:
         elif isinstance(context, (bytes, bytearray, memoryview)):
             data, kind = bytes(context), "bytes"
         elif isinstance(context, (list, tuple, dict)):
+            _check_json_like(context)
             try:
                 data = json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
             except (TypeError, ValueError) as e:
@@ -693,6 +702,65 @@ class SandboxREPL:
             self._stop_worker()
             raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
         return reply
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _check_json_like(context: list | tuple | dict) -> None:
+    """Refuse, before anything is sent, what json would choke on or change: nesting deeper
+    than MAX_CONTEXT_NESTING (a RecursionError otherwise), reference cycles, and dict keys
+    that are not str (json silently turns 1 into "1"). Iterative, level by level, with the
+    per-item work in comprehensions: about as fast as json.dumps itself."""
+    kind = type(context).__name__
+    frontier: list[Any] = [context]
+    depth = 0
+    while frontier:
+        depth += 1
+        if depth > MAX_CONTEXT_NESTING:
+            _refuse_deep(context, kind)
+        deeper: list[Any] = []
+        for item in frontier:
+            if isinstance(item, dict):
+                if not set(map(type, item)) <= {str}:
+                    for key in item:
+                        if not isinstance(key, str):
+                            raise UnsupportedContextError(
+                                f"the {kind} context has a dict key {key!r} of type {type(key).__name__}: keys "
+                                "must be str (JSON would silently turn it into a str, so lookups by the original "
+                                "key would fail)"
+                            )
+                deeper += [v for v in item.values() if isinstance(v, _CONTAINERS)]
+            else:
+                deeper += [v for v in item if isinstance(v, _CONTAINERS)]
+        frontier = deeper
+
+
+def _refuse_deep(context: Any, kind: str) -> None:
+    """Too deep: say whether it is a reference cycle (a depth-first walk that keeps each
+    value's ancestors; only run on data being refused anyway)."""
+    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(context, 1, None)]
+    while stack:
+        item, depth, chain = stack.pop()
+        if depth > MAX_CONTEXT_NESTING:
+            ids, link = {id(item)}, chain
+            while link is not None:
+                if link[0] in ids:
+                    raise UnsupportedContextError(
+                        f"the {kind} context contains a reference cycle (a list or dict inside itself), "
+                        "which JSON-like data cannot hold; pass a copy without the cycle"
+                    )
+                ids.add(link[0])
+                link = link[1]
+            break
+        chain = (id(item), chain)
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1, chain) for v in values if isinstance(v, _CONTAINERS))
+    raise UnsupportedContextError(
+        f"the {kind} context is nested more than {MAX_CONTEXT_NESTING} levels deep (lists and dicts inside "
+        "each other), more than the sandbox accepts; flatten it, or pass it as a str (e.g. json.dumps(...)) "
+        "and parse it in the REPL"
+    )
 
 
 def _opt_str(value: Any) -> str | None:

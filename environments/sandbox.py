@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import inspect
 import json
 import keyword
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -62,6 +64,11 @@ _MAX_DIR_FILES = 200_000
 # recursive code stay far from Python's recursion limit (1000), and real data is rarely
 # deeper than a few dozen levels. Host-call arguments have the same limit (_worker).
 MAX_CONTEXT_NESTING = 100
+# Working directories are named after the parent's pid, and the parent holds an flock on
+# its directory for as long as it lives, so a later sandbox can tell (and remove) those
+# left behind by a parent that was killed before its finalizer could run.
+_WORKDIR_PREFIX = "loopagent-sandbox-"
+_WORKDIR_NAME = re.compile(r"loopagent-sandbox-([0-9]{1,10})-[a-z0-9_]+")
 _SUPPORTED = "str, bytes, list (of str or JSON-like values), dict (JSON-like), or a pathlib.Path to a file or directory"
 
 
@@ -110,6 +117,66 @@ def _sandbox_ids() -> tuple[int, int]:
         return entry.pw_uid, entry.pw_gid
     except KeyError:
         return 65534, 65534
+
+
+def _lock_workdir(path: str) -> int | None:
+    """Hold an exclusive flock on ``path`` for this process's life (the kernel drops it
+    when the process dies, however it dies); None where the filesystem has no flock."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid at all): not ours to judge
+    return True
+
+
+def _remove_stale_workdirs(owners: set[int]) -> None:
+    """Remove ``loopagent-sandbox-<pid>-*`` directories of parents that died without
+    cleaning up (SIGKILL, the OOM killer: no finalizer runs).
+
+    A directory is removed only when its name matches, it is a real directory (not a
+    symlink) owned by ``owners`` (this user, or the sandbox user a root parent hands it
+    to), its pid is gone, and its flock can be taken: a live owner holds that lock, which
+    also covers a live parent in another pid namespace sharing this /tmp, and a reused
+    pid only keeps a stale directory, never removes a live one. Two sandboxes cleaning up
+    at once cannot both hold the lock; the loser finds the directory gone or locked.
+    """
+    me = os.getpid()
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        match = _WORKDIR_NAME.fullmatch(entry.name)
+        if match is None or int(match.group(1)) == me or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # removed by another sandbox meanwhile, or not ours to open
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Still the directory that was checked (not one renamed into its place)?
+            if os.path.samestat(os.fstat(fd), os.stat(entry.path, follow_symlinks=False)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass  # locked: its owner is alive
+        finally:
+            os.close(fd)
 
 
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:
@@ -171,10 +238,13 @@ class SandboxREPL:
         self._closed = False
         self._lost_context: str | None = None
         self._uid, self._gid = _sandbox_ids()
-        self._workdir = tempfile.mkdtemp(prefix="loopagent-sandbox-")
+        _remove_stale_workdirs({os.geteuid(), self._uid})
+        self._workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
+        lock_fd = _lock_workdir(self._workdir)
         if os.geteuid() == 0:
             os.chown(self._workdir, self._uid, self._gid)
-        self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, [None], self._workdir)
+        self._proc_box: list[subprocess.Popen[bytes] | None] = [None]
+        self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, self._proc_box, self._workdir, lock_fd)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> SandboxREPL:
@@ -206,9 +276,11 @@ class SandboxREPL:
                 self._executor.shutdown(wait=False)
 
     @staticmethod
-    def _cleanup(proc_box: list[Any], workdir: str) -> None:
+    def _cleanup(proc_box: list[Any], workdir: str, lock_fd: int | None) -> None:
         _kill(proc_box[0])
         shutil.rmtree(workdir, ignore_errors=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
     def _ensure_started(self) -> None:
         if self._closed:
@@ -253,8 +325,7 @@ class SandboxREPL:
         finally:
             child_sock.close()
             child_fd_sock.close()
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, SandboxREPL._cleanup, [self._proc], self._workdir)
+        self._proc_box[0] = self._proc
         max_frame = max(self.limits.memory_mb * 1024 * 1024, 64 * 1024 * 1024)
         self._chan = Channel(parent_sock, fd_sock=parent_fd_sock, max_frame=max_frame, spin_s=self.spin_s)
         try:

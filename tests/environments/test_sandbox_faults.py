@@ -3,6 +3,7 @@ files, deep nesting, a killed parent, bad paths. Each test stays fast and light.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -168,16 +169,22 @@ def test_workdirs_of_killed_parents_are_removed_by_the_next_sandbox(tmp_path, mo
     assert stale.is_dir() and stale.parent == tmp_path and f"-{proc.pid}-" in stale.name
     other = tmp_path / "loopagent-sandbox-notapid"  # not ours by name: left alone
     other.mkdir()
+    # a dead pid whose directory is still locked: a live parent in another pid namespace
+    locked = tmp_path / f"loopagent-sandbox-{proc.pid}-locked"
+    locked.mkdir()
+    lock_fd = os.open(locked, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     live = SandboxREPL()  # a live parent's directory (this process) is never touched
     try:
         newer = SandboxREPL()
         assert not stale.exists()
-        assert Path(live._workdir).is_dir() and other.is_dir() and Path(newer._workdir).is_dir()
+        assert Path(live._workdir).is_dir() and other.is_dir() and locked.is_dir() and Path(newer._workdir).is_dir()
         assert Path(newer._workdir).name.startswith(f"loopagent-sandbox-{os.getpid()}-")
         newer.close()
     finally:
         live.close()
+        os.close(lock_fd)
 
 
 # -- user errors are the environment's errors --------------------------------------------------------

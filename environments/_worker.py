@@ -342,11 +342,15 @@ class Worker:
             return {"op": "value", "found": False}
         value = self.ns[name]
         if msg.get("as_text"):
-            return {"op": "value", "found": True, "value": value if isinstance(value, str) else str(value)}
+            try:
+                text = value if isinstance(value, str) else str(value)
+            except Exception as e:  # a model-defined __str__, a too deeply nested list
+                return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
+            return {"op": "value", "found": True, "value": text}
         try:
             encoded = json.dumps(value, default=_jsonable, ensure_ascii=False)
-        except (TypeError, ValueError) as e:
-            return {"op": "value", "found": True, "error": str(e), "type": type(value).__name__}
+        except (TypeError, ValueError, RecursionError) as e:
+            return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
         return {"op": "value", "found": True, "json": encoded}
 
     def _op_exec(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:

@@ -94,7 +94,10 @@ def list_files(root: Path, *, limit: int | None = None) -> list[tuple[str, int]]
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath) / name
-            st = full.lstat()
+            try:
+                st = full.lstat()
+            except FileNotFoundError:  # removed while the directory was walked
+                continue
             if not stat.S_ISREG(st.st_mode):
                 continue
             files.append((full.relative_to(root).as_posix(), st.st_size))

@@ -471,14 +471,23 @@ class SandboxREPL:
         )
 
     def _prepare_path(self, path: Path, limit: int) -> _Context:
-        if not path.exists():
-            raise ContextNotFoundError(f"context path {str(path)!r} does not exist; pass an existing file or directory")
-        if path.is_file():
-            size = path.stat().st_size
-            if size > limit:
-                raise ContextTooLargeError(self._too_large(size, limit))
-            return _Context(kind="file", path=path, description=str(path))
-        if not path.is_dir():
+        try:
+            st = path.stat()  # follows symlinks: the user named this path on purpose
+        except (FileNotFoundError, NotADirectoryError):
+            raise ContextNotFoundError(
+                f"context path {str(path)!r} does not exist; pass an existing file or directory"
+            ) from None
+        except OSError as e:
+            raise UnsupportedContextError(
+                f"context path {str(path)!r} cannot be read ({e.strerror or e}); pass a file or directory this "
+                "process can read"
+            ) from None
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size > limit:
+                raise ContextTooLargeError(self._too_large(st.st_size, limit))
+            # Resolved: the descriptor handed to the worker is opened without following links.
+            return _Context(kind="file", path=path.resolve(), description=str(path))
+        if not stat.S_ISDIR(st.st_mode):
             raise UnsupportedContextError(f"context path {str(path)!r} is neither a regular file nor a directory")
         root = path.resolve()
         files = list_files(root, limit=_MAX_DIR_FILES)
@@ -519,13 +528,25 @@ class SandboxREPL:
         raise SandboxError(f"the sandbox could not load the context: {reply.get('message')}")
 
     def _open_readonly(self, path: Path) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """A read-only descriptor of the regular file ``path`` within the context size limit.
+
+        O_NOFOLLOW: a symlink planted in a context directory must not lead outside it;
+        O_NONBLOCK: a FIFO swapped in after the listing must not hang the parent.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ContextNotFoundError(f"{str(path)!r} does not exist (any more)") from None
+        except OSError as e:
+            raise UnsupportedContextError(f"{str(path)!r} cannot be opened for reading ({e.strerror or e})") from None
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > self.limits.max_context_bytes:
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise ContextTooLargeError(self._too_large(st.st_size, self.limits.max_context_bytes)) if stat.S_ISREG(
-                st.st_mode
-            ) else UnsupportedContextError(f"{str(path)!r} is not a regular file")
+            raise UnsupportedContextError(f"{str(path)!r} is not a regular file")
+        if st.st_size > self.limits.max_context_bytes:
+            os.close(fd)
+            raise ContextTooLargeError(self._too_large(st.st_size, self.limits.max_context_bytes))
+        os.set_blocking(fd, True)
         return fd
 
     # -- host functions --------------------------------------------------------------
@@ -582,6 +603,12 @@ class SandboxREPL:
             return
         try:
             fd = self._open_readonly(self._dir_root / files[index])
+        except ContextTooLargeError:
+            limit = self.limits.max_context_bytes / 2**20
+            self._chan.send({"op": "raise", "message": (
+                f"cannot read {files[index]!r}: it is larger than the {limit:,.1f} MB the sandbox reads at once"
+            )})
+            return
         except (OSError, ValueError, TypeError) as e:
             self._chan.send({"op": "raise", "message": f"cannot read {files[index]!r}: {e}"})
             return
@@ -742,12 +769,22 @@ class SandboxREPL:
         if not reply.get("found"):
             raise VariableError(f"variable {name!r} is not defined in the sandbox")
         if "error" in reply:
+            if as_text:
+                raise VariableError(
+                    f"variable {name!r} (a {reply.get('type')}) cannot be shown as text: {reply['error']}"
+                )
             raise VariableError(
-                f"variable {name!r} (a {reply.get('type')}) is not JSON-like; use get_variable({name!r}, as_text=True)"
+                f"variable {name!r} (a {reply.get('type')}) is not JSON-like ({reply['error']}); "
+                f"use get_variable({name!r}, as_text=True)"
             )
         if as_text:
             return reply["value"]
-        return json.loads(reply["json"])
+        try:
+            return json.loads(reply["json"])
+        except RecursionError:
+            raise VariableError(
+                f"variable {name!r} is nested too deeply to read back; use get_variable({name!r}, as_text=True)"
+            ) from None
 
     def reset(self) -> None:
         """Forget every variable; the context and host functions stay."""

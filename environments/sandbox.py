@@ -238,7 +238,8 @@ class SandboxREPL:
         self._closed = False
         self._lost_context: str | None = None
         self._uid, self._gid = _sandbox_ids()
-        _remove_stale_workdirs({os.geteuid(), self._uid})
+        # A root parent hands its directory to the sandbox user; anyone else owns theirs.
+        _remove_stale_workdirs({os.geteuid(), self._uid} if os.geteuid() == 0 else {os.geteuid()})
         self._workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
         lock_fd = _lock_workdir(self._workdir)
         if os.geteuid() == 0:

@@ -109,16 +109,18 @@ _EVENT = TypeAdapter(Event)
 
 
 class TrajectoryWriter:
-    """Appends events to a JSONL file; safe to share between a run and its children."""
+    """Appends events to a JSONL file; safe to share between a run and its children.
+
+    The file (and its folder) is created by the first event, so a run that fails before
+    it starts (a bad context, an unreachable model) leaves no empty log behind.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, *, text_limit: int | None = 20_000) -> None:
         self.path = Path(path) if path is not None else None
         self.text_limit = text_limit
         self._lock = threading.Lock()
         self._file: Any = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._closed = False
 
     def clip(self, text: str | None) -> str | None:
         """Cap long texts (prompts of child calls can be whole chunks of the input)."""
@@ -127,15 +129,21 @@ class TrajectoryWriter:
         return text[: self.text_limit] + f"\n... [{len(text) - self.text_limit:,} more characters not logged]"
 
     def write(self, event: _Event) -> None:
-        if self._file is None:
+        if self.path is None:
             return
         line = event.model_dump_json() + "\n"
         with self._lock:
+            if self._closed:
+                return
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._file.write(line)
             self._file.flush()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.flush()
                 os.fsync(self._file.fileno())

@@ -251,10 +251,15 @@ class _Run:
                 async with self.tree.calls:
                     completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth)
             except BudgetExceededError:
-                raise
-            except BackendError as e:
-                self._log(SubCall, error=str(e), **entry)
-                return e
+                raise  # a spent budget stops the whole run, not just this call
+            except Exception as e:
+                # Any failure of one call (a backend may raise more than BackendError) costs that
+                # call only: its siblings' replies come back. CancelledError and KeyboardInterrupt
+                # are BaseExceptions and pass.
+                error = e if isinstance(e, BackendError) else BackendError(
+                    f"{backend.name} failed: {type(e).__name__}: {e}")
+                self._log(SubCall, error=str(error), **entry)
+                return error
             stats = completion.loops
             self._log(SubCall, response=self.tree.writer.clip(completion.text), usage=completion.usage.model_dump(),
                       loops_executed=stats.executed_mean if stats else None,

@@ -351,10 +351,11 @@ class _Run:
                 last_text = strip_code_blocks(text)
             blocks = find_code_blocks(text)
             if not blocks:
-                if self._final_from_text(text):
+                reply = self._final_from_text(text)
+                if reply is None:
                     break
                 errors += 1
-                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": prompts.NO_CODE}]
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
             else:
                 outputs, had_error = [], False
                 for code in blocks:
@@ -387,19 +388,23 @@ class _Run:
             await self._force_final(messages)
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
 
-    def _final_from_text(self, text: str) -> bool:
+    def _final_from_text(self, text: str) -> str | None:
+        """Record a final answer written as text (a reply without code); else return what
+        to tell the model: why its FINAL could not be taken, or that it wrote neither."""
         found = find_final_in_text(text)
         if found is None:
-            return False
+            return prompts.NO_CODE
         kind, value = found
+        if kind == "unreadable":
+            return prompts.final_unreadable(value)
         if kind == "FINAL_VAR":
             try:
                 self._record_final(self.env.get_variable(value, as_text=True), "FINAL_VAR")
             except LookupError:
-                return False
+                return prompts.final_var_missing(value)
         else:
             self._record_final(value, "text")
-        return True
+        return None
 
     async def _force_final(self, messages: list[dict[str, str]]) -> None:
         """Out of turns: ask once for a final answer (if the budget allows)."""

@@ -208,10 +208,10 @@ def show(
         _fail(f"{path} is not a file; pass a .jsonl written by `loopagent run` (see its log_dir)")
     try:
         events = read_trajectory(path)
-    except LoopagentError as e:
+    except (LoopagentError, OSError) as e:  # not a log (TrajectoryError), unreadable file
         _fail(str(e))
     if not events:
-        _fail(f"{path} holds no events")
+        _fail(f"{path} holds no events (an empty log, or a run killed while writing its first event)")
     _console.print(render(events, width=width))
 
 

@@ -59,7 +59,11 @@ def run(
     ] = ...,  # type: ignore[assignment]
     child: Annotated[str | None, typer.Option(help="Child model spec (default: the root model).")] = None,
     root_loops: Annotated[int | None, typer.Option(help="Loop budget of the root model (looped models).")] = None,
-    child_loops: Annotated[int | None, typer.Option(help="Default loop budget of child calls (looped models).")] = None,
+    child_loops: Annotated[
+        int | None,
+        typer.Option(help="Default loop budget of child calls (looped models); without --child, of the root model "
+                     "acting as the child."),
+    ] = None,
     policy: Annotated[str, typer.Option(help="Loop policy: fixed, by-depth, budgeted, adaptive.")] = "fixed",
     max_depth: Annotated[int, typer.Option(help="Levels of RLMs: 1 = rlm_query is a plain child call.")] = 1,
     max_iterations: Annotated[int, typer.Option(help="Root turns per run.")] = 20,
@@ -77,14 +81,29 @@ def run(
     Example: loopagent run "Which city is named most often?" -c book.txt --root litellm:openai/gpt-4o-mini
     """
     from loopagent import RLM, LoopagentError, model
+    from loopagent.validation import check_int
 
+    try:
+        # before anything runs or reads stdin; the message names the flag
+        for flag, loops in (("--root-loops", root_loops), ("--child-loops", child_loops)):
+            if loops is not None:
+                check_int(loops, flag, minimum=1)
+    except LoopagentError as e:
+        _fail(str(e))
     ctx: object = None
     if context is not None:
         ctx = sys.stdin.read() if str(context) == "-" else context
     try:
+        root_backend = model(root, loops=root_loops)
+        child_backend = None  # the RLM's default: the root model acts as the child too
+        if child:
+            child_backend = model(child, loops=child_loops)
+        elif child_loops is not None:
+            # the root model acting as the child, with its own default loops (the model is shared, not reloaded)
+            child_backend = model(root_backend.for_role("child"), loops=child_loops)
         rlm = RLM(
-            root=model(root, loops=root_loops),
-            child=model(child, loops=child_loops) if child else None,
+            root=root_backend,
+            child=child_backend,
             max_depth=max_depth,
             max_iterations=max_iterations,
             budget={
@@ -208,10 +227,10 @@ def show(
         _fail(f"{path} is not a file; pass a .jsonl written by `loopagent run` (see its log_dir)")
     try:
         events = read_trajectory(path)
-    except LoopagentError as e:
+    except (LoopagentError, OSError) as e:  # not a log (TrajectoryError), unreadable file
         _fail(str(e))
     if not events:
-        _fail(f"{path} holds no events")
+        _fail(f"{path} holds no events (an empty log, or a run killed while writing its first event)")
     _console.print(render(events, width=width))
 
 
@@ -229,17 +248,32 @@ def sandbox(
 
     Example: loopagent sandbox "print(len(context))" --context README.md
     """
-    from loopagent.environments import SandboxREPL
+    from pydantic import ValidationError
 
+    from loopagent import LoopagentError
+    from loopagent.environments import SandboxLimits, SandboxREPL
+
+    try:
+        limits = SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
+    except ValidationError as e:
+        problem = e.errors()[0]
+        flag = {"timeout_s": "--timeout", "memory_mb": "--memory-mb"}.get(str(problem["loc"][0]), problem["loc"][0])
+        _fail(f"{flag}: {problem['msg']}")
     source = sys.stdin.read() if code == "-" else code
-    with SandboxREPL(timeout_s=timeout, memory_mb=memory_mb) as repl:
-        if context is not None:
-            repl.load_context(context)
-        result = repl.execute(source)
-        table = Table(title="sandbox isolation", show_header=False)
-        for key, value in repl.isolation.items():
-            table.add_row(key, str(value))
-        _console.print(table, style="dim")
+    # A missing or unsupported context, or a worker that cannot start, is a LoopagentError
+    # (ContextNotFoundError is also a FileNotFoundError); other OS errors are caught too, as
+    # the sandbox's internals may raise them.
+    try:
+        with SandboxREPL(limits) as repl:
+            if context is not None:
+                repl.load_context(context)
+            result = repl.execute(source)
+            table = Table(title="sandbox isolation", show_header=False)
+            for key, value in repl.isolation.items():
+                table.add_row(key, str(value))
+            _console.print(table, style="dim")
+    except (LoopagentError, OSError) as e:
+        _fail(str(e))
     sys.stdout.write(result.stdout)
     if result.error:
         _console.print(result.error, style="red", markup=False, highlight=False)

@@ -93,6 +93,24 @@ NO_CODE = (
     "Your reply had no ```repl code block and no FINAL(...). Write Python in a ```repl block to work on the "
     "context, or finish with FINAL(answer)."
 )
+
+
+def final_unreadable(written: str) -> str:
+    """The reply to a FINAL written as text whose argument is not an answer (see loopagent.parsing)."""
+    shown = written if len(written) <= 200 else written[:200] + "..."
+    return (
+        f"Your FINAL could not be read: {shown}\n"
+        'Write the answer as a quoted string, e.g. FINAL("the answer"), or a short plain answer on one line, '
+        'e.g. FINAL(Paris). To finish with a computed value, call FINAL(value) inside a ```repl block, or '
+        'assign it to a variable and write FINAL_VAR("name").'
+    )
+
+
+def final_var_missing(name: str) -> str:
+    """The reply to FINAL_VAR(name) written as text for a variable the REPL does not have."""
+    return f"FINAL_VAR({name}): variable {name!r} is not defined in the REPL; assign it first or use FINAL(answer)."
+
+
 OUT_OF_TURNS = "You are out of turns. Reply now with FINAL(your best answer), using what you found so far."
 
 

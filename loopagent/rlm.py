@@ -127,6 +127,7 @@ class _Run:
         self.run_id = uuid.uuid4().hex[:12]
         self.usage = RunUsage()
         self.final: tuple[str, str] | None = None  # (answer, source)
+        self.answer_chars: int | None = None  # the length of an answer that was cut, else None
 
     # -- bookkeeping -----------------------------------------------------------------
     def _log(self, cls: type, **fields: Any) -> None:
@@ -171,9 +172,31 @@ class _Run:
             )
         )
 
+    def _capped(self, answer: str) -> str:
+        """``answer`` cut to ``max_answer_chars`` and marked where it was cut.
+
+        Cut as soon as an answer arrives, so a huge one is held once and never copied into
+        the log or the result (a 600 MB ``FINAL`` made the parent hold 2.4 GB).
+        """
+        limit = self.rlm.max_answer_chars
+        if limit is None or len(answer) <= limit:
+            return answer
+        self.answer_chars = len(answer)
+        return answer[:limit] + (f"\n... [answer cut: {len(answer) - limit:,} more characters over "
+                                 f"max_answer_chars={limit:,}]")
+
+    def _record_final(self, answer: str, source: str) -> str:
+        """Keep the final answer (capped); returns what ``FINAL`` tells the code."""
+        self.final = (self._capped(answer), source)
+        if self.answer_chars is None:
+            return "final answer recorded"
+        return (f"final answer recorded, cut to its first {self.rlm.max_answer_chars:,} of {self.answer_chars:,} "
+                "characters (max_answer_chars): give a shorter answer, e.g. a summary")
+
     # -- host functions ----------------------------------------------------------------
     def _register(self) -> None:
         self.final = None
+        self.answer_chars = None
         env = self.env
 
         async def llm_query(prompt: str, loops: int | None = None) -> str:
@@ -199,14 +222,13 @@ class _Run:
             return await self._subruns(prompts_, contexts, loops)
 
         def FINAL(answer: Any) -> str:  # noqa: N802 - the RLM convention
-            self.final = (answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False), "FINAL")
-            return "final answer recorded"
+            return self._record_final(answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False),
+                                      "FINAL")
 
         def FINAL_VAR(name: str) -> str:  # noqa: N802
             if not isinstance(name, str):
                 raise TypeError("FINAL_VAR() takes the variable's name as a string, e.g. FINAL_VAR('answer')")
-            self.final = (env.get_variable(name, as_text=True), "FINAL_VAR")
-            return "final answer recorded"
+            return self._record_final(env.get_variable(name, as_text=True), "FINAL_VAR")
 
         for name, fn in (("llm_query", llm_query), ("llm_batch", llm_batch), ("rlm_query", rlm_query),
                          ("rlm_batch", rlm_batch), ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
@@ -229,10 +251,15 @@ class _Run:
                 async with self.tree.calls:
                     completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth)
             except BudgetExceededError:
-                raise
-            except BackendError as e:
-                self._log(SubCall, error=str(e), **entry)
-                return e
+                raise  # a spent budget stops the whole run, not just this call
+            except Exception as e:
+                # Any failure of one call (a backend may raise more than BackendError) costs that
+                # call only: its siblings' replies come back. CancelledError and KeyboardInterrupt
+                # are BaseExceptions and pass.
+                error = e if isinstance(e, BackendError) else BackendError(
+                    f"{backend.name} failed: {type(e).__name__}: {e}")
+                self._log(SubCall, error=str(error), **entry)
+                return error
             stats = completion.loops
             self._log(SubCall, response=self.tree.writer.clip(completion.text), usage=completion.usage.model_dump(),
                       loops_executed=stats.executed_mean if stats else None,
@@ -315,23 +342,26 @@ class _Run:
                 reason, detail = "model_error", str(e)
                 break
             text = completion.text
-            self._log(RootTurn, iteration=iteration, prompt=self.tree.writer.clip(messages[-1]["content"]) or "",
-                      completion=text, model=completion.model, loops_chosen=choice.loops,
+            clip = self.tree.writer.clip
+            self._log(RootTurn, iteration=iteration, prompt=clip(messages[-1]["content"]) or "",
+                      completion=clip(text) or "", model=completion.model, loops_chosen=choice.loops,
                       loops_executed=completion.loops.executed_mean if completion.loops else None,
                       usage=completion.usage.model_dump())
             if strip_code_blocks(text):
                 last_text = strip_code_blocks(text)
             blocks = find_code_blocks(text)
             if not blocks:
-                if self._final_from_text(text):
+                reply = self._final_from_text(text)
+                if reply is None:
                     break
                 errors += 1
-                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": prompts.NO_CODE}]
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
             else:
                 outputs, had_error = [], False
                 for code in blocks:
                     result = await self.env.aexecute(code)
-                    self._log(ReplExec, iteration=iteration, code=code, stdout=result.stdout, error=result.error,
+                    self._log(ReplExec, iteration=iteration, code=clip(code) or "", stdout=clip(result.stdout) or "",
+                              error=clip(result.error),
                               error_type=result.error_type, duration_s=result.duration_s,
                               host_calls=result.host_calls, restarted=result.restarted)
                     outputs.append(result.text)
@@ -351,23 +381,30 @@ class _Run:
                 break
         if self.final is not None:
             reason, detail = "final", ""
+            if self.answer_chars is not None:
+                detail = (f"the answer was cut to {self.rlm.max_answer_chars:,} of {self.answer_chars:,} characters "
+                          "(max_answer_chars)")
         elif reason == "max_iterations":
             await self._force_final(messages)
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
 
-    def _final_from_text(self, text: str) -> bool:
+    def _final_from_text(self, text: str) -> str | None:
+        """Record a final answer written as text (a reply without code); else return what
+        to tell the model: why its FINAL could not be taken, or that it wrote neither."""
         found = find_final_in_text(text)
         if found is None:
-            return False
+            return prompts.NO_CODE
         kind, value = found
+        if kind == "unreadable":
+            return prompts.final_unreadable(value)
         if kind == "FINAL_VAR":
             try:
-                self.final = (self.env.get_variable(value, as_text=True), "FINAL_VAR")
+                self._record_final(self.env.get_variable(value, as_text=True), "FINAL_VAR")
             except LookupError:
-                return False
+                return prompts.final_var_missing(value)
         else:
-            self.final = (value, "text")
-        return True
+            self._record_final(value, "text")
+        return None
 
     async def _force_final(self, messages: list[dict[str, str]]) -> None:
         """Out of turns: ask once for a final answer (if the budget allows)."""
@@ -379,9 +416,9 @@ class _Run:
             return
         found = find_final_in_text(completion.text)
         if found and found[0] == "FINAL":
-            self.final = (found[1], "forced")
+            self._record_final(found[1], "forced")
         elif strip_code_blocks(completion.text):
-            self.final = (strip_code_blocks(completion.text), "forced")
+            self._record_final(strip_code_blocks(completion.text), "forced")
 
     def _answer(self, last_text: str, reason: str) -> tuple[str | None, bool]:
         if self.final is not None:
@@ -389,6 +426,7 @@ class _Run:
             self._log(FinalAnswer, answer=answer, source=source)  # type: ignore[arg-type]
             return answer, source in ("FINAL", "FINAL_VAR", "text")
         if last_text:
+            last_text = self._capped(last_text)
             self._log(FinalAnswer, answer=last_text, source="partial")
             return last_text, False
         return None, False
@@ -410,14 +448,15 @@ class _Run:
             reason, detail = "model_error", str(e)
         else:
             text = completion.text
-            self._log(RootTurn, iteration=0, prompt=self.tree.writer.clip(prompt) or "", completion=text,
+            clip = self.tree.writer.clip
+            self._log(RootTurn, iteration=0, prompt=clip(prompt) or "", completion=clip(text) or "",
                       model=completion.model, loops_chosen=choice.loops,
                       loops_executed=completion.loops.executed_mean if completion.loops else None,
                       usage=completion.usage.model_dump())
             # With nothing to run, the reply is the answer: FINAL(...) where it gives one, else its prose.
             found = find_final_in_text(text)
             answer = found[1] if found and found[0] == "FINAL" else (strip_code_blocks(text) or text.strip())
-            self.final = (answer, "text")
+            self._record_final(answer, "text")
         return self._finish(reason, detail, iterations=1, start=start)
 
     def _finish(self, reason: str, detail: str, *, iterations: int, start: float, last_text: str = "") -> Result:
@@ -426,8 +465,9 @@ class _Run:
             self._log(LimitHit, reason=reason, detail=detail)
         answer, finished = self._answer(last_text, reason)
         wall = time.monotonic() - start
-        self._log(RunEnd, answer=answer, finished=finished, reason=reason, iterations=iterations, wall_s=wall,
-                  usage=self.usage.model_dump())
+        # The final event holds the answer (capped); the end event repeats it clipped like any logged text.
+        self._log(RunEnd, answer=self.tree.writer.clip(answer), finished=finished, reason=reason,
+                  iterations=iterations, wall_s=wall, usage=self.usage.model_dump())
         return Result(answer=answer, finished=finished, reason=reason, detail=detail, usage=self.usage,
                       iterations=iterations, wall_s=wall, run_id=self.run_id, trajectory=self.tree.writer.path)
 
@@ -455,6 +495,9 @@ class RLM:
     ``root`` and ``child`` are backends or spec strings; ``child`` defaults to
     ``root``. ``max_depth=1`` makes ``rlm_query`` a plain child call; each level
     above allows one more level of child RLMs with their own REPLs.
+    ``max_answer_chars`` caps a final answer (None: no cap); a longer one is cut, marked
+    at the cut and named in ``Result.detail``. ``log_text_limit`` clips each text the
+    trajectory logs (prompts, replies, code, output; None: no clip).
     """
 
     def __init__(
@@ -474,6 +517,7 @@ class RLM:
         environment: EnvironmentFactory | None = None,
         log_dir: str | Path | None = None,
         log_text_limit: int | None = 20_000,
+        max_answer_chars: int | None = 1_000_000,
     ) -> None:
         root_backend = build_model(root) if isinstance(root, str) else root
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
@@ -482,6 +526,8 @@ class RLM:
         for name, value in (("max_depth", max_depth), ("max_iterations", max_iterations),
                             ("max_consecutive_errors", max_consecutive_errors), ("concurrency", concurrency)):
             check_int(value, name, minimum=1)
+        if max_answer_chars is not None:
+            check_int(max_answer_chars, "max_answer_chars", minimum=1)
         if environment is not None and not callable(environment):
             raise ConfigError(
                 f"environment must be a class or factory called with the sandbox limits (e.g. SandboxREPL), "
@@ -501,6 +547,7 @@ class RLM:
         self.policy = get_policy(loop_policy, **(policy_options or {}))
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.log_text_limit = log_text_limit
+        self.max_answer_chars = max_answer_chars
 
     def config(self) -> dict[str, Any]:
         """The configuration as logged in every trajectory."""

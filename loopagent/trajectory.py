@@ -11,13 +11,14 @@ Events share ``v`` (schema version), ``type``, ``ts``, ``run_id``,
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from loopagent.errors import LoopagentError
 
@@ -109,16 +110,18 @@ _EVENT = TypeAdapter(Event)
 
 
 class TrajectoryWriter:
-    """Appends events to a JSONL file; safe to share between a run and its children."""
+    """Appends events to a JSONL file; safe to share between a run and its children.
+
+    The file (and its folder) is created by the first event, so a run that fails before
+    it starts (a bad context, an unreachable model) leaves no empty log behind.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, *, text_limit: int | None = 20_000) -> None:
         self.path = Path(path) if path is not None else None
         self.text_limit = text_limit
         self._lock = threading.Lock()
         self._file: Any = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._closed = False
 
     def clip(self, text: str | None) -> str | None:
         """Cap long texts (prompts of child calls can be whole chunks of the input)."""
@@ -127,15 +130,21 @@ class TrajectoryWriter:
         return text[: self.text_limit] + f"\n... [{len(text) - self.text_limit:,} more characters not logged]"
 
     def write(self, event: _Event) -> None:
-        if self._file is None:
+        if self.path is None:
             return
         line = event.model_dump_json() + "\n"
         with self._lock:
+            if self._closed:
+                return
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             self._file.write(line)
             self._file.flush()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.flush()
                 os.fsync(self._file.fileno())
@@ -148,18 +157,64 @@ class TrajectoryError(LoopagentError, ValueError):
 
 
 def read_trajectory(path: str | os.PathLike[str]) -> list[Any]:
-    """Validated events of a log. A torn last line (a killed run) is skipped;
-    any other bad line raises :class:`TrajectoryError` naming the line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    events = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    """Validated events of a log.
+
+    A torn last line (a run killed while writing it: no closing newline, the start of an
+    event cut anywhere, even inside a character) is skipped. A file that is not UTF-8 text,
+    whose lines are not loopagent events, or that a newer loopagent wrote (a higher schema
+    version) raises :class:`TrajectoryError`.
+    """
+    data = Path(path).read_bytes()
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]  # what follows the last newline: empty in a log that was closed
+    # the writer puts the newline last, so a torn write is an unterminated start of an event
+    torn = tail.lstrip().startswith(b'{"v":')
+    body = data[:cut] if torn else data
+    try:
+        if b"\0" in body:  # valid UTF-8, but JSON lines never hold a raw NUL: a binary file
+            raise UnicodeDecodeError("utf-8", body, body.index(b"\0"), body.index(b"\0") + 1, "NUL byte")
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TrajectoryError(f"{path}: not a trajectory log (not UTF-8 text)") from None
+    lines = text.split("\n")
+    events = [_parse_line(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if torn:
         try:
-            events.append(_EVENT.validate_json(line))
-        except ValueError as e:
-            if number == len(lines):
-                break  # written while the process died
-            first = str(e).splitlines()[0]
-            raise TrajectoryError(f"{path}:{number}: not a loopagent trajectory event ({first})") from None
+            line = tail.decode("utf-8")
+            json.loads(line)
+        except ValueError:
+            return events  # cut while being written (UnicodeDecodeError is a ValueError)
+        events.append(_parse_line(path, len(lines), line))  # whole, only its newline is missing
     return events
+
+
+def _parse_line(path: str | os.PathLike[str], number: int, line: str) -> Any:
+    try:
+        return _EVENT.validate_json(line)
+    except ValueError as e:
+        error = e
+    try:
+        record = json.loads(line)
+    except ValueError:
+        why = "not JSON"
+    else:
+        version = record.get("v") if isinstance(record, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise TrajectoryError(
+                f"{path}:{number}: written with trajectory schema version {version}; this loopagent reads "
+                f"versions up to {SCHEMA_VERSION}: upgrade loopagent to read it"
+            ) from None
+        why = _first_error(error)
+    if number == 1:
+        raise TrajectoryError(f"{path}: not a trajectory: line 1 is not a loopagent event ({why})") from None
+    raise TrajectoryError(f"{path}:{number}: not a loopagent trajectory event ({why})") from None
+
+
+def _first_error(error: ValueError) -> str:
+    """The first problem pydantic found, as "field: message" (its own first line only counts them)."""
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
+    return str(error).splitlines()[0]

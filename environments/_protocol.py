@@ -104,9 +104,14 @@ class Channel:
         *,
         fds: list[int] | None = None,
         default: Any = None,
+        max_bytes: int | None = None,
     ) -> None:
+        """Send one frame; with ``max_bytes``, a larger message raises :class:`FrameTooLarge`
+        before anything is sent."""
         plen = len(payload) if payload is not None else 0
         head = self.encode(msg, plen, len(fds or ()), default)
+        if max_bytes is not None and len(head) + plen > max_bytes:
+            raise FrameTooLarge(f"a message of {len(head) + plen:,} bytes exceeds the limit of {max_bytes:,}")
         if fds:
             if self.fd_sock is None:
                 raise ValueError("this channel has no socket for file descriptors")

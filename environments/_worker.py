@@ -27,7 +27,7 @@ from typing import Any
 
 import _hardening
 import _policy
-from _protocol import Channel, ChannelClosed
+from _protocol import Channel, ChannelClosed, FrameTooLarge
 
 _CODE_CACHE_SIZE = 256
 _RESERVED_NOTE = "[note: `{name}` is provided by the sandbox and was restored; keep your own data under another name]\n"
@@ -198,6 +198,7 @@ class Worker:
         self.chan = chan
         self.limits = config["limits"]
         self.max_output = int(self.limits["max_output_chars"])
+        self.max_message = int(float(self.limits["max_message_mb"]) * 1024 * 1024)
         # `printed` keeps no more than the cell's output may show (see PrintCollector).
         _policy.PrintCollector.max_chars = self.max_output
         self.cpu_per_exec = float(self.limits["timeout_s"]) + 2.0
@@ -234,14 +235,21 @@ class Worker:
     def _stub(self, name: str) -> Callable[..., Any]:
         def host_function(*args: Any, **kwargs: Any) -> Any:
             _check_nesting([args, kwargs])
-            return self._request({"op": "call", "name": name, "args": list(args), "kwargs": kwargs})
+            msg = {"op": "call", "name": name, "args": list(args), "kwargs": kwargs}
+            try:
+                return self._request(msg, max_bytes=self.max_message)
+            except FrameTooLarge:
+                raise ValueError(
+                    f"the arguments of {name}() are larger than the {self.max_message / 2**20:,.1f} MB a host call "
+                    "takes: pass a slice or a summary, or split the work into several calls"
+                ) from None
 
         host_function.__name__ = host_function.__qualname__ = name
         return host_function
 
     # -- talking to the parent while a cell runs ---------------------------
-    def _request(self, msg: dict[str, Any]) -> Any:
-        self.chan.send(msg, default=_jsonable)
+    def _request(self, msg: dict[str, Any], *, max_bytes: int | None = None) -> Any:
+        self.chan.send(msg, default=_jsonable, max_bytes=max_bytes)
         while True:
             reply, _ = self.chan.recv()
             op = reply["op"]
@@ -346,12 +354,24 @@ class Worker:
                 text = value if isinstance(value, str) else str(value)
             except Exception as e:  # a model-defined __str__, a too deeply nested list
                 return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
-            return {"op": "value", "found": True, "value": text}
+            return self._bounded(name, {"op": "value", "found": True, "value": text})
         try:
             encoded = json.dumps(value, default=_jsonable, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as e:
             return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
-        return {"op": "value", "found": True, "json": encoded}
+        return self._bounded(name, {"op": "value", "found": True, "json": encoded})
+
+    def _bounded(self, name: str, reply: dict[str, Any]) -> dict[str, Any]:
+        """``reply`` if it fits the largest message the host accepts, else a note saying why not."""
+        text = reply.get("value", reply.get("json", ""))
+        # Cheap before exact: a character takes 1-4 bytes in UTF-8, 6 as a JSON escape.
+        if len(text) * 6 < self.max_message or len(Channel.encode(reply)) <= self.max_message:
+            return reply
+        size = len(text.encode("utf-8", "surrogatepass")) / 2**20
+        return {"op": "value", "found": True, "too_large": (
+            f"it holds {size:,.1f} MB, more than the {self.max_message / 2**20:,.1f} MB a variable may send to "
+            "the host; keep a shorter value (a summary, a slice) in it"
+        )}
 
     def _op_exec(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         code = msg["code"]

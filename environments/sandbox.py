@@ -92,6 +92,14 @@ class SandboxLimits(BaseModel):
     max_file_mb: int = Field(64, ge=1, description="Largest file the worker may write (RLIMIT_FSIZE).")
     max_disk_mb: int = Field(256, ge=1, description="Size of the worker's private tmpfs working directory (as root).")
     startup_timeout_s: float = Field(20.0, gt=0, description="How long to wait for a new worker to become ready.")
+    max_message_mb: float = Field(
+        64.0, gt=0, description="Largest message code may send to the host: the arguments of one host call "
+        "(an llm_query prompt, a FINAL answer) or a variable read back (FINAL_VAR)."
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 1024 * 1024)
 
     @property
     def max_context_bytes(self) -> int:
@@ -327,7 +335,9 @@ class SandboxREPL:
             child_sock.close()
             child_fd_sock.close()
         self._proc_box[0] = self._proc
-        max_frame = max(self.limits.memory_mb * 1024 * 1024, 64 * 1024 * 1024)
+        # Every frame the worker sends is bounded: a host call or a variable by max_message_mb (the worker
+        # refuses larger ones itself), an exec result by its capped output (4 bytes a character at most).
+        max_frame = self.limits.max_message_bytes + 4 * self.limits.max_output_chars + (1 << 20)
         self._chan = Channel(parent_sock, fd_sock=parent_fd_sock, max_frame=max_frame, spin_s=self.spin_s)
         try:
             msg, _ = self._chan.recv(timeout=self.limits.startup_timeout_s)
@@ -769,6 +779,8 @@ class SandboxREPL:
                 reply = self._request({"op": "get", "name": name, "as_text": as_text})
         if not reply.get("found"):
             raise VariableError(f"variable {name!r} is not defined in the sandbox")
+        if "too_large" in reply:
+            raise VariableError(f"variable {name!r} cannot be read: {reply['too_large']}")
         if "error" in reply:
             if as_text:
                 raise VariableError(

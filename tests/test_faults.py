@@ -265,3 +265,11 @@ def test_backend_error_in_batch_is_still_an_error_entry():
     root = ScriptedBackend([repl("print(llm_batch(['a']))"), repl("FINAL('x')")])
     RLM(root, ScriptedBackend(down, name="d")).run("q", context="c")
     assert "[error: server down]" in root.calls[1]["messages"][-1]["content"]
+
+
+def test_a_final_answer_over_the_sandbox_message_limit_never_reaches_the_host(tmp_path):
+    root = ScriptedBackend([repl("FINAL('x' * 3_000_000)"), repl("FINAL('short')")])
+    result = RLM(root, sandbox={"max_message_mb": 1}, log_dir=tmp_path).run("q", context="c")
+    assert result.answer == "short" and result.iterations == 2
+    first = events_of(result, "repl_exec")[0]
+    assert first.error_type == "ValueError" and "larger than the 1.0 MB a host call takes" in first.error

@@ -238,3 +238,25 @@ def test_directory_file_over_the_limit_is_refused_with_a_model_readable_reason(t
         res = r.execute("context['big.txt']")
         assert "cannot read 'big.txt': it is larger than the 1.0 MB the sandbox reads at once" in res.error
         assert not res.restarted
+
+
+# -- messages from code to the host are bounded ----------------------------------------------------
+
+
+def test_a_host_call_larger_than_max_message_is_refused_in_the_cell():
+    with SandboxREPL(max_message_mb=1) as repl:
+        repl.register("echo", lambda text: len(text))
+        r = repl.execute("keep = 7\necho('x' * 2_000_000)")
+        assert r.error_type == "ValueError" and "larger than the 1.0 MB a host call takes" in r.error
+        assert not r.restarted
+        assert repl.execute("print(keep, echo('x' * 1000))").stdout == "7 1000\n"
+
+
+def test_a_variable_larger_than_max_message_cannot_be_read_back():
+    with SandboxREPL(max_message_mb=1) as repl:
+        repl.execute("big = 'y' * 2_000_000\nsmall = 'ok'")
+        with pytest.raises(VariableError, match="cannot be read: it holds 1.9 MB, more than the 1.0 MB"):
+            repl.get_variable("big", as_text=True)
+        with pytest.raises(VariableError, match="cannot be read"):
+            repl.get_variable("big")
+        assert repl.get_variable("small") == "ok"

@@ -107,7 +107,8 @@ class FollowServer:
             self._httpd = ThreadingHTTPServer((HOST, self.port), handler)
         except OSError as e:
             if not any_port_if_busy or self.port == 0:
-                raise ViewError(f"cannot listen on {HOST}:{self.port} ({e.strerror}); try --port 0 (any free port)")
+                raise ViewError(
+                    f"cannot listen on {HOST}:{self.port} ({e.strerror}); try --port 0 (any free port)") from None
             self._httpd = ThreadingHTTPServer((HOST, 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},

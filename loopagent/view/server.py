@@ -58,13 +58,16 @@ class FollowServer:
         self._thread: threading.Thread | None = None
 
     # -- the log ---------------------------------------------------------------------------------
+    def _resolve(self) -> LogReader | None:
+        if self._reader is None and self.watch_dir is not None:
+            new = sorted(set(self.watch_dir.glob("*.jsonl")) - self._before, key=lambda p: p.stat().st_mtime)
+            if new:
+                self._reader = LogReader(new[-1])
+        return self._reader
+
     def _current(self) -> tuple[int, Log]:
         with self._lock:
-            if self._reader is None and self.watch_dir is not None:
-                new = sorted(set(self.watch_dir.glob("*.jsonl")) - self._before, key=lambda p: p.stat().st_mtime)
-                if new:
-                    self._reader = LogReader(new[-1])
-            if self._reader is None:
+            if self._resolve() is None:
                 return self._state, Log(self.watch_dir or Path("."), [], [f"waiting for a new log in {self.watch_dir}"])
             self._reader.poll()
             seen = (len(self._reader.events), len(self._reader.warnings))
@@ -91,7 +94,9 @@ class FollowServer:
     @property
     def log_path(self) -> Path | None:
         """The log being followed (None while waiting for it to appear)."""
-        return self._reader.path if self._reader is not None else None
+        with self._lock:
+            reader = self._resolve()
+        return reader.path if reader is not None else None
 
     # -- the server ------------------------------------------------------------------------------
     @property

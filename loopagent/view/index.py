@@ -46,7 +46,8 @@ def index_data(out_dir: PathLike, *, pages: bool = True) -> dict[str, Any]:
             except ViewError as e:
                 warnings.append(f"{r.config} / {r.item_id}: {e}")
         rows.append(row)
-    return {"mode": "index", "dir": str(out), "task": (manifest.get("config") or {}).get("task", out.name),
+    task = (manifest.get("config") or {}).get("task") or (records[0].task if records else out.name)
+    return {"mode": "index", "dir": str(out), "task": task,
             "rows": rows, "configs": _by_config(rows), "warnings": warnings}
 
 

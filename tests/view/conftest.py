@@ -21,7 +21,9 @@ import pytest
 from loopagent import RLM
 from loopagent.backends.base import LoopStats
 from loopagent.backends.scripted import ScriptedBackend
+from loopagent.evals.store import RESULTS, Record
 from loopagent.trajectory import FinalAnswer, ReplExec, RootTurn, RunEnd, RunStart, SubCall, TrajectoryWriter
+from loopagent.usage import UsageTotals
 
 INJECTION = "</script><script>document.title='pwned'</script><img src=x onerror=\"document.title='img'\">"
 
@@ -97,6 +99,24 @@ def write_big_log(path: Path, calls: int = 3000) -> None:
     w.close()
 
 
+def eval_dir(tmp_path: Path, logs: dict[str, Path]) -> Path:
+    """An eval output directory (results.jsonl, trajectories/) holding one item per configuration."""
+    out = tmp_path / "eval"
+    lines = []
+    for config, log in logs.items():
+        rel = Path("trajectories") / config / "item-0.jsonl"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(log.read_bytes())
+        lines.append(Record(
+            config=config, kind="rlm", root_loops=None, child_loops=int(config[-1]), depth=1, length=1000,
+            item_id="item-0", task="sniah", length_chars=1000, prediction="4", gold="4",
+            score=1.0 if config.endswith("8") else 0.5, finished=True, reason="final", iterations=3,
+            usage=UsageTotals(calls=8, loop_tokens=1600, usd=0.01), wall_s=1.0, model_time_s=0.5,
+            trajectory=str(rel)).model_dump_json())
+    (out / RESULTS).write_text("\n".join(lines) + "\n")
+    return out
+
+
 # -- the browser ------------------------------------------------------------------------------------
 def _install_chromium() -> str | None:
     """Path of a Chromium, installing the Debian package if we can; None when we cannot."""
@@ -155,4 +175,5 @@ def url_of() -> Callable[[Path], str]:
 @pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
     """This file's builders for the test modules (conftest is not importable under importlib mode)."""
-    return SimpleNamespace(make_run=make_run, write_big_log=write_big_log, injection=INJECTION, repl=repl)
+    return SimpleNamespace(make_run=make_run, write_big_log=write_big_log, eval_dir=eval_dir, injection=INJECTION,
+                           repl=repl)

@@ -8,15 +8,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from loopagent.cli import app
-from loopagent.evals.store import RESULTS, Record
 from loopagent.trajectory import RootTurn, TrajectoryWriter, read_trajectory
-from loopagent.usage import UsageTotals
 from loopagent.view import FollowServer, ViewError, load_log, write_index
 from loopagent.view.highlight import tokens
 from loopagent.view.load import Log, LogReader
@@ -176,27 +173,10 @@ def test_cli_writes_a_run_page_and_a_comparison(real_run, tmp_path) -> None:
     assert sides[0]["label"].startswith("A ·") and sides[0]["run"]["runs"][0]["id"].startswith("a-")
 
 
-def _eval_dir(tmp_path: Path, logs: dict[str, Path]) -> Path:
-    out = tmp_path / "eval"
-    lines = []
-    for config, log in logs.items():
-        rel = Path("trajectories") / config / "item-0.jsonl"
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(log.read_bytes())
-        lines.append(Record(
-            config=config, kind="rlm", root_loops=None, child_loops=int(config[-1]), depth=1, length=1000,
-            item_id="item-0", task="sniah", length_chars=1000, prediction="4", gold="4",
-            score=1.0 if config.endswith("8") else 0.5, finished=True, reason="final", iterations=3,
-            usage=UsageTotals(calls=8, loop_tokens=1600, usd=0.01), wall_s=1.0, model_time_s=0.5,
-            trajectory=str(rel)).model_dump_json())
-    (out / RESULTS).write_text("\n".join(lines) + "\n")
-    return out
-
-
 def test_an_eval_directory_gets_an_index_with_a_page_per_run(helpers, tmp_path) -> None:
     a, _ = helpers.make_run(tmp_path / "a", child_loops=2)
     b, _ = helpers.make_run(tmp_path / "b", child_loops=8)
-    out = _eval_dir(tmp_path, {"child2": a, "child8": b})
+    out = helpers.eval_dir(tmp_path, {"child2": a, "child8": b})
     result = runner.invoke(app, ["view", str(out)])
     assert result.exit_code == 0, result.output
     data = _data((out / "index.html").read_text())

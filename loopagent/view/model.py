@@ -179,7 +179,7 @@ def timeline(runs: list[RunNode], prefix: str = "") -> dict[str, Any]:
     for top in runs:
         _bars(top, prefix, bars, top=True)
     if not bars:
-        return {"bars": [], "wall_s": 0.0, "lanes": 2, "split": {}}
+        return {"bars": [], "wall_s": 0.0, "lanes": 2, "split": {}, "shared": 0}
     t0 = min(b["s"] for b in bars)
     starts = [r.start.ts for r in runs if r.start is not None]
     if starts:
@@ -191,13 +191,13 @@ def timeline(runs: list[RunNode], prefix: str = "") -> dict[str, Any]:
     ends = [r.end for r in runs if r.end is not None]
     if ends and starts:
         wall = max(wall, max(e.ts for e in ends) - t0)
-    lanes = _pack([b for b in bars if b["lane"] < 0])
+    lanes, shared = _pack([b for b in bars if b["lane"] < 0])
     model = _union([(b["s"], b["e"]) for b in bars if b["cat"] == "root"])
     repl = _union([(b["s"], b["e"]) for b in bars if b["cat"] == "repl"])
     calls = _union([(b["s"], b["e"]) for b in bars if b["cat"] in ("call", "child")])
     split = {"root model": model, "REPL": repl, "child calls (inside REPL)": calls,
              "waiting (controller, sandbox, log)": max(0.0, wall - model - repl)}
-    return {"bars": bars, "wall_s": wall, "lanes": 2 + lanes, "split": split}
+    return {"bars": bars, "wall_s": wall, "lanes": 2 + lanes, "split": split, "shared": shared}
 
 
 def _bars(run: RunNode, p: str, bars: list[dict[str, Any]], *, top: bool) -> None:
@@ -234,9 +234,11 @@ def _bar(ts: float, duration: float, lane: int, cat: str, nid: str, label: str) 
     return {"s": ts - duration, "e": ts, "lane": lane, "cat": cat, "id": nid, "label": label}
 
 
-def _pack(bars: list[dict[str, Any]]) -> int:
-    """Give each bar the first lane (from 2) free at its start; returns the lanes used."""
+def _pack(bars: list[dict[str, Any]]) -> tuple[int, int]:
+    """Give each bar the first lane (from 2) free at its start; returns the lanes used and how
+    many bars had to share the last lane with a bar they overlap."""
     ends: list[float] = []
+    shared = 0
     for b in sorted(bars, key=lambda b: (b["s"], b["e"])):
         lane = next((i for i, end in enumerate(ends) if end <= b["s"]), None)
         if lane is None:
@@ -245,9 +247,10 @@ def _pack(bars: list[dict[str, Any]]) -> int:
                 lane = len(ends) - 1
             else:
                 lane = len(ends) - 1
+                shared += 1
         ends[lane] = max(ends[lane], b["e"])
         b["lane"] = 2 + lane
-    return len(ends)
+    return len(ends), shared
 
 
 def _union(spans: list[tuple[float, float]]) -> float:

@@ -142,14 +142,21 @@
     if (u.wall_s) t += ' · ' + secs(u.wall_s);
     return el('span', 'dim', t);
   }
+  function runConfig(node) {
+    var parts = [];
+    ['root', 'child', 'policy'].forEach(function (k) { if (node[k] != null) parts.push(k + '=' + node[k]); });
+    if (node.context) {
+      parts.push('context=' + node.context.type + (node.context.chars != null ? ' ' + num(node.context.chars) + ' chars' : ''));
+    }
+    return parts.join(' ');
+  }
   function head(node) {
     var h = el('span', 'title');
     switch (node.k) {
       case 'run':
         add(h, el('b', 'run-name', node.depth ? 'child run ' + node.run_id : 'run ' + node.run_id),
           badge('depth ' + node.depth), badge(node.status, node.status === 'final' ? 'ok' : node.status === 'running' ? 'live' : 'warn'),
-          el('span', 'dim', 'root=' + node.root + ' child=' + node.child + ' policy=' + node.policy +
-            (node.context ? ' context=' + node.context.type + (node.context.chars !== undefined ? ' ' + num(node.context.chars) + ' chars' : '') : '')),
+          el('span', 'dim', runConfig(node)),
           el('span', 'preview', node.query ? 'Q: ' + short(node.query, 120) : ''));
         break;
       case 'turn':
@@ -214,7 +221,7 @@
     switch (node.k) {
       case 'run':
         add(b, textBlock('query', node.query, node.id + ':q'),
-          node.max_depth !== undefined ? el('div', 'dim', 'max depth ' + node.max_depth) : null,
+          node.max_depth != null ? el('div', 'dim', 'max depth ' + node.max_depth) : null,
           node.system_prompt ? details('system prompt', node.system_prompt, node.id + ':sys') : null);
         break;
       case 'turn':
@@ -312,7 +319,7 @@
   function usageTable(usage) {
     var t = el('table', 'usage');
     var hrow = el('tr');
-    ['', 'calls', 'prompt tok', 'completion tok', 'loop-tokens', 'USD', 'model time'].forEach(function (c) { add(hrow, el('th', null, c)); });
+    ['', 'calls', 'prompt tok', 'completion tok', 'loop-tokens', 'USD', 'model time (sum)'].forEach(function (c) { add(hrow, el('th', null, c)); });
     add(t, add(el('thead'), hrow));
     var tb = el('tbody');
     var rows = [['total', usage.total, 'total']];
@@ -340,7 +347,9 @@
     add(box, add(el('div', 'label'), document.createTextNode('where the time went · ' + secs(wall) + ' wall')), split);
     var lanes = el('div', 'timeline');
     lanes.style.height = (tl.lanes * 14 + 4) + 'px';
-    ['root model', 'REPL'].forEach(function (name, i) {
+    var track = el('div', 'track');  // bars sit right of the lane names
+    ['root model', 'REPL', 'calls'].forEach(function (name, i) {
+      if (i >= tl.lanes) return;
       var l = el('div', 'lane-name', name);
       l.style.top = (i * 14 + 2) + 'px';
       add(lanes, l);
@@ -353,11 +362,13 @@
       bar.title = b.label + ' · ' + CATS[b.cat] + ' · ' + secs(b.e - b.s) + ' from ' + secs(b.s);
       bar.setAttribute('data-node', b.id);
       bar.addEventListener('click', function () { reveal(b.id); });
-      add(lanes, bar);
+      add(track, bar);
     });
+    add(lanes, track);
     add(box, lanes);
     add(box, add(el('div', 'legend'), legend('root', 'root model'), legend('repl', 'REPL cell'),
-      legend('call', 'child model call'), legend('child', 'child run (rlm_query)')));
+      legend('call', 'child model call'), legend('child', 'child run (rlm_query)'),
+      tl.shared ? el('span', null, num(tl.shared) + ' calls overlap others in the last lane (more concurrent calls than lanes)') : null));
     return box;
   }
   function legend(cat, text) { return add(el('span', 'legend-item'), el('span', 'swatch c-' + cat), el('span', null, text)); }
@@ -437,7 +448,7 @@
     var turns = tops.map(function (t) { return t.kids.filter(function (k) { return k.k === 'turn'; }); });
     var rest = tops.map(function (t) { return t.kids.filter(function (k) { return k.k !== 'turn'; }); });
     var hr = el('tr');
-    add(hr, el('th', null, ''));
+    add(hr, el('th', 'row-label', ''));
     sides.forEach(function (s) { add(hr, el('th', null, s.label)); });
     add(table, hr);
     var n = Math.max(turns[0].length, turns[1].length);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,16 +128,22 @@ class FollowServer:
             self._delivered_done.wait(timeout_s)
 
     def serve_until_interrupted(self, max_s: float | None = None) -> None:
-        """Block until Ctrl-C (or ``max_s`` seconds), then stop."""
+        """Block until Ctrl-C or SIGTERM (or ``max_s`` seconds), then stop."""
         deadline = None if max_s is None else time.monotonic() + max_s
+        stop = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # `kill` stops it as cleanly as Ctrl-C
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            while self._thread is not None and self._thread.is_alive():
+            while self._thread is not None and self._thread.is_alive() and not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                self._thread.join(0.5)
+                stop.wait(0.5)
         except KeyboardInterrupt:
             pass
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.stop()
 
     def stop(self) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -251,3 +255,18 @@ def test_watch_dir_waits_for_the_new_log(real_run, tmp_path) -> None:
     assert server.data(-1)["run"]["events"] == 0 and server.log_path is None
     (tmp_path / "new.jsonl").write_text(path.read_text())
     assert server.data(-1)["run"]["done"] and server.log_path == tmp_path / "new.jsonl"
+
+
+def test_follow_command_prints_its_url_and_stops_cleanly_on_sigterm(real_run) -> None:
+    path, _ = real_run
+    proc = subprocess.Popen([sys.executable, "-m", "loopagent.cli", "view", "--follow", str(path), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+        assert json.loads(_get(url + "data?offset=0"))["run"]["done"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

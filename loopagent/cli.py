@@ -75,6 +75,9 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Child calls in flight at once.")] = 64,
     log_dir: Annotated[Path, typer.Option(help="Where the trajectory JSONL goes.")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    live_view: Annotated[
+        bool, typer.Option("--view", help="Serve a live page of the run on 127.0.0.1 and print its URL.")
+    ] = False,
 ) -> None:
     """Answer QUERY over a long context with a Recursive Language Model.
 
@@ -114,7 +117,11 @@ def run(
             concurrency=concurrency,
             log_dir=log_dir,
         )
-        result = rlm.run(query, ctx)  # type: ignore[arg-type]
+        viewer = _start_viewer(log_dir) if live_view else None
+        try:
+            result = rlm.run(query, ctx)  # type: ignore[arg-type]
+        finally:
+            _stop_viewer(viewer)
     except LoopagentError as e:
         _fail(str(e))
     if as_json:
@@ -232,6 +239,79 @@ def show(
     if not events:
         _fail(f"{path} holds no events (an empty log, or a run killed while writing its first event)")
     _console.print(render(events, width=width))
+
+
+@app.command()
+def view(
+    paths: Annotated[
+        list[Path], typer.Argument(help="A trajectory .jsonl; two of them to compare; or an eval output directory.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where the page goes (default: next to the input).")]
+    = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Serve a live page on 127.0.0.1 that updates as the log grows.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="--follow: port to listen on (0: any free port).")] = 8765,
+) -> None:
+    """Write a self-contained HTML page of a run (no network needed): the run as a collapsible tree,
+    usage per depth and model, and a timeline of where the time went.
+
+    Examples: loopagent view runs/x.jsonl -o x.html | loopagent view a.jsonl b.jsonl (side by side) |
+    loopagent view evals-out/sniah (index of an eval) | loopagent view --follow runs/x.jsonl (live)
+    """
+    from loopagent import LoopagentError
+    from loopagent.view import FollowServer, load_log, write_compare_page, write_index, write_run_page
+
+    if len(paths) > 2:
+        _fail("pass one log, two logs to compare, or one eval output directory")
+    if follow and (len(paths) != 1 or not paths[0].is_file()):
+        _fail("--follow takes one trajectory .jsonl file")
+    if len(paths) == 2 and not all(p.is_file() for p in paths):
+        _fail("comparing takes two trajectory .jsonl files")
+    try:
+        if follow:
+            load_log(paths[0])  # a clear error now rather than a broken page later
+            server = FollowServer(paths[0], port=port)
+            url = server.start(any_port_if_busy=True)
+            _console.print(f"live view of {paths[0]}: {url}  (Ctrl-C to stop)", highlight=False)
+            server.serve_until_interrupted()
+            return
+        if paths[0].is_dir():
+            page = write_index(paths[0], out)
+        elif len(paths) == 2:
+            page = write_compare_page(paths[0], paths[1], out)
+        else:
+            for warning in load_log(paths[0]).warnings:
+                _console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            page = write_run_page(paths[0], out)
+    except LoopagentError as e:
+        _fail(str(e))
+    _console.print(f"page: {page}", highlight=False)
+
+
+def _start_viewer(log_dir: Path) -> object:
+    """A live page for the log the run is about to write in ``log_dir``."""
+    from loopagent.view import FollowServer
+
+    server = FollowServer(watch_dir=log_dir, port=8765)
+    url = server.start(any_port_if_busy=True)
+    Console(stderr=True).print(f"live view: {url}", highlight=False)
+    return server
+
+
+def _stop_viewer(viewer: object) -> None:
+    from loopagent import LoopagentError
+    from loopagent.view import FollowServer, write_run_page
+
+    if not isinstance(viewer, FollowServer):
+        return
+    viewer.linger()  # an open page gets the run's last events before the server goes
+    viewer.stop()
+    if viewer.log_path is not None:
+        try:
+            Console(stderr=True).print(f"page: {write_run_page(viewer.log_path)}", highlight=False)
+        except LoopagentError:
+            pass  # the run's own result says what went wrong
 
 
 @app.command()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from rich.markup import escape
 from rich.tree import Tree
 
-from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall
+from loopagent.runtree import CallNode, ExecNode, RunNode, TurnNode, build_runs
+from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd
 
 
 def _short(text: str | None, width: int) -> str:
@@ -37,74 +37,77 @@ def _tokens(usage: dict[str, Any]) -> str:
 
 
 def render(events: list[Any], *, width: int = 100) -> Tree:
-    """A rich Tree of the runs in ``events`` (children nested under their calls)."""
-    by_run: dict[str, list[Any]] = defaultdict(list)
-    roots: list[str] = []
-    for event in events:
-        if event.run_id not in by_run and event.parent_id is None:
-            roots.append(event.run_id)
-        by_run[event.run_id].append(event)
+    """A rich Tree of the runs in ``events`` (children nested under their calls).
+
+    Example: ``Console().print(render(read_trajectory("runs/x.jsonl")))``
+    """
     tree = Tree("[bold]trajectory[/]")
-    for run_id in roots:
-        _render_run(tree, run_id, by_run, width)
+    for run in build_runs(events):
+        _render_run(tree, run, width)
     return tree
 
 
-def _render_run(parent: Tree, run_id: str, by_run: dict[str, list[Any]], width: int) -> None:
-    events = by_run.get(run_id, [])
-    start = next((e for e in events if isinstance(e, RunStart)), None)
-    label = f"[bold cyan]run {run_id}[/] depth {events[0].depth if events else '?'}"
+def _render_run(parent: Tree, run: RunNode, width: int) -> None:
+    start = run.start
+    label = f"[bold cyan]run {run.run_id}[/] depth {run.depth}"
     if start is not None:
         cfg = start.config
         label += f"  [dim]root={cfg.get('root', {}).get('name')} child={cfg.get('child', {}).get('name')} "
         label += f"policy={cfg.get('loop_policy', {}).get('name')} context={start.context.get('type')}[/]"
         label += f"\n[yellow]Q:[/] {_short(start.query, width)}"
     node = parent.add(label)
-    turn: Tree | None = None
-    pending: list[SubCall] = []
-    for event in events:
-        if isinstance(event, RootTurn):
+    for item in run.items:
+        if isinstance(item, TurnNode):
+            event = item.turn
             turn = node.add(
                 f"[bold]turn {event.iteration + 1}[/]{_loops(event.loops_chosen, event.loops_executed)}"
                 f"{_tokens(event.usage)}  {_short(event.completion, width)}"
             )
-        elif isinstance(event, SubCall):
-            pending.append(event)
-        elif isinstance(event, ReplExec):
-            host = turn if turn is not None else node
-            status = "[red]✗ " + escape(event.error_type or "error") + "[/]" if event.error else "[green]✓[/]"
-            exec_node = host.add(f"repl {status} [dim]{event.duration_s * 1000:.1f} ms[/]  {_short(event.code, width)}")
-            for call in pending:
-                _render_call(exec_node, call, by_run, width)
-            pending.clear()
-            if event.stdout:
-                exec_node.add(f"[dim]out:[/] {_short(event.stdout, width)}")
-            if event.error:
-                exec_node.add(f"[red]{_short(event.error.splitlines()[-1], width)}[/]")
-        elif isinstance(event, LimitHit):
-            node.add(f"[red]limit: {escape(event.reason)}[/] {_short(event.detail, width)}")
-        elif isinstance(event, FinalAnswer):
-            node.add(f"[bold green]answer ({event.source}):[/] {_short(event.answer, width)}")
-        elif isinstance(event, RunEnd):
-            total = event.usage.get("total", {})
+            for cell in item.execs:
+                _render_exec(turn, cell, width)
+        elif isinstance(item, ExecNode):
+            _render_exec(node, item, width)
+        elif isinstance(item, LimitHit):
+            node.add(f"[red]limit: {escape(item.reason)}[/] {_short(item.detail, width)}")
+        elif isinstance(item, FinalAnswer):
+            node.add(f"[bold green]answer ({item.source}):[/] {_short(item.answer, width)}")
+        elif isinstance(item, RunEnd):
+            total = item.usage.get("total", {})
             node.add(
-                f"[dim]end: {escape(event.reason)}, {event.iterations} turns, {event.wall_s:.2f} s, "
+                f"[dim]end: {escape(item.reason)}, {item.iterations} turns, {item.wall_s:.2f} s, "
                 f"{total.get('calls', 0)} calls, "
                 f"{total.get('prompt_tokens', 0) + total.get('completion_tokens', 0):,} tokens, "
                 f"{total.get('loop_tokens', 0):,} loop-tokens[/]"
             )
-    for call in pending:  # calls of a cell that never finished (killed run)
-        _render_call(node, call, by_run, width)
+    for child in run.running_children:
+        _render_run(node, child, width)
 
 
-def _render_call(parent: Tree, call: SubCall, by_run: dict[str, list[Any]], width: int) -> None:
+def _render_exec(parent: Tree, cell: ExecNode, width: int) -> None:
+    event = cell.exec
+    if event is None:  # calls of a cell that never finished (killed run)
+        for call in cell.calls:
+            _render_call(parent, call, width)
+        return
+    status = "[red]✗ " + escape(event.error_type or "error") + "[/]" if event.error else "[green]✓[/]"
+    exec_node = parent.add(f"repl {status} [dim]{event.duration_s * 1000:.1f} ms[/]  {_short(event.code, width)}")
+    for call in cell.calls:
+        _render_call(exec_node, call, width)
+    if event.stdout:
+        exec_node.add(f"[dim]out:[/] {_short(event.stdout, width)}")
+    if event.error:
+        exec_node.add(f"[red]{_short(event.error.splitlines()[-1], width)}[/]")
+
+
+def _render_call(parent: Tree, node: CallNode, width: int) -> None:
+    call = node.call
     requested = f" [dim](asked {call.loops_requested})[/]" if call.loops_requested is not None else ""
     head = (f"[blue]{call.kind}[/]#{call.index} → {escape(call.model)}"
             f"{_loops(call.loops_chosen, call.loops_executed)}{requested}{_tokens(call.usage)}")
-    node = parent.add(f"{head}  {_short(call.prompt, width // 2)}")
+    tree = parent.add(f"{head}  {_short(call.prompt, width // 2)}")
     if call.error:
-        node.add(f"[red]error:[/] {_short(call.error, width)}")
+        tree.add(f"[red]error:[/] {_short(call.error, width)}")
     elif call.response is not None:
-        node.add(f"[dim]reply:[/] {_short(call.response, width)}")
-    if call.child_run_id:
-        _render_run(node, call.child_run_id, by_run, width)
+        tree.add(f"[dim]reply:[/] {_short(call.response, width)}")
+    if node.child is not None:
+        _render_run(tree, node.child, width)

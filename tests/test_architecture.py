@@ -30,7 +30,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FOUNDATION = frozenset({"loopagent.errors", "loopagent.aio", "loopagent.validation", "loopagent.tokens"})
-APPS = frozenset({"loopagent", "loopagent.cli", "loopagent.demo"})
+APPS = frozenset({"loopagent", "loopagent.cli", "loopagent.demo", "loopagent.view", "loopagent.view.load",
+                  "loopagent.view.highlight", "loopagent.view.model", "loopagent.view.page", "loopagent.view.render",
+                  "loopagent.view.index", "loopagent.view.server"})
 _RANK = {"foundation": 0, "environments": 1, "backends": 1, "controller": 2, "evals": 3, "training": 4, "apps": 5}
 # The sandbox worker's own modules run with only their folder on sys.path.
 _WORKER_SIDE = frozenset({"_worker", "_policy", "_protocol", "_hardening"})

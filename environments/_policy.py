@@ -32,6 +32,7 @@ import copy
 import enum
 import importlib
 import operator
+import pprint
 import re
 import string
 import sys
@@ -371,9 +372,10 @@ def _check_base(base: Any) -> None:
         return  # type() itself reports it
     if issubclass(base, type):
         raise SandboxPolicyError("metaclasses cannot be defined in the sandbox")
-    if issubclass(base, (super, string.Formatter)):
+    if issubclass(base, (super, string.Formatter, pprint.PrettyPrinter)):
         # a subclass instance would count as the sandbox's own object while it
-        # proxies a foreign one (super) or walks attributes unguarded (Formatter)
+        # proxies a foreign one (super), walks attributes unguarded (Formatter) or
+        # holds the worker's stdout in its instance dict (PrettyPrinter._stream)
         raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
     module = getattr(base, "__module__", None)
     if type(module) is not str or module.partition(".")[0] not in _BASE_MODULES:
@@ -426,11 +428,11 @@ def _match_class(cls: Any) -> None:
     names = getattr(cls, "__match_args__", ())
     if type(names) is not tuple:
         return  # the match raises TypeError itself
-    own = _defined_in_sandbox(cls)
     for name in names:
         if type(name) is not str:
             continue
-        if (name.startswith("_") and name != "_" and (_is_dunder(name) or not own)) or name in _BLOCKED_ATTRS or (
+        private = name.startswith("_") and name != "_"
+        if (private and (_is_dunder(name) or not _private_allowed(cls, name))) or name in _BLOCKED_ATTRS or (
             name in ("format", "format_map") and issubclass(cls, str)
         ):
             raise SandboxPolicyError(f"{cls.__name__}.__match_args__ names {name!r}, which is not readable")

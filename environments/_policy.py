@@ -673,7 +673,6 @@ class PrintCollector:
         print(*objects, **kwargs)
 
 
-
 def make_namespace() -> dict[str, Any]:
     """A fresh global namespace for sandboxed code."""
     return {

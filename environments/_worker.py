@@ -467,7 +467,7 @@ def _format_exception(e: BaseException, code: str) -> str:
         out.append(f"  [previous line repeated {repeats} more times]")
     try:
         out.append("".join(traceback.format_exception_only(type(e), e)).rstrip())
-    except Exception:
+    except BaseException:  # a class of the sandbox may define __str__ (raise SystemExit, ...)
         out.append(type(e).__name__)
     return "\n".join(out)
 

@@ -368,6 +368,301 @@ def test_policy_hole(fresh, a):
     check_refused(fresh, a, fresh.execute(a.code))
 
 
+# -- the newly allowed language: classes, super(), special methods, match, typing ... ---------
+# Each attack aims at something the policy lets through since models write ordinary
+# Python; it must be refused, or run without reaching anything outside the namespace.
+
+_TB_EXIT = (
+    "tbs = []\n"
+    "class Catch:\n"
+    "    def __enter__(self):\n        return self\n"
+    "    def __exit__(self, t, e, tb):\n        tbs.append(tb)\n        tbs.append(e)\n        return True\n"
+    "with Catch():\n    1 / 0\n"
+)
+_OWN = "class A:\n    def m(self):\n        return 1\na = A()\n"
+_CLOSURE = (
+    "def outer():\n    x = 1\n    def inner():\n        nonlocal x\n        x += 1\n        return x\n"
+    "    return inner\n"
+)
+
+NEW_SURFACE = [
+    # super() and the dunders of the sandbox's own objects
+    attack("super", "super_of_a_builtin_object", "i = super(int, 5).__init__\n" + WIN),
+    attack("super", "super_type_over_own_class_subclasses",
+           "class A:\n    pass\nsubs = getattr(super(type, A), '__subclasses__')()\n" + WIN,
+           errors=("TypeError", *POLICY)),  # `type` is the one-argument function: the real one is out of reach
+    attack("super", "super_class_attribute", _OWN + "c = super(A, a).__class__\n" + WIN),
+    attack("super", "super_getattribute_raw_access",
+           "class A:\n    def peek(self, n):\n        return super().__getattribute__(n)\n"
+           "A().peek('__class__')\n" + WIN),
+    attack("super", "super_setattr_reassigns_class",
+           "import random\nclass A:\n    def swap(self):\n        super().__setattr__('__class__', random.Random)\n"
+           "A().swap()\n" + WIN),
+    attack("super", "super_of_host_function", "s = super(type(len), len).__init__\n" + WIN),
+    attack("super", "subclass_of_super", "class S(super):\n    pass\n" + WIN),
+    attack("super", "own_class_metaclass", "class A:\n    pass\nmeta = A.__class__\n" + WIN),
+    attack("super", "own_class_dict", "class A:\n    x: int = 1\nd = A.__dict__\n" + WIN),
+    attack("super", "own_method_globals", _OWN + "g = getattr(a.m, '__func__')\n" + WIN),
+    attack("super", "own_function_globals", "def f():\n    pass\ng = getattr(f, '__globals__')\n" + WIN),
+    attack("super", "own_class_mro_to_object_subclasses",
+           "class A:\n    pass\nsubs = getattr(A.mro()[-1], '__subclasses__')()\n" + WIN),
+    attack("special_methods", "define_getattribute", "class A:\n    def __getattribute__(self, n):\n"
+           "        return 1\n" + WIN),
+    attack("special_methods", "define_setattr", "class A:\n    def __setattr__(self, n, v):\n        pass\n" + WIN),
+    attack("special_methods", "define_reduce", "class A:\n    def __reduce__(self):\n        return (len, ())\n" + WIN),
+    attack("special_methods", "define_reduce_ex", "class A:\n    def __reduce_ex__(self, p):\n        return 1\n"
+           "" + WIN),
+    attack("special_methods", "define_getstate", "class A:\n    def __getstate__(self):\n        return 1\n" + WIN),
+    attack("special_methods", "define_subclasshook",
+           "import abc\nclass A(abc.ABC):\n    @classmethod\n    def __subclasshook__(cls, c):\n        return True\n"
+           + WIN),
+    attack("special_methods", "define_del", "class A:\n    def __del__(self):\n        pass\n" + WIN),
+    attack("special_methods", "class_body_dunder_name", "class A:\n    __getattribute__ = len\n" + WIN),
+    attack("special_methods", "assign_dunder_on_own_class", "class A:\n    pass\nA.__init_subclass__ = len\n" + WIN),
+    attack("special_methods", "setattr_class_of_own_object",
+           "import random\nclass A:\n    pass\nsetattr(A(), '__class__', random.Random)\n" + WIN),
+    attack("special_methods", "init_subclass_reads_metaclass",
+           "class A:\n    def __init_subclass__(cls):\n        print(cls.__class__)\nclass B(A):\n    pass\n" + WIN),
+    attack("special_methods", "class_getitem_item_globals",
+           "class A:\n    def __class_getitem__(cls, item):\n        return getattr(item, '__globals__')\n"
+           "import random\ng = A[random.seed]\n" + WIN),
+    attack("special_methods", "set_name_owner_dict",
+           "class D:\n    def __set_name__(self, owner, name):\n        print(owner.__dict__)\nclass A:\n"
+           "    d = D()\n" + WIN,
+           errors=("RuntimeError", *POLICY), forbid=("mappingproxy",)),  # 3.11 wraps errors of __set_name__
+    attack("special_methods", "getattr_override_does_not_unlock_host",
+           "import random\nclass P:\n    def __getattr__(self, n):\n        return getattr(random, n)\n"
+           "o = P()._os\n" + WIN),
+    attack("special_methods", "metaclass_keyword", "class A(metaclass=type):\n    pass\n" + WIN),
+    attack("special_methods", "metaclass_base_from_abc", "import abc\nclass M(abc.ABCMeta):\n    pass\n" + WIN),
+    attack("special_methods", "metaclass_from_typing", "import typing\nM = typing.NamedTupleMeta\n" + WIN),
+    attack("special_methods", "metaclass_from_enum", "import enum\nM = enum.EnumType\n" + WIN),
+    attack("special_methods", "type_of_own_class", "class A:\n    pass\nT = type(A)\nX = T('X', (), {})\n" + WIN),
+    attack("special_methods", "subclass_a_worker_class",
+           "class Out(type(echo)):\n    pass\n" + WIN, errors=("TypeError", *POLICY)),
+    attack("special_methods", "subclass_pretty_printer_for_stdout",
+           "import pprint\nclass P(pprint.PrettyPrinter):\n    pass\ns = P().__dict__['_stream']\n" + WIN),
+    attack("special_methods", "private_attribute_of_host_base",
+           "import random\nclass R(random.Random):\n    def f(self):\n        return self._randbelow\nR().f()\n" + WIN),
+    attack("special_methods", "abc_register_makes_isinstance_lie",
+           "import abc\nclass A(abc.ABC):\n    pass\nA.register(type(len))\n" + WIN),
+    attack("special_methods", "numbers_register", "import numbers\nnumbers.Number.register(type(len))\n" + WIN),
+    attack("special_methods", "collections_abc_register",
+           "import collections.abc\ncollections.abc.Mapping.register(type(len))\n" + WIN),
+    # exceptions and with statements: tracebacks stay opaque
+    attack("exceptions", "with_exit_traceback_frame", _TB_EXIT + "f = getattr(tbs[0], 'tb' + '_frame')\n" + WIN),
+    attack("exceptions", "with_exit_traceback_lineno", _TB_EXIT + "n = tbs[0].tb_lineno\n" + WIN),
+    attack("exceptions", "with_exit_traceback_format", _TB_EXIT + "s = '{0.tb_frame}'.format(tbs[0])\n" + WIN),
+    attack("exceptions", "with_exit_exception_traceback", _TB_EXIT + "t = getattr(tbs[1], '__traceback__')\n" + WIN),
+    attack("exceptions", "own_exception_traceback",
+           "class E(Exception):\n    pass\ntry:\n    raise E()\nexcept E as e:\n"
+           "    t = getattr(e, '__traceback__')\n" + WIN),
+    attack("exceptions", "own_exception_context",
+           "class E(Exception):\n    pass\ntry:\n    try:\n        1 / 0\n    except ZeroDivisionError:\n"
+           "        raise E()\nexcept E as e:\n    c = getattr(e, '__context__')\n" + WIN),
+    attack("exceptions", "traceback_through_match", _TB_EXIT + "match tbs[0]:\n    case object(tb_frame=f):\n"
+           "        " + WIN),
+    # generators and closures
+    attack("frame_walk", "yield_from_delegate_frame",
+           _gen("def outer():\n    yield from g()\nx = outer()\nnext(x)\n"
+                "f = getattr(getattr(x, 'gi_yieldfrom'), 'gi_frame')\n")
+           + WIN),
+    attack("frame_walk", "generator_in_own_object",
+           _gen("class W:\n    def __init__(self):\n        self.g = g()\nw = W()\n"
+                "f = getattr(w.g, 'gi' + '_frame')\n") + WIN),
+    attack("frame_walk", "generator_frame_via_format", _gen("class W:\n    pass\nw = W()\nw.g = g()\n"
+           "s = '{0.g.gi_frame}'.format(w)\n")
+           + WIN),
+    attack("frame_walk", "generator_dunder_next_self", _gen("n = g().__next__\n") + WIN),
+    attack("frame_walk", "nonlocal_closure_attribute", _CLOSURE + "c = outer().__closure__\n" + WIN),
+    attack("frame_walk", "nonlocal_closure_cell_contents",
+           _CLOSURE + "v = getattr(outer(), '__closure__')[0].cell_contents\n" + WIN),
+    attack("frame_walk", "own_function_code", _CLOSURE + "c = getattr(outer, '__code__')\n" + WIN),
+    attack("frame_walk", "async_generator_frame", "async def g():\n    yield 1\nf = g().ag_frame\n" + WIN),
+    # match statements read attributes natively
+    attack("match", "class_pattern_dunder_keyword", "match 1:\n    case object(__class__=c):\n        " + WIN),
+    attack("match", "class_pattern_private_keyword", "import random\nmatch random:\n    case object(_os=o):\n"
+           "        " + WIN),
+    attack("match", "class_pattern_object_reads_module",
+           "import calendar\nmatch calendar:\n    case object(sys=s):\n        " + WIN),
+    attack("match", "class_pattern_module_type",
+           "import calendar\nM = type(calendar)\nmatch calendar:\n    case M(sys=s):\n        " + WIN),
+    attack("match", "class_pattern_str_format", "match '{0.__class__}':\n    case str(format=f):\n        " + WIN),
+    attack("match", "class_pattern_frame_name", _gen("match g():\n    case object(gi_frame=f):\n        " + WIN)),
+    attack("match", "class_pattern_protocol_lies",
+           "import typing, calendar\n@typing.runtime_checkable\nclass P(typing.Protocol):\n    sys: int\n"
+           "match calendar:\n    case P(sys=s):\n        " + WIN),
+    attack("match", "class_pattern_abc_lies",
+           "import calendar, collections.abc\nmatch calendar:\n    case collections.abc.Hashable(sys=s):\n"
+           "        " + WIN),
+    attack("match", "match_args_dunder",
+           "class C:\n    __match_args__ = ('__setattr__',)\nmatch C():\n    case C(s):\n        " + WIN),
+    attack("match", "match_args_private_of_host_base",
+           "import random\nclass R(random.Random):\n    __match_args__ = ('_randbelow',)\nmatch R():\n    case R(f):\n"
+           "        " + WIN),
+    attack("match", "match_args_from_enum_functional_api",
+           "import enum\nE = enum.Enum('E', [('__match_args__', ('__setattr__',)), ('A', 1)])\n"
+           "match E.A:\n    case E(s):\n        " + WIN),
+    attack("match", "value_pattern_private_name", "import random\nmatch 1:\n    case random._os:\n        pass\n"
+           "" + WIN),
+    # dataclasses and typing: annotations are never evaluated, internals stay closed
+    attack("dataclasses", "dataclass_fields_dict",
+           "from dataclasses import dataclass\n@dataclass\nclass A:\n    x: int = 0\n"
+           "f = A.__dataclass_fields__\n" + WIN),
+    attack("dataclasses", "annotations_dict_injection",
+           "from dataclasses import dataclass\nclass A:\n    x: int = 0\nA.__annotations__['y=1'] = int\n" + WIN),
+    attack("dataclasses", "dataclass_on_a_host_class", "import dataclasses, json\n"
+           "dataclasses.dataclass(json.JSONDecoder)\n" + WIN),
+    attack("dataclasses", "dataclass_decorator_form_on_host_class",
+           "import dataclasses, json\ndataclasses.dataclass(frozen=True)(json.JSONDecoder)\n" + WIN),
+    attack("dataclasses", "total_ordering_on_host_class", "import functools, fractions\n"
+           "functools.total_ordering(fractions.Fraction)\n"
+           + WIN),
+    attack("dataclasses", "make_dataclass_any_namespace",
+           "import dataclasses\n"
+           "X = dataclasses.make_dataclass('X', [('__class__', int)], namespace={'__getattribute__': len})\n"
+           + WIN),
+    attack("dataclasses", "make_dataclass_import", "from dataclasses import make_dataclass\n" + WIN, errors=IMPORT),
+    attack(
+        "dataclasses", "string_annotations_not_evaluated",
+        "found = []\nfrom dataclasses import dataclass, fields, asdict\n@dataclass\nclass A:\n"
+        "    x: \"found.append(().__class__.__base__.__subclasses__()) or int\" = 1\n"
+        "    y: 'ClassVar[found.append(2)]' = 2\n"
+        "a = A()\nasdict(a)\n[f.type for f in fields(A)]\nif found:\n    " + WIN, errors=LEAK_ONLY),
+    attack("typing", "get_type_hints", "import typing\nclass A:\n    x: 'int'\nh = typing.get_type_hints(A)\n" + WIN),
+    attack("typing", "get_type_hints_import", "from typing import get_type_hints\n" + WIN, errors=IMPORT),
+    attack("typing", "forward_ref_evaluate", "import typing\nr = typing.ForwardRef('len')\n"
+           "v = r._evaluate({}, {}, frozenset())\n"
+           + WIN),
+    attack("typing", "forward_ref_code", "import typing\nc = typing.ForwardRef('len').__forward_code__\n" + WIN),
+    attack("typing", "typing_sys", "import typing\ns = typing.sys\n" + WIN),
+    attack("typing", "typing_abcmeta", "import typing\nM = typing.ABCMeta\n" + WIN),
+    attack("typing", "singledispatch_via_typing_functools",
+           "import typing\nd = typing.functools.singledispatch\n" + WIN),
+    attack("typing", "update_wrapper_via_typing_functools",
+           "import typing, calendar\ndef probe():\n    pass\n"
+           "typing.functools.update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n" + WIN),
+    attack("typing", "wraps_updates_globals",
+           "import functools, calendar\n@functools.wraps(calendar.weekday, updated=('__globals__',))\n"
+           "def probe():\n    pass\n"
+           + WIN),
+    attack("typing", "wraps_assigns_other_names",
+           "import functools, calendar\n@functools.wraps(calendar.weekday, assigned=('__globals__',))\n"
+           "def probe():\n    pass\n"
+           + WIN),
+    attack("typing", "contextlib_wraps_copies_dict",
+           "import contextlib\nclass W:\n    pass\nw = contextlib.wraps(str)(W())\nv = w.format\n" + WIN,
+           errors=("AttributeError", *POLICY)),
+    attack("typing", "from_functools_import_wraps_is_safe",
+           "from functools import update_wrapper\nimport calendar\ndef probe():\n    pass\n"
+           "update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n" + WIN),
+    # enum
+    attack("enum", "member_class_of_class", "import enum\nclass C(enum.Enum):\n    A = 1\n"
+           "m = C.A.__class__.__class__\n" + WIN),
+    attack("enum", "inherited_private_method", "import enum\nclass C(enum.Enum):\n    A = 1\nf = C._missing_\n" + WIN),
+    attack("enum", "member_reduce_ex", "import enum\nclass C(enum.Enum):\n    A = 1\nr = C.A.__reduce_ex__\n" + WIN),
+    attack("enum", "private_create", "import enum\nf = enum.Enum._create_\n" + WIN),
+    # operator, copy, contextlib
+    attack("operator", "attrgetter_globals", "import operator, random\n"
+           "g = operator.attrgetter('__globals__')(random.seed)\n" + WIN),
+    attack("operator", "attrgetter_dotted", "from operator import attrgetter\n"
+           "b = attrgetter('real.__class__')(1)\n" + WIN),
+    attack("operator", "attrgetter_private_module", "import operator, random\n"
+           "o = operator.attrgetter('_os')(random)\n" + WIN),
+    attack("operator", "attrgetter_module_attribute", "import operator, calendar\n"
+           "s = operator.attrgetter('sys')(calendar)\n" + WIN),
+    attack("operator", "methodcaller_reduce", "import operator\n"
+           "r = operator.methodcaller('__reduce_ex__', 4)(len)\n" + WIN),
+    attack("operator", "attrgetter_via_typing_operator",
+           "import typing, random\ng = typing.operator.attrgetter('__globals__')(random.seed)\n" + WIN),
+    attack("operator", "setitem_on_host_object", "import operator, re\noperator.setitem(re.compile('a'), 0, 1)\n"
+           "" + WIN),
+    attack("copy", "copy_of_host_function_globals",
+           "import copy, random\nf = copy.copy(random.seed)\ng = getattr(f, '__globals__')\n" + WIN),
+    attack("copy", "deepcopy_of_host_function_globals",
+           "import copy, random\nf = copy.deepcopy(random.seed)\ng = getattr(f, '__globals__')\n" + WIN),
+    attack("copy", "dispatch_table", "import copy\nt = copy.dispatch_table\n" + WIN),
+    attack("copy", "new_returns_a_module_to_patch",
+           "import copy, json\nclass A:\n    def __new__(cls, real=False):\n"
+           "        return super().__new__(cls) if real else json\n"
+           "a = A(True)\na.dumps = len\nb = copy.copy(a)\n" + WIN, errors=("Error", *POLICY)),
+    attack("copy", "bound_method_rebuilt_with_getattr",
+           "import copy, json\nclass A:\n    def m(self):\n        pass\ndef f():\n    pass\nf.__name__ = '__dict__'\n"
+           "bound = type(A().m)(f, json)\nd = copy.copy(bound)\n" + WIN),
+    attack("copy", "asdict_deepcopies_through_the_check",
+           "import dataclasses, json\nclass Evil:\n    def __new__(cls, real=False):\n"
+           "        return super().__new__(cls) if real else json\n"
+           "e = Evil(True)\ne.dumps = len\n@dataclasses.dataclass\nclass D:\n    v: object\n"
+           "dataclasses.asdict(D(e))\n" + WIN, errors=("Error", *POLICY)),
+    attack("contextlib", "redirect_stdout", "import contextlib\nr = contextlib.redirect_stdout\n" + WIN),
+    attack("contextlib", "chdir", "import contextlib\nc = contextlib.chdir\n" + WIN),
+    attack("contextlib", "contextlib_sys", "import contextlib\ns = contextlib.sys\n" + WIN),
+    attack("contextlib", "method_type", "from contextlib import MethodType\n" + WIN, errors=IMPORT),
+    attack("contextlib", "exit_stack_private", "import contextlib\ncb = contextlib.ExitStack()._exit_callbacks\n"
+           "" + WIN),
+    attack("contextlib", "shlex_reads_files", "import shlex\nlexer = shlex.shlex('x', posix=True)\n" + WIN),
+    attack("contextlib", "uuid1_runs_commands", "import uuid\nu = uuid.uuid1()\n" + WIN),
+    # names: one underscore is private, the guards' names stay reserved
+    attack("names", "rebind_getitem_guard", "_getitem_ = lambda o, k: 1\n" + WIN),
+    attack("names", "rebind_write_guard", "def _write_(o):\n    return o\n" + WIN),
+    attack("names", "rebind_class_statement", "__metaclass__ = type\n" + WIN),
+    attack("names", "global_rebinds_guard", "def f():\n    global _getattr_\n    _getattr_ = 1\n" + WIN),
+    attack("names", "nonlocal_dunder", "def f():\n    __builtins__ = 1\n    def g():\n"
+           "        nonlocal __builtins__\n" + WIN),
+    attack("names", "temporary_name", "_tmp0 = 1\n" + WIN),
+    attack("names", "builtins_by_name", "b = __builtins__\n" + WIN),
+    attack("names", "mangled_name_of_host_private",
+           "import random\nclass Random:\n    def grab(self):\n        return random.__os\nRandom().grab()\n" + WIN),
+    attack("names", "import_private_module_aliased", "import _thread as t\n" + WIN),
+    attack("names", "future_import_only_from", "import __future__\n" + WIN),
+    # f-strings
+    attack("format", "fstring_own_object_class_of_class",
+           "class A:\n    pass\ns = f'{A().__class__.__class__}'\n" + WIN),
+    attack("format", "format_spec_walks_own_object",
+           "class A:\n    pass\ns = '{0.__class__.__class__}'.format(A())\n" + WIN),
+    attack("format", "format_own_init_globals", "class A:\n    pass\n"
+           "s = '{0.__init__.__globals__}'.format(A())\n" + WIN),
+    attack("format", "own_format_method_gets_spec",
+           "class A:\n    def __format__(self, spec):\n        return str(getattr(self, spec))\n"
+           "s = f'{A():__class__}'\n"
+           "t = f'{A():__init__}'\nu = getattr(eval, '__self__')\n" + WIN),
+]
+
+
+@pytest.mark.parametrize("a", NEW_SURFACE)
+def test_new_surface_contained(fresh, a):
+    res = fresh.execute(a.code)
+    check_refused(fresh, a, res)
+    after = fresh.execute(
+        "import json, random, re\n"
+        "print(json.dumps([1]), re.compile('a+').pattern, hasattr(random, '_os'), 'sys' in dir(), 'os' in dir())"
+    )
+    assert after.error is None and after.stdout == "[1] a+ False False False\n", after.error or after.stdout
+
+
+def test_own_str_raising_system_exit_does_not_end_the_worker(fresh):
+    """Classes may define __str__; the worker formats the error with it."""
+    pid = fresh.pid
+    res = fresh.execute("class E(Exception):\n    def __str__(self):\n        raise SystemExit\nraise E()")
+    assert res.error_type == "E"
+    assert not res.restarted and fresh.pid == pid
+    res = fresh.execute("class R:\n    def __repr__(self):\n        raise SystemExit\nR()")
+    assert res.error_type == "SystemExit" and not res.restarted
+    assert_healthy(fresh)
+
+
+def test_super_and_dunders_of_own_objects_reach_nothing_foreign(repl):
+    """What the new rules do let through hands back only the sandbox's own objects."""
+    res = repl.execute(
+        "class A:\n    def __init__(self):\n        self._x = 1\n"
+        "class B(A):\n    def __init__(self):\n        super().__init__()\n        self.k = self.__class__\n"
+        "b = B()\n"
+        "print(b.k is B, b.__dict__ == {'_x': 1, 'k': B}, type(b.__init__).__name__, b._x)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "True True method 1\n"
+
+
 # -- OS layer: plain Python (if the bypass works) must still be contained --------------------
 
 
@@ -915,7 +1210,7 @@ def test_isolation_layers_reported(repl):
 
 def test_corpus_size():
     """At least 45 attacks across at least 12 categories."""
-    ids = [p.id for group in (REFUSED, HOLES, CONTAINED, MEMORY_BOMBS, CPU_LOOPS, FLOODS, RECURSION,
+    ids = [p.id for group in (REFUSED, HOLES, NEW_SURFACE, CONTAINED, MEMORY_BOMBS, CPU_LOOPS, FLOODS, RECURSION,
                               NESTED_SOURCE, EXCEPTIONS, HOST_ABUSE) for p in group]
     categories = {i.split("-")[0] for i in ids}
     assert len(ids) >= 45

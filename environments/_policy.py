@@ -22,6 +22,7 @@ import builtins
 import collections
 import importlib
 import operator
+import re
 import string
 import sys
 import types
@@ -372,17 +373,38 @@ class PolicyViolation(SyntaxError):
     """The code does not compile under the sandbox policy."""
 
 
-def compile_cell(source: str) -> CompiledCell:
-    """Compile model code; raises :class:`PolicyViolation` with every error found."""
+def compile_cell(source: str, shapes: ShapeCache | None = None) -> CompiledCell:
+    """Compile model code; raises :class:`PolicyViolation` with every error found.
+
+    With ``shapes``, a cell that differs from an earlier accepted one only in the values
+    of its literals reuses that cell's policy-checked tree (see :class:`ShapeCache`).
+    """
+    if shapes is not None:
+        cell = shapes.by_text(source)
+        if cell is not None:
+            return cell
     try:
         tree = ast.parse(source, FILENAME, "exec")
     except (ValueError, RecursionError, MemoryError) as e:
         raise PolicyViolation(f"the code could not be parsed: {type(e).__name__}: {e}") from None
+    if shapes is not None:
+        key, literals = _shape_key(tree)
+        template = shapes.get(key)
+        if template is not None:
+            cell = template.instantiate(literals)
+            shapes.remember_text(source, template)
+            return cell
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr) and not _is_print_call(tree.body[-1].value):
         last = ast.Expression(tree.body.pop().value)
-    body = _restricted(compile_restricted_exec, tree) if tree.body else None
+    body_tree = tree if tree.body else None
+    body = _restricted(compile_restricted_exec, body_tree) if body_tree is not None else None
     last_code = _restricted(compile_restricted_eval, last) if last is not None else None
+    if shapes is not None:
+        template = _Template.build(body_tree, last, literals)
+        if template is not None:
+            shapes.put(key, template)
+            shapes.remember_text(source, template)
     return CompiledCell(body, last_code)
 
 
@@ -398,3 +420,238 @@ def _restricted(compiler: Callable[..., Any], tree: ast.AST) -> types.CodeType:
     if result.errors:
         raise PolicyViolation("\n".join(result.errors))
     return result.code
+
+
+# -- the shape cache ----------------------------------------------------------------------
+#
+# Checking a cell against the policy (RestrictedPython's transformer, a Python-level walk
+# over every node) costs several times parsing and compiling it. Models often send cells
+# that differ from an earlier one only in literal values (the next chunk's offsets, another
+# prompt, the benchmark's ``x = {i}``). The transformer's decisions and rewrites do not
+# depend on those values (it never reads ``Constant.value``; the key still includes each
+# literal's type, so a future check on, say, Ellipsis stays exact), so the checked tree of
+# the first such cell is kept and later cells put their values into it and compile it
+# again: ``compile`` itself still folds and deduplicates constants from the real values.
+
+_NODE = object()  # marks "a child node follows" in a shape key
+# The flags RestrictedPython's compile inherits (its module uses `from __future__ import
+# annotations` and calls compile() with dont_inherit=False); recompiling a cached tree
+# must give the same code object.
+_COMPILE_FLAGS = importlib.import_module("__future__").annotations.compiler_flag
+
+
+def _shape_key(tree: ast.AST) -> tuple[tuple[Any, ...], list[ast.Constant]]:
+    """An exact description of ``tree`` minus the values of its literals, plus its
+    literals (``Constant`` nodes) in a fixed order.
+
+    The key is a preorder listing: per node its type, its position and each field (a
+    list's length, then :data:`_NODE` or the value per element; :data:`_NODE` for a child
+    node; plain values as they are), so equal keys mean equal trees, except ``Constant``
+    nodes, which give their value's type and ``kind`` but not the value. Positions are in
+    the key because they are in the compiled code (line table, tracebacks).
+    """
+    key: list[Any] = []
+    literals: list[ast.Constant] = []
+    add = key.append
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        cls = type(node)
+        add(cls)
+        if node._attributes:
+            add((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset))  # type: ignore[attr-defined]
+        if cls is ast.Constant:
+            literals.append(node)  # type: ignore[arg-type]
+            add(type(node.value))  # type: ignore[attr-defined]
+            add(node.kind)  # type: ignore[attr-defined]
+            continue
+        children: list[ast.AST] = []
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if type(value) is list:
+                add(len(value))
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        add(_NODE)
+                        children.append(item)
+                    else:
+                        add(item)
+            elif isinstance(value, ast.AST):
+                add(_NODE)
+                children.append(value)
+            else:
+                add(value)
+        children.reverse()
+        stack.extend(children)
+    return tuple(key), literals
+
+
+def _spot(node: ast.Constant) -> tuple[Any, ...]:
+    return (type(node.value), node.value, *(getattr(node, name, None) for name in node._attributes))
+
+
+class _Template:
+    """The policy-checked trees of one cell and its literal nodes inside them."""
+
+    __slots__ = ("body", "last", "literals")
+
+    def __init__(self, body: ast.Module | None, last: ast.Expression | None, literals: list[ast.Constant]) -> None:
+        self.body = body
+        self.last = last
+        self.literals = literals
+
+    @classmethod
+    def build(cls, body: ast.Module | None, last: ast.Expression | None,
+              literals: list[ast.Constant]) -> _Template | None:
+        """A template, or None when the checked trees do not hold the literal nodes
+        themselves (a rewrite that copied a literal would keep the old value)."""
+        ids = {id(node) for node in literals}
+        spots = {_spot(node) for node in literals}
+        for root in (body, last):
+            for node in ast.walk(root) if root is not None else ():
+                if type(node) is ast.Constant and id(node) not in ids and _spot(node) in spots:
+                    return None
+        return cls(body, last, literals)
+
+    def instantiate(self, literals: list[ast.Constant]) -> CompiledCell:
+        for mine, new in zip(self.literals, literals, strict=True):
+            mine.value = new.value
+        return self.compile()
+
+    def compile(self) -> CompiledCell:
+        body = last = None
+        if self.body is not None:
+            body = compile(self.body, FILENAME, "exec", flags=_COMPILE_FLAGS, dont_inherit=True)
+        if self.last is not None:
+            last = compile(self.last, FILENAME, "eval", flags=_COMPILE_FLAGS, dont_inherit=True)
+        return CompiledCell(body, last)
+
+
+# Decimal integer literals as text, for the cheaper text key: a run of digits with no
+# word character or digit on either side (so not part of a name, 0x1f, 1_000, 1e5 or 5j;
+# the digits of 1.5 do match, and are then found not to be an int literal).
+_INT_RUN = re.compile(r"\b(0|[1-9][0-9]{0,17})\b")
+
+
+class _TextEntry:
+    """How to fill a template from a cell's text: ``variable`` pairs a digit run (by index)
+    with the int literal it is; ``fixed`` runs (in a string, a comment, a float ...) must
+    read the same; ``others`` are the remaining literals' values."""
+
+    __slots__ = ("template", "variable", "fixed", "others")
+
+    def __init__(self, template: _Template, variable: list[tuple[int, ast.Constant]],
+                 fixed: list[tuple[int, str]], others: list[tuple[ast.Constant, Any]]) -> None:
+        self.template = template
+        self.variable = variable
+        self.fixed = fixed
+        self.others = others
+
+
+def _text_key(source: str) -> tuple[tuple[Any, ...], list[str]] | None:
+    """(the text around the digit runs plus the runs' lengths, the runs), or None where
+    the cell has no runs or the columns of its nodes are not plain character offsets."""
+    if not source.isascii() or "\r" in source:
+        return None
+    parts = _INT_RUN.split(source)
+    runs = parts[1::2]
+    if not runs:
+        return None
+    return (tuple(parts[0::2]), tuple(map(len, runs))), runs
+
+
+class ShapeCache:
+    """Policy-checked cell trees, found by :func:`_shape_key` or, cheaper, by text.
+
+    Why it is safe: what a hit runs is always a tree that passed the policy, with literal
+    values put in; the keys make sure they are the new cell's values in the new cell's
+    tree. The text key covers cells that differ from a known one only in decimal integer
+    literals of the same width (``x = 41`` after ``x = 42``): outside those digit runs the
+    text is the same, so the tokens and the tree are too, and no parse is needed.
+
+    Only cells that passed the policy are kept (a refused cell is checked again, so its
+    error message is always its own). Least recently used entries go first. Not
+    thread-safe: a template is filled in place before it is compiled.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: dict[tuple[Any, ...], _Template] = {}
+        self._texts: dict[tuple[Any, ...], _TextEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[Any, ...]) -> _Template | None:
+        return _lru_get(self._entries, key)
+
+    def put(self, key: tuple[Any, ...], template: _Template) -> None:
+        _lru_put(self._entries, key, template, self.size)
+
+    def by_text(self, source: str) -> CompiledCell | None:
+        found = _text_key(source)
+        if found is None:
+            return None
+        key, runs = found
+        entry = _lru_get(self._texts, key)
+        if entry is None or any(runs[i] != text for i, text in entry.fixed):
+            return None
+        for node, value in entry.others:
+            node.value = value
+        for i, node in entry.variable:
+            node.value = int(runs[i])
+        return entry.template.compile()
+
+    def remember_text(self, source: str, template: _Template) -> None:
+        """Index ``template`` (just filled from ``source``) by ``source``'s text."""
+        found = _text_key(source)
+        if found is None:
+            return
+        key, runs = found
+        ints = {(n.lineno, n.col_offset, n.end_lineno, n.end_col_offset): n
+                for n in template.literals if type(n.value) is int}
+        variable: list[tuple[int, ast.Constant]] = []
+        fixed: list[tuple[int, str]] = []
+        texts = key[0]
+        offset = line_start = 0
+        line = 1
+        for i, run in enumerate(runs):
+            before = texts[i]
+            if "\n" in before:
+                line += before.count("\n")
+                line_start = offset + before.rindex("\n") + 1
+            offset += len(before)
+            col = offset - line_start
+            node = ints.pop((line, col, line, col + len(run)), None)
+            if node is None:
+                fixed.append((i, run))
+            elif node.value == int(run):
+                variable.append((i, node))
+            else:  # the positions do not say what they seem to: do not index this cell
+                return
+            offset += len(run)
+        if not variable:
+            return
+        taken = {id(node) for _, node in variable}
+        others = [(n, n.value) for n in template.literals if id(n) not in taken]
+        _lru_put(self._texts, key, _TextEntry(template, variable, fixed, others), self.size)
+
+
+#: The worker's cache (one worker per process; the policy does not change while it runs).
+WORKER_SHAPES = ShapeCache()
+
+
+def _lru_get(entries: dict[Any, Any], key: Any) -> Any:
+    value = entries.pop(key, None)
+    if value is not None:
+        entries[key] = value  # most recently used last
+    return value
+
+
+def _lru_put(entries: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    if size <= 0:
+        return
+    entries.pop(key, None)
+    if len(entries) >= size:
+        entries.pop(next(iter(entries)))
+    entries[key] = value

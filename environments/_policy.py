@@ -377,34 +377,29 @@ def compile_cell(source: str, shapes: ShapeCache | None = None) -> CompiledCell:
     """Compile model code; raises :class:`PolicyViolation` with every error found.
 
     With ``shapes``, a cell that differs from an earlier accepted one only in the values
-    of its literals reuses that cell's policy-checked tree (see :class:`ShapeCache`).
+    of integer literals reuses that cell's policy-checked tree (see :class:`ShapeCache`).
     """
+    text_key = None
     if shapes is not None:
-        cell = shapes.by_text(source)
-        if cell is not None:
-            return cell
+        text_key = _text_key(source)
+        if text_key is not None:
+            cell = shapes.lookup(*text_key)
+            if cell is not None:
+                return cell
     try:
         tree = ast.parse(source, FILENAME, "exec")
     except (ValueError, RecursionError, MemoryError) as e:
         raise PolicyViolation(f"the code could not be parsed: {type(e).__name__}: {e}") from None
-    if shapes is not None:
-        key, literals = _shape_key(tree)
-        template = shapes.get(key)
-        if template is not None:
-            cell = template.instantiate(literals)
-            shapes.remember_text(source, template)
-            return cell
+    # Only a text seen before gets a template: a one-off cell pays for the key alone.
+    ints = _int_literals(tree) if shapes is not None and text_key is not None and shapes.seen(text_key[0]) else None
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr) and not _is_print_call(tree.body[-1].value):
         last = ast.Expression(tree.body.pop().value)
     body_tree = tree if tree.body else None
     body = _restricted(compile_restricted_exec, body_tree) if body_tree is not None else None
     last_code = _restricted(compile_restricted_eval, last) if last is not None else None
-    if shapes is not None:
-        template = _Template.build(body_tree, last, literals)
-        if template is not None:
-            shapes.put(key, template)
-            shapes.remember_text(source, template)
+    if shapes is not None and text_key is not None and ints is not None:
+        shapes.remember(*text_key, _Template(body_tree, last), ints)
     return CompiledCell(body, last_code)
 
 
@@ -426,97 +421,77 @@ def _restricted(compiler: Callable[..., Any], tree: ast.AST) -> types.CodeType:
 #
 # Checking a cell against the policy (RestrictedPython's transformer, a Python-level walk
 # over every node) costs several times parsing and compiling it. Models often send cells
-# that differ from an earlier one only in literal values (the next chunk's offsets, another
-# prompt, the benchmark's ``x = {i}``). The transformer's decisions and rewrites do not
-# depend on those values (it never reads ``Constant.value``; the key still includes each
-# literal's type, so a future check on, say, Ellipsis stays exact), so the checked tree of
-# the first such cell is kept and later cells put their values into it and compile it
+# that differ from an earlier one only in integer literals (the next chunk's offsets,
+# another index; the benchmark's ``x = {i}``). The transformer's decisions and rewrites do
+# not depend on literal values (it never reads ``Constant.value``), so the checked tree of
+# the first such cell is kept, and a later cell puts its numbers into it and compiles it
 # again: ``compile`` itself still folds and deduplicates constants from the real values.
+#
+# The cells are matched by text, which needs no parse: the same text outside the digit runs
+# and runs of the same widths mean the same tokens, so the same tree with the same
+# positions (columns are in the compiled code, for tracebacks), except those numbers.
 
-_NODE = object()  # marks "a child node follows" in a shape key
 # The flags RestrictedPython's compile inherits (its module uses `from __future__ import
-# annotations` and calls compile() with dont_inherit=False); recompiling a cached tree
+# annotations` and calls compile() with dont_inherit=False); recompiling a kept tree
 # must give the same code object.
 _COMPILE_FLAGS = importlib.import_module("__future__").annotations.compiler_flag
 
+# Decimal integer literals as text: a run of digits with no word character on either side
+# (so not part of a name, 0x1f, 1_000, 1e5 or 5j; the digits of 1.5 or "a 1" do match,
+# and are then found not to be an int literal, see ShapeCache.remember).
+_INT_RUN = re.compile(r"\b(0|[1-9][0-9]{0,17})\b")
 
-def _shape_key(tree: ast.AST) -> tuple[tuple[Any, ...], list[ast.Constant]]:
-    """An exact description of ``tree`` minus the values of its literals, plus its
-    literals (``Constant`` nodes) in a fixed order.
+_Span = tuple[int, int, int, int]
 
-    The key is a preorder listing: per node its type, its position and each field (a
-    list's length, then :data:`_NODE` or the value per element; :data:`_NODE` for a child
-    node; plain values as they are), so equal keys mean equal trees, except ``Constant``
-    nodes, which give their value's type and ``kind`` but not the value. Positions are in
-    the key because they are in the compiled code (line table, tracebacks).
-    """
-    key: list[Any] = []
-    literals: list[ast.Constant] = []
-    add = key.append
-    stack = [tree]
+
+def _text_key(source: str) -> tuple[tuple[Any, ...], list[str]] | None:
+    """(the text around the digit runs plus the runs' widths, the runs), or None where the
+    cell has no runs or its columns are not plain character offsets (non-ASCII, \\r)."""
+    if not source.isascii() or "\r" in source:
+        return None
+    parts = _INT_RUN.split(source)
+    runs = parts[1::2]
+    if not runs:
+        return None
+    return (tuple(parts[0::2]), tuple(map(len, runs))), runs
+
+
+def _nodes(*roots: ast.AST | None) -> list[ast.AST]:
+    """Every node under ``roots`` (iterative: deep trees were already parsed)."""
+    out: list[ast.AST] = []
+    stack = [root for root in roots if root is not None]
     while stack:
         node = stack.pop()
-        cls = type(node)
-        add(cls)
-        if node._attributes:
-            add((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset))  # type: ignore[attr-defined]
-        if cls is ast.Constant:
-            literals.append(node)  # type: ignore[arg-type]
-            add(type(node.value))  # type: ignore[attr-defined]
-            add(node.kind)  # type: ignore[attr-defined]
-            continue
-        children: list[ast.AST] = []
+        out.append(node)
         for name in node._fields:
             value = getattr(node, name, None)
-            if type(value) is list:
-                add(len(value))
-                for item in value:
-                    if isinstance(item, ast.AST):
-                        add(_NODE)
-                        children.append(item)
-                    else:
-                        add(item)
-            elif isinstance(value, ast.AST):
-                add(_NODE)
-                children.append(value)
-            else:
-                add(value)
-        children.reverse()
-        stack.extend(children)
-    return tuple(key), literals
+            if isinstance(value, ast.AST):
+                stack.append(value)
+            elif type(value) is list:
+                stack.extend(item for item in value if isinstance(item, ast.AST))
+    return out
 
 
-def _spot(node: ast.Constant) -> tuple[Any, ...]:
-    return (type(node.value), node.value, *(getattr(node, name, None) for name in node._attributes))
+def _span(node: ast.AST) -> _Span:
+    return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
+
+
+def _int_literals(tree: ast.AST) -> dict[_Span, ast.Constant]:
+    """The int literals of a parsed cell by position (before the transformer runs)."""
+    return {_span(node): node for node in _nodes(tree)
+            if type(node) is ast.Constant and type(node.value) is int}  # type: ignore[attr-defined]
 
 
 class _Template:
-    """The policy-checked trees of one cell and its literal nodes inside them."""
+    """The policy-checked trees of one cell; ``slots`` are its int literal nodes inside
+    them, one per variable digit run of its text."""
 
-    __slots__ = ("body", "last", "literals")
+    __slots__ = ("body", "last", "slots")
 
-    def __init__(self, body: ast.Module | None, last: ast.Expression | None, literals: list[ast.Constant]) -> None:
+    def __init__(self, body: ast.Module | None, last: ast.Expression | None) -> None:
         self.body = body
         self.last = last
-        self.literals = literals
-
-    @classmethod
-    def build(cls, body: ast.Module | None, last: ast.Expression | None,
-              literals: list[ast.Constant]) -> _Template | None:
-        """A template, or None when the checked trees do not hold the literal nodes
-        themselves (a rewrite that copied a literal would keep the old value)."""
-        ids = {id(node) for node in literals}
-        spots = {_spot(node) for node in literals}
-        for root in (body, last):
-            for node in ast.walk(root) if root is not None else ():
-                if type(node) is ast.Constant and id(node) not in ids and _spot(node) in spots:
-                    return None
-        return cls(body, last, literals)
-
-    def instantiate(self, literals: list[ast.Constant]) -> CompiledCell:
-        for mine, new in zip(self.literals, literals, strict=True):
-            mine.value = new.value
-        return self.compile()
+        self.slots: list[tuple[int, ast.Constant]] = []
 
     def compile(self) -> CompiledCell:
         body = last = None
@@ -527,92 +502,51 @@ class _Template:
         return CompiledCell(body, last)
 
 
-# Decimal integer literals as text, for the cheaper text key: a run of digits with no
-# word character or digit on either side (so not part of a name, 0x1f, 1_000, 1e5 or 5j;
-# the digits of 1.5 do match, and are then found not to be an int literal).
-_INT_RUN = re.compile(r"\b(0|[1-9][0-9]{0,17})\b")
-
-
-class _TextEntry:
-    """How to fill a template from a cell's text: ``variable`` pairs a digit run (by index)
-    with the int literal it is; ``fixed`` runs (in a string, a comment, a float ...) must
-    read the same; ``others`` are the remaining literals' values."""
-
-    __slots__ = ("template", "variable", "fixed", "others")
-
-    def __init__(self, template: _Template, variable: list[tuple[int, ast.Constant]],
-                 fixed: list[tuple[int, str]], others: list[tuple[ast.Constant, Any]]) -> None:
-        self.template = template
-        self.variable = variable
-        self.fixed = fixed
-        self.others = others
-
-
-def _text_key(source: str) -> tuple[tuple[Any, ...], list[str]] | None:
-    """(the text around the digit runs plus the runs' lengths, the runs), or None where
-    the cell has no runs or the columns of its nodes are not plain character offsets."""
-    if not source.isascii() or "\r" in source:
-        return None
-    parts = _INT_RUN.split(source)
-    runs = parts[1::2]
-    if not runs:
-        return None
-    return (tuple(parts[0::2]), tuple(map(len, runs))), runs
-
-
 class ShapeCache:
-    """Policy-checked cell trees, found by :func:`_shape_key` or, cheaper, by text.
+    """Policy-checked cell trees by text with integer literals masked (see above).
 
-    Why it is safe: what a hit runs is always a tree that passed the policy, with literal
-    values put in; the keys make sure they are the new cell's values in the new cell's
-    tree. The text key covers cells that differ from a known one only in decimal integer
-    literals of the same width (``x = 41`` after ``x = 42``): outside those digit runs the
-    text is the same, so the tokens and the tree are too, and no parse is needed.
-
-    Only cells that passed the policy are kept (a refused cell is checked again, so its
-    error message is always its own). Least recently used entries go first. Not
-    thread-safe: a template is filled in place before it is compiled.
+    Why it is safe: what a hit runs is always a tree that passed the policy, with integer
+    values put in where the text had other digits; nothing else of the cell can differ.
+    Only cells that passed the policy are kept, and only from a text's second sighting on
+    (one-off cells do not pay for building a template). Least recently used entries go
+    first. Not thread-safe: a template is filled in place before it is compiled.
     """
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._entries: dict[tuple[Any, ...], _Template] = {}
-        self._texts: dict[tuple[Any, ...], _TextEntry] = {}
+        self._templates: dict[tuple[Any, ...], tuple[_Template, tuple[tuple[int, str], ...]]] = {}
+        self._seen: dict[tuple[Any, ...], None] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._templates)
 
-    def get(self, key: tuple[Any, ...]) -> _Template | None:
-        return _lru_get(self._entries, key)
+    def seen(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` came before (and note that it has now)."""
+        if key in self._seen:
+            return True
+        _lru_put(self._seen, key, None, 4 * self.size)
+        return False
 
-    def put(self, key: tuple[Any, ...], template: _Template) -> None:
-        _lru_put(self._entries, key, template, self.size)
-
-    def by_text(self, source: str) -> CompiledCell | None:
-        found = _text_key(source)
+    def lookup(self, key: tuple[Any, ...], runs: list[str]) -> CompiledCell | None:
+        found = self._templates.pop(key, None)
         if found is None:
             return None
-        key, runs = found
-        entry = _lru_get(self._texts, key)
-        if entry is None or any(runs[i] != text for i, text in entry.fixed):
+        self._templates[key] = found  # most recently used last
+        template, fixed = found
+        if any(runs[i] != text for i, text in fixed):
             return None
-        for node, value in entry.others:
-            node.value = value
-        for i, node in entry.variable:
+        for i, node in template.slots:
             node.value = int(runs[i])
-        return entry.template.compile()
+        return template.compile()
 
-    def remember_text(self, source: str, template: _Template) -> None:
-        """Index ``template`` (just filled from ``source``) by ``source``'s text."""
-        found = _text_key(source)
-        if found is None:
-            return
-        key, runs = found
-        ints = {(n.lineno, n.col_offset, n.end_lineno, n.end_col_offset): n
-                for n in template.literals if type(n.value) is int}
-        variable: list[tuple[int, ast.Constant]] = []
-        fixed: list[tuple[int, str]] = []
+    def remember(self, key: tuple[Any, ...], runs: list[str], template: _Template,
+                 ints: dict[_Span, ast.Constant]) -> None:
+        """Keep ``template`` (the checked trees of the cell with text ``key``/``runs``;
+        ``ints`` are its int literals, taken before the check). A run that is an int
+        literal becomes a slot; any other run (digits in a string, a comment, a float)
+        must read the same in a later cell."""
         texts = key[0]
+        fixed: list[tuple[int, str]] = []
         offset = line_start = 0
         line = 1
         for i, run in enumerate(runs):
@@ -622,30 +556,29 @@ class ShapeCache:
                 line_start = offset + before.rindex("\n") + 1
             offset += len(before)
             col = offset - line_start
-            node = ints.pop((line, col, line, col + len(run)), None)
+            node = ints.get((line, col, line, col + len(run)))
             if node is None:
                 fixed.append((i, run))
             elif node.value == int(run):
-                variable.append((i, node))
-            else:  # the positions do not say what they seem to: do not index this cell
+                template.slots.append((i, node))
+            else:  # the positions do not say what they seem to: keep nothing
                 return
             offset += len(run)
-        if not variable:
+        if not template.slots:
             return
-        taken = {id(node) for _, node in variable}
-        others = [(n, n.value) for n in template.literals if id(n) not in taken]
-        _lru_put(self._texts, key, _TextEntry(template, variable, fixed, others), self.size)
+        # The slots must be the nodes the checked trees hold: a rewrite that copied a
+        # literal would keep this cell's value in the copy.
+        slot_ids = {id(node) for _, node in template.slots}
+        spans = {_span(node) for _, node in template.slots}
+        for node in _nodes(template.body, template.last):
+            if type(node) is ast.Constant and id(node) not in slot_ids and getattr(node, "lineno", None) is not None \
+                    and type(node.value) is int and _span(node) in spans:  # type: ignore[attr-defined]
+                return
+        _lru_put(self._templates, key, (template, tuple(fixed)), self.size)
 
 
 #: The worker's cache (one worker per process; the policy does not change while it runs).
 WORKER_SHAPES = ShapeCache()
-
-
-def _lru_get(entries: dict[Any, Any], key: Any) -> Any:
-    value = entries.pop(key, None)
-    if value is not None:
-        entries[key] = value  # most recently used last
-    return value
 
 
 def _lru_put(entries: dict[Any, Any], key: Any, value: Any, size: int) -> None:

@@ -1009,17 +1009,33 @@ class PolicyViolation(SyntaxError):
     """The code does not compile under the sandbox policy."""
 
 
-def compile_cell(source: str) -> CompiledCell:
-    """Compile model code; raises :class:`PolicyViolation` with every error found."""
+def compile_cell(source: str, shapes: ShapeCache | None = None) -> CompiledCell:
+    """Compile model code; raises :class:`PolicyViolation` with every error found.
+
+    With ``shapes``, a cell that differs from an earlier accepted one only in the values
+    of integer literals reuses that cell's policy-checked tree (see :class:`ShapeCache`).
+    """
+    text_key = None
+    if shapes is not None:
+        text_key = _text_key(source)
+        if text_key is not None:
+            cell = shapes.lookup(*text_key)
+            if cell is not None:
+                return cell
     try:
         tree = ast.parse(source, FILENAME, "exec")
     except (ValueError, RecursionError, MemoryError) as e:
         raise PolicyViolation(f"the code could not be parsed: {type(e).__name__}: {e}") from None
+    # Only a text seen before gets a template: a one-off cell pays for the key alone.
+    ints = _int_literals(tree) if shapes is not None and text_key is not None and shapes.seen(text_key[0]) else None
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr) and not _is_print_call(tree.body[-1].value):
         last = ast.Expression(tree.body.pop().value)
-    body = _restricted("exec", tree) if tree.body else None
+    body_tree = tree if tree.body else None
+    body = _restricted("exec", body_tree) if body_tree is not None else None
     last_code = _restricted("eval", last) if last is not None else None
+    if shapes is not None and text_key is not None and ints is not None:
+        shapes.remember(*text_key, _Template(body_tree, last), ints)
     return CompiledCell(body, last_code)
 
 
@@ -1038,3 +1054,175 @@ def _restricted(mode: str, tree: ast.AST) -> types.CodeType:
         return compile(tree, FILENAME, mode, dont_inherit=True)
     except (RecursionError, MemoryError) as e:
         raise PolicyViolation(f"the code is too deeply nested to compile ({type(e).__name__})") from None
+
+
+# -- the shape cache ----------------------------------------------------------------------
+#
+# Checking a cell against the policy (RestrictedPython's transformer, a Python-level walk
+# over every node) costs several times parsing and compiling it. Models often send cells
+# that differ from an earlier one only in integer literals (the next chunk's offsets,
+# another index; the benchmark's ``x = {i}``). The transformer's decisions and rewrites do
+# not depend on literal values (it never reads ``Constant.value``), so the checked tree of
+# the first such cell is kept, and a later cell puts its numbers into it and compiles it
+# again: ``compile`` itself still folds and deduplicates constants from the real values.
+#
+# The cells are matched by text, which needs no parse: the same text outside the digit runs
+# and runs of the same widths mean the same tokens, so the same tree with the same
+# positions (columns are in the compiled code, for tracebacks), except those numbers.
+
+# The flags `_restricted` compiles with (none: model code gets no __future__ features it did not
+# import itself); recompiling a kept tree must give the same code object.
+_COMPILE_FLAGS = 0
+
+# Decimal integer literals as text: a run of digits with no word character on either side
+# (so not part of a name, 0x1f, 1_000, 1e5 or 5j; the digits of 1.5 or "a 1" do match,
+# and are then found not to be an int literal, see ShapeCache.remember).
+_INT_RUN = re.compile(r"\b(0|[1-9][0-9]{0,17})\b")
+
+_Span = tuple[int, int, int, int]
+
+
+def _text_key(source: str) -> tuple[tuple[Any, ...], list[str]] | None:
+    """(the text around the digit runs plus the runs' widths, the runs), or None where the
+    cell has no runs or its columns are not plain character offsets (non-ASCII, \\r)."""
+    if not source.isascii() or "\r" in source:
+        return None
+    parts = _INT_RUN.split(source)
+    runs = parts[1::2]
+    if not runs:
+        return None
+    return (tuple(parts[0::2]), tuple(map(len, runs))), runs
+
+
+def _nodes(*roots: ast.AST | None) -> list[ast.AST]:
+    """Every node under ``roots`` (iterative: deep trees were already parsed)."""
+    out: list[ast.AST] = []
+    stack = [root for root in roots if root is not None]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                stack.append(value)
+            elif type(value) is list:
+                stack.extend(item for item in value if isinstance(item, ast.AST))
+    return out
+
+
+def _span(node: ast.AST) -> _Span:
+    return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)  # type: ignore[attr-defined]
+
+
+def _int_literals(tree: ast.AST) -> dict[_Span, ast.Constant]:
+    """The int literals of a parsed cell by position (before the transformer runs)."""
+    return {_span(node): node for node in _nodes(tree)
+            if type(node) is ast.Constant and type(node.value) is int}  # type: ignore[attr-defined]
+
+
+class _Template:
+    """The policy-checked trees of one cell; ``slots`` are its int literal nodes inside
+    them, one per variable digit run of its text."""
+
+    __slots__ = ("body", "last", "slots")
+
+    def __init__(self, body: ast.Module | None, last: ast.Expression | None) -> None:
+        self.body = body
+        self.last = last
+        self.slots: list[tuple[int, ast.Constant]] = []
+
+    def compile(self) -> CompiledCell:
+        body = last = None
+        if self.body is not None:
+            body = compile(self.body, FILENAME, "exec", flags=_COMPILE_FLAGS, dont_inherit=True)
+        if self.last is not None:
+            last = compile(self.last, FILENAME, "eval", flags=_COMPILE_FLAGS, dont_inherit=True)
+        return CompiledCell(body, last)
+
+
+class ShapeCache:
+    """Policy-checked cell trees by text with integer literals masked (see above).
+
+    Why it is safe: what a hit runs is always a tree that passed the policy, with integer
+    values put in where the text had other digits; nothing else of the cell can differ.
+    Only cells that passed the policy are kept, and only from a text's second sighting on
+    (one-off cells do not pay for building a template). Least recently used entries go
+    first. Not thread-safe: a template is filled in place before it is compiled.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._templates: dict[tuple[Any, ...], tuple[_Template, tuple[tuple[int, str], ...]]] = {}
+        self._seen: dict[tuple[Any, ...], None] = {}
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def seen(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` came before (and note that it has now)."""
+        if key in self._seen:
+            return True
+        _lru_put(self._seen, key, None, 4 * self.size)
+        return False
+
+    def lookup(self, key: tuple[Any, ...], runs: list[str]) -> CompiledCell | None:
+        found = self._templates.pop(key, None)
+        if found is None:
+            return None
+        self._templates[key] = found  # most recently used last
+        template, fixed = found
+        if any(runs[i] != text for i, text in fixed):
+            return None
+        for i, node in template.slots:
+            node.value = int(runs[i])
+        return template.compile()
+
+    def remember(self, key: tuple[Any, ...], runs: list[str], template: _Template,
+                 ints: dict[_Span, ast.Constant]) -> None:
+        """Keep ``template`` (the checked trees of the cell with text ``key``/``runs``;
+        ``ints`` are its int literals, taken before the check). A run that is an int
+        literal becomes a slot; any other run (digits in a string, a comment, a float)
+        must read the same in a later cell."""
+        texts = key[0]
+        fixed: list[tuple[int, str]] = []
+        offset = line_start = 0
+        line = 1
+        for i, run in enumerate(runs):
+            before = texts[i]
+            if "\n" in before:
+                line += before.count("\n")
+                line_start = offset + before.rindex("\n") + 1
+            offset += len(before)
+            col = offset - line_start
+            node = ints.get((line, col, line, col + len(run)))
+            if node is None:
+                fixed.append((i, run))
+            elif node.value == int(run):
+                template.slots.append((i, node))
+            else:  # the positions do not say what they seem to: keep nothing
+                return
+            offset += len(run)
+        if not template.slots:
+            return
+        # The slots must be the nodes the checked trees hold: a rewrite that copied a
+        # literal would keep this cell's value in the copy.
+        slot_ids = {id(node) for _, node in template.slots}
+        spans = {_span(node) for _, node in template.slots}
+        for node in _nodes(template.body, template.last):
+            if type(node) is ast.Constant and id(node) not in slot_ids and getattr(node, "lineno", None) is not None \
+                    and type(node.value) is int and _span(node) in spans:  # type: ignore[attr-defined]
+                return
+        _lru_put(self._templates, key, (template, tuple(fixed)), self.size)
+
+
+#: The worker's cache (one worker per process; the policy does not change while it runs).
+WORKER_SHAPES = ShapeCache()
+
+
+def _lru_put(entries: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    if size <= 0:
+        return
+    entries.pop(key, None)
+    if len(entries) >= size:
+        entries.pop(next(iter(entries)))
+    entries[key] = value

@@ -402,7 +402,9 @@ class Worker:
     def _compile(self, code: str) -> _policy.CompiledCell:
         cell = self.code_cache.get(code)
         if cell is None:
-            cell = _policy.compile_cell(code)
+            # New code that differs from an earlier cell only in literal values reuses that
+            # cell's policy check (see _policy.ShapeCache).
+            cell = _policy.compile_cell(code, _policy.WORKER_SHAPES)
             if len(self.code_cache) >= _CODE_CACHE_SIZE:
                 self.code_cache.pop(next(iter(self.code_cache)))
             self.code_cache[code] = cell

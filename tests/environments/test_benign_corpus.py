@@ -27,10 +27,11 @@ from typing import Any
 from loopagent.environments import SandboxREPL, _policy
 
 CORPUS = Path(__file__).parent / "corpus" / "benign" / "snippets.jsonl"
-# Measured 2026-12-01: 133 of 138 (the failures: dunder methods and attributes, `enum`,
-# augmented attribute assignment, rebinding `print`). See the module docstring.
-MEASURED_PASS_RATE = 133 / 138
-MIN_PASS_RATE = MEASURED_PASS_RATE - 0.02
+# Measured 2026-12-01: 133 of 138 before the language layer let ordinary programming through,
+# 136 of 138 after (left: rebinding `print`, reading `__class__` of an int: `type(x)` works).
+# The bar is 95%.
+MEASURED_PASS_RATE = 136 / 138
+MIN_PASS_RATE = 0.95
 
 
 def load() -> list[dict[str, Any]]:

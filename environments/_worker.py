@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import _guards
 import _hardening
 import _policy
 from _protocol import Channel, ChannelClosed, FrameTooLarge
@@ -200,7 +201,7 @@ class Worker:
         self.max_output = int(self.limits["max_output_chars"])
         self.max_message = int(float(self.limits["max_message_mb"]) * 1024 * 1024)
         # `printed` keeps no more than the cell's output may show (see PrintCollector).
-        _policy.PrintCollector.max_chars = self.max_output
+        _guards.PrintCollector.max_chars = self.max_output
         self.cpu_per_exec = float(self.limits["timeout_s"]) + 2.0
         self.cpu_hard = int(self.limits["cpu_total_s"])
         self.host_names: list[str] = []
@@ -211,7 +212,7 @@ class Worker:
 
     # -- namespace ---------------------------------------------------------
     def _fresh_namespace(self) -> dict[str, Any]:
-        ns = _policy.make_namespace()
+        ns = _guards.make_namespace()
         self.ns = ns
         self._install_reserved()
         return ns
@@ -481,7 +482,7 @@ def main() -> None:
 
     sock = socket.socket(fileno=fd)
     fd_sock = socket.socket(fileno=fd_for_fds)
-    _policy.preload_modules()
+    _guards.preload_modules()
     isolation = _hardening.apply(config)
     chan = Channel(sock, fd_sock=fd_sock, spin_s=float(config.get("spin_s", 0.0)))
     chan.send({"op": "ready", "isolation": isolation, "pid": os.getpid()})

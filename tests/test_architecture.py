@@ -35,7 +35,7 @@ APPS = frozenset({"loopagent", "loopagent.cli", "loopagent.demo", "loopagent.vie
                   "loopagent.view.index", "loopagent.view.server"})
 _RANK = {"foundation": 0, "environments": 1, "backends": 1, "controller": 2, "evals": 3, "training": 4, "apps": 5}
 # The sandbox worker's own modules run with only their folder on sys.path.
-_WORKER_SIDE = frozenset({"_worker", "_policy", "_protocol", "_hardening"})
+_WORKER_SIDE = frozenset({"_worker", "_policy", "_guards", "_protocol", "_hardening"})
 
 
 def layer(module: str) -> str | None:

@@ -13,7 +13,7 @@ from loopagent import LoopagentError
 
 # Raised inside the sandbox worker to model code (it cannot import loopagent), and the
 # private wire protocol's own signals.
-_MODEL_SIDE = ("._worker", "._policy", "._protocol", "._hardening")
+_MODEL_SIDE = ("._worker", "._policy", "._guards", "._protocol", "._hardening")
 
 
 def _public_modules() -> list[str]:

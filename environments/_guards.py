@@ -1,0 +1,713 @@
+"""The language policy of the sandbox, at run time: the guards model-written code runs through.
+
+Runs inside the worker (imported as a top-level module; standard library and
+RestrictedPython only). RestrictedPython rewrites the code so that every
+attribute read, item read, iteration, attribute/item write and import goes
+through the guard functions defined here.
+
+The rule is "ordinary programming passes, the way out of the namespace does not":
+classes, ``super()``, special methods, private (``_x``) names, ``nonlocal``,
+``match``, generators and annotations work as in CPython. Refused are dunder
+attributes of objects the sandbox did not create (``().__class__``,
+``f.__globals__``), attributes that open frames or code objects (``gi_frame``,
+``tb_frame`` ...), private attributes of foreign objects (``random._os``),
+modules outside the allowlist (also as attributes: ``calendar.sys``), and the
+functions of allowed modules that read or write attributes by names the caller
+chooses with the real ``getattr``/``setattr``/``eval`` (replaced by guarded
+versions or refused, see ``_REPLACED_MODULE_ATTRS`` and ``_DENIED_MODULE_ATTRS``).
+
+The policy is one layer; the worker also runs as an unprivileged user with OS
+limits, no network and (where the kernel allows) a seccomp filter, so a hole
+here is contained by the next layer.
+
+This module is what runs while model code runs (tables, guards, safe module proxies,
+builtins, ``make_namespace``); compiling a cell is in ``_policy``, which imports from
+here, so the per-access guards stay apart from the once-per-cell check.
+"""
+
+from __future__ import annotations
+
+import _string  # type: ignore[import-not-found]
+import abc
+import builtins
+import collections
+import copy
+import enum
+import importlib
+import operator
+import pprint
+import string
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from RestrictedPython.Guards import (
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safe_builtins,
+)
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+
+SANDBOX_MODULE = "repl"
+
+#: Modules model code may import. They are imported before the worker drops its
+#: privileges (afterwards it could not read the standard library), so an import
+#: inside the sandbox is a dictionary lookup.
+ALLOWED_MODULES: tuple[str, ...] = (
+    "abc", "array", "base64", "bisect", "calendar", "cmath", "collections", "collections.abc",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "enum", "fnmatch",
+    "fractions", "functools", "graphlib", "hashlib", "heapq", "html", "itertools", "json", "math",
+    "numbers", "operator", "pprint", "random", "re", "secrets", "shlex", "statistics", "string",
+    "struct", "textwrap", "time", "typing", "unicodedata", "uuid", "zlib",
+)
+# Loaded lazily by allowed modules (datetime.strptime, str.encode(...)); pre-import
+# them for the same reason. C code imports them through the frame's builtins, i.e.
+# through guarded_import, which therefore lets these names through; model code
+# cannot name them (their attributes are private or harmless encodings).
+_PRELOAD_EXTRA = (
+    "_strptime", "encodings.latin_1", "encodings.ascii", "encodings.utf_16",
+    "encodings.utf_32", "encodings.cp1252", "encodings.idna", "encodings.unicode_escape",
+    "encodings.raw_unicode_escape", "encodings.utf_8_sig", "encodings.punycode",
+    "encodings.base64_codec", "encodings.hex_codec",
+)
+# `from __future__ import annotations` is a compiler directive that also runs an import.
+_FUTURE = "__future__"
+
+#: Attributes of allowed modules that are refused. Keyed by the module's name, so
+#: they are refused on every path to the module (``typing.functools.wraps`` too).
+_DENIED_MODULE_ATTRS: dict[str, frozenset[str]] = {
+    # singledispatch.register evaluates string annotations with the real builtins
+    "functools": frozenset({"singledispatch", "singledispatchmethod"}),
+    "string": frozenset({"Formatter"}),  # get_field walks attributes with the real getattr
+    # get_type_hints eval()s string annotations with the real builtins; the metaclasses
+    # build classes from a dict (any dunder, isinstance that lies)
+    "typing": frozenset({"get_type_hints", "ABCMeta", "NamedTupleMeta"}),
+    # make_dataclass: any bases, namespace and field names (they end up in exec'd source)
+    "dataclasses": frozenset({"make_dataclass"}),
+    "enum": frozenset({"EnumType", "EnumMeta"}),
+    # ABCMeta builds classes from a dict; update_abstractmethods writes to any class
+    "abc": frozenset({"ABCMeta", "update_abstractmethods"}),
+    # they assign sys.stdout / call os.chdir; MethodType and GenericAlias come from `types`
+    "contextlib": frozenset({"redirect_stdout", "redirect_stderr", "chdir", "MethodType", "GenericAlias"}),
+    # the copy module's view of copyreg's global table: writing it changes every copy
+    "copy": frozenset({"dispatch_table"}),
+    # shlex.shlex opens files named by `source` lines and reads sys.stdin
+    "shlex": frozenset({"shlex"}),
+    # uuid1/getnode run ifconfig & co. to find a MAC address
+    "uuid": frozenset({"uuid1", "getnode"}),
+}
+
+_BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {
+    "tb_frame", "tb_next", "f_back", "f_builtins", "f_code", "f_globals", "f_locals",
+    "f_trace", "co_code", "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code",
+    "cr_await", "cr_origin", "ag_frame", "ag_code", "ag_await",
+}
+#: Read-only dunders that only name things, readable on any object; models use
+#: ``type(x).__name__`` a lot.
+SAFE_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__", "__module__"})
+#: Dunders model code may assign, on objects it may write (its own classes,
+#: instances and functions): what ``functools.wraps`` copies.
+WRITABLE_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__"})
+#: Special methods a class of the sandbox may define (``def __repr__``) and that
+#: the sandbox may read on its own objects and through ``super()``. Left out on
+#: purpose: generic attribute access (``__getattribute__``, ``__setattr__``,
+#: ``__delattr__``: a bound one reads/writes any name, e.g. ``__class__``),
+#: pickling (``__reduce__``, ``__getstate__`` ...: copy feeds their result to
+#: trusted code), ``__subclasshook__`` (makes isinstance lie), ``__del__`` (runs at
+#: garbage collection, outside the cell).
+DEFINABLE_DUNDERS = frozenset({
+    "__init__", "__new__", "__post_init__", "__repr__", "__str__", "__format__", "__bytes__",
+    "__hash__", "__bool__", "__len__", "__length_hint__", "__iter__", "__next__", "__reversed__",
+    "__contains__", "__getitem__", "__setitem__", "__delitem__", "__missing__", "__enter__",
+    "__exit__", "__call__", "__getattr__", "__get__", "__set__", "__delete__", "__set_name__",
+    "__init_subclass__", "__class_getitem__", "__copy__", "__deepcopy__", "__dir__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+    "__neg__", "__pos__", "__abs__", "__invert__", "__int__", "__float__", "__complex__",
+    "__index__", "__round__", "__trunc__", "__floor__", "__ceil__", "__divmod__", "__rdivmod__",
+    *(f"__{p}{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow",
+                                "lshift", "rshift", "and", "xor", "or") for p in ("", "r", "i")),
+})
+#: Class-body names that are data, not methods.
+_CLASS_DATA_DUNDERS = frozenset({"__slots__", "__match_args__"})
+#: Dunders readable on the sandbox's own objects: the special methods, plus
+#: ``__class__`` and ``__dict__`` of its instances (not of its classes: a class's
+#: ``__class__`` is the real metaclass, its ``__dict__`` holds ``__annotations__``
+#: and ``__dataclass_fields__``, which dataclasses turns into exec'd source).
+OWN_DUNDERS = DEFINABLE_DUNDERS | _CLASS_DATA_DUNDERS | {"__class__", "__dict__", "__members__"}
+_INSTANCE_ONLY_DUNDERS = frozenset({"__class__", "__dict__"})
+_OPAQUE_TYPES = (types.FrameType, types.CodeType, types.TracebackType)
+
+_REFUSED_BUILTINS = {
+    "open": "open() is not available in the sandbox: the input is already in `context`",
+    "eval": "eval() is not available in the sandbox: write the code directly",
+    "exec": "exec() is not available in the sandbox: write the code directly",
+    "compile": "compile() is not available in the sandbox",
+    "input": "input() is not available: there is no user at the keyboard",
+    "globals": "globals() is not available in the sandbox",
+    "locals": "locals() is not available in the sandbox",
+    "vars": "vars() is not available in the sandbox",
+    "breakpoint": "breakpoint() is not available in the sandbox",
+    "help": "help() is not available in the sandbox",
+    "exit": "exit() is not available: end with FINAL(answer) instead",
+    "quit": "quit() is not available: end with FINAL(answer) instead",
+    "memoryview": "memoryview() is not available in the sandbox",
+}
+
+
+class SandboxPolicyError(PermissionError):
+    """Raised inside the sandbox when code does something the policy forbids."""
+
+
+# Tracebacks shown to the model then read "SandboxPolicyError: ..." without a module path.
+SandboxPolicyError.__module__ = "builtins"
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def preload_modules() -> None:
+    for name in ALLOWED_MODULES + _PRELOAD_EXTRA:
+        importlib.import_module(name)
+    _harden_copy()
+    _build_module_proxies()
+    # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
+    # (and exec's its generated methods there). An empty module, not the namespace.
+    sys.modules.setdefault(SANDBOX_MODULE, types.ModuleType(SANDBOX_MODULE))
+
+
+# -- whose object is it ---------------------------------------------------------------
+
+
+def _defined_in_sandbox(obj: Any) -> bool:
+    """A class of the sandbox, or an instance of one. Classes get ``__module__``
+    from the globals' ``__name__`` (which sandbox code cannot rebind)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "__module__", None) == SANDBOX_MODULE
+
+
+def _sandbox_function(obj: Any) -> bool:
+    return type(obj) is types.FunctionType and obj.__globals__.get("__name__") == SANDBOX_MODULE
+
+
+def _private_allowed(obj: Any, name: str) -> bool:
+    """``obj._x``: only where the sandbox put ``_x`` itself (its instance dict, or
+    a class of its own that comes first in the MRO), never a private attribute of
+    a module or a class of the host (``random._os``, ``Enum._missing_``)."""
+    if type(obj) is super:
+        start = obj.__self__
+        if start is None or not _defined_in_sandbox(start):
+            return False
+        mro = obj.__self_class__.__mro__
+        mro = mro[mro.index(obj.__thisclass__) + 1:]
+    elif not _defined_in_sandbox(obj):
+        return False
+    else:
+        mro = obj.__mro__ if isinstance(obj, type) else type(obj).__mro__
+    for cls in mro:
+        if name in cls.__dict__:
+            return getattr(cls, "__module__", None) == SANDBOX_MODULE
+    return True  # the instance's own attribute, or missing (AttributeError / the class's __getattr__)
+
+
+def _dunder_allowed(obj: Any, name: str) -> bool:
+    if name not in OWN_DUNDERS:
+        return False
+    if type(obj) is super:  # super().__init__(...): the object behind it must be the sandbox's
+        start = obj.__self__
+        return start is not None and name not in _INSTANCE_ONLY_DUNDERS and _defined_in_sandbox(start)
+    if isinstance(obj, type) and name in _INSTANCE_ONLY_DUNDERS:
+        return False
+    return _defined_in_sandbox(obj)
+
+
+# -- attribute access -----------------------------------------------------------------
+
+
+class _SafeFormatter(string.Formatter):
+    """``str.format`` whose ``{0.attr}`` / ``{0[key]}`` fields go through the guards."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = guarded_getattr(obj, key) if is_attr else guarded_getitem(obj, key)
+        return obj, first
+
+
+_FORMATTER = _SafeFormatter()
+
+
+def _safe_format(template: str, /, *args: Any, **kwargs: Any) -> str:
+    return _FORMATTER.vformat(template, args, kwargs)
+
+
+def _safe_format_map(template: str, mapping: Any, /) -> str:
+    return _FORMATTER.vformat(template, (), mapping)
+
+
+_MISSING = object()
+
+
+def _refuse_attr(obj: Any, name: str) -> None:
+    if _is_dunder(name):
+        raise SandboxPolicyError(
+            f'access to "{name}" is not allowed: dunder attributes are readable only on the '
+            "sandbox's own classes and objects (and not all of them)")
+    raise SandboxPolicyError(
+        f'access to "{name}" is not allowed: names starting with "_" are private to the object that set them')
+
+
+def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
+    """``getattr`` for sandboxed code (also installed as the ``getattr`` builtin)."""
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    if name in SAFE_DUNDERS:
+        return getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
+    if name.startswith("_") and name != "_":
+        if not (_dunder_allowed(obj, name) if _is_dunder(name) else _private_allowed(obj, name)):
+            _refuse_attr(obj, name)
+    elif name in _BLOCKED_ATTRS or isinstance(obj, _OPAQUE_TYPES):
+        raise SandboxPolicyError(f'access to "{name}" is not allowed: frames and code objects are off limits')
+    if name in ("format", "format_map") and (
+        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
+    ):
+        if isinstance(obj, str):
+            method = _safe_format if name == "format" else _safe_format_map
+            return lambda *a, **k: method(obj, *a, **k)
+        return _safe_format if name == "format" else _safe_format_map
+    if isinstance(obj, types.ModuleType):
+        modname = obj.__name__
+        if name in _DENIED_MODULE_ATTRS.get(modname, ()):
+            raise SandboxPolicyError(f"{modname}.{name} is not available in the sandbox")
+        replaced = _REPLACED_MODULE_ATTRS.get(modname)
+        if replaced and name in replaced:
+            return replaced[name]
+    if isinstance(obj, string.Formatter) or (isinstance(obj, type) and issubclass(obj, string.Formatter)):
+        raise SandboxPolicyError("string.Formatter is not available in the sandbox; use str.format or f-strings")
+    if name == "register" and isinstance(obj, abc.ABCMeta):
+        # a registered class passes isinstance/issubclass for every ABC check in the worker
+        raise SandboxPolicyError("ABC.register is not available in the sandbox; subclass the ABC instead")
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        if default is _MISSING:
+            raise
+        return default
+    if isinstance(value, types.ModuleType):
+        _check_module(value)
+    return value
+
+
+def _check_module(module: types.ModuleType) -> None:
+    if module.__name__ not in ALLOWED_MODULES:
+        raise SandboxPolicyError(f'module "{module.__name__}" is not available in the sandbox')
+
+
+def guarded_getitem(obj: Any, key: Any) -> Any:
+    value = obj[key]
+    if type(value) is types.ModuleType:  # e.g. a module kept in some dict
+        _check_module(value)
+    return value
+
+
+def guarded_hasattr(obj: Any, name: str) -> bool:
+    try:
+        guarded_getattr(obj, name)
+    except (AttributeError, SandboxPolicyError):
+        return False
+    return True
+
+
+# -- writes -----------------------------------------------------------------------------
+
+_WRITABLE_TYPES = (dict, list, set, bytearray, collections.deque)
+
+
+def guarded_write(obj: Any) -> Any:
+    """Target of every ``obj.attr = v`` / ``obj[k] = v`` / ``del``: containers and
+    the sandbox's own classes, instances and functions only (no monkeypatching
+    modules, the context directory or host functions)."""
+    if isinstance(obj, _WRITABLE_TYPES) or _defined_in_sandbox(obj) or _sandbox_function(obj):
+        return obj
+    raise SandboxPolicyError(f"cannot modify {type(obj).__name__} objects in the sandbox")
+
+
+def _check_set_name(name: Any, verb: str) -> None:
+    if type(name) is not str or (
+        name.startswith("_") and name != "_" and _is_dunder(name) and name not in WRITABLE_DUNDERS
+    ):
+        raise SandboxPolicyError(f'{verb} "{name}" is not allowed')
+
+
+def _guarded_setattr(obj: Any, name: str, value: Any) -> None:
+    _check_set_name(name, "setting")
+    setattr(guarded_write(obj), name, value)
+
+
+def _guarded_delattr(obj: Any, name: str) -> None:
+    _check_set_name(name, "deleting")
+    delattr(guarded_write(obj), name)
+
+
+_INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
+    "<<=": operator.ilshift, ">>=": operator.irshift, "&=": operator.iand,
+    "|=": operator.ior, "^=": operator.ixor, "@=": operator.imatmul,
+}
+
+
+def _inplacevar(op: str, x: Any, y: Any) -> Any:
+    return _INPLACE_OPS[op](x, y)
+
+
+# -- classes ----------------------------------------------------------------------------
+
+_BASE_MODULES = frozenset({m.partition(".")[0] for m in ALLOWED_MODULES} | {"builtins", SANDBOX_MODULE})
+
+
+def _check_base(base: Any) -> None:
+    if not isinstance(base, type):
+        return  # type() itself reports it
+    if issubclass(base, type):
+        raise SandboxPolicyError("metaclasses cannot be defined in the sandbox")
+    if issubclass(base, (super, string.Formatter, pprint.PrettyPrinter)):
+        # a subclass instance would count as the sandbox's own object while it
+        # proxies a foreign one (super), walks attributes unguarded (Formatter) or
+        # holds the worker's stdout in its instance dict (PrettyPrinter._stream)
+        raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
+    module = getattr(base, "__module__", None)
+    if type(module) is not str or module.partition(".")[0] not in _BASE_MODULES:
+        raise SandboxPolicyError(
+            f"{base.__name__} cannot be subclassed in the sandbox: it is not a class of an allowed module")
+
+
+def _metaclass_of(bases: tuple[Any, ...]) -> Any:
+    winner: Any = type
+    for base in bases:
+        _check_base(base)
+        meta = type(base)
+        if issubclass(winner, meta):
+            continue
+        if issubclass(meta, winner):
+            winner = meta
+        else:
+            raise TypeError("metaclass conflict: the metaclass of a derived class must be a (non-strict) "
+                            "subclass of the metaclasses of all its bases")
+    return winner
+
+
+class _ClassStatement:
+    """What ``class`` statements use as metaclass (RestrictedPython adds
+    ``metaclass=__metaclass__`` to each): the bases' own metaclass, found as
+    Python does, after refusing bases that would give the class powers a class
+    statement must not have (see :func:`_check_base`)."""
+
+    def __prepare__(self, name: str, bases: tuple[Any, ...], **kwargs: Any) -> Any:
+        meta = _metaclass_of(bases)
+        return meta.__prepare__(name, bases, **kwargs)
+
+    def __call__(self, name: str, bases: tuple[Any, ...], namespace: Any, **kwargs: Any) -> Any:
+        return _metaclass_of(bases)(name, bases, namespace, **kwargs)
+
+
+_CLASS_STATEMENT = _ClassStatement()
+
+
+def _match_class(cls: Any) -> None:
+    """Checked before a ``match`` whose cases have class patterns: CPython reads the
+    keyword names and ``cls.__match_args__`` on the subject with the real getattr."""
+    if not isinstance(cls, type):
+        return  # the match raises TypeError itself
+    if type(cls) not in (type, enum.EnumType) or cls is object or issubclass(
+        cls, (types.ModuleType, string.Formatter, *_OPAQUE_TYPES)
+    ):
+        # isinstance must not lie (ABCs, protocols) and the subject must not be any object at all
+        raise SandboxPolicyError(f"{cls.__name__} cannot be used in a class pattern in the sandbox")
+    names = getattr(cls, "__match_args__", ())
+    if type(names) is not tuple:
+        return  # the match raises TypeError itself
+    for name in names:
+        if type(name) is not str:
+            continue
+        private = name.startswith("_") and name != "_"
+        if (private and (_is_dunder(name) or not _private_allowed(cls, name))) or name in _BLOCKED_ATTRS or (
+            name in ("format", "format_map") and issubclass(cls, str)
+        ):
+            raise SandboxPolicyError(f"{cls.__name__}.__match_args__ names {name!r}, which is not readable")
+
+
+# -- safer versions of module functions that take attribute names -------------------------
+
+_WRAPS_ASSIGNED = ("__module__", "__name__", "__qualname__", "__doc__")
+
+
+def _update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = _WRAPS_ASSIGNED, updated: Any = ("__dict__",)) -> Any:
+    """functools.update_wrapper that copies only names: not ``__dict__`` (it would
+    copy a host class's methods or a module's globals), not ``__wrapped__``."""
+    target = guarded_write(wrapper)
+    for name in assigned:
+        if name not in _WRAPS_ASSIGNED:
+            raise SandboxPolicyError(f'update_wrapper/wraps can copy only {", ".join(_WRAPS_ASSIGNED)}, not {name!r}')
+        try:
+            value = getattr(wrapped, name)
+        except AttributeError:
+            continue
+        if name != "__module__":  # a class's __module__ says whether it is the sandbox's
+            setattr(target, name, value)
+    for name in updated:
+        if name != "__dict__":
+            raise SandboxPolicyError(f"update_wrapper/wraps cannot update {name!r} in the sandbox")
+    return wrapper
+
+
+def _wraps(wrapped: Any, assigned: Any = _WRAPS_ASSIGNED, updated: Any = ("__dict__",)) -> Callable[[Any], Any]:
+    def decorator(wrapper: Any) -> Any:
+        return _update_wrapper(wrapper, wrapped, assigned, updated)
+
+    return decorator
+
+
+def _own_class_decorator(real: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """A class decorator that writes to the class: only for the sandbox's classes
+    (``dataclass(type(context))`` would rewrite a class of the worker)."""
+
+    def check(cls: Any) -> Any:
+        if not (isinstance(cls, type) and _defined_in_sandbox(cls)):
+            raise SandboxPolicyError(f"{what} works on classes defined in the sandbox only")
+        return cls
+
+    def decorator(cls: Any = None, /, **kwargs: Any) -> Any:
+        if cls is None:
+            return lambda c: real(check(c), **kwargs)
+        return real(check(cls), **kwargs) if kwargs else real(check(cls))
+
+    decorator.__name__ = decorator.__qualname__ = getattr(real, "__name__", what)
+    decorator.__doc__ = getattr(real, "__doc__", None)
+    return decorator
+
+
+def _attrgetter(*names: str) -> Callable[[Any], Any]:
+    for name in names:
+        if type(name) is not str:
+            raise TypeError("attribute name must be a string")
+    paths = [name.split(".") for name in names]
+
+    def get(obj: Any) -> Any:
+        values = []
+        for path in paths:
+            value = obj
+            for part in path:
+                value = guarded_getattr(value, part)
+            values.append(value)
+        return values[0] if len(values) == 1 else tuple(values)
+
+    return get
+
+
+def _methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+    if type(name) is not str:
+        raise TypeError("method name must be a string")
+    return lambda obj: guarded_getattr(obj, name)(*args, **kwargs)
+
+
+def _setitem(obj: Any, key: Any, value: Any) -> None:
+    guarded_write(obj)[key] = value
+
+
+def _delitem(obj: Any, key: Any) -> None:
+    del guarded_write(obj)[key]
+
+
+#: Functions of allowed modules replaced by guarded versions, on every path.
+_REPLACED_MODULE_ATTRS: dict[str, dict[str, Any]] = {
+    "functools": {"update_wrapper": _update_wrapper, "wraps": _wraps},
+    "contextlib": {"wraps": _wraps},
+    "operator": {"attrgetter": _attrgetter, "methodcaller": _methodcaller, "getitem": guarded_getitem,
+                 "setitem": _setitem, "delitem": _delitem},
+}
+_MODULE_PROXIES: dict[str, types.ModuleType] = {}
+
+
+def _build_module_proxies() -> None:
+    """``from functools import wraps`` reads the attribute natively (IMPORT_FROM), so
+    such imports get a copy of the module with the replacements in place."""
+    import dataclasses
+    import functools
+
+    _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass")}
+    _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
+        functools.total_ordering, "total_ordering")
+    for name in set(_REPLACED_MODULE_ATTRS) | set(_DENIED_MODULE_ATTRS):
+        real = sys.modules[name]
+        proxy = types.ModuleType(name, real.__doc__)
+        proxy.__dict__.update(
+            (k, v) for k, v in real.__dict__.items() if k not in _DENIED_MODULE_ATTRS.get(name, ()))
+        proxy.__dict__.update(_REPLACED_MODULE_ATTRS.get(name, {}))
+        _MODULE_PROXIES[name] = proxy
+
+
+def _harden_copy() -> None:
+    """copy.copy/deepcopy rebuild an object from its ``__reduce_ex__`` result with
+    the real setattr and ``__dict__.update``. With a class of the sandbox the
+    result is the model's choice (a ``__new__`` that returns a module, ``getattr``
+    as the rebuilding function for a bound method), so the rebuild is checked: the
+    new object must be of the original's type or the sandbox's own, and the
+    rebuild reads attributes with the guards. Patched in the worker's copy module
+    because dataclasses.asdict and others call it too."""
+    original = copy._reconstruct  # type: ignore[attr-defined]
+
+    def _reconstruct(x: Any, memo: Any, func: Any, args: Any, state: Any = None, listiter: Any = None,
+                     dictiter: Any = None, *, deepcopy: Any = copy.deepcopy) -> Any:
+        if func is getattr:
+            func = guarded_getattr
+        checked_args = tuple(args)
+
+        def build(*a: Any) -> Any:
+            y = func(*a)
+            if type(y) is not type(x) and not _defined_in_sandbox(y):
+                raise copy.Error(f"copying {type(x).__name__} gave a {type(y).__name__}; refused in the sandbox")
+            return y
+
+        if state is not None and type(state) is tuple and len(state) == 2 and type(state[1]) is dict:
+            for key in state[1]:
+                _check_set_name(key, "copying")
+        return original(x, memo, build, checked_args, state, listiter, dictiter, deepcopy=deepcopy)
+
+    copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
+
+
+# -- imports ----------------------------------------------------------------------------
+
+
+def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+    if level != 0:
+        raise ImportError("relative imports are not available in the sandbox")
+    if name in _PRELOAD_EXTRA and not fromlist:
+        return sys.modules[name.partition(".")[0]]
+    if name == _FUTURE and fromlist:
+        return sys.modules[_FUTURE]
+    if name not in ALLOWED_MODULES:
+        allowed = ", ".join(m for m in ALLOWED_MODULES if "." not in m)
+        raise ImportError(f'import of "{name}" is not allowed in the sandbox; available: {allowed}')
+    module = sys.modules[name]
+    for item in fromlist or ():
+        if item == "*" or item.startswith("_") or item in _DENIED_MODULE_ATTRS.get(name, ()):
+            raise ImportError(f'"from {name} import {item}" is not allowed in the sandbox')
+        value = getattr(module, item, None)
+        if isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
+            raise ImportError(f'"{name}.{item}" is not available in the sandbox')
+    if fromlist:
+        return _MODULE_PROXIES.get(name, module)
+    return sys.modules[name.partition(".")[0]]
+
+
+# -- builtins ---------------------------------------------------------------------------
+
+
+def _one_arg_type(obj: Any, *rest: Any) -> Any:
+    if rest:
+        raise SandboxPolicyError("type() with three arguments is not allowed; use a class statement")
+    cls = type(obj)
+    # The type of a class is a metaclass (the real `type`), which can build classes
+    # with any dunder method: hand out this function in its place.
+    return _one_arg_type if issubclass(cls, type) else cls
+
+
+def _refuser(message: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SandboxPolicyError(message)
+
+    return refuse
+
+
+def _build_builtins() -> dict[str, Any]:
+    b = dict(safe_builtins)
+    for name in (
+        "all", "any", "ascii", "bin", "bytearray", "bytes", "dict", "dir", "enumerate",
+        "filter", "format", "frozenset", "iter", "list", "map", "max", "min", "next",
+        "reversed", "set", "sorted", "sum", "tuple", "zip", "property", "staticmethod",
+        "classmethod", "NotImplemented", "StopAsyncIteration", "RecursionError",
+        "TimeoutError", "ConnectionError", "PermissionError", "FileNotFoundError",
+        # super() proxies the sandbox's own objects only (see _dunder_allowed); object's
+        # dunders are foreign like every other host class's
+        "super", "object",
+    ):
+        b[name] = getattr(builtins, name)
+    b.update(
+        __import__=guarded_import,
+        getattr=guarded_getattr,
+        hasattr=guarded_hasattr,
+        setattr=_guarded_setattr,
+        delattr=_guarded_delattr,
+        type=_one_arg_type,
+        SandboxPolicyError=SandboxPolicyError,
+    )
+    for name, message in _REFUSED_BUILTINS.items():
+        b[name] = _refuser(message)
+    return b
+
+
+class PrintCollector:
+    """Target of RestrictedPython's rewritten ``print``: writes to ``sys.stdout``
+    (the worker points it at the capped output of the current exec) and keeps
+    the text for RestrictedPython's ``printed`` variable.
+
+    What it keeps is capped at ``max_chars`` (the worker sets it to its output
+    limit) and the rest only counted: a print loop must not grow the worker's
+    memory without bound, and the model never sees more than the limit anyway.
+    """
+
+    max_chars = 20_000
+
+    def __init__(self, _getattr_: Any = None) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def write(self, text: str) -> None:
+        room = self.max_chars - self.size
+        if room >= len(text):
+            self.parts.append(text)
+            self.size += len(text)
+        else:
+            if room > 0:
+                self.parts.append(text[:room])
+                self.size += room
+            self.dropped += len(text) - max(room, 0)
+        sys.stdout.write(text)
+
+    def __call__(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n... [printed output truncated: {self.dropped:,} more characters not kept]\n"
+        return text
+
+    def _call_print(self, *objects: Any, **kwargs: Any) -> None:
+        target = kwargs.get("file")
+        if target is None:
+            kwargs["file"] = self
+        else:
+            guarded_getattr(target, "write")
+        print(*objects, **kwargs)
+
+
+def make_namespace() -> dict[str, Any]:
+    """A fresh global namespace for sandboxed code."""
+    return {
+        "__builtins__": _build_builtins(),
+        "__name__": SANDBOX_MODULE,
+        "__metaclass__": _CLASS_STATEMENT,
+        "_getattr_": guarded_getattr,
+        "_getitem_": guarded_getitem,
+        "_getiter_": iter,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_write_": guarded_write,
+        "_inplacevar_": _inplacevar,
+        "_apply_": lambda f, *a, **k: f(*a, **k),
+        "_print_": PrintCollector,
+        "_match_class_": _match_class,
+    }

@@ -171,6 +171,7 @@ def preload_modules() -> None:
     for name in ALLOWED_MODULES + _PRELOAD_EXTRA:
         importlib.import_module(name)
     _harden_copy()
+    _harden_enum()
     _build_module_proxies()
     # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
     # (and exec's its generated methods there). An empty module, not the namespace.
@@ -270,6 +271,10 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             _refuse_attr(obj, name)
     elif name in _BLOCKED_ATTRS or isinstance(obj, _OPAQUE_TYPES):
         raise SandboxPolicyError(f'access to "{name}" is not allowed: frames and code objects are off limits')
+    if name in ("format", "format_map") and isinstance(obj, super) and _super_resolves_to_str(obj, name):
+        # super().format of a str subclass is the real str.format: its fields walk attributes
+        # with the real getattr. Hand out the guarded one, bound as super() would bind it.
+        obj = str.__str__(obj.__self__) if isinstance(obj.__self__, str) else str
     if name in ("format", "format_map") and (
         isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
     ):
@@ -298,6 +303,17 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     if isinstance(value, types.ModuleType):
         _check_module(value)
     return value
+
+
+def _super_resolves_to_str(proxy: super, name: str) -> bool:
+    """Whether ``proxy.<name>`` would find ``str``'s own method (what super() resolves)."""
+    owner = proxy.__self__
+    if owner is None:
+        return False
+    mro = (owner if isinstance(owner, type) else type(owner)).__mro__
+    start = proxy.__thisclass__
+    after = mro[mro.index(start) + 1:] if start in mro else ()
+    return next((klass for klass in after if name in vars(klass)), None) is str
 
 
 def _check_module(module: types.ModuleType) -> None:
@@ -368,6 +384,9 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
 _BASE_MODULES = frozenset({m.partition(".")[0] for m in ALLOWED_MODULES} | {"builtins", SANDBOX_MODULE})
 
 
+_ATTRIBUTE_HOOKS = ("__getattr__", "__getattribute__", "__setattr__", "__delattr__")
+
+
 def _check_base(base: Any) -> None:
     if not isinstance(base, type):
         return  # type() itself reports it
@@ -382,6 +401,16 @@ def _check_base(base: Any) -> None:
     if type(module) is not str or module.partition(".")[0] not in _BASE_MODULES:
         raise SandboxPolicyError(
             f"{base.__name__} cannot be subclassed in the sandbox: it is not a class of an allowed module")
+    for klass in base.__mro__:
+        if klass.__module__ == SANDBOX_MODULE:
+            continue
+        for hook in _ATTRIBUTE_HOOKS:
+            # A foreign Python-level hook (typing's aliases forward reads and writes to
+            # __origin__) would run with the real getattr/setattr on whatever the
+            # instance points at, while the instance counts as the sandbox's own.
+            if isinstance(vars(klass).get(hook), types.FunctionType):
+                raise SandboxPolicyError(
+                    f"{base.__name__} cannot be subclassed in the sandbox: {klass.__name__} defines {hook}")
 
 
 def _metaclass_of(bases: tuple[Any, ...]) -> Any:
@@ -406,6 +435,10 @@ class _ClassStatement:
     statement must not have (see :func:`_check_base`)."""
 
     def __prepare__(self, name: str, bases: tuple[Any, ...], **kwargs: Any) -> Any:
+        for key in kwargs:
+            if key.startswith("_"):
+                # private switches of foreign __init_subclass__ hooks (typing's _root=True)
+                raise SandboxPolicyError(f"class keyword {key!r} is not allowed: names starting with '_' are private")
         meta = _metaclass_of(bases)
         return meta.__prepare__(name, bases, **kwargs)
 
@@ -449,7 +482,8 @@ def _update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = _WRAPS_ASSIGNED,
     copy a host class's methods or a module's globals), not ``__wrapped__``."""
     target = guarded_write(wrapper)
     for name in assigned:
-        if name not in _WRAPS_ASSIGNED:
+        # exact str: a str subclass's __eq__ would pass the check and reach the real getattr
+        if type(name) is not str or name not in _WRAPS_ASSIGNED:
             raise SandboxPolicyError(f'update_wrapper/wraps can copy only {", ".join(_WRAPS_ASSIGNED)}, not {name!r}')
         try:
             value = getattr(wrapped, name)
@@ -458,7 +492,7 @@ def _update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = _WRAPS_ASSIGNED,
         if name != "__module__":  # a class's __module__ says whether it is the sandbox's
             setattr(target, name, value)
     for name in updated:
-        if name != "__dict__":
+        if type(name) is not str or name != "__dict__":
             raise SandboxPolicyError(f"update_wrapper/wraps cannot update {name!r} in the sandbox")
     return wrapper
 
@@ -577,6 +611,31 @@ def _harden_copy() -> None:
         return original(x, memo, build, checked_args, state, listiter, dictiter, deepcopy=deepcopy)
 
     copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
+
+
+def _harden_enum() -> None:
+    """``Enum('E', names)`` (the functional API) makes members of any name, dunders too
+    (``__del__``, ``__getattribute__``, ``__class__``): what a class statement may not
+    define. Member names starting with ``_`` are refused there; patched in the worker's
+    enum module, where the functional API lives."""
+    original = enum.EnumType._create_  # type: ignore[attr-defined]
+
+    def _create_(cls: Any, class_name: Any, names: Any, **kwargs: Any) -> Any:
+        if isinstance(names, str):
+            members: list[Any] = names.replace(",", " ").split()
+            checked = names
+        elif isinstance(names, collections.abc.Mapping):
+            members, checked = list(names), names
+        else:
+            checked = list(names)  # an iterator is read once: hand the same items on
+            members = [item if isinstance(item, str) else item[0] for item in checked]
+        for member in members:
+            if type(member) is not str or member.startswith("_"):
+                raise SandboxPolicyError(f"enum member name {member!r} is not allowed: names starting with '_' "
+                                         "are private (and dunders are methods)")
+        return original(cls, class_name, checked, **kwargs)
+
+    enum.EnumType._create_ = _create_  # type: ignore[attr-defined]
 
 
 # -- imports ----------------------------------------------------------------------------

@@ -185,6 +185,14 @@ def _check_nesting(value: Any, limit: int = _MAX_NESTING) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of an exception whose ``__str__`` may itself be model code."""
+    try:
+        return f"{type(e).__name__}: {str.__str__(str(e))}"
+    except BaseException:
+        return type(e).__name__
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
@@ -283,8 +291,10 @@ class Worker:
                     reply = handler(msg, payload)
                 except MemoryError:
                     reply = _error_reply("MemoryError", "the sandbox memory limit was reached")
-                except Exception as e:  # a bug or bad request: report, keep serving
-                    reply = _error_reply(type(e).__name__, str(e))
+                # a bug, a bad request, or model code run outside a cell raising SystemExit:
+                # report it and keep serving
+                except BaseException as e:
+                    reply = _error_reply(type(e).__name__, _describe(e))
             del payload  # a 100 MB context must not stay alive until the next request
             try:
                 self.chan.send(reply)
@@ -353,13 +363,17 @@ class Worker:
         if msg.get("as_text"):
             try:
                 text = value if isinstance(value, str) else str(value)
-            except Exception as e:  # a model-defined __str__, a too deeply nested list
-                return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
+                # a str subclass's own methods (__len__, __eq__) must not run outside a cell
+                text = str.__str__(text)
+            # BaseException: a model-defined __str__ (or a dict subclass's items()) may raise
+            # SystemExit; outside a cell nothing else would catch it and the worker would exit.
+            except BaseException as e:
+                return {"op": "value", "found": True, "error": _describe(e), "type": type(value).__name__}
             return self._bounded(name, {"op": "value", "found": True, "value": text})
         try:
             encoded = json.dumps(value, default=_jsonable, ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError) as e:
-            return {"op": "value", "found": True, "error": f"{type(e).__name__}: {e}", "type": type(value).__name__}
+        except BaseException as e:
+            return {"op": "value", "found": True, "error": _describe(e), "type": type(value).__name__}
         return self._bounded(name, {"op": "value", "found": True, "json": encoded})
 
     def _bounded(self, name: str, reply: dict[str, Any]) -> dict[str, Any]:

@@ -159,7 +159,11 @@ class UnsupportedContextError(SandboxError, TypeError):
 
 
 class VariableError(SandboxError, LookupError):
-    """A variable is missing from the sandbox or cannot be converted."""
+    """A variable is missing from the sandbox (``missing`` is True) or cannot be converted."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @runtime_checkable

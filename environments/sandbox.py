@@ -778,7 +778,7 @@ class SandboxREPL:
                 self._ensure_started()
                 reply = self._request({"op": "get", "name": name, "as_text": as_text})
         if not reply.get("found"):
-            raise VariableError(f"variable {name!r} is not defined in the sandbox")
+            raise VariableError(f"variable {name!r} is not defined in the sandbox", missing=True)
         if "too_large" in reply:
             raise VariableError(f"variable {name!r} cannot be read: {reply['too_large']}")
         if "error" in reply:

@@ -111,6 +111,11 @@ def final_var_missing(name: str) -> str:
     return f"FINAL_VAR({name}): variable {name!r} is not defined in the REPL; assign it first or use FINAL(answer)."
 
 
+def final_var_unreadable(name: str, reason: str) -> str:
+    """The reply to FINAL_VAR(name) written as text for a variable that cannot be read back."""
+    return f"FINAL_VAR({name}) could not be read: {reason}. Put the answer in a str variable, or use FINAL(answer)."
+
+
 OUT_OF_TURNS = "You are out of turns. Reply now with FINAL(your best answer), using what you found so far."
 
 

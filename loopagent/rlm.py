@@ -21,7 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopagent import prompts
 from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
-from loopagent.environments import ContextInfo, Environment, ExecResult, SandboxLimits, SandboxREPL, describe_context
+from loopagent.environments import (
+    ContextInfo,
+    Environment,
+    ExecResult,
+    SandboxError,
+    SandboxLimits,
+    SandboxREPL,
+    VariableError,
+    describe_context,
+)
 from loopagent.environments.base import ContextLike
 from loopagent.errors import BackendError, BudgetExceededError, ConfigError
 from loopagent.models import model as build_model
@@ -400,8 +409,10 @@ class _Run:
         if kind == "FINAL_VAR":
             try:
                 self._record_final(self.env.get_variable(value, as_text=True), "FINAL_VAR")
-            except LookupError:
-                return prompts.final_var_missing(value)
+            except VariableError as e:
+                return prompts.final_var_missing(value) if e.missing else prompts.final_var_unreadable(value, str(e))
+            except SandboxError as e:  # the worker failed while reading it (it is replaced on the next cell)
+                return prompts.final_var_unreadable(value, str(e))
         else:
             self._record_final(value, "text")
         return None

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from loopagent.environments import SandboxREPL
+from loopagent.environments import SandboxREPL, VariableError
 
 SECRET_NAME = "LOOPAGENT_TEST_SECRET"
 SECRET_VALUE = f"escape-corpus-secret-{uuid.uuid4().hex}"
@@ -629,6 +629,76 @@ NEW_SURFACE = [
 ]
 
 
+# Found by a review of the new surface (each reached the real builtins, os and sys, or the guard functions,
+# before it was closed).
+REVIEW = [
+    attack("review", "typing_alias_subclass_forwards_private_reads",
+           "import typing, dataclasses\n"
+           "class X(type(typing.List[int]), _root=True):\n    pass\n"
+           "mk = X(dataclasses, (), name='n')._create_fn\n" + WIN),
+    attack("review", "typing_alias_subclass_without_root_keyword",
+           "import typing, json\n"
+           "class X(type(typing.List[int])):\n    pass\n"
+           "x = X(json, (), name='n')\nx.dumps = len\n" + WIN),
+    attack("review", "update_wrapper_with_a_str_subclass_name",
+           "import functools, calendar\n"
+           "class S(str):\n"
+           "    def __eq__(self, other):\n        return True\n"
+           "    def __ne__(self, other):\n        return True\n"
+           "    def __hash__(self):\n        return hash(str(self))\n"
+           "class W:\n    pass\n"
+           "w = W()\nfunctools.update_wrapper(w, calendar.weekday, assigned=(S('__globals__'),))\n"
+           "g = [v for v in w.__dict__.values()][0]\nb = g['__builtins__']\n" + WIN),
+    attack("review", "super_format_of_a_str_subclass",
+           "class S(str):\n    def leak(self, *a):\n        return super().format(*a)\n"
+           "print(S('{0.__globals__[__builtins__][open]}').leak(getattr))\n", forbid=("built-in function open",)),
+    attack("review", "super_format_map_of_a_str_subclass",
+           "class S(str):\n    def leak(self, m):\n        return super().format_map(m)\n"
+           "print(S('{f.__globals__}').leak({'f': getattr}))\n", forbid=("__builtins__",)),
+    attack("review", "enum_functional_api_defines_dunders",
+           "import enum\n"
+           "E = enum.Enum('E', [('__class__', dict), ('A', 1)])\n"
+           "if isinstance(E.A, dict):\n    " + WIN),
+    attack("review", "enum_functional_api_defines_del_from_a_mapping",
+           "import enum\nE = enum.Enum('E', {'__del__': print, 'A': 1})\n" + WIN),
+]
+
+
+@pytest.mark.parametrize("a", REVIEW)
+def test_review_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+    assert_healthy(fresh)
+
+
+def test_str_subclass_format_without_super_still_works(repl):
+    res = repl.execute(
+        "import enum\n"
+        "class S(str):\n    def shout(self, *a):\n        return super().format(*a).upper()\n"
+        "class T(S):\n    def format(self, *a):\n        return 'own'\n"
+        "class U(T):\n    def via(self):\n        return super().format()\n"
+        "E = enum.Enum('E', 'RED GREEN')\nF = enum.Enum('F', [('A', 1)])\n"
+        "print(S('{0}-{1}').shout('a', 'b'), U('x').via(), E.GREEN.value, F.A.name)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "A-B own 2 A\n"
+
+
+def test_a_variable_whose_str_raises_system_exit_is_a_variable_error(fresh):
+    """FINAL_VAR reads variables between cells: model code there must not end the worker."""
+    fresh.execute(
+        "class R:\n    def __str__(self):\n        raise SystemExit(3)\nr = R()\n"
+        "class D(dict):\n    def items(self):\n        raise KeyboardInterrupt\nd = D(a=1)\n"
+        "class L(str):\n    def __len__(self):\n        raise SystemExit\ns = L('abc')"
+    )
+    pid = fresh.pid
+    for name, as_text in (("r", True), ("d", False)):
+        with pytest.raises(VariableError):
+            fresh.get_variable(name, as_text=as_text)
+    assert fresh.get_variable("s", as_text=True) == "abc"
+    assert fresh.pid == pid
+    assert_healthy(fresh)
+
+
 @pytest.mark.parametrize("a", NEW_SURFACE)
 def test_new_surface_contained(fresh, a):
     res = fresh.execute(a.code)
@@ -1210,8 +1280,8 @@ def test_isolation_layers_reported(repl):
 
 def test_corpus_size():
     """At least 45 attacks across at least 12 categories."""
-    ids = [p.id for group in (REFUSED, HOLES, NEW_SURFACE, CONTAINED, MEMORY_BOMBS, CPU_LOOPS, FLOODS, RECURSION,
-                              NESTED_SOURCE, EXCEPTIONS, HOST_ABUSE) for p in group]
+    ids = [p.id for group in (REFUSED, HOLES, NEW_SURFACE, REVIEW, CONTAINED, MEMORY_BOMBS, CPU_LOOPS, FLOODS,
+                              RECURSION, NESTED_SOURCE, EXCEPTIONS, HOST_ABUSE) for p in group]
     categories = {i.split("-")[0] for i in ids}
     assert len(ids) >= 45
     assert len(categories) >= 12, categories

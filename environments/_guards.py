@@ -709,6 +709,30 @@ def _build_builtins() -> dict[str, Any]:
     return b
 
 
+class CappedText:
+    """Text kept up to ``limit`` characters; the rest is only counted (``dropped``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, text: str) -> None:
+        room = self.limit - self.size
+        if room >= len(text):
+            self.parts.append(text)
+            self.size += len(text)
+        else:
+            if room > 0:
+                self.parts.append(text[:room])
+                self.size += room
+            self.dropped += len(text) - max(room, 0)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class PrintCollector:
     """Target of RestrictedPython's rewritten ``print``: writes to ``sys.stdout``
     (the worker points it at the capped output of the current exec) and keeps
@@ -722,26 +746,16 @@ class PrintCollector:
     max_chars = 20_000
 
     def __init__(self, _getattr_: Any = None) -> None:
-        self.parts: list[str] = []
-        self.size = 0
-        self.dropped = 0
+        self.kept = CappedText(self.max_chars)
 
     def write(self, text: str) -> None:
-        room = self.max_chars - self.size
-        if room >= len(text):
-            self.parts.append(text)
-            self.size += len(text)
-        else:
-            if room > 0:
-                self.parts.append(text[:room])
-                self.size += room
-            self.dropped += len(text) - max(room, 0)
+        self.kept.add(text)
         sys.stdout.write(text)
 
     def __call__(self) -> str:
-        text = "".join(self.parts)
-        if self.dropped:
-            text += f"\n... [printed output truncated: {self.dropped:,} more characters not kept]\n"
+        text = self.kept.text()
+        if self.kept.dropped:
+            text += f"\n... [printed output truncated: {self.kept.dropped:,} more characters not kept]\n"
         return text
 
     def _call_print(self, *objects: Any, **kwargs: Any) -> None:

@@ -10,34 +10,24 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import re
 import types
 from typing import Any
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
-if __package__:  # loopagent.environments._policy (the parent, tests)
-    from ._guards import (
-        _BLOCKED_ATTRS,
-        _CLASS_DATA_DUNDERS,
-        _FUTURE,
-        DEFINABLE_DUNDERS,
-        OWN_DUNDERS,
-        SAFE_DUNDERS,
-        WRITABLE_DUNDERS,
-        _is_dunder,
-    )
-else:  # the top-level _policy inside the worker, next to the top-level _guards
-    from _guards import (
-        _BLOCKED_ATTRS,
-        _CLASS_DATA_DUNDERS,
-        _FUTURE,
-        DEFINABLE_DUNDERS,
-        OWN_DUNDERS,
-        SAFE_DUNDERS,
-        WRITABLE_DUNDERS,
-        _is_dunder,
-    )
+# The worker imports this module as the top-level `_policy` (its folder on sys.path), the
+# parent and tests as `loopagent.environments._policy`: take `_guards` the same way.
+_guards = importlib.import_module("._guards", __package__) if __package__ else importlib.import_module("_guards")
+_BLOCKED_ATTRS = _guards._BLOCKED_ATTRS
+_CLASS_DATA_DUNDERS = _guards._CLASS_DATA_DUNDERS
+_FUTURE = _guards._FUTURE
+_is_dunder = _guards._is_dunder
+DEFINABLE_DUNDERS = _guards.DEFINABLE_DUNDERS
+OWN_DUNDERS = _guards.OWN_DUNDERS
+SAFE_DUNDERS = _guards.SAFE_DUNDERS
+WRITABLE_DUNDERS = _guards.WRITABLE_DUNDERS
 
 FILENAME = "<repl>"
 

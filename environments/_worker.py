@@ -34,34 +34,20 @@ _CODE_CACHE_SIZE = 256
 _RESERVED_NOTE = "[note: `{name}` is provided by the sandbox and was restored; keep your own data under another name]\n"
 
 
-class CappedOutput:
+class CappedOutput(_guards.CappedText):
     """stdout of one cell: keeps the first ``limit`` characters and counts the rest."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[str] = []
-        self.size = 0
-        self.dropped = 0
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        room = self.limit - self.size
-        if room >= len(text):
-            self.parts.append(text)
-            self.size += len(text)
-        else:
-            if room > 0:
-                self.parts.append(text[:room])
-                self.size += room
-            self.dropped += len(text) - max(room, 0)
+        self.add(text)
         return len(text)
 
     def flush(self) -> None:
         pass
 
     def getvalue(self) -> str:
-        text = "".join(self.parts)
+        text = self.text()
         if self.dropped:
             text += f"\n... [output truncated: {self.dropped:,} more characters not shown]\n"
         return text

@@ -175,7 +175,9 @@ def preload_modules() -> None:
     _build_module_proxies()
     # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
     # (and exec's its generated methods there). An empty module, not the namespace.
-    sys.modules.setdefault(SANDBOX_MODULE, types.ModuleType(SANDBOX_MODULE))
+    placeholder = sys.modules.setdefault(SANDBOX_MODULE, types.ModuleType(SANDBOX_MODULE))
+    # exec() would give the generated methods the real builtins there
+    placeholder.__dict__.setdefault("__builtins__", _build_builtins())
 
 
 # -- whose object is it ---------------------------------------------------------------
@@ -283,6 +285,7 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             return lambda *a, **k: method(obj, *a, **k)
         return _safe_format if name == "format" else _safe_format_map
     if isinstance(obj, types.ModuleType):
+        _check_module(obj)  # held without a guard seeing it (a pattern read it natively): still inert
         modname = obj.__name__
         if name in _DENIED_MODULE_ATTRS.get(modname, ()):
             raise SandboxPolicyError(f"{modname}.{name} is not available in the sandbox")
@@ -392,6 +395,8 @@ def _check_base(base: Any) -> None:
         return  # type() itself reports it
     if issubclass(base, type):
         raise SandboxPolicyError("metaclasses cannot be defined in the sandbox")
+    if base in _STAND_INS.values():
+        raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
     if issubclass(base, (super, string.Formatter, pprint.PrettyPrinter)):
         # a subclass instance would count as the sandbox's own object while it
         # proxies a foreign one (super), walks attributes unguarded (Formatter) or
@@ -449,9 +454,25 @@ class _ClassStatement:
 _CLASS_STATEMENT = _ClassStatement()
 
 
-def _match_class(cls: Any) -> None:
+class _PatternValue:
+    """Holds a value a pattern reads natively (a class, a dotted value, a mapping key):
+    the transformer evaluates it once through the guards, before the ``match``, and the
+    pattern reads it back as ``_tmpN.v`` so nothing can swap it in between."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+
+def _match_class(cls: Any) -> _PatternValue:
     """Checked before a ``match`` whose cases have class patterns: CPython reads the
     keyword names and ``cls.__match_args__`` on the subject with the real getattr."""
+    _check_match_class(cls)
+    return _PatternValue(cls)
+
+
+def _check_match_class(cls: Any) -> None:
     if not isinstance(cls, type):
         return  # the match raises TypeError itself
     if type(cls) not in (type, enum.EnumType) or cls is object or issubclass(
@@ -583,6 +604,12 @@ def _build_module_proxies() -> None:
         _MODULE_PROXIES[name] = proxy
 
 
+#: Modules whose types copy may rebuild from their reduction (plain data, no host state;
+#: ast: the transformer copies nodes in the worker).
+_COPYABLE_MODULES = frozenset({"builtins", "collections", "datetime", "decimal", "fractions", "array", "re", "enum",
+                               "uuid", "ast"})
+
+
 def _harden_copy() -> None:
     """copy.copy/deepcopy rebuild an object from its ``__reduce_ex__`` result with
     the real setattr and ``__dict__.update``. With a class of the sandbox the
@@ -595,6 +622,10 @@ def _harden_copy() -> None:
 
     def _reconstruct(x: Any, memo: Any, func: Any, args: Any, state: Any = None, listiter: Any = None,
                      dictiter: Any = None, *, deepcopy: Any = copy.deepcopy) -> Any:
+        if not _defined_in_sandbox(x) and type(x).__module__.partition(".")[0] not in _COPYABLE_MODULES:
+            # the rebuild would pass the real state of a host object (its __dict__) through
+            # the memo, which a model __deepcopy__ or a model memo dict can read
+            raise SandboxPolicyError(f"copying {type(x).__name__} objects is not available in the sandbox")
         if func is getattr:
             func = guarded_getattr
         checked_args = tuple(args)
@@ -672,7 +703,22 @@ def _one_arg_type(obj: Any, *rest: Any) -> Any:
     cls = type(obj)
     # The type of a class is a metaclass (the real `type`), which can build classes
     # with any dunder method: hand out this function in its place.
-    return _one_arg_type if issubclass(cls, type) else cls
+    if issubclass(cls, type):
+        return _one_arg_type
+    # FunctionType(code, globals) runs a code object under globals of the caller's choice;
+    # the others build code or bind it. A named stand-in keeps type(f).__name__ working.
+    return _STAND_INS.get(cls, cls)
+
+
+def _stand_in(real: type) -> type:
+    def __new__(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        raise SandboxPolicyError(f"{real.__name__}() cannot be called in the sandbox; write a def or lambda")
+
+    return type(real.__name__, (), {"__module__": "builtins", "__new__": __new__,
+                                    "__doc__": f"stands in for {real.__name__} in the sandbox"})
+
+
+_STAND_INS = {real: _stand_in(real) for real in (types.FunctionType, types.CodeType, types.MethodType, types.CellType)}
 
 
 def _refuser(message: str) -> Callable[..., Any]:
@@ -783,4 +829,5 @@ def make_namespace() -> dict[str, Any]:
         "_apply_": lambda f, *a, **k: f(*a, **k),
         "_print_": PrintCollector,
         "_match_class_": _match_class,
+        "_match_value_": _PatternValue,
     }

@@ -49,7 +49,7 @@ class CompiledCell:
 #: Names the rewritten code uses for the guards (and RestrictedPython's temporaries).
 _RESERVED_NAMES = frozenset({
     "_getattr_", "_getitem_", "_getiter_", "_iter_unpack_sequence_", "_unpack_sequence_", "_write_",
-    "_inplacevar_", "_apply_", "_print_", "_print", "_match_class_",
+    "_inplacevar_", "_apply_", "_print_", "_print", "_match_class_", "_match_value_",
 })
 _TMP_NAME = re.compile(r"_tmp\d+\Z")
 #: Values that are always built-in objects, never the sandbox's own: a dunder read
@@ -235,23 +235,41 @@ class _Transformer(RestrictingNodeTransformer):
             self.error(node, f'"{name}" cannot be read in a pattern in the sandbox')
 
     def visit_Match(self, node: ast.Match) -> Any:
-        classes: dict[str, ast.expr] = {}
+        """Patterns read classes, dotted values and mapping keys natively. Each is evaluated
+        once, through the guards, before the ``match`` (classes also checked), and the pattern
+        reads it back from a reserved temporary: nothing can swap it in between (a walrus in
+        the subject, a property on a dotted name, a guard of an earlier case)."""
+        before: list[ast.stmt] = []
         for case in node.cases:
             for sub in ast.walk(case.pattern):
                 if isinstance(sub, ast.MatchClass):
-                    classes.setdefault(ast.dump(sub.cls), sub.cls)
-        checks = [ast.Expr(_call("_match_class_", self.visit(_copy_expr(cls)))) for cls in classes.values()]
+                    sub.cls = self._pattern_slot(sub.cls, "_match_class_", before)
+                elif isinstance(sub, ast.MatchValue) and isinstance(sub.value, ast.Attribute):
+                    sub.value = self._pattern_slot(sub.value, "_match_value_", before)
+                elif isinstance(sub, ast.MatchMapping):
+                    sub.keys = [self._pattern_slot(k, "_match_value_", before) if isinstance(k, ast.Attribute) else k
+                                for k in sub.keys]
         node = self.node_contents_visit(node)
-        for check in checks:
-            copy_locations(check, node)
-            ast.fix_missing_locations(check)
-        return [*checks, node] if checks else node
+        for stmt in before:
+            copy_locations(stmt, node)
+            ast.fix_missing_locations(stmt)
+        return [*before, node] if before else node
+
+    def _pattern_slot(self, expr: ast.expr, holder: str, before: list[ast.stmt]) -> ast.expr:
+        self._check_dotted(expr)
+        tmp = self.gen_tmp_name()
+        value = _call(holder, self.visit(_copy_expr(expr)))
+        before.append(ast.Assign(targets=[ast.Name(tmp, ast.Store())], value=value))
+        slot = ast.Attribute(value=ast.Name(tmp, ast.Load()), attr="v", ctx=ast.Load())
+        copy_locations(slot, expr)
+        copy_locations(slot.value, expr)
+        return slot
 
     def visit_match_case(self, node: ast.match_case) -> Any:
         return self.node_contents_visit(node)
 
     def visit_MatchClass(self, node: ast.MatchClass) -> Any:
-        self._check_dotted(node.cls)
+        # node.cls was checked and moved to a temporary by visit_Match
         for name in node.kwd_attrs:
             self._check_pattern_attr(node, name)
         node.patterns = [self.visit(p) for p in node.patterns]
@@ -259,8 +277,7 @@ class _Transformer(RestrictingNodeTransformer):
         return node
 
     def visit_MatchValue(self, node: ast.MatchValue) -> Any:
-        self._check_dotted(node.value)
-        return node
+        return node  # a literal, or a dotted name visit_Match checked and moved to a temporary
 
     def visit_MatchSingleton(self, node: ast.MatchSingleton) -> Any:
         return node
@@ -272,8 +289,7 @@ class _Transformer(RestrictingNodeTransformer):
         return self.node_contents_visit(node)
 
     def visit_MatchMapping(self, node: ast.MatchMapping) -> Any:
-        for key in node.keys:
-            self._check_dotted(key)
+        # dotted keys were checked and moved to temporaries by visit_Match
         self.check_name(node, node.rest)
         node.patterns = [self.visit(p) for p in node.patterns]
         return node

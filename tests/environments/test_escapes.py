@@ -659,6 +659,21 @@ REVIEW = [
            "import enum\n"
            "E = enum.Enum('E', [('__class__', dict), ('A', 1)])\n"
            "if isinstance(E.A, dict):\n    " + WIN),
+    attack("review", "match_class_swapped_after_its_check_by_a_walrus",
+           "import calendar\nclass Safe:\n    pass\nC = Safe\n"
+           "match (C := object, calendar)[1]:\n    case C(sys=s):\n        " + WIN, errors=LEAK_ONLY),
+    attack("review", "match_class_swapped_by_a_property_on_a_dotted_name",
+           "import calendar\nreads = []\n"
+           "class Box:\n    @property\n    def C(self):\n        reads.append(1)\n"
+           "        return int if len(reads) == 1 else object\n"
+           "box = Box()\nmatch calendar:\n    case box.C(sys=s):\n        " + WIN, errors=LEAK_ONLY),
+    attack("review", "match_value_pattern_hands_a_module_to_eq",
+           "import calendar\ngot = []\n"
+           "class Catch:\n    def __eq__(self, other):\n        got.append(other)\n        return False\n"
+           "match Catch():\n    case calendar.sys:\n        pass\n"
+           "s = got.pop()\nos = s.modules.get('os')\n" + WIN),
+    attack("review", "match_mapping_key_reads_a_module",
+           "import calendar\nmatch {}:\n    case {calendar.sys: x}:\n        pass\n" + WIN),
     attack("review", "enum_functional_api_defines_del_from_a_mapping",
            "import enum\nE = enum.Enum('E', {'__del__': print, 'A': 1})\n" + WIN),
 ]
@@ -681,6 +696,26 @@ def test_str_subclass_format_without_super_still_works(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "A-B own 2 A\n"
+
+
+def test_copy_rebuilds_only_the_sandboxs_own_classes_and_plain_data(repl):
+    """A rebuild passes the original's real state through the memo, which model code can read."""
+    res = repl.execute(
+        "import copy, pprint, datetime, collections\nclass A:\n    def __init__(self):\n        self.v = [1]\n"
+        "print(copy.deepcopy([datetime.date(2020, 1, 2), collections.deque([1]), A().v]))\n"
+        "m = {}\ncopy.deepcopy(pprint.PrettyPrinter(), m)"
+    )
+    assert res.stdout == "[datetime.date(2020, 1, 2), deque([1]), [1]]\n"
+    assert res.error_type == "SandboxPolicyError" and "copying PrettyPrinter objects is not available" in res.error
+
+
+def test_type_of_a_function_is_a_stand_in_that_builds_nothing(repl):
+    res = repl.execute(
+        "def g():\n    return 1\nF = type(g)\nprint(F.__name__, F.__doc__, type(lambda: 0) is F)\n"
+        "F(1, 2)"
+    )
+    assert res.stdout == "function stands in for function in the sandbox True\n"
+    assert res.error_type == "SandboxPolicyError" and "function() cannot be called" in res.error
 
 
 def test_a_variable_whose_str_raises_system_exit_is_a_variable_error(fresh):

@@ -32,8 +32,10 @@ import abc
 import builtins
 import collections
 import copy
+import dataclasses
 import enum
 import importlib
+import keyword
 import operator
 import pprint
 import string
@@ -397,10 +399,11 @@ def _check_base(base: Any) -> None:
         raise SandboxPolicyError("metaclasses cannot be defined in the sandbox")
     if base in _STAND_INS.values():
         raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
-    if issubclass(base, (super, string.Formatter, pprint.PrettyPrinter)):
+    if issubclass(base, (super, string.Formatter, pprint.PrettyPrinter, dataclasses.Field)):
         # a subclass instance would count as the sandbox's own object while it
-        # proxies a foreign one (super), walks attributes unguarded (Formatter) or
-        # holds the worker's stdout in its instance dict (PrettyPrinter._stream)
+        # proxies a foreign one (super), walks attributes unguarded (Formatter),
+        # holds the worker's stdout in its instance dict (PrettyPrinter._stream) or
+        # names a field in the source dataclasses exec's natively (Field)
         raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
     module = getattr(base, "__module__", None)
     if type(module) is not str or module.partition(".")[0] not in _BASE_MODULES:
@@ -525,6 +528,17 @@ def _wraps(wrapped: Any, assigned: Any = _WRAPS_ASSIGNED, updated: Any = ("__dic
     return decorator
 
 
+def _check_dataclass_body(cls: type) -> None:
+    """dataclasses builds field names into source code it exec's without the policy: each
+    must be a plain identifier, and each field spec exactly a dataclasses.Field."""
+    for name in vars(cls).get("__annotations__", {}):
+        if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+            raise SandboxPolicyError(f"dataclass field name {name!r} is not a plain identifier")
+    for name, value in vars(cls).items():
+        if isinstance(value, dataclasses.Field) and type(value) is not dataclasses.Field:
+            raise SandboxPolicyError(f"dataclass field {name!r} must be made with dataclasses.field()")
+
+
 def _own_class_decorator(real: Callable[..., Any], what: str) -> Callable[..., Any]:
     """A class decorator that writes to the class: only for the sandbox's classes
     (``dataclass(type(context))`` would rewrite a class of the worker)."""
@@ -532,6 +546,8 @@ def _own_class_decorator(real: Callable[..., Any], what: str) -> Callable[..., A
     def check(cls: Any) -> Any:
         if not (isinstance(cls, type) and _defined_in_sandbox(cls)):
             raise SandboxPolicyError(f"{what} works on classes defined in the sandbox only")
+        if what == "dataclass":
+            _check_dataclass_body(cls)
         return cls
 
     def decorator(cls: Any = None, /, **kwargs: Any) -> Any:
@@ -636,9 +652,13 @@ def _harden_copy() -> None:
                 raise copy.Error(f"copying {type(x).__name__} gave a {type(y).__name__}; refused in the sandbox")
             return y
 
-        if state is not None and type(state) is tuple and len(state) == 2 and type(state[1]) is dict:
-            for key in state[1]:
-                _check_set_name(key, "copying")
+        if isinstance(state, tuple) and len(state) == 2:
+            # copy unpacks any 2-tuple (a subclass too) as (dict state, slot state) and setattr's
+            # the slots by name: check exact copies of both, and hand on only those
+            state = tuple(None if part is None else dict(part) for part in state)
+            for part in state:
+                for key in part or ():
+                    _check_set_name(key, "copying")
         return original(x, memo, build, checked_args, state, listiter, dictiter, deepcopy=deepcopy)
 
     copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
@@ -652,14 +672,20 @@ def _harden_enum() -> None:
     original = enum.EnumType._create_  # type: ignore[attr-defined]
 
     def _create_(cls: Any, class_name: Any, names: Any, **kwargs: Any) -> Any:
+        # Read once, into exact data: a model mapping or iterable may answer differently
+        # the second time (the original reads it again).
+        checked: Any
         if isinstance(names, str):
-            members: list[Any] = names.replace(",", " ").split()
-            checked = names
+            checked = str.__str__(names)
+            members: list[Any] = checked.replace(",", " ").split()
         elif isinstance(names, collections.abc.Mapping):
-            members, checked = list(names), names
+            checked = [(key, names[key]) for key in list(names)]
+            members = [key for key, _ in checked]
         else:
-            checked = list(names)  # an iterator is read once: hand the same items on
+            items = list(names)
+            checked = [item if isinstance(item, str) else tuple(item) for item in items]
             members = [item if isinstance(item, str) else item[0] for item in checked]
+            checked = [str.__str__(item) if isinstance(item, str) else item for item in checked]
         for member in members:
             if type(member) is not str or member.startswith("_"):
                 raise SandboxPolicyError(f"enum member name {member!r} is not allowed: names starting with '_' "

@@ -674,6 +674,22 @@ REVIEW = [
            "s = got.pop()\nos = s.modules.get('os')\n" + WIN),
     attack("review", "match_mapping_key_reads_a_module",
            "import calendar\nmatch {}:\n    case {calendar.sys: x}:\n        pass\n" + WIN),
+    attack("review", "dataclass_field_subclass_names_code_into_generated_source",
+           "import dataclasses\n"
+           "P = 'a)\"if 0 else self.__dict__.__setitem__(\"loot\",().__class__) or \"x\"#'\n"
+           "class F(dataclasses.Field):\n    name = property(lambda self: P, lambda self, v: None)\n"
+           "@dataclasses.dataclass(init=False, eq=False)\nclass D:\n"
+           "    x: int = F(dataclasses.MISSING, dataclasses.MISSING, True, True, None, True, None, False)\n"
+           "d = D()\nrepr(d)\nif d.loot:\n    " + WIN),
+    attack("review", "enum_names_answer_differently_on_a_second_read",
+           "import enum, copy\n"
+           "class M(dict):\n    n = 0\n    def __iter__(self):\n        M.n += 1\n"
+           "        return iter(['a'] if M.n == 1 else ['a', '__reduce_ex__', '__copy__'])\n"
+           "class T(tuple):\n    pass\nclass C:\n    pass\n"
+           "def ga(self, name):\n    return 'hooked ' + name\n"
+           "def red(self, proto):\n    return (lambda: C, (), T((None, {'__getattribute__': ga})))\n"
+           "E = enum.Enum('E', M({'a': 1, '__reduce_ex__': red, '__copy__': None}), module='repl')\n"
+           "copy.copy(E.a)\nif C().anything == 'hooked anything':\n    " + WIN, errors=ANY_ERROR),
     attack("review", "enum_functional_api_defines_del_from_a_mapping",
            "import enum\nE = enum.Enum('E', {'__del__': print, 'A': 1})\n" + WIN),
 ]

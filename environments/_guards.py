@@ -87,7 +87,8 @@ _DENIED_MODULE_ATTRS: dict[str, frozenset[str]] = {
     "typing": frozenset({"get_type_hints", "ABCMeta", "NamedTupleMeta"}),
     # make_dataclass: any bases, namespace and field names (they end up in exec'd source)
     "dataclasses": frozenset({"make_dataclass"}),
-    "enum": frozenset({"EnumType", "EnumMeta"}),
+    # global_enum writes members into sys.modules[cls.__module__], a module the functional API names
+    "enum": frozenset({"EnumType", "EnumMeta", "global_enum"}),
     # ABCMeta builds classes from a dict; update_abstractmethods writes to any class
     "abc": frozenset({"ABCMeta", "update_abstractmethods"}),
     # they assign sys.stdout / call os.chdir; MethodType and GenericAlias come from `types`
@@ -389,7 +390,9 @@ def _inplacevar(op: str, x: Any, y: Any) -> Any:
 _BASE_MODULES = frozenset({m.partition(".")[0] for m in ALLOWED_MODULES} | {"builtins", SANDBOX_MODULE})
 
 
-_ATTRIBUTE_HOOKS = ("__getattr__", "__getattribute__", "__setattr__", "__delattr__")
+_ATTRIBUTE_HOOKS = ("__getattr__", "__getattribute__", "__setattr__", "__delattr__",
+                    # a subclassed descriptor (cached_property) reads and writes any instance's __dict__
+                    "__get__", "__set__", "__delete__", "__set_name__")
 
 
 def _check_base(base: Any) -> None:
@@ -560,6 +563,29 @@ def _own_class_decorator(real: Callable[..., Any], what: str) -> Callable[..., A
     return decorator
 
 
+def _dataclass_replace(obj: Any, /, **changes: Any) -> Any:
+    """dataclasses.replace reads the fields from the instance (its ``__dict__`` may hold
+    planted ones) and getattr's each name: only the sandbox's instances, fields of the class."""
+    if isinstance(obj, type) or not _defined_in_sandbox(obj):
+        raise SandboxPolicyError("dataclasses.replace works on instances of classes defined in the sandbox only")
+    if "__dataclass_fields__" in getattr(obj, "__dict__", {}):
+        raise SandboxPolicyError("dataclasses.replace: the instance shadows its class's fields")
+    return dataclasses.replace(obj, **changes)
+
+
+def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """A decorator that sets an attribute on its argument: the sandbox's own functions and classes only."""
+
+    def decorator(obj: Any) -> Any:
+        if not (_sandbox_function(obj) or _defined_in_sandbox(obj)):
+            raise SandboxPolicyError(f"{what} works on functions and classes defined in the sandbox only")
+        return real(obj)
+
+    decorator.__name__ = decorator.__qualname__ = getattr(real, "__name__", what)
+    decorator.__doc__ = getattr(real, "__doc__", None)
+    return decorator
+
+
 def _attrgetter(*names: str) -> Callable[[Any], Any]:
     for name in names:
         if type(name) is not str:
@@ -608,7 +634,14 @@ def _build_module_proxies() -> None:
     import dataclasses
     import functools
 
-    _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass")}
+    _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass"),
+                                             "replace": _dataclass_replace}
+    _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
+    import typing
+
+    _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
+                                        "no_type_check": _own_object_decorator(typing.no_type_check,
+                                                                               "typing.no_type_check")}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     for name in set(_REPLACED_MODULE_ATTRS) | set(_DENIED_MODULE_ATTRS):
@@ -664,6 +697,22 @@ def _harden_copy() -> None:
     copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
 
 
+def _check_module_name(kwargs: dict[str, Any], what: str) -> None:
+    """Model code never chooses a ``__module__``: trusted code looks the module up by it
+    (``sys.modules[cls.__module__]``) and whether an object is the sandbox's own hangs on it."""
+    for key in ("module", "qualname"):
+        value = kwargs.get(key)
+        if value is not None and not (type(value) is str and value == SANDBOX_MODULE and key == "module"):
+            raise SandboxPolicyError(f"{what}({key}=...) is not available in the sandbox")
+
+
+def _namedtuple(typename: Any, field_names: Any, **kwargs: Any) -> Any:
+    _check_module_name(kwargs, "namedtuple")
+    # left to itself, namedtuple would name this module (its caller's) as the class's
+    kwargs["module"] = SANDBOX_MODULE
+    return collections.namedtuple(typename, field_names, **kwargs)
+
+
 def _harden_enum() -> None:
     """``Enum('E', names)`` (the functional API) makes members of any name, dunders too
     (``__del__``, ``__getattribute__``, ``__class__``): what a class statement may not
@@ -690,6 +739,7 @@ def _harden_enum() -> None:
             if type(member) is not str or member.startswith("_"):
                 raise SandboxPolicyError(f"enum member name {member!r} is not allowed: names starting with '_' "
                                          "are private (and dunders are methods)")
+        _check_module_name(kwargs, "Enum")
         return original(cls, class_name, checked, **kwargs)
 
     enum.EnumType._create_ = _create_  # type: ignore[attr-defined]
@@ -791,6 +841,7 @@ class CappedText:
         self.dropped = 0
 
     def add(self, text: str) -> None:
+        text = str.__str__(text)  # a str subclass's __len__ would understate what is kept
         room = self.limit - self.size
         if room >= len(text):
             self.parts.append(text)

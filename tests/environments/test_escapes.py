@@ -690,6 +690,22 @@ REVIEW = [
            "def red(self, proto):\n    return (lambda: C, (), T((None, {'__getattribute__': ga})))\n"
            "E = enum.Enum('E', M({'a': 1, '__reduce_ex__': red, '__copy__': None}), module='repl')\n"
            "copy.copy(E.a)\nif C().anything == 'hooked anything':\n    " + WIN, errors=ANY_ERROR),
+    attack("review", "enum_module_names_the_guards_and_global_enum_overwrites_them",
+           "import enum\nclass M:\n    def __init__(self, *a):\n        pass\n"
+           "    def __contains__(self, item):\n        return True\n"
+           "enum.global_enum(enum.Enum('E', 'SAFE_DUNDERS ALLOWED_MODULES', module='_guards', type=M))\n"
+           "import os\n" + WIN),
+    attack("review", "global_enum_is_refused", "import enum\ng = enum.global_enum\n" + WIN),
+    attack("review", "namedtuple_module_names_a_host_module",
+           "import collections\nT = collections.namedtuple('T', 'a', module='json')\n" + WIN),
+    attack("review", "cached_property_subclass_reads_any_dict",
+           "import functools, calendar\nclass C(functools.cached_property):\n    pass\n"
+           "c = C(lambda obj: None)\nc.attrname = '__builtins__'\nb = c.__get__(calendar)\n" + WIN),
+    attack("review", "dataclass_replace_with_planted_fields",
+           "import dataclasses\n@dataclasses.dataclass\nclass D:\n    x: int = 0\nd = D()\n"
+           "d.__dict__['__dataclass_fields__'] = {}\ndataclasses.replace(d)\n" + WIN),
+    attack("review", "no_type_check_writes_a_host_module",
+           "import typing, json\ntyping.no_type_check(json)\n" + WIN),
     attack("review", "enum_functional_api_defines_del_from_a_mapping",
            "import enum\nE = enum.Enum('E', {'__del__': print, 'A': 1})\n" + WIN),
 ]
@@ -732,6 +748,29 @@ def test_type_of_a_function_is_a_stand_in_that_builds_nothing(repl):
     )
     assert res.stdout == "function stands in for function in the sandbox True\n"
     assert res.error_type == "SandboxPolicyError" and "function() cannot be called" in res.error
+
+
+def test_printed_str_subclass_cannot_understate_its_length(repl):
+    res = repl.execute(
+        "class S(str):\n    def __len__(self):\n        return 0\n"
+        "class P:\n    def __str__(self):\n        return S('x' * 100000)\n"
+        "for i in range(3):\n    print(P())"
+    )
+    assert res.truncated and len(res.stdout) < repl.limits.max_output_chars + 200
+
+
+def test_replaced_helpers_still_serve_the_sandboxs_own_objects(repl):
+    res = repl.execute(
+        "import collections, typing, dataclasses, functools, enum\n"
+        "Pt = collections.namedtuple('Pt', 'x y', defaults=[0])\n"
+        "@typing.final\nclass K:\n    @typing.final\n    def m(self):\n        return 1\n"
+        "@dataclasses.dataclass\nclass D:\n    x: int = 0\n"
+        "class W:\n    @functools.cached_property\n    def v(self):\n        return 42\n"
+        "print(Pt(1), Pt.__module__, dataclasses.replace(D(), x=3), K().m(), W().v, "
+        "enum.Enum('E', 'A B', module='repl').B.value)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "Pt(x=1, y=0) repl D(x=3) 1 42 2\n"
 
 
 def test_a_variable_whose_str_raises_system_exit_is_a_variable_error(fresh):

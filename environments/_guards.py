@@ -740,6 +740,8 @@ def _harden_enum() -> None:
                 raise SandboxPolicyError(f"enum member name {member!r} is not allowed: names starting with '_' "
                                          "are private (and dunders are methods)")
         _check_module_name(kwargs, "Enum")
+        # the original finds the caller's module from its frame, which this wrapper now is
+        kwargs["module"] = SANDBOX_MODULE
         return original(cls, class_name, checked, **kwargs)
 
     enum.EnumType._create_ = _create_  # type: ignore[attr-defined]

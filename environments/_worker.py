@@ -193,6 +193,7 @@ class Worker:
         self.chan = chan
         self.limits = config["limits"]
         self.max_output = int(self.limits["max_output_chars"])
+        self.reading = False  # while True, model code runs only to read a variable back
         self.max_message = int(float(self.limits["max_message_mb"]) * 1024 * 1024)
         # `printed` keeps no more than the cell's output may show (see PrintCollector).
         _guards.PrintCollector.max_chars = self.max_output
@@ -229,6 +230,10 @@ class Worker:
 
     def _stub(self, name: str) -> Callable[..., Any]:
         def host_function(*args: Any, **kwargs: Any) -> Any:
+            if self.reading:
+                # the parent is waiting for a variable, not serving calls: a call now would be
+                # taken as the reply (a model __str__ or items() runs while a variable is read)
+                raise RuntimeError(f"{name}() cannot be called while the host reads a variable")
             _check_nesting([args, kwargs])
             msg = {"op": "call", "name": name, "args": list(args), "kwargs": kwargs}
             try:
@@ -342,6 +347,13 @@ class Worker:
         return {"op": "ok", "type": type(self.context).__name__}
 
     def _op_get(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
+        self.reading = True
+        try:
+            return self._read_variable(msg)
+        finally:
+            self.reading = False
+
+    def _read_variable(self, msg: dict[str, Any]) -> dict[str, Any]:
         name = msg["name"]
         if name not in self.ns or name.startswith("_"):
             return {"op": "value", "found": False}

@@ -777,6 +777,10 @@ class SandboxREPL:
             with self._lock:
                 self._ensure_started()
                 reply = self._request({"op": "get", "name": name, "as_text": as_text})
+        if reply.get("op") != "value":
+            # the worker answered out of turn (model code it ran to read the variable misbehaved)
+            self._stop_worker()
+            raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked for {name!r}; it is restarted")
         if not reply.get("found"):
             raise VariableError(f"variable {name!r} is not defined in the sandbox", missing=True)
         if "too_large" in reply:

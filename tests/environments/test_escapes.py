@@ -773,6 +773,27 @@ def test_replaced_helpers_still_serve_the_sandboxs_own_objects(repl):
     assert res.stdout == "Pt(x=1, y=0) repl D(x=3) 1 42 2\n"
 
 
+def test_a_host_call_while_a_variable_is_read_is_refused_not_taken_as_the_reply(fresh):
+    fresh.execute(
+        "class S:\n    def __str__(self):\n        return 'x' + echo('from str')\ns = S()\n"
+        "class D(dict):\n    def items(self):\n        echo('from items')\n        return super().items()\n"
+        "d = D(a=1)\nkeep = 5"
+    )
+    pid = fresh.pid
+    with pytest.raises(VariableError, match="cannot be called while the host reads a variable"):
+        fresh.get_variable("s", as_text=True)
+    with pytest.raises(VariableError):
+        fresh.get_variable("d")
+    assert fresh.pid == pid and fresh.get_variable("keep") == 5
+    assert_healthy(fresh)
+
+
+def test_functional_enums_are_the_sandboxs_own(repl):
+    res = repl.execute("import enum\nE = enum.Enum('E', 'A B')\nE.extra = 1\nprint(E.__module__, E.extra)")
+    assert res.error is None, res.error
+    assert res.stdout == "repl 1\n"
+
+
 def test_a_variable_whose_str_raises_system_exit_is_a_variable_error(fresh):
     """FINAL_VAR reads variables between cells: model code there must not end the worker."""
     fresh.execute(

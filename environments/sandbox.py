@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import fcntl
 import inspect
 import json
 import keyword
 import os
-import pwd
-import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -53,23 +49,14 @@ from .base import (
     UnsupportedContextError,
     VariableError,
     describe_context,
-    list_files,
 )
+from .contexts import PreparedContext, open_readonly, prepare_context
+from .workdirs import WORKDIR_PREFIX, lock_workdir, remove_stale_workdirs, sandbox_ids
 
 _WORKER_DIR = str(Path(__file__).resolve().parent)
 # -I: ignore PYTHON* variables, the user site and the current directory.
 _BOOT = "import sys; sys.path.append(sys.argv.pop(1)); import _worker; _worker.main()"
-_MAX_DIR_FILES = 200_000
-# Lists and dicts inside each other, at most: json (parent and worker) and the model's own
-# recursive code stay far from Python's recursion limit (1000), and real data is rarely
-# deeper than a few dozen levels. Host-call arguments have the same limit (_worker).
-MAX_CONTEXT_NESTING = 100
-# Working directories are named after the parent's pid, and the parent holds an flock on
-# its directory for as long as it lives, so a later sandbox can tell (and remove) those
-# left behind by a parent that was killed before its finalizer could run.
-_WORKDIR_PREFIX = "loopagent-sandbox-"
-_WORKDIR_NAME = re.compile(r"loopagent-sandbox-([0-9]{1,10})-[a-z0-9_]+")
-_SUPPORTED = "str, bytes, list (of str or JSON-like values), dict (JSON-like), or a pathlib.Path to a file or directory"
+
 
 
 class SandboxLimits(BaseModel):
@@ -105,86 +92,6 @@ class SandboxLimits(BaseModel):
     def max_context_bytes(self) -> int:
         mb = self.max_context_mb if self.max_context_mb is not None else self.memory_mb / 4
         return int(mb * 1024 * 1024)
-
-
-class _Context(BaseModel):
-    """A context prepared for transfer (kept only while it is being sent)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    kind: str
-    payload: bytes | None = None
-    path: Path | None = None
-    files: list[tuple[str, int]] = []
-    description: str = ""
-
-
-def _sandbox_ids() -> tuple[int, int]:
-    try:
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except KeyError:
-        return 65534, 65534
-
-
-def _lock_workdir(path: str) -> int | None:
-    """Hold an exclusive flock on ``path`` for this process's life (the kernel drops it
-    when the process dies, however it dies); None where the filesystem has no flock."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or not a pid at all): not ours to judge
-    return True
-
-
-def _remove_stale_workdirs(owners: set[int]) -> None:
-    """Remove ``loopagent-sandbox-<pid>-*`` directories of parents that died without
-    cleaning up (SIGKILL, the OOM killer: no finalizer runs).
-
-    A directory is removed only when its name matches, it is a real directory (not a
-    symlink) owned by ``owners`` (this user, or the sandbox user a root parent hands it
-    to), its pid is gone, and its flock can be taken: a live owner holds that lock, which
-    also covers a live parent in another pid namespace sharing this /tmp, and a reused
-    pid only keeps a stale directory, never removes a live one. Two sandboxes cleaning up
-    at once cannot both hold the lock; the loser finds the directory gone or locked.
-    """
-    me = os.getpid()
-    try:
-        entries = list(os.scandir(tempfile.gettempdir()))
-    except OSError:
-        return
-    for entry in entries:
-        match = _WORKDIR_NAME.fullmatch(entry.name)
-        if match is None or int(match.group(1)) == me or _pid_alive(int(match.group(1))):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners:
-                continue
-            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue  # removed by another sandbox meanwhile, or not ours to open
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Still the directory that was checked (not one renamed into its place)?
-            if os.path.samestat(os.fstat(fd), os.stat(entry.path, follow_symlinks=False)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-        except OSError:
-            pass  # locked: its owner is alive
-        finally:
-            os.close(fd)
 
 
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:
@@ -245,11 +152,11 @@ class SandboxREPL:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._lost_context: str | None = None
-        self._uid, self._gid = _sandbox_ids()
+        self._uid, self._gid = sandbox_ids()
         # A root parent hands its directory to the sandbox user; anyone else owns theirs.
-        _remove_stale_workdirs({os.geteuid(), self._uid} if os.geteuid() == 0 else {os.geteuid()})
-        self._workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
-        lock_fd = _lock_workdir(self._workdir)
+        remove_stale_workdirs({os.geteuid(), self._uid} if os.geteuid() == 0 else {os.geteuid()})
+        self._workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")
+        lock_fd = lock_workdir(self._workdir)
         if os.geteuid() == 0:
             os.chown(self._workdir, self._uid, self._gid)
         self._proc_box: list[subprocess.Popen[bytes] | None] = [None]
@@ -356,7 +263,7 @@ class SandboxREPL:
             self._request({"op": "register", "names": list(self._functions)})
         if self._context_set:
             try:
-                self._send_context(self._prepare_context(self._context))
+                self._send_context(self._prepare(self._context))
             except (ContextNotFoundError, ContextTooLargeError, UnsupportedContextError) as e:
                 # The file or directory changed since it was loaded. The new worker is fine
                 # without a context; the next result tells the model (see _take_lost_context).
@@ -439,7 +346,7 @@ class SandboxREPL:
         refuses leaves no context loaded (the worker frees the old one first, so two
         large contexts never need to fit together).
         """
-        prepared = self._prepare_context(context)
+        prepared = self._prepare(context)
         with self._lock:
             self._ensure_started()
             self._lost_context = None  # a context lost in a restart is replaced by this one
@@ -447,64 +354,13 @@ class SandboxREPL:
             self._context, self._context_set = context, True
         return describe_context(context, files=prepared.files if prepared.kind == "dir" else None)
 
-    def _prepare_context(self, context: ContextLike) -> _Context:
-        limit = self.limits.max_context_bytes
-        if context is None:
-            return _Context(kind="none")
-        if isinstance(context, str):
-            data = context.encode("utf-8", "surrogatepass")
-            kind = "str"
-        elif isinstance(context, (bytes, bytearray, memoryview)):
-            data, kind = bytes(context), "bytes"
-        elif isinstance(context, (list, tuple, dict)):
-            _check_json_like(context)
-            try:
-                data = json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
-            except (TypeError, ValueError) as e:
-                raise UnsupportedContextError(
-                    f"a {type(context).__name__} context must hold only JSON-like values "
-                    f"(str, int, float, bool, None, list, dict with str keys): {e}"
-                ) from None
-            kind = "json"
-        elif isinstance(context, os.PathLike):
-            return self._prepare_path(Path(context), limit)
-        else:
-            raise UnsupportedContextError(f"unsupported context type {type(context).__name__}; supported: {_SUPPORTED}")
-        if len(data) > limit:
-            raise ContextTooLargeError(self._too_large(len(data), limit))
-        return _Context(kind=kind, payload=data)
+    def _prepare(self, context: ContextLike) -> PreparedContext:
+        return prepare_context(context, limit=self.limits.max_context_bytes, memory_mb=self.limits.memory_mb)
 
-    def _too_large(self, size: int, limit: int) -> str:
-        return (
-            f"the context is {size / 2**20:,.1f} MB but this sandbox accepts at most {limit / 2**20:,.1f} MB "
-            f"(memory limit {self.limits.memory_mb} MB); raise SandboxLimits(memory_mb=..., max_context_mb=...) "
-            "or pass a directory as a pathlib.Path so files are read one at a time"
-        )
+    def _open_readonly(self, path: Path) -> int:
+        return open_readonly(path, limit=self.limits.max_context_bytes, memory_mb=self.limits.memory_mb)
 
-    def _prepare_path(self, path: Path, limit: int) -> _Context:
-        try:
-            st = path.stat()  # follows symlinks: the user named this path on purpose
-        except (FileNotFoundError, NotADirectoryError):
-            raise ContextNotFoundError(
-                f"context path {str(path)!r} does not exist; pass an existing file or directory"
-            ) from None
-        except OSError as e:
-            raise UnsupportedContextError(
-                f"context path {str(path)!r} cannot be read ({e.strerror or e}); pass a file or directory this "
-                "process can read"
-            ) from None
-        if stat.S_ISREG(st.st_mode):
-            if st.st_size > limit:
-                raise ContextTooLargeError(self._too_large(st.st_size, limit))
-            # Resolved: the descriptor handed to the worker is opened without following links.
-            return _Context(kind="file", path=path.resolve(), description=str(path))
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsupportedContextError(f"context path {str(path)!r} is neither a regular file nor a directory")
-        root = path.resolve()
-        files = list_files(root, limit=_MAX_DIR_FILES)
-        return _Context(kind="dir", path=root, files=files, description=str(path))
-
-    def _send_context(self, ctx: _Context) -> None:
+    def _send_context(self, ctx: PreparedContext) -> None:
         assert self._chan is not None
         msg: dict[str, Any] = {"op": "load_context", "kind": ctx.kind}
         if ctx.kind == "file":
@@ -537,28 +393,6 @@ class SandboxREPL:
                 "encoding"
             )
         raise SandboxError(f"the sandbox could not load the context: {reply.get('message')}")
-
-    def _open_readonly(self, path: Path) -> int:
-        """A read-only descriptor of the regular file ``path`` within the context size limit.
-
-        O_NOFOLLOW: a symlink planted in a context directory must not lead outside it;
-        O_NONBLOCK: a FIFO swapped in after the listing must not hang the parent.
-        """
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise ContextNotFoundError(f"{str(path)!r} does not exist (any more)") from None
-        except OSError as e:
-            raise UnsupportedContextError(f"{str(path)!r} cannot be opened for reading ({e.strerror or e})") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise UnsupportedContextError(f"{str(path)!r} is not a regular file")
-        if st.st_size > self.limits.max_context_bytes:
-            os.close(fd)
-            raise ContextTooLargeError(self._too_large(st.st_size, self.limits.max_context_bytes))
-        os.set_blocking(fd, True)
-        return fd
 
     # -- host functions --------------------------------------------------------------
     def register(self, name: str, fn: HostFunction) -> None:
@@ -827,65 +661,6 @@ class SandboxREPL:
             self._stop_worker()
             raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
         return reply
-
-
-_CONTAINERS = (list, tuple, dict)
-
-
-def _check_json_like(context: list | tuple | dict) -> None:
-    """Refuse, before anything is sent, what json would choke on or change: nesting deeper
-    than MAX_CONTEXT_NESTING (a RecursionError otherwise), reference cycles, and dict keys
-    that are not str (json silently turns 1 into "1"). Iterative, level by level, with the
-    per-item work in comprehensions: about as fast as json.dumps itself."""
-    kind = type(context).__name__
-    frontier: list[Any] = [context]
-    depth = 0
-    while frontier:
-        depth += 1
-        if depth > MAX_CONTEXT_NESTING:
-            _refuse_deep(context, kind)
-        deeper: list[Any] = []
-        for item in frontier:
-            if isinstance(item, dict):
-                if not set(map(type, item)) <= {str}:
-                    for key in item:
-                        if not isinstance(key, str):
-                            raise UnsupportedContextError(
-                                f"the {kind} context has a dict key {key!r} of type {type(key).__name__}: keys "
-                                "must be str (JSON would silently turn it into a str, so lookups by the original "
-                                "key would fail)"
-                            )
-                deeper += [v for v in item.values() if isinstance(v, _CONTAINERS)]
-            else:
-                deeper += [v for v in item if isinstance(v, _CONTAINERS)]
-        frontier = deeper
-
-
-def _refuse_deep(context: Any, kind: str) -> None:
-    """Too deep: say whether it is a reference cycle (a depth-first walk that keeps each
-    value's ancestors; only run on data being refused anyway)."""
-    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(context, 1, None)]
-    while stack:
-        item, depth, chain = stack.pop()
-        if depth > MAX_CONTEXT_NESTING:
-            ids, link = {id(item)}, chain
-            while link is not None:
-                if link[0] in ids:
-                    raise UnsupportedContextError(
-                        f"the {kind} context contains a reference cycle (a list or dict inside itself), "
-                        "which JSON-like data cannot hold; pass a copy without the cycle"
-                    )
-                ids.add(link[0])
-                link = link[1]
-            break
-        chain = (id(item), chain)
-        values = item.values() if isinstance(item, dict) else item
-        stack.extend((v, depth + 1, chain) for v in values if isinstance(v, _CONTAINERS))
-    raise UnsupportedContextError(
-        f"the {kind} context is nested more than {MAX_CONTEXT_NESTING} levels deep (lists and dicts inside "
-        "each other), more than the sandbox accepts; flatten it, or pass it as a str (e.g. json.dumps(...)) "
-        "and parse it in the REPL"
-    )
 
 
 def _opt_str(value: Any) -> str | None:

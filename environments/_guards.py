@@ -907,6 +907,9 @@ def make_namespace() -> dict[str, Any]:
         "_inplacevar_": _inplacevar,
         "_apply_": lambda f, *a, **k: f(*a, **k),
         "_print_": PrintCollector,
+        # `print` used as a value (not called) in a cell's trailing expression compiles to this
+        # name, which RestrictedPython sets up only in statement bodies that call print()
+        "_print": PrintCollector(),
         "_match_class_": _match_class,
         "_match_value_": _PatternValue,
     }

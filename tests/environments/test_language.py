@@ -580,3 +580,12 @@ def test_trailing_expression_of_own_repr(repl):
     res = repl.execute("class R:\n    def __repr__(self):\n        return 'R!'\nR()")
     assert res.error is None, res.error
     assert res.stdout == "R!\n"
+
+
+def test_print_as_a_value_in_the_trailing_expression(repl):
+    """`print` not called but used as a value in the last line (shown like a notebook)."""
+    res = repl.execute("x = 1\ncallable(print)")
+    assert res.error is None, res.error
+    assert res.stdout == "True\n"
+    res = repl.execute("list(map(print, ['a', 'b']))")
+    assert res.error is None and res.stdout == "a\nb\n[None, None]\n"

@@ -153,7 +153,16 @@ class TrajectoryWriter:
 
 
 class TrajectoryError(LoopagentError, ValueError):
-    """A trajectory file that is not a loopagent log."""
+    """A trajectory file that is not a loopagent log.
+
+    ``version`` is set when a line was written with a newer schema than this loopagent reads;
+    ``why`` says what is wrong with a line that is not an event.
+    """
+
+    def __init__(self, message: str, *, why: str | None = None, version: int | None = None) -> None:
+        super().__init__(message)
+        self.why = why
+        self.version = version
 
 
 def read_trajectory(path: str | os.PathLike[str]) -> list[Any]:
@@ -188,26 +197,37 @@ def read_trajectory(path: str | os.PathLike[str]) -> list[Any]:
     return events
 
 
-def _parse_line(path: str | os.PathLike[str], number: int, line: str) -> Any:
-    try:
-        return _EVENT.validate_json(line)
-    except ValueError as e:
-        error = e
+def parse_event(line: str | bytes, where: str) -> Any:
+    """One validated event from one line of a log; :class:`TrajectoryError` naming ``where``
+    otherwise (with ``version`` set when a newer loopagent wrote the line).
+
+    The schema version is checked first: a newer event may validate here and still mean
+    something this version cannot tell.
+    """
     try:
         record = json.loads(line)
-    except ValueError:
-        why = "not JSON"
-    else:
-        version = record.get("v") if isinstance(record, dict) else None
-        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-            raise TrajectoryError(
-                f"{path}:{number}: written with trajectory schema version {version}; this loopagent reads "
-                f"versions up to {SCHEMA_VERSION}: upgrade loopagent to read it"
-            ) from None
-        why = _first_error(error)
-    if number == 1:
-        raise TrajectoryError(f"{path}: not a trajectory: line 1 is not a loopagent event ({why})") from None
-    raise TrajectoryError(f"{path}:{number}: not a loopagent trajectory event ({why})") from None
+    except ValueError:  # UnicodeDecodeError too
+        raise TrajectoryError(f"{where}: not a loopagent trajectory event (not JSON)", why="not JSON") from None
+    version = record.get("v") if isinstance(record, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise TrajectoryError(
+            f"{where}: written with trajectory schema version {version}; this loopagent reads "
+            f"versions up to {SCHEMA_VERSION}: upgrade loopagent to read it", version=version
+        )
+    try:
+        return _EVENT.validate_python(record)
+    except ValidationError as e:
+        why = _first_error(e)
+        raise TrajectoryError(f"{where}: not a loopagent trajectory event ({why})", why=why) from None
+
+
+def _parse_line(path: str | os.PathLike[str], number: int, line: str) -> Any:
+    try:
+        return parse_event(line, f"{path}:{number}")
+    except TrajectoryError as e:
+        if number == 1 and e.version is None:  # a first line that is no event: another file altogether
+            raise TrajectoryError(f"{path}: not a trajectory: line 1 is not a loopagent event ({e.why})") from None
+        raise
 
 
 def _first_error(error: ValueError) -> str:

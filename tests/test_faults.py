@@ -273,3 +273,13 @@ def test_a_final_answer_over_the_sandbox_message_limit_never_reaches_the_host(tm
     assert result.answer == "short" and result.iterations == 2
     first = events_of(result, "repl_exec")[0]
     assert first.error_type == "ValueError" and "larger than the 1.0 MB a host call takes" in first.error
+
+
+def test_a_newer_schema_is_refused_even_when_its_events_would_validate(tmp_path):
+    """The version is checked before the fields: a newer event may parse and mean something else."""
+    run = RLM(ScriptedBackend([repl("FINAL('x')")]), log_dir=tmp_path).run("q", context="c")
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text(run.trajectory.read_text().replace(f'"v":{SCHEMA_VERSION},', f'"v":{SCHEMA_VERSION + 1},'))
+    with pytest.raises(TrajectoryError, match="upgrade loopagent") as info:
+        read_trajectory(newer)
+    assert info.value.version == SCHEMA_VERSION + 1

@@ -12,18 +12,13 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from loopagent.errors import LoopagentError
-from loopagent.trajectory import SCHEMA_VERSION, Event
-
-_EVENT: TypeAdapter[Any] = TypeAdapter(Event)
+from loopagent.trajectory import SCHEMA_VERSION, TrajectoryError, parse_event
 
 
 class ViewError(LoopagentError, ValueError):
@@ -98,22 +93,14 @@ class LogReader:
 def parse_line(raw: bytes | str, where: str) -> Any:
     """One validated event; ViewError naming ``where`` for anything else."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ViewError(f"{where}: not a loopagent trajectory event (not JSON)") from None
-    if not isinstance(data, dict):
-        raise ViewError(f"{where}: not a loopagent trajectory event (not a JSON object)")
-    version = data.get("v")
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"{where}: written with trajectory schema v{version}, newer than this loopagent reads "
-            f"(v{SCHEMA_VERSION}); upgrade loopagent to view it"
-        )
-    try:
-        return _EVENT.validate_python(data)
-    except ValidationError as e:
-        first = str(e).splitlines()[0]
-        raise ViewError(f"{where}: not a loopagent trajectory event ({first})") from None
+        return parse_event(raw, where)
+    except TrajectoryError as e:
+        if e.version is not None:
+            raise SchemaTooNew(
+                f"{where}: written with trajectory schema v{e.version}, newer than this loopagent reads "
+                f"(v{SCHEMA_VERSION}); upgrade loopagent to view it"
+            ) from None
+        raise ViewError(str(e)) from None
 
 
 def load_log(path: str | os.PathLike[str]) -> Log:

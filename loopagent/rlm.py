@@ -181,6 +181,13 @@ class _Run:
             )
         )
 
+    def _log_turn(self, iteration: int, prompt: str, completion: Completion, choice: LoopChoice) -> None:
+        clip = self.tree.writer.clip
+        self._log(RootTurn, iteration=iteration, prompt=clip(prompt) or "", completion=clip(completion.text) or "",
+                  model=completion.model, loops_chosen=choice.loops,
+                  loops_executed=completion.loops.executed_mean if completion.loops else None,
+                  usage=completion.usage.model_dump())
+
     def _capped(self, answer: str) -> str:
         """``answer`` cut to ``max_answer_chars`` and marked where it was cut.
 
@@ -352,10 +359,7 @@ class _Run:
                 break
             text = completion.text
             clip = self.tree.writer.clip
-            self._log(RootTurn, iteration=iteration, prompt=clip(messages[-1]["content"]) or "",
-                      completion=clip(text) or "", model=completion.model, loops_chosen=choice.loops,
-                      loops_executed=completion.loops.executed_mean if completion.loops else None,
-                      usage=completion.usage.model_dump())
+            self._log_turn(iteration, messages[-1]["content"], completion, choice)
             if strip_code_blocks(text):
                 last_text = strip_code_blocks(text)
             blocks = find_code_blocks(text)
@@ -390,9 +394,6 @@ class _Run:
                 break
         if self.final is not None:
             reason, detail = "final", ""
-            if self.answer_chars is not None:
-                detail = (f"the answer was cut to {self.rlm.max_answer_chars:,} of {self.answer_chars:,} characters "
-                          "(max_answer_chars)")
         elif reason == "max_iterations":
             await self._force_final(messages)
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
@@ -459,11 +460,7 @@ class _Run:
             reason, detail = "model_error", str(e)
         else:
             text = completion.text
-            clip = self.tree.writer.clip
-            self._log(RootTurn, iteration=0, prompt=clip(prompt) or "", completion=clip(text) or "",
-                      model=completion.model, loops_chosen=choice.loops,
-                      loops_executed=completion.loops.executed_mean if completion.loops else None,
-                      usage=completion.usage.model_dump())
+            self._log_turn(0, prompt, completion, choice)
             # With nothing to run, the reply is the answer: FINAL(...) where it gives one, else its prose.
             found = find_final_in_text(text)
             answer = found[1] if found and found[0] == "FINAL" else (strip_code_blocks(text) or text.strip())
@@ -474,6 +471,9 @@ class _Run:
         """Log how the run ended (limit, final answer, totals) and build its result."""
         if reason != "final":
             self._log(LimitHit, reason=reason, detail=detail)
+        elif self.answer_chars is not None:
+            detail = (f"the answer was cut to {self.rlm.max_answer_chars:,} of {self.answer_chars:,} characters "
+                      "(max_answer_chars)")
         answer, finished = self._answer(last_text, reason)
         wall = time.monotonic() - start
         # The final event holds the answer (capped); the end event repeats it clipped like any logged text.
@@ -620,9 +620,8 @@ class RLM:
             result = await rlm.arun_direct("Who signed it?", prompt, context=text)
             result.answer, result.reason, result.usage.total
         """
-        for name, text in (("query", query), ("prompt", prompt)):
-            if not isinstance(text, str) or not text.strip():
-                raise ConfigError(f"the {name} must be a non-empty string")
+        self._check_query(query)
+        self._check_query(prompt, "prompt")
         self.root.check()  # the only model a direct run calls
         writer = self._writer()
         try:
@@ -654,9 +653,9 @@ class RLM:
             env.close()
 
     @staticmethod
-    def _check_query(query: str) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise ConfigError("the query must be a non-empty string")
+    def _check_query(text: str, what: str = "query") -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"the {what} must be a non-empty string")
 
     async def _arun(self, query: str, env: Environment, info: ContextInfo, *,
                     earlier: list[tuple[str, str | None]] | None) -> Result:

@@ -29,13 +29,29 @@ Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content":
 
 
 class LoopStats(BaseModel):
-    """What a looped model did with its loop budget on one call."""
+    """What a looped model did with its loop budget on one call.
 
-    requested: int = Field(description="Loop budget the call ran with.")
-    executed_mean: float = Field(description="Mean loops actually executed per token (exit gates can stop early).")
+    Three figures, never conflated: the budget asked for (``requested``, with the gate's
+    ``min_loops`` / ``exit_threshold`` where one was on), the depth each token reached
+    (``executed_mean``, ``exit_histogram``) and the work done (``computed_loop_tokens``:
+    token rows that went through the core block, summed over loops, as counted by the
+    backend where it ran them). ``Usage.loop_tokens`` is the computed figure wherever the
+    backend can count it (``counted=True``); otherwise it is tokens x ``requested``.
+    """
+
+    requested: int = Field(description="Loop budget the call ran with (the most loops a token may run).")
+    executed_mean: float = Field(description="Mean loops executed per processed token (its exit depth).")
     exit_histogram: dict[int, int] | None = Field(
         default=None, description="Tokens by the loop they exited at (adaptive exit only)."
     )
+    computed_loop_tokens: int | None = Field(
+        default=None, description="Token rows run through the core block, summed over loops (counted work)."
+    )
+    counted: bool = Field(
+        default=False, description="True when computed_loop_tokens was counted where the model ran, not inferred."
+    )
+    min_loops: int | None = Field(default=None, description="Loops every token ran before the gate could stop it.")
+    exit_threshold: float | None = Field(default=None, description="Exit-gate threshold of the call (adaptive).")
 
 
 class Usage(BaseModel):
@@ -44,7 +60,9 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     loop_tokens: int | None = Field(
-        default=None, description="(prompt + completion tokens) x loops executed; None for non-looped models."
+        default=None,
+        description="Loop-tokens computed: token rows run through the core block, summed over loops (see "
+        "LoopStats.counted); None for non-looped models.",
     )
     usd: float | None = Field(default=None, description="Price of the call where the provider's price is known.")
     wall_s: float = 0.0

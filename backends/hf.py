@@ -20,7 +20,7 @@ from typing import Any
 from loopagent.errors import BackendError, ModelSpecError
 
 from .base import Completion, LoopStats, Message, Usage, loop_usage
-from .local import LocalLoopedBackend, with_chat_template
+from .local import Gate, LocalLoopedBackend, with_chat_template
 
 
 @dataclass
@@ -105,8 +105,9 @@ class HFLoopedBackend(LocalLoopedBackend):
 
     # -- calls -----------------------------------------------------------------------------
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
+        exit_threshold = None if gate is None else gate.exit_threshold
         return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, exit_threshold)
 
     def _generate_all(

@@ -15,11 +15,25 @@ import asyncio
 import threading
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loopagent.validation import check_gate
+
 from .base import Backend, Completion, Message, _per_call_loops
 from .checkpoint import looped_checkpoint_config
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Exit-gate options of one call (checked by :func:`loopagent.validation.check_gate`):
+    a token stops once its cumulative exit probability reaches ``exit_threshold`` (never
+    before ``min_loops`` loops); ``exit_threshold=None`` with a ``min_loops`` uses the
+    checkpoint's ``config.exit_threshold``."""
+
+    exit_threshold: float | None = None
+    min_loops: int | None = None
 
 
 class LocalLoopedBackend(Backend):
@@ -33,7 +47,7 @@ class LocalLoopedBackend(Backend):
             def _open(self):             # load once; the result has a ``tokenizer``
                 ...
 
-            async def _agenerate(self, conversations, budgets, max_new, exit_threshold):
+            async def _agenerate(self, conversations, budgets, max_new, gate):
                 ...                      # one Completion per conversation, budgets validated
 
         EchoBackend("ckpt/", loops=4).name   # 'echo:ckpt'
@@ -125,20 +139,32 @@ class LocalLoopedBackend(Backend):
         max_tokens: int | None = None,
         concurrency: int = 64,
         exit_threshold: float | None = None,
+        min_loops: int | None = None,
         **kwargs: Any,
     ) -> list[Completion]:
         """Complete many conversations in the model's own batches (``concurrency`` does not
-        apply). ``exit_threshold`` lets an exit gate stop tokens early where the backend
-        supports it."""
+        apply). ``exit_threshold`` lets the exit gate stop each token once its cumulative
+        exit probability reaches it, never before ``min_loops`` loops and never past the
+        call's budget (``loops``); both need a checkpoint with an exit gate."""
         per_call = _per_call_loops(loops, len(conversations))
         budgets = [int(self.validate_loops(n)) for n in per_call]  # type: ignore[arg-type]
-        return await self._agenerate(list(conversations), budgets, max_tokens or self.max_new_tokens, exit_threshold)
+        for n in budgets:
+            exit_threshold, min_loops = check_gate(exit_threshold, min_loops, loops=n, has_gate=self.has_exit_gate,
+                                                   model=self.name)
+        gate = Gate(exit_threshold, min_loops) if exit_threshold is not None or min_loops is not None else None
+        return await self._agenerate(list(conversations), budgets, max_tokens or self.max_new_tokens, gate)
+
+    @property
+    def has_exit_gate(self) -> bool:
+        """Whether the checkpoint has an exit gate (``config.exit_gate``): what adaptive exit needs."""
+        return bool(self.checkpoint_config.get("exit_gate", False))
 
     @abstractmethod
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
-        """Generate a reply (at most ``max_new`` tokens) for each conversation, with its budget."""
+        """Generate a reply (at most ``max_new`` tokens) for each conversation, with its budget
+        (and the exit gate's options, already checked, when ``gate`` is given)."""
 
     def _prompts(self, conversations: Sequence[Sequence[Message]]) -> list[str]:
         """Each conversation rendered by the chat template, ready for the assistant's reply."""
@@ -163,4 +189,4 @@ def with_chat_template(tokenizer: Any) -> Any:
     return tokenizer
 
 
-__all__ = ["LocalLoopedBackend", "with_chat_template"]
+__all__ = ["Gate", "LocalLoopedBackend", "with_chat_template"]

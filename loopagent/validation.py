@@ -76,4 +76,46 @@ def check_loops(
     return loops
 
 
-__all__ = ["ErrorFactory", "check_int", "check_loops", "is_int"]
+def check_gate(
+    exit_threshold: Any,
+    min_loops: Any,
+    *,
+    loops: int,
+    has_gate: bool,
+    model: str | None = None,
+    error: ErrorFactory = InvalidLoopsError,
+) -> tuple[float | None, int | None]:
+    """The exit-gate options of one call, checked against its budget ``loops``.
+
+    ``exit_threshold`` must be a number in [0, 1]; ``min_loops`` an integer in
+    ``1..loops``; either needs a model with an exit gate (``has_gate``). Returns them
+    as ``(float | None, int | None)``. Messages name the option and the model::
+
+        check_gate(1.5, None, loops=8, has_gate=True)    # exit_threshold must be a number in [0, 1], got 1.5
+        check_gate(0.9, 9, loops=8, has_gate=True)       # min_loops=9 exceeds the call's loops=8
+        check_gate(0.9, None, loops=8, has_gate=False, model="hf:ckpt")
+        # hf:ckpt has no exit gate (config.exit_gate=False): exit_threshold/min_loops need one
+    """
+    where = f" for {model}" if model else ""
+    if exit_threshold is None and min_loops is None:
+        return None, None
+    if not has_gate:
+        raise error(
+            f"{model or 'this model'} has no exit gate (config.exit_gate=False): exit_threshold/min_loops need one; "
+            "use a fixed loop budget (loops=N) or a gated checkpoint"
+        )
+    threshold = None
+    if exit_threshold is not None:
+        ok = isinstance(exit_threshold, numbers.Real) and not isinstance(exit_threshold, bool)
+        if not ok or not 0.0 <= float(exit_threshold) <= 1.0:
+            raise error(f"exit_threshold must be a number in [0, 1]{where}, got {exit_threshold!r}")
+        threshold = float(exit_threshold)
+    floor = None
+    if min_loops is not None:
+        floor = check_int(min_loops, "min_loops", minimum=1, error=error)
+        if floor > loops:
+            raise error(f"min_loops={floor} exceeds the call's loops={loops}{where} (min_loops <= loops)")
+    return threshold, floor
+
+
+__all__ = ["ErrorFactory", "check_gate", "check_int", "check_loops", "is_int"]

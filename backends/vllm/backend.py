@@ -27,7 +27,7 @@ from typing import Any
 from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, ModelSpecError
 
 from ..base import Completion, LoopStats, Message, Usage, loop_usage
-from ..local import LocalLoopedBackend, with_chat_template
+from ..local import Gate, LocalLoopedBackend, with_chat_template
 
 
 @dataclass
@@ -132,9 +132,9 @@ class VLLMBackend(LocalLoopedBackend):
 
     # -- calls ---------------------------------------------------------------------------
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, exit_threshold: float | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
-        if exit_threshold is not None:
+        if gate is not None:
             raise InvalidLoopsError(
                 f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend"
             )

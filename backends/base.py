@@ -96,6 +96,8 @@ class Backend(ABC):
     max_loops: int | None = None
     #: Loop budget used when a call does not choose one (looped models only).
     default_loops: int | None = None
+    #: Whether calls accept ``exit_threshold`` / ``min_loops`` (a looped model with an exit gate).
+    has_exit_gate: bool = False
 
     @abstractmethod
     async def acomplete(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loopagent.errors import BackendError, ModelSpecError
+from loopagent.validation import check_gate
 
 from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage, messages_text
 
@@ -31,6 +32,10 @@ class ScriptedBackend(Backend):
         root = ScriptedBackend(["```repl\\nFINAL(len(context))\\n```"])
         child = ScriptedBackend(lambda messages, loops: f"answer at {loops} loops",
                                 looped=True, default_loops=4, max_loops=8)
+        gated = ScriptedBackend(["x"], looped=True, max_loops=8, exit_gate=True)  # takes exit_threshold=
+
+    A script computes nothing, so its loop figures are the requested ones
+    (``LoopStats.counted`` is False).
     """
 
     def __init__(
@@ -42,9 +47,11 @@ class ScriptedBackend(Backend):
         default_loops: int | None = None,
         max_loops: int | None = None,
         latency_s: float = 0.0,
+        exit_gate: bool = False,
     ) -> None:
         self.name = name
         self.looped = looped
+        self.has_exit_gate = bool(exit_gate and looped)
         self.default_loops = (default_loops or 1) if looped else None
         self.max_loops = max_loops if looped else None
         self.latency_s = latency_s
@@ -86,8 +93,12 @@ class ScriptedBackend(Backend):
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
     ) -> Completion:
         loops = self.validate_loops(loops)
+        gate = {k: kwargs[k] for k in ("exit_threshold", "min_loops") if kwargs.get(k) is not None}
+        if gate:
+            check_gate(gate.get("exit_threshold"), gate.get("min_loops"), loops=loops or 0,
+                       has_gate=self.has_exit_gate, model=self.name)
         start = time.perf_counter()
-        self.calls.append({"messages": list(messages), "loops": loops})
+        self.calls.append({"messages": list(messages), "loops": loops, **gate})
         reply = self._reply(messages, loops)  # taken before awaiting: call order decides
         if inspect.isawaitable(reply):
             reply = await reply
@@ -105,6 +116,8 @@ class ScriptedBackend(Backend):
                 loop_tokens=loop_usage(prompt_tokens, completion_tokens, loops),
                 wall_s=time.perf_counter() - start,
             ),
-            loops=LoopStats(requested=loops, executed_mean=float(loops)) if loops is not None else None,
+            # a script computes nothing: the loop figures are the requested ones (counted=False)
+            loops=LoopStats(requested=loops, executed_mean=float(loops), min_loops=gate.get("min_loops"),
+                            exit_threshold=gate.get("exit_threshold")) if loops is not None else None,
             finish_reason="stop",
         )

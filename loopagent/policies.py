@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from loopagent.errors import ConfigError
+from loopagent.validation import check_int
 
 CallKind = Literal["root", "llm_query", "llm_batch", "rlm_query"]
 
@@ -43,10 +44,13 @@ class LoopRequest(BaseModel):
 class LoopChoice(BaseModel):
     loops: int | None
     exit_threshold: float | None = None
+    min_loops: int | None = Field(default=None, description="Loops every token runs before the exit gate may stop it.")
 
 
 class LoopPolicy(ABC):
     name: str = "policy"
+    #: Whether the policy's calls use the exit gate (every looped model of the run needs one).
+    needs_exit_gate: bool = False
 
     def choose(self, request: LoopRequest) -> LoopChoice:
         if not request.looped:
@@ -55,6 +59,8 @@ class LoopPolicy(ABC):
         if choice.loops is not None:
             cap = request.max_loops
             choice.loops = max(1, min(choice.loops, cap) if cap else choice.loops)
+            if choice.min_loops is not None:
+                choice.min_loops = min(choice.min_loops, choice.loops)
         return choice
 
     @abstractmethod
@@ -125,21 +131,30 @@ class BudgetedPolicy(LoopPolicy):
 
 class AdaptivePolicy(LoopPolicy):
     """Give each call the model's maximum and let exit gates stop tokens once their
-    cumulative exit probability passes ``threshold`` (per-token depth)."""
+    cumulative exit probability passes ``threshold`` (per-token depth), never before
+    ``min_loops`` loops. Every looped model of the run needs an exit gate: ``RLM``
+    checks that when it is built.
+
+    Example::
+
+        RLM("hf:ckpt", loop_policy="adaptive", policy_options={"threshold": 0.8, "min_loops": 2})
+    """
 
     name = "adaptive"
+    needs_exit_gate = True
 
-    def __init__(self, threshold: float = 0.9) -> None:
-        if not 0 <= threshold <= 1:
-            raise ConfigError(f"adaptive threshold must be in [0, 1], got {threshold}")
-        self.threshold = threshold
+    def __init__(self, threshold: float = 0.9, min_loops: int | None = None) -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ConfigError(f"adaptive threshold must be a number in [0, 1], got {threshold!r}")
+        self.threshold = float(threshold)
+        self.min_loops = None if min_loops is None else check_int(min_loops, "adaptive min_loops", minimum=1)
 
     def _choose(self, request: LoopRequest) -> LoopChoice:
         loops = request.explicit or request.max_loops or _base(request)
-        return LoopChoice(loops=loops, exit_threshold=self.threshold)
+        return LoopChoice(loops=loops, exit_threshold=self.threshold, min_loops=self.min_loops)
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "threshold": self.threshold}
+        return {"name": self.name, "threshold": self.threshold, "min_loops": self.min_loops}
 
 
 _POLICIES: dict[str, type[LoopPolicy]] = {

@@ -158,6 +158,8 @@ class _Run:
         kwargs: dict[str, Any] = {}
         if choice.exit_threshold is not None:
             kwargs["exit_threshold"] = choice.exit_threshold
+        if choice.min_loops is not None:
+            kwargs["min_loops"] = choice.min_loops
         call = backend.acomplete(messages, loops=choice.loops, max_tokens=self.rlm.max_tokens_per_call, **kwargs)
         left = self.tree.remaining_s()
         try:
@@ -556,6 +558,14 @@ class RLM:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.policy = get_policy(loop_policy, **(policy_options or {}))
+        if self.policy.needs_exit_gate:
+            for role, b in (("root", self.root), ("child", self.child)):
+                if b.looped and not b.has_exit_gate:
+                    raise ConfigError(
+                        f"loop_policy={self.policy.name!r} stops tokens with an exit gate, but the {role} model "
+                        f"{b.name} has none (config.exit_gate=False); use a gated checkpoint or another policy "
+                        "(fixed, by-depth, budgeted)"
+                    )
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.log_text_limit = log_text_limit
         self.max_answer_chars = max_answer_chars

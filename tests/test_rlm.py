@@ -230,6 +230,49 @@ def test_policies_give_non_looped_models_none_and_adaptive_sets_a_threshold():
             .exit_threshold == 0.7)
 
 
+def test_adaptive_policy_needs_a_gated_model_before_the_run():
+    root = ScriptedBackend([repl("FINAL('x')")])
+    ungated = ScriptedBackend(lambda m, n: "x", name="child-no-gate", looped=True, default_loops=2, max_loops=8)
+    with pytest.raises(ConfigError, match="child model child-no-gate has none"):
+        RLM(root, ungated, loop_policy="adaptive")
+    assert root.calls == [] and ungated.calls == []  # refused before any model call
+    # a non-looped (API) model needs no gate: only the looped child is checked
+    RLM(root, ScriptedBackend(lambda m, n: "x", looped=True, max_loops=8, exit_gate=True), loop_policy="adaptive")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": 1.5}, "threshold must be a number in"), ({"threshold": "high"}, "threshold must be a number in"),
+    ({"min_loops": 0}, "min_loops must be a positive integer"),
+])
+def test_adaptive_policy_options_are_checked(options, message):
+    with pytest.raises(ConfigError, match=message):
+        get_policy("adaptive", **options)
+
+
+def test_adaptive_run_sends_the_gate_options_to_every_looped_call():
+    child = ScriptedBackend(lambda m, n: "leaf", looped=True, default_loops=2, max_loops=8, exit_gate=True)
+    root = ScriptedBackend([repl("FINAL(llm_query('q'))")])
+    result = RLM(root, child, loop_policy="adaptive", policy_options={"threshold": 0.6, "min_loops": 3}).run("ctx", "q")
+    assert result.answer == "leaf"
+    assert child.calls[0]["loops"] == 8 and child.calls[0]["exit_threshold"] == 0.6 and child.calls[0]["min_loops"] == 3
+    assert "exit_threshold" not in root.calls[0]  # the root is not looped
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"exit_threshold": 1.5}, "exit_threshold must be a number in"),
+    ({"exit_threshold": 0.5, "min_loops": 9}, "min_loops=9 exceeds the call's loops=8"),
+    ({"min_loops": 0}, "min_loops must be a positive integer"),
+])
+def test_bad_gate_options_are_refused_by_the_backend(kwargs, message):
+    child = ScriptedBackend(lambda m, n: "x", looped=True, max_loops=8, exit_gate=True)
+    with pytest.raises(InvalidLoopsError, match=message):
+        child.complete([{"role": "user", "content": "q"}], loops=8, **kwargs)
+    with pytest.raises(InvalidLoopsError, match="has no exit gate"):
+        ScriptedBackend(lambda m, n: "x", looped=True, max_loops=8).complete([{"role": "user", "content": "q"}],
+                                                                             loops=8, exit_threshold=0.5)
+    assert child.calls == []
+
+
 def test_by_depth_policy_in_a_nested_run(tmp_path):
     def script(messages, loops):
         turns = sum(1 for m in messages if m["role"] == "assistant")

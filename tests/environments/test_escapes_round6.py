@@ -1,0 +1,220 @@
+"""Escape corpus, sixth review: C-level callbacks, re-exported objects, the parent's replies.
+
+Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded from
+that file): an attack prints ``ESCAPED`` (built as ``"ESC" + "APED"``) only after
+the dangerous step worked, runs in a fresh sandbox, and afterwards the sandbox
+must still answer ``1 + 1``.
+
+Every case in ``ROUND6`` succeeded when it was written (they fail until fixed):
+
+- ``numbers.ABCMeta`` is the real ``abc.ABCMeta`` (denied only as ``abc.ABCMeta`` and
+  ``typing.ABCMeta``): it builds classes without the class statement's checks, so a
+  subclass of a typing alias forwards private reads to any module
+  (``dataclasses._create_fn`` exec's source under dataclasses' real globals).
+- ``contextlib.contextmanager(functools)`` wraps a *module* with the real
+  ``functools.wraps``: the helper function's ``__dict__`` gets the module's dict, so
+  every denied or replaced name of that module (``update_wrapper``, ``singledispatch``,
+  ``typing.get_type_hints`` ...) is read off the helper, where the per-module checks of
+  ``guarded_getattr`` do not apply.
+- ``_check_match_class`` reads ``cls.__match_args__`` once; the ``match`` reads it again
+  natively. A descriptor (an own class with ``__get__``) answers ``()`` to the check and
+  ``('__setattr__', '__getattribute__')`` to the match: the bound
+  ``object.__setattr__`` turns an own instance into a ``functools.cached_property``
+  whose ``__get__`` hands out any module's ``__builtins__``.
+- ``numbers.ABCMeta.register`` (unbound) registers any class with any ABC, which the
+  guards refuse as ``ABC.register``.
+- ``functools.namedtuple`` / ``statistics.namedtuple`` are the real
+  ``collections.namedtuple``: ``module=`` is not checked there.
+- ``dataclasses.FunctionType`` is the real function type that ``type(f)`` stands in for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loopagent.environments import SandboxREPL
+
+
+def _load_corpus():
+    name = "_escape_corpus_round6_helpers"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_escapes.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_corpus = _load_corpus()
+attack = _corpus.attack
+check_refused = _corpus.check_refused
+assert_healthy = _corpus.assert_healthy
+assert_nothing_leaked = _corpus.assert_nothing_leaked
+WIN = _corpus.WIN
+ANY_ERROR = _corpus.ANY_ERROR
+LEAK_ONLY = _corpus.LEAK_ONLY
+SECRET_NAME = _corpus.SECRET_NAME
+# fixtures (pytest finds them by name in this module)
+secret_env = _corpus.secret_env
+fresh = _corpus.fresh
+repl = _corpus.repl
+
+# The `match` below reads __match_args__ twice: once in _check_match_class (answer: nothing)
+# and once natively (answer: two dunders that are never readable on a foreign class).
+_MATCH_ARGS_SWAP = (
+    "reads = []\n"
+    "class D:\n"
+    "    def __get__(self, obj, owner=None):\n"
+    "        reads.append(1)\n"
+    "        return () if len(reads) == 1 else ('__setattr__', '__getattribute__')\n"
+    "class C:\n"
+    "    __match_args__ = D()\n"
+)
+
+ROUND6 = [
+    attack("review6", "numbers_abcmeta_builds_a_typing_alias_subclass",
+           "import numbers, typing, dataclasses\n"
+           "X = numbers.ABCMeta('X', (type(typing.List[int]),), {'__module__': 'repl'}, **{'_root': True})\n"
+           "mk = X(dataclasses, (), name='n')._create_fn\n"
+           "env = mk('f', [], ['import os', 'return os.environ'])()\n"
+           "if len(env) >= 0:\n    " + WIN, errors=ANY_ERROR),
+    attack("review6", "numbers_abcmeta_defines_any_dunder",
+           "import numbers\n"
+           "X = numbers.ABCMeta('X', (), {'__module__': 'repl', '__getattribute__': lambda self, n: n})\n"
+           "if X().anything == 'anything':\n    " + WIN, errors=ANY_ERROR),
+    attack("review6", "numbers_abcmeta_unbound_register",
+           "import numbers, collections.abc\nclass C:\n    pass\n"
+           "numbers.ABCMeta.register(collections.abc.Mapping, C)\n"
+           "if isinstance(C(), collections.abc.Mapping):\n    " + WIN, errors=ANY_ERROR),
+    attack("review6", "contextmanager_copies_a_modules_dict_real_update_wrapper",
+           "import contextlib, functools, calendar\ndef probe():\n    pass\n"
+           "helper = contextlib.contextmanager(functools)\n"
+           "helper.update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n"
+           "if 'weekday' in dir():\n    " + WIN, errors=ANY_ERROR),
+    attack("review6", "contextmanager_copies_a_modules_dict_singledispatch",
+           "import contextlib, functools\nsd = contextlib.contextmanager(functools).singledispatch\n" + WIN,
+           errors=ANY_ERROR),
+    attack("review6", "contextmanager_copies_a_modules_dict_get_type_hints",
+           # get_type_hints eval()s the annotation natively (no rewrite) in the placeholder module
+           "import contextlib, typing\nclass A:\n"
+           "    x: '[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == \"_wrap_close\"]"
+           "[0].__init__.__globals__[\"environ\"]'\n"
+           "env = contextlib.contextmanager(typing).get_type_hints(A)['x']\nif len(env) >= 0:\n    " + WIN,
+           errors=ANY_ERROR),
+    attack("review6", "match_args_descriptor_answers_the_check_and_the_match_differently",
+           _MATCH_ARGS_SWAP +
+           "import functools, calendar\nc = C()\n"
+           "match c:\n    case C(s, ga):\n        pass\n"
+           "c.attrname = '__builtins__'\nc.func = len\n"
+           "s('__class__', functools.cached_property)\n"
+           "b = ga('__get__')(calendar)\n"
+           "if b['open'] is not open:\n    " + WIN, errors=ANY_ERROR),
+    attack("review6", "match_args_descriptor_reads_a_refused_dunder",
+           _MATCH_ARGS_SWAP +
+           "match C():\n    case C(s, ga):\n        " + WIN, errors=ANY_ERROR),
+    attack("review6", "functools_namedtuple_takes_any_module",
+           "import functools\nT = functools.namedtuple('T', 'a', module='json')\nif T.__module__ == 'json':\n    "
+           + WIN, errors=ANY_ERROR),
+    attack("review6", "statistics_namedtuple_takes_any_module",
+           "import statistics\nT = statistics.namedtuple('T', 'a', module='json')\nif T.__module__ == 'json':\n    "
+           + WIN, errors=ANY_ERROR),
+    attack("review6", "dataclasses_function_type_is_the_real_one",
+           "import dataclasses\nF = dataclasses.FunctionType\nif F is not type(lambda: 0):\n    " + WIN,
+           errors=LEAK_ONLY),
+]
+
+
+@pytest.mark.parametrize("a", ROUND6)
+def test_round6_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+def test_contextmanager_bypass_does_not_give_the_next_cell_real_builtins(fresh):
+    """The follow-up of contextmanager_copies_a_modules_dict_real_update_wrapper: with the
+    real update_wrapper the namespace gets calendar's globals, so the next cell has the
+    real builtins (getattr, open) and ``sys``."""
+    fresh.execute(
+        "import contextlib, functools, calendar\ndef probe():\n    pass\n"
+        "contextlib.contextmanager(functools).update_wrapper(probe, calendar.weekday, assigned=(), "
+        "updated=('__globals__',))\n"
+    )
+    res = fresh.execute("os = getattr(getattr(sys, 'modules'), 'get')('os')\nif getattr(os, 'environ') is not None:\n"
+                        "    " + WIN)
+    assert_nothing_leaked(res, forbid=(SECRET_NAME,))
+    assert res.error is not None
+    assert_healthy(fresh)
+
+
+# -- the parent --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_final_var_of_a_variable_whose_str_spins_does_not_raise_from_execute(secret_env):
+    """FINAL_VAR reads a variable from inside a host call. When the worker dies (CPU limit)
+    or times out while the model's __str__ runs, get_variable stops the worker and raises
+    SandboxError inside the host function; _serve_call then sends the error reply on the
+    closed channel (self._chan is None): execute() raised AttributeError."""
+    with SandboxREPL(timeout_s=1) as r:
+        r.register("final_var", lambda name: r.get_variable(name, as_text=True))
+        start = time.monotonic()
+        raised = None
+        try:
+            res = r.execute(
+                "class S:\n    def __str__(self):\n        while True:\n            pass\n"
+                "s = S()\nfinal_var('s')"
+            )
+        except Exception as e:  # noqa: BLE001 - what the test is about
+            raised = f"{type(e).__name__}: {e}"
+        assert raised is None, f"execute() raised in the parent: {raised}"
+        assert res.error is not None
+        assert time.monotonic() - start < 60
+        follow = r.execute("1 + 1")
+        assert follow.stdout == "2\n"
+
+
+def test_error_type_is_capped_like_the_error_text(repl):
+    """The exception class's name is model-chosen (``E.__name__`` is writable) and comes
+    back as ExecResult.error_type uncapped (10 MB here), into the trajectory log."""
+    res = repl.execute("class E(Exception):\n    pass\nE.__name__ = 'x' * 10**6\nraise E()")
+    assert res.error is not None
+    assert len(res.error_type or "") <= 2 * repl.limits.max_output_chars
+    assert_healthy(repl)
+
+
+# -- ordinary Python a fix must keep working ---------------------------------------------
+
+
+def test_ordinary_match_contextmanager_abc_and_namedtuple_still_work(repl):
+    res = repl.execute(
+        "import contextlib, functools, abc, numbers, collections, dataclasses, enum, statistics\n"
+        "class P:\n    __match_args__ = ('x', 'y')\n"
+        "    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+        "@dataclasses.dataclass\nclass Q:\n    a: int\n    b: int = 2\n"
+        "Pt = collections.namedtuple('Pt', 'u v')\n"
+        "class Color(enum.Enum):\n    RED = 1\n"
+        "def which(o):\n"
+        "    match o:\n"
+        "        case P(x, y):\n            return f'P{x}{y}'\n"
+        "        case Q(a, b):\n            return f'Q{a}{b}'\n"
+        "        case Pt(u, v):\n            return f'Pt{u}{v}'\n"
+        "        case Color.RED:\n            return 'red'\n"
+        "        case int(n):\n            return f'int{n}'\n"
+        "    return '?'\n"
+        "@contextlib.contextmanager\ndef tag(name):\n    yield name.upper()\n"
+        "with tag('t') as t:\n    pass\n"
+        "@functools.lru_cache(maxsize=None)\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "def deco(f):\n    @functools.wraps(f)\n    def inner(*a):\n        return f(*a)\n    return inner\n"
+        "@deco\ndef named():\n    return 1\n"
+        "class Shape(abc.ABC):\n    @abc.abstractmethod\n    def area(self):\n        ...\n"
+        "class Sq(Shape):\n    def area(self):\n        return 4\n"
+        "print([which(P(1, 2)), which(Q(3)), which(Pt(5, 6)), which(Color.RED), which(7)], t, fib(30), "
+        "named.__name__, Sq().area(), isinstance(3, numbers.Number), statistics.mean([1, 2, 3]))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "['P12', 'Q32', 'Pt56', 'red', 'int7'] T 832040 named 4 True 2\n"

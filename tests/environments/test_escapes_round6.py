@@ -97,6 +97,15 @@ ROUND6 = [
            "helper = contextlib.contextmanager(functools)\n"
            "helper.update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n"
            "if 'weekday' in dir():\n    " + WIN, errors=ANY_ERROR),
+    *[attack("review6", f"module_dict_copied_by_{name}",
+             "import contextlib, functools, typing, calendar\ndef probe():\n    pass\n"
+             "@contextlib.contextmanager\ndef cm():\n    yield\n"
+             f"helper = {expr}\n"
+             "helper.update_wrapper(probe, calendar.weekday, assigned=(), updated=('__globals__',))\n"
+             "if 'weekday' in dir():\n    " + WIN, errors=ANY_ERROR)
+      for name, expr in (("asynccontextmanager", "contextlib.asynccontextmanager(functools)"),
+                         ("context_decorator", "cm()(functools)"),
+                         ("no_type_check_decorator", "typing.no_type_check_decorator(functools)"))],
     attack("review6", "contextmanager_copies_a_modules_dict_singledispatch",
            "import contextlib, functools\nsd = contextlib.contextmanager(functools).singledispatch\n" + WIN,
            errors=ANY_ERROR),

@@ -175,6 +175,7 @@ def preload_modules() -> None:
         importlib.import_module(name)
     _harden_copy()
     _harden_enum()
+    _harden_wraps()
     _build_module_proxies()
     # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
     # (and exec's its generated methods there). An empty module, not the namespace.
@@ -270,7 +271,7 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     if type(name) is not str:
         raise TypeError("attribute name must be a string")
     if name in SAFE_DUNDERS:
-        return getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
+        return _vet(getattr(obj, name) if default is _MISSING else getattr(obj, name, default))
     if name.startswith("_") and name != "_":
         if not (_dunder_allowed(obj, name) if _is_dunder(name) else _private_allowed(obj, name)):
             _refuse_attr(obj, name)
@@ -306,8 +307,42 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         if default is _MISSING:
             raise
         return default
-    if isinstance(value, types.ModuleType):
+    return _vet(value)
+
+
+#: Types whose values are never a denied or replaced object (the common case, checked first).
+_PLAIN_TYPES = frozenset({str, int, float, bool, complex, bytes, bytearray, list, tuple, dict, set, frozenset,
+                          type(None)})
+_DENY = object()
+#: id(original) -> (original, replacement or _DENY): what a read hands out in place of an object
+#: the sandbox must not hold, whichever module or object it is read from (``numbers.ABCMeta`` is
+#: ``abc.ABCMeta``, a module's dict copied into a host function by functools.wraps). Filled by
+#: _build_identity_tables once the modules are loaded; the original is kept so its id stays its own.
+_BY_ID: dict[int, tuple[Any, Any]] = {}
+_DENIED_NAMES: dict[int, str] = {}
+
+
+def _vet(value: Any) -> Any:
+    """The value a guarded read hands to model code: denied objects raise, replaced ones
+    (and the types ``type()`` stands in for) come back as the sandbox's version."""
+    if type(value) in _PLAIN_TYPES:
+        return value
+    entry = _BY_ID.get(id(value))
+    if entry is not None and entry[0] is value:
+        if entry[1] is _DENY:
+            raise SandboxPolicyError(f"{_DENIED_NAMES[id(value)]} is not available in the sandbox")
+        return entry[1]
+    if isinstance(value, type):
+        if issubclass(value, type):
+            # a metaclass called directly builds a class from a dict, past the class statement's checks
+            raise SandboxPolicyError(f"the metaclass {value.__name__} is not available in the sandbox; "
+                                     "use a class statement")
+    elif isinstance(value, types.ModuleType):
         _check_module(value)
+    elif type(value) is types.MethodType:
+        func = _BY_ID.get(id(value.__func__))
+        if func is not None and func[0] is value.__func__ and func[1] is _DENY:
+            raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
     return value
 
 
@@ -328,10 +363,8 @@ def _check_module(module: types.ModuleType) -> None:
 
 
 def guarded_getitem(obj: Any, key: Any) -> Any:
-    value = obj[key]
-    if type(value) is types.ModuleType:  # e.g. a module kept in some dict
-        _check_module(value)
-    return value
+    # a module kept in some dict, a host dict holding a denied object: the same check as attributes
+    return _vet(obj[key])
 
 
 def guarded_hasattr(obj: Any, name: str) -> bool:
@@ -486,12 +519,17 @@ def _check_match_class(cls: Any) -> None:
     ):
         # isinstance must not lie (ABCs, protocols) and the subject must not be any object at all
         raise SandboxPolicyError(f"{cls.__name__} cannot be used in a class pattern in the sandbox")
-    names = getattr(cls, "__match_args__", ())
-    if type(names) is not tuple:
-        return  # the match raises TypeError itself
+    # The match reads cls.__match_args__ again, natively: check what that read will return. The
+    # raw class-dict value of the first class in the MRO defining it, and only an exact tuple of
+    # exact str (no __get__, no __iter__ or __eq__ of a subclass), answers the same both times.
+    names: Any = ()
+    for klass in cls.__mro__:
+        if "__match_args__" in vars(klass):
+            names = vars(klass)["__match_args__"]
+            break
+    if type(names) is not tuple or any(type(name) is not str for name in names):
+        raise SandboxPolicyError(f"{cls.__name__}.__match_args__ must be a tuple of str in the sandbox")
     for name in names:
-        if type(name) is not str:
-            continue
         private = name.startswith("_") and name != "_"
         if (private and (_is_dunder(name) or not _private_allowed(cls, name))) or name in _BLOCKED_ATTRS or (
             name in ("format", "format_map") and issubclass(cls, str)
@@ -644,13 +682,58 @@ def _build_module_proxies() -> None:
                                                                                "typing.no_type_check")}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
-    for name in set(_REPLACED_MODULE_ATTRS) | set(_DENIED_MODULE_ATTRS):
+    _build_identity_tables()
+    for name in ALLOWED_MODULES:
         real = sys.modules[name]
-        proxy = types.ModuleType(name, real.__doc__)
-        proxy.__dict__.update(
-            (k, v) for k, v in real.__dict__.items() if k not in _DENIED_MODULE_ATTRS.get(name, ()))
-        proxy.__dict__.update(_REPLACED_MODULE_ATTRS.get(name, {}))
-        _MODULE_PROXIES[name] = proxy
+        denied = _DENIED_MODULE_ATTRS.get(name, frozenset())
+        replaced = _REPLACED_MODULE_ATTRS.get(name, {})
+        kept: dict[str, Any] = {}
+        changed = bool(denied or replaced)
+        for key, value in real.__dict__.items():
+            if key in denied:
+                continue
+            try:
+                vetted = replaced[key] if key in replaced else _vet(value)
+            except SandboxPolicyError:
+                # the object is denied under another module's name (numbers.ABCMeta is abc.ABCMeta)
+                changed = True
+                continue
+            changed = changed or vetted is not value
+            kept[key] = vetted
+        if changed:
+            proxy = types.ModuleType(name, real.__doc__)
+            proxy.__dict__.update(kept)
+            _MODULE_PROXIES[name] = proxy
+
+
+def _build_identity_tables() -> None:
+    """Fill _BY_ID: what _DENIED_MODULE_ATTRS and _REPLACED_MODULE_ATTRS name, by the object
+    itself, so that a re-export (``numbers.ABCMeta``, ``functools.namedtuple``,
+    ``dataclasses.FunctionType``) or a copy of a module's dict is caught too."""
+    for modname, names in _DENIED_MODULE_ATTRS.items():
+        module = sys.modules[modname]
+        for attr in names:
+            value = getattr(module, attr)
+            _BY_ID[id(value)] = (value, _DENY)
+            # named where it is defined, not after whichever re-export came first
+            home, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+            _DENIED_NAMES[id(value)] = (f"{home}.{qualname}" if type(home) is str and type(qualname) is str
+                                        else f"{modname}.{attr}")
+    # unbound ABCMeta.register: ABCMeta.register(SomeABC, cls) is ABC.register under another spelling
+    _BY_ID[id(abc.ABCMeta.register)] = (abc.ABCMeta.register, _DENY)
+    _DENIED_NAMES[id(abc.ABCMeta.register)] = "ABCMeta.register"
+    for modname, replacements in _REPLACED_MODULE_ATTRS.items():
+        module = sys.modules[modname]
+        for attr, replacement in replacements.items():
+            value = module.__dict__.get(attr)
+            if value is not None and value is not replacement:
+                _BY_ID[id(value)] = (value, replacement)
+    for real, stand_in in _STAND_INS.items():
+        _BY_ID[id(real)] = (real, stand_in)
+    for original, checked in _HARDENED.items():
+        # the unpatched original may still be held somewhere (a module that imported it by name)
+        replacement = _BY_ID.get(id(checked), (checked, checked))[1]
+        _BY_ID[id(original)] = (original, replacement)
 
 
 #: Modules whose types copy may rebuild from their reduction (plain data, no host state;
@@ -713,6 +796,32 @@ def _namedtuple(typename: Any, field_names: Any, **kwargs: Any) -> Any:
     return collections.namedtuple(typename, field_names, **kwargs)
 
 
+#: original -> the patched version left in its module (the patched one is handed out like the original)
+_HARDENED: dict[Any, Any] = {}
+
+
+def _harden_wraps() -> None:
+    """functools.update_wrapper copies ``wrapped.__dict__`` into the wrapper. Trusted code
+    calls it (through the real ``wraps``) on what model code passes: ``contextmanager(m)``,
+    a ContextDecorator, ``typing.no_type_check_decorator(m)``. With a module that is the
+    whole module namespace, denied and replaced names included, copied into a host
+    function. Patched in the worker's functools module, whose ``wraps`` (the one
+    contextlib and typing imported) looks ``update_wrapper`` up there on each call."""
+    import functools
+
+    original = functools.update_wrapper
+
+    def update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = functools.WRAPPER_ASSIGNMENTS,
+                       updated: Any = functools.WRAPPER_UPDATES) -> Any:
+        if isinstance(wrapped, types.ModuleType) or isinstance(wrapper, types.ModuleType):
+            raise SandboxPolicyError("a module cannot be wrapped (or be the wrapper) in the sandbox")
+        return original(wrapper, wrapped, assigned, updated)
+
+    update_wrapper.__doc__ = original.__doc__
+    functools.update_wrapper = update_wrapper
+    _HARDENED[original] = update_wrapper
+
+
 def _harden_enum() -> None:
     """``Enum('E', names)`` (the functional API) makes members of any name, dunders too
     (``__del__``, ``__getattribute__``, ``__class__``): what a class statement may not
@@ -767,6 +876,10 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist:
         value = getattr(module, item, None)
         if isinstance(value, types.ModuleType) and value.__name__ not in ALLOWED_MODULES:
             raise ImportError(f'"{name}.{item}" is not available in the sandbox')
+        try:
+            _vet(value)  # denied under another module's name (from numbers import ABCMeta)
+        except SandboxPolicyError as e:
+            raise ImportError(f'"from {name} import {item}" is not allowed in the sandbox: {e}') from None
     if fromlist:
         return _MODULE_PROXIES.get(name, module)
     return sys.modules[name.partition(".")[0]]

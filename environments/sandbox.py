@@ -149,6 +149,7 @@ class SandboxREPL:
         self._stderr: Any = None
         self._lock = threading.RLock()
         self._serving_call = False
+        self._nested_failure: str | None = None  # why a request made from inside a host call stopped the worker
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
         self._lost_context: str | None = None
@@ -437,6 +438,10 @@ class SandboxREPL:
             reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {e}"}
         finally:
             self._serving_call = False
+        if self._chan is None:
+            # the function's own request to the worker (get_variable, as FINAL_VAR does) found it
+            # dead or out of turn and stopped it: nobody is left to answer; _execute reports it
+            return
         self._chan.send(reply)
 
     def _serve_open(self, msg: dict[str, Any]) -> None:
@@ -530,7 +535,7 @@ class SandboxREPL:
                         return ExecResult(
                             stdout=str(msg.get("stdout", "")),
                             error=_opt_str(msg.get("error")),
-                            error_type=_opt_str(msg.get("error_type")),
+                            error_type=_error_type(msg.get("error_type")),
                             truncated=bool(msg.get("truncated")),
                             duration_s=time.perf_counter() - start,
                             host_time_s=host_time,
@@ -546,7 +551,7 @@ class SandboxREPL:
                                 "[the cell did not complete; the sandbox is still running and your variables "
                                 "are kept as the cell left them]"
                             ),
-                            error_type=_opt_str(msg.get("error_type")) or "SandboxError",
+                            error_type=_error_type(msg.get("error_type")) or "SandboxError",
                             duration_s=time.perf_counter() - start,
                             host_time_s=host_time,
                             host_calls=calls,
@@ -561,6 +566,13 @@ class SandboxREPL:
                     except OSError:  # the worker died while the host was answering
                         return self._failed(start, host_time, calls, "SandboxCrash", (
                             f"SandboxCrash: {self._describe_exit()} while running the cell."
+                        ))
+                    if self._chan is None:
+                        # a host function's own request (get_variable) stopped the worker: it timed
+                        # out, died or answered out of turn while the cell waited on the call
+                        return self._failed(start, host_time, calls, "SandboxCrash", (
+                            "SandboxCrash: the worker failed while a host function read from it "
+                            f"({self._nested_failure or 'the worker is gone'})."
                         ))
                     if op not in ("call", "open"):
                         return self._failed(start, host_time, calls, "SandboxCrash", (
@@ -614,6 +626,7 @@ class SandboxREPL:
         if reply.get("op") != "value":
             # the worker answered out of turn (model code it ran to read the variable misbehaved)
             self._stop_worker()
+            self._nested_failure = f"it answered {reply.get('op')!r} when asked for a variable"
             raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked for {name!r}; it is restarted")
         if not reply.get("found"):
             raise VariableError(f"variable {name!r} is not defined in the sandbox", missing=True)
@@ -653,15 +666,42 @@ class SandboxREPL:
         return reply
 
     def _recv_reply(self) -> dict[str, Any]:
+        """The worker's reply to a request other than ``exec``. Model code may run in the worker
+        while it answers (a generator's ``finally`` run by garbage collection during ``reset``, a
+        ``__str__`` during ``get_variable``) and send a host call or a file request first: those
+        are answered here (a call is refused: host functions serve cells only) and never taken
+        for the reply."""
         assert self._chan is not None
-        try:
-            reply, _ = self._chan.recv(timeout=max(self.limits.timeout_s, 30.0))
-        except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
-            detail = self._describe_exit()
-            self._stop_worker()
-            raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
-        return reply
+        deadline = time.monotonic() + max(self.limits.timeout_s, 30.0)
+        while True:
+            try:
+                reply, _ = self._chan.recv(timeout=max(deadline - time.monotonic(), 0.0))
+                op = reply.get("op")
+                if op == "call":
+                    self._chan.send({"op": "raise", "message": (
+                        f"{reply.get('name')}() cannot be called here: host functions answer only while a cell runs"
+                    )})
+                elif op == "open":
+                    self._serve_open(reply)
+                else:
+                    return reply
+            except (TimeoutError, ChannelClosed, OSError, ValueError) as e:
+                detail = self._describe_exit()
+                self._stop_worker()
+                self._nested_failure = f"{type(e).__name__}: {detail}"
+                raise SandboxError(f"the sandbox worker failed ({type(e).__name__}: {detail})") from None
 
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+#: An exception class's name is the model's choice (``E.__name__ = 'x' * 10**7``) and ends up in logs.
+MAX_ERROR_TYPE_CHARS = 200
+
+
+def _error_type(value: Any) -> str | None:
+    text = _opt_str(value)
+    if text is not None and len(text) > MAX_ERROR_TYPE_CHARS:
+        return text[:MAX_ERROR_TYPE_CHARS] + f"... [{len(text) - MAX_ERROR_TYPE_CHARS:,} more characters]"
+    return text

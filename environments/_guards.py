@@ -519,6 +519,14 @@ def _check_match_class(cls: Any) -> None:
     ):
         # isinstance must not lie (ABCs, protocols) and the subject must not be any object at all
         raise SandboxPolicyError(f"{cls.__name__} cannot be used in a class pattern in the sandbox")
+    for klass in cls.__mro__:
+        # The pattern reads the keyword attributes natively, past _vet: a foreign class that
+        # forwards reads to an object of the caller's choice (GenericAlias(functools, ()), in C;
+        # typing's aliases, in Python) would hand out whatever that object holds.
+        if klass is types.GenericAlias or (klass.__module__ != SANDBOX_MODULE and any(
+                isinstance(vars(klass).get(hook), types.FunctionType) for hook in ("__getattr__", "__getattribute__"))):
+            raise SandboxPolicyError(f"{cls.__name__} cannot be used in a class pattern in the sandbox: "
+                                     f"{klass.__name__} forwards attribute reads")
     # The match reads cls.__match_args__ again, natively: check what that read will return. The
     # raw class-dict value of the first class in the MRO defining it, and only an exact tuple of
     # exact str (no __get__, no __iter__ or __eq__ of a subclass), answers the same both times.

@@ -26,11 +26,18 @@ Every case in ``ROUND6`` succeeded when it was written (they fail until fixed):
 - ``functools.namedtuple`` / ``statistics.namedtuple`` are the real
   ``collections.namedtuple``: ``module=`` is not checked there.
 - ``dataclasses.FunctionType`` is the real function type that ``type(f)`` stands in for.
+
+``ROUND6_FOUND_IN_FIX`` holds variants found while fixing these (those with a ``# was open``
+succeeded before the fix too): the same re-exports through ``from ... import``,
+``typing.GenericAlias`` (denied as ``contextlib.GenericAlias`` only) forwarding reads to a
+module, and a class pattern whose class forwards attribute reads (``type(list[int])``):
+the pattern reads the keyword attributes natively, past the guards.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -139,9 +146,87 @@ ROUND6 = [
 ]
 
 
-@pytest.mark.parametrize("a", ROUND6)
+ROUND6_FOUND_IN_FIX = [
+    # was open
+    attack("review6", "from_numbers_import_abcmeta",
+           "from numbers import ABCMeta\n"
+           "X = ABCMeta('X', (), {'__module__': 'repl', '__getattribute__': lambda self, n: n})\n"
+           "if X().anything == 'anything':\n    " + WIN, errors=ANY_ERROR),
+    # was open
+    attack("review6", "from_functools_import_namedtuple_takes_any_module",
+           "from functools import namedtuple\nT = namedtuple('T', 'a', module='json')\nif T.__module__ == 'json':\n    "
+           + WIN, errors=ANY_ERROR),
+    # was open
+    attack("review6", "from_dataclasses_import_function_type",
+           "from dataclasses import FunctionType\nif FunctionType is not type(lambda: 0):\n    " + WIN,
+           errors=LEAK_ONLY),
+    # was open
+    attack("review6", "typing_generic_alias_forwards_reads_to_a_module",
+           "import typing, functools\nsd = typing.GenericAlias(functools, ()).singledispatch\n" + WIN,
+           errors=ANY_ERROR),
+    # was open
+    attack("review6", "generic_alias_of_a_module_forwards_to_the_denied_name",
+           "import functools\nG = type(list[int])\nsd = G(functools, ()).singledispatch\n" + WIN, errors=ANY_ERROR),
+    # was open
+    attack("review6", "class_pattern_reads_through_a_generic_alias_natively",
+           "import functools\nG = type(list[int])\nmatch G(functools, ()):\n    case G(singledispatch=sd):\n"
+           "        " + WIN, errors=ANY_ERROR),
+    attack("review6", "match_args_tuple_subclass",
+           "class T(tuple):\n    pass\nclass C:\n    __match_args__ = T(('__class__',))\n"
+           "match C():\n    case C(k):\n        " + WIN, errors=ANY_ERROR),
+    attack("review6", "match_args_str_subclass",
+           "class S(str):\n    pass\nclass C:\n    __match_args__ = (S('x'),)\n    x = 1\n"
+           "match C():\n    case C(k):\n        " + WIN, errors=ANY_ERROR),
+]
+
+
+@pytest.mark.parametrize("a", ROUND6 + ROUND6_FOUND_IN_FIX)
 def test_round6_findings_are_refused(fresh, a):
     check_refused(fresh, a, fresh.execute(a.code))
+
+
+_IDENTITY_SCRIPT = """
+import sys, types, abc, functools, collections, numbers
+sys.path.insert(0, sys.argv[1])
+import _guards as g
+g.preload_modules()
+original_update_wrapper = next(iter(g._HARDENED))
+ns = types.SimpleNamespace(meta=numbers.ABCMeta, uw=original_update_wrapper, nt=collections.namedtuple,
+                           ft=types.FunctionType, sd=functools.singledispatch, reg=abc.ABC.register,
+                           reg_unbound=abc.ABCMeta.register, meta2=type)
+def refused(f):
+    try:
+        f()
+    except g.SandboxPolicyError:
+        return True
+    return False
+checks = {
+    'metaclass': refused(lambda: g.guarded_getattr(ns, 'meta')),
+    'type_itself': refused(lambda: g.guarded_getattr(ns, 'meta2')),
+    'denied_function': refused(lambda: g.guarded_getattr(ns, 'sd')),
+    'bound_register': refused(lambda: g.guarded_getattr(ns, 'reg')),
+    'unbound_register': refused(lambda: g.guarded_getattr(ns, 'reg_unbound')),
+    'dict_read': refused(lambda: g.guarded_getitem({'k': numbers.ABCMeta}, 'k')),
+    'original_update_wrapper': g.guarded_getattr(ns, 'uw') is g._update_wrapper,
+    'patched_update_wrapper': g.guarded_getitem([functools.update_wrapper], 0) is g._update_wrapper,
+    'namedtuple': g.guarded_getattr(ns, 'nt') is g._namedtuple,
+    'function_type': g.guarded_getattr(ns, 'ft') is g._STAND_INS[types.FunctionType],
+    'wrap_a_module': refused(lambda: functools.wraps(functools)(lambda: 0)),
+    'plain_values': g.guarded_getitem({'k': [1]}, 'k') == [1] and g.guarded_getattr(ns, 'missing', 0) == 0,
+}
+print(sorted(k for k, ok in checks.items() if not ok))
+"""
+
+
+def test_denial_goes_by_the_object_whatever_holds_it():
+    """The guards' identity tables, checked in a fresh interpreter (preload_modules patches
+    that interpreter's modules): a denied or replaced object is caught on whatever object
+    or container it is read from, not only as the attribute of the module that names it."""
+    env_dir = Path(__file__).resolve().parents[2] / "environments"
+    done = subprocess.run([sys.executable, "-c", _IDENTITY_SCRIPT, str(env_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_contextmanager_bypass_does_not_give_the_next_cell_real_builtins(fresh):
@@ -227,3 +312,80 @@ def test_ordinary_match_contextmanager_abc_and_namedtuple_still_work(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "['P12', 'Q32', 'Pt56', 'red', 'int7'] T 832040 named 4 True 2\n"
+
+
+def test_class_pattern_on_a_forwarding_typing_alias_is_refused(repl):
+    """typing's aliases forward public reads to their origin in Python (``__getattr__``), which a
+    class pattern would run natively; the refusal names the class that forwards."""
+    res = repl.execute("import typing\nG = type(typing.List[int])\nmatch typing.List[int]:\n"
+                       "    case G(append=a):\n        pass\n")
+    assert res.error_type == "SandboxPolicyError", res.error
+    assert "forwards attribute reads" in res.error
+    assert_healthy(repl)
+
+
+# -- the parent: replies ------------------------------------------------------------------
+
+
+_FINALIZER_CALLS_HOST = (
+    "log = []\n"
+    "def g():\n"
+    "    try:\n        yield 1\n"
+    "    finally:\n"
+    "        try:\n            log.append(note('from a finalizer'))\n"
+    "        except Exception as e:\n            log.append(str(e))\n"
+    "context['g'] = g()\nnext(context['g'])\n"
+)
+
+
+def test_host_call_sent_while_the_parent_awaits_another_reply_is_refused(secret_env):
+    """Loading a new context frees the old one in the worker; a generator kept only there runs
+    its ``finally`` then and calls a host function while the parent waits for load_context's
+    reply. That call was taken as the reply (load_context raised, the next cell crashed on the
+    reply that came after); it is refused, and the load completes."""
+    calls = []
+    with SandboxREPL(timeout_s=5) as r:
+        r.load_context({"a": 1})
+        r.register("note", lambda text: calls.append(text) or "noted")
+        assert r.execute(_FINALIZER_CALLS_HOST).error is None
+        r.load_context({"b": 2})
+        res = r.execute("print(log, context)")
+        assert res.error is None, res.error
+        assert calls == [], "a host function ran outside a cell"
+        assert "only while a cell runs" in res.stdout and "{'b': 2}" in res.stdout, res.stdout
+        assert not res.restarted
+        assert r.execute("1 + 1").stdout == "2\n"
+
+
+def test_context_file_read_while_a_variable_is_read_is_served(tmp_path):
+    """A ``__str__`` that reads the context directory runs while get_variable waits for the
+    value: the worker's file request is answered, not taken as the reply (it was: the worker
+    was restarted)."""
+    (tmp_path / "a.txt").write_text("alpha")
+    with SandboxREPL(timeout_s=5) as r:
+        r.load_context(tmp_path)
+        assert r.execute("class S:\n    def __str__(self):\n        return context['a.txt']\ns = S()").error is None
+        assert r.get_variable("s", as_text=True) == "alpha"
+        assert r.restarts == 0
+        assert r.execute("1 + 1").stdout == "2\n"
+
+
+# -- more ordinary Python ------------------------------------------------------------------
+
+
+def test_ordinary_match_args_inheritance_and_wrapping_still_work(repl):
+    res = repl.execute(
+        "import dataclasses, functools, typing, contextlib\n"
+        "@dataclasses.dataclass\nclass A:\n    x: int\n"
+        "class B(A):\n    pass\n"
+        "class K:\n    __match_args__ = ()\n"
+        "match B(3):\n    case A(v):\n        first = v\n"
+        "match K():\n    case K():\n        second = 'k'\n"
+        "@functools.wraps(len)\ndef my_len(x):\n    return len(x)\n"
+        "@contextlib.contextmanager\ndef cm():\n    yield 5\n"
+        "@cm()\ndef decorated():\n    return 6\n"
+        "print(first, second, my_len.__name__, decorated(), type(list[int]).__name__, typing.List[int], "
+        "isinstance(list[int], type(list[int])))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "3 k len 6 GenericAlias typing.List[int] True\n"

@@ -558,6 +558,7 @@ class SandboxREPL:
                         )
                     t1 = time.perf_counter()
                     try:
+                        self._nested_failure = None
                         if op == "call":
                             calls += 1
                             self._serve_call(msg, loop)
@@ -667,10 +668,11 @@ class SandboxREPL:
 
     def _recv_reply(self) -> dict[str, Any]:
         """The worker's reply to a request other than ``exec``. Model code may run in the worker
-        while it answers (a generator's ``finally`` run by garbage collection during ``reset``, a
-        ``__str__`` during ``get_variable``) and send a host call or a file request first: those
-        are answered here (a call is refused: host functions serve cells only) and never taken
-        for the reply."""
+        while it answers (a generator's ``finally`` when load_context frees the old context or
+        garbage collection runs, a ``__str__`` during ``get_variable``) and send a host call or a
+        file request first: those are answered here (a call is refused: host functions serve
+        cells only) and never taken for the reply. One deadline for all of it, so a finalizer
+        that keeps calling cannot hold the parent."""
         assert self._chan is not None
         deadline = time.monotonic() + max(self.limits.timeout_s, 30.0)
         while True:
@@ -679,7 +681,8 @@ class SandboxREPL:
                 op = reply.get("op")
                 if op == "call":
                     self._chan.send({"op": "raise", "message": (
-                        f"{reply.get('name')}() cannot be called here: host functions answer only while a cell runs"
+                        f"{str(reply.get('name'))[:100]}() cannot be called here: host functions answer only "
+                        "while a cell runs"
                     )})
                 elif op == "open":
                     self._serve_open(reply)

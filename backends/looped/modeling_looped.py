@@ -191,10 +191,11 @@ class LoopedAttention(nn.Module):
         at = (active.flat_rows, active.flat_pos)
         chunk_k = active.latest_k.transpose(1, 2).index_put(at, k).transpose(1, 2)
         chunk_v = active.latest_v.transpose(1, 2).index_put(at, v).transpose(1, 2)
-        keys, values = chunk_k[active.rows], chunk_v[active.rows]
+        keys, values = chunk_k, chunk_v
         if past is not None:
-            keys = torch.cat([past[0][active.rows], keys], 2)
-            values = torch.cat([past[1][active.rows], values], 2)
+            keys, values = torch.cat([past[0], keys], 2), torch.cat([past[1], values], 2)
+        if active.rows.numel() != chunk_k.shape[0]:  # only the rows with an active token attend
+            keys, values = keys[active.rows], values[active.rows]
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)

@@ -38,7 +38,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,17 @@ class LoopLinear(nn.Linear):
 def _rope(config: LoopedConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_freq_scaling, positions.device)
     return rope_cos_sin(positions, inv_freq, dtype)  # [b, 1, t, head_dim]
+
+
+class LayerKV(NamedTuple):
+    """Keys/values a layer computed for a chunk (``k``, ``v``: [b, kv_heads, t, head_dim]) and
+    the ones it attended to (``keys``, ``values``: the past then this chunk), which is what
+    its cache entry becomes: kept so that the concatenation is done once."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
 
 
 @dataclass
@@ -153,9 +164,9 @@ class LoopedAttention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
         loop: int | None,
         active: _Active | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Dense: ``x`` [b, t, d] -> (out, this chunk's (k, v)). With ``active``: ``x`` is the
-        active tokens' rows [n, d]; returns their outputs and the chunk's latest (k, v)."""
+    ) -> tuple[torch.Tensor, LayerKV]:
+        """Dense: ``x`` [b, t, d] -> (out, this chunk's keys/values). With ``active``: ``x`` is
+        the active tokens' rows [n, d]; returns their outputs and the chunk's latest keys/values."""
         if active is not None:
             return self._forward_active(x, past, loop, active)
         b, t, _ = x.shape
@@ -165,12 +176,13 @@ class LoopedAttention(nn.Module):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        kv = LayerKV(k, v, keys, values)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), (k, v)
+        return self.o_proj(out, loop), kv
 
     def _forward_active(
         self,
@@ -178,7 +190,7 @@ class LoopedAttention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
         loop: int | None,
         active: _Active,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, LayerKV]:
         n = x.shape[0]
         q = self.q_proj(x, loop).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x, loop).view(n, self.num_kv_heads, self.head_dim)
@@ -191,9 +203,9 @@ class LoopedAttention(nn.Module):
         at = (active.flat_rows, active.flat_pos)
         chunk_k = active.latest_k.transpose(1, 2).index_put(at, k).transpose(1, 2)
         chunk_v = active.latest_v.transpose(1, 2).index_put(at, v).transpose(1, 2)
-        keys, values = chunk_k, chunk_v
-        if past is not None:
-            keys, values = torch.cat([past[0], keys], 2), torch.cat([past[1], values], 2)
+        all_k, all_v = (chunk_k, chunk_v) if past is None else (torch.cat([past[0], chunk_k], 2),
+                                                                 torch.cat([past[1], chunk_v], 2))
+        keys, values = all_k, all_v
         if active.rows.numel() != chunk_k.shape[0]:  # only the rows with an active token attend
             keys, values = keys[active.rows], values[active.rows]
         if self.num_kv_heads != self.num_heads:
@@ -203,7 +215,7 @@ class LoopedAttention(nn.Module):
         queries = q.new_zeros(rows, m, self.num_heads, self.head_dim).index_put((active.valid,), q)
         out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, attn_mask=active.mask)
         out = out.transpose(1, 2)[active.valid].reshape(n, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), (chunk_k, chunk_v)
+        return self.o_proj(out, loop), LayerKV(chunk_k, chunk_v, all_k, all_v)
 
 
 class LoopedMLP(nn.Module):
@@ -246,7 +258,7 @@ class LoopedDecoderLayer(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         loop: int | None = None,
         active: _Active | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, LayerKV]:
         """``x`` [b, t, d], or with ``active`` the active tokens' rows [n, d] (see ``_Active``)."""
         attn, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, loop, active)
         if self.residual_sandwich:  # Huginn: the residual stream itself is normalized
@@ -312,6 +324,10 @@ class LoopedCache:
     def append(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         old = self.entries.get(key)
         self.entries[key] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+
+    def set(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Replace an entry (with the past and the new positions, e.g. ``LayerKV.keys/values``)."""
+        self.entries[key] = kv
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
@@ -495,7 +511,7 @@ class LoopedModel(LoopedPreTrainedModel):
         def layer(module: LoopedDecoderLayer, h: torch.Tensor, key: tuple[Any, ...]) -> torch.Tensor:
             h, kv = module(h, rope, mask, cache.get(key) if cache is not None else None, None)
             if cache is not None:
-                cache.append(key, kv)
+                cache.set(key, (kv.keys, kv.values))
             return h
 
         for i, module in enumerate(self.prelude):
@@ -553,6 +569,7 @@ class LoopedModel(LoopedPreTrainedModel):
             survive = torch.ones(b, t, device=device)
             cdf = torch.zeros(b, t, device=device)
         latest: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.core)
+        attended: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(self.core)  # type: ignore[list-item]
         states: list[torch.Tensor] = []
         gates: list[torch.Tensor] = []
         first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
@@ -564,7 +581,8 @@ class LoopedModel(LoopedPreTrainedModel):
                     h = self.injection(s, e)
                     for i, module in enumerate(self.core):
                         past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
-                        h, latest[i] = module(h, rope, mask, past, loop)
+                        h, kv = module(h, rope, mask, past, loop)
+                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
                     if self.loop_norm is not None:
                         h = self.loop_norm(h)
                 s = h.detach() if loop < first_grad_loop else h
@@ -579,7 +597,8 @@ class LoopedModel(LoopedPreTrainedModel):
                     for i, module in enumerate(self.core):
                         past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
                         lay.latest_k, lay.latest_v = latest[i] if latest[i] is not None else self._zero_kv(s)
-                        h, latest[i] = module(h, rope, mask, past, loop, lay)
+                        h, kv = module(h, rope, mask, past, loop, lay)
+                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
                     if self.loop_norm is not None:
                         h = self.loop_norm(h)
                 if loop < first_grad_loop:
@@ -603,7 +622,10 @@ class LoopedModel(LoopedPreTrainedModel):
                     active[where] = ~done
             if cache is not None and not shared:
                 for i in range(len(self.core)):
-                    cache.append(("core", loop, i), latest[i] if latest[i] is not None else self._zero_kv(s))
+                    if n > 0:  # what the layer attended to: the past and the chunk's latest
+                        cache.set(("core", loop, i), attended[i])
+                    else:
+                        cache.append(("core", loop, i), latest[i] if latest[i] is not None else self._zero_kv(s))
             if output_loop_states:
                 states.append(s)
                 if self.exit_gate is not None:

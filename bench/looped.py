@@ -32,6 +32,17 @@ per cache mode, for prefill and decode (a: the loop-independent part, embeddings
 prelude, coda, head and Python overhead; b: one loop of the core), with R^2 and
 time(16)/time(1); and the same line over KV bytes.
 
+4. adaptive depth (compute-bound: hidden 512, 8 heads, prelude 1 / core 4 / coda 1,
+   max_loops 8; 32 requests x 128 prompt tokens, 32 new tokens, scaled down from 256/64
+   to keep a 2-core run within minutes): one batched prefill with per-row budgets and
+   cached greedy decoding, as the hf backend runs a batch, for (a) all rows at 8 loops,
+   (b) budgets 1..8 mixed in the same batch, (c) all at 8 with the exit gate on (its
+   random weights have std 1/sqrt(hidden) and its bias is set by bisection so that the
+   mean depth is about 4). Forward hooks on the core layers count the token rows they
+   see; that count must equal the model's reported ``core_tokens``. Walls are the minima
+   of interleaved repeats. Targets: wall(b)/wall(a) <= 0.70 (ideal 4.5/8 = 0.56) and
+   wall(c)/wall(a) <= mean depth/8 + 0.15.
+
 Targets: per-token cost grows about linearly in loops (R^2 >= 0.95); ``per_loop``
 KV memory grows linearly with loops (R^2 >= 0.999, slope > 0, equal to the
 layout's formula) while ``shared`` stays flat (the same bytes for every L). The

@@ -606,7 +606,7 @@ class LoopedModel(LoopedPreTrainedModel):
                 s = s.index_put(where, h)
                 exit_steps[where] += 1
                 lam = self.gate(h) if gate is not None else None
-            if n > 0:
+            if n > 0 and not uniform:
                 # A token stops after its row's budget, or when the gate says so (module docstring).
                 done = (budget if where is None else budget[where]) <= loop + 1
                 if gate is not None and lam is not None:

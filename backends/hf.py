@@ -1,17 +1,18 @@
 """Looped checkpoints through transformers: ``model("hf:/path/to/ckpt", loops=4)``.
 
-Loads a :class:`LoopedForCausalLM` checkpoint (and its tokenizer) on first use,
-generates with its own loop budget per call, batches conversations that share a
-budget (left-padded, one cached decode per batch), and reports the loops each
-token actually ran (exit gates can stop tokens early).
+Loads a :class:`LoopedForCausalLM` checkpoint (and its tokenizer) on first use and
+generates with each call's own loop budget: conversations with different budgets share
+one left-padded batch and one cached decode (the model takes a budget per row; a row
+stops computing after its budget, a finished row is fed masked and computes nothing).
+The figures reported are counted where the model ran them: ``Usage.loop_tokens`` is the
+token rows a conversation sent through the core block, summed over loops and over
+prefill and decode (exit gates stop tokens early, and a stopped token computes nothing).
 """
-
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from loopagent.errors import BackendError, ModelSpecError
 
-from .base import Completion, LoopStats, Message, Usage, loop_usage
+from .base import Completion, LoopStats, Message, Usage
 from .local import Gate, LocalLoopedBackend, with_chat_template
 
 
@@ -39,7 +40,7 @@ class HFLoopedBackend(LocalLoopedBackend):
     Example::
 
         child = HFLoopedBackend("ckpt/", loops=4, max_new_tokens=64)   # threads=N to pin torch's threads
-        child.batch([[{"role": "user", "content": "x=1;y=x;?y"}]] * 8, loops=[1, 2, 4, 8] * 2)
+        child.batch([[{"role": "user", "content": "x=1;y=x;?y"}]] * 8, loops=[1, 2, 4, 8] * 2)  # one batch
     """
 
     scheme = "hf"
@@ -107,85 +108,82 @@ class HFLoopedBackend(LocalLoopedBackend):
     async def _agenerate(
         self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
-        exit_threshold = None if gate is None else gate.exit_threshold
-        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, exit_threshold)
+        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, gate)
 
     def _generate_all(
-        self,
-        conversations: list[Sequence[Message]],
-        budgets: list[int],
-        max_new: int,
-        exit_threshold: float | None,
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
-        # One cached decode per (loop budget) group: a cache holds one budget's layers.
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, n in enumerate(budgets):
-            groups[n].append(i)
-        results: list[Completion | None] = [None] * len(conversations)
+        # Mixed budgets share a batch: the model runs each row to its own budget.
+        results: list[Completion] = []
         with self._loaded().lock:
-            for n, indices in groups.items():
-                for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start : start + self.batch_size]
-                    outs = self._generate([conversations[i] for i in chunk], n, max_new, exit_threshold)
-                    for i, out in zip(chunk, outs):
-                        results[i] = out
-        return [r for r in results if r is not None]
+            for start in range(0, len(conversations), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                results += self._generate(conversations[chunk], budgets[chunk], max_new, gate)
+        return results
 
     def _generate(
-        self, conversations: list[Sequence[Message]], loops: int, max_new: int, exit_threshold: float | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
         import torch
 
         start = time.perf_counter()
         tok, model = self.tokenizer, self.model
+        exit_threshold = min_loops = None
+        if gate is not None:
+            min_loops = gate.min_loops
+            exit_threshold = gate.exit_threshold if gate.exit_threshold is not None else model.config.exit_threshold
+        run = dict(loops=list(budgets), exit_threshold=exit_threshold, min_loops=min_loops, use_cache=True)
         enc = tok(self._prompts(conversations), return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
         eos = tok.eos_token_id
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        rows = len(conversations)
         new_tokens: list[list[int]] = [[] for _ in conversations]
-        exits = [mask.new_zeros(0) for _ in conversations]
-        done = torch.zeros(len(conversations), dtype=torch.bool, device=self.device)
+        depths = [mask.new_zeros(0) for _ in conversations]  # depth of every token a row processed
+        work = torch.zeros(rows, dtype=torch.long, device=self.device)  # core rows per row, counted by the model
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         try:
             with torch.no_grad():
-                out = model(ids, attention_mask=mask, use_cache=True, loops=loops, exit_threshold=exit_threshold)
-                for row in range(len(conversations)):
-                    exits[row] = out.exit_steps[row][mask[row].bool()]
+                out = model(ids, attention_mask=mask, **run)
+                work += out.core_tokens
+                for row in range(rows):
+                    depths[row] = out.exit_steps[row][mask[row].bool()]
                 cache = out.cache
-                for _ in range(max_new):
+                for step in range(max_new):
                     nxt = self._pick(out.logits[:, -1], generator)
-                    for row in range(len(conversations)):
+                    for row in range(rows):
                         if not done[row]:
                             if nxt[row].item() == eos:
                                 done[row] = True
                             else:
                                 new_tokens[row].append(int(nxt[row]))
-                    if bool(done.all()):
-                        break
+                    if bool(done.all()) or step == max_new - 1:
+                        break  # the last token is never fed: nothing would read its logits
+                    # Finished rows are fed masked: they compute nothing in the core.
                     mask = torch.cat([mask, (~done).long()[:, None]], 1)
-                    out = model(nxt[:, None], attention_mask=mask, cache=cache, use_cache=True, loops=loops,
-                                exit_threshold=exit_threshold)
-                    for row in range(len(conversations)):
+                    out = model(nxt[:, None], attention_mask=mask, cache=cache, **run)
+                    work += out.core_tokens
+                    for row in range(rows):
                         if not done[row]:
-                            exits[row] = torch.cat([exits[row], out.exit_steps[row]])
+                            depths[row] = torch.cat([depths[row], out.exit_steps[row]])
         except RuntimeError as e:
             raise BackendError(f"{self.name}: generation failed: {e}") from None
         wall = time.perf_counter() - start
         completions = []
-        for row in range(len(conversations)):
-            steps = exits[row]
-            executed = float(steps.float().mean()) if steps.numel() else float(loops)
+        for row in range(rows):
+            steps, computed = depths[row], int(work[row])
             histogram = ({int(k): int(v) for k, v in zip(*torch.unique(steps, return_counts=True))}
                          if exit_threshold is not None else None)
-            p, c = int(prompt_lens[row]), len(new_tokens[row])
             completions.append(Completion(
                 text=tok.decode(new_tokens[row], skip_special_tokens=True),
                 model=self.name,
-                usage=Usage(prompt_tokens=p, completion_tokens=c,
-                            loop_tokens=int(steps.sum()) if steps.numel() else loop_usage(p, c, loops),
-                            wall_s=wall),
-                loops=LoopStats(requested=loops, executed_mean=executed, exit_histogram=histogram),
+                usage=Usage(prompt_tokens=int(prompt_lens[row]), completion_tokens=len(new_tokens[row]),
+                            loop_tokens=computed, wall_s=wall),
+                loops=LoopStats(requested=budgets[row], executed_mean=float(steps.float().mean()),
+                                exit_histogram=histogram, computed_loop_tokens=computed, counted=True,
+                                min_loops=min_loops, exit_threshold=exit_threshold),
                 finish_reason="stop" if bool(done[row]) else "length",
             ))
         return completions

@@ -32,6 +32,17 @@ per cache mode, for prefill and decode (a: the loop-independent part, embeddings
 prelude, coda, head and Python overhead; b: one loop of the core), with R^2 and
 time(16)/time(1); and the same line over KV bytes.
 
+4. adaptive depth (compute-bound: hidden 512, 8 heads, prelude 1 / core 4 / coda 1,
+   max_loops 8; 32 requests x 128 prompt tokens, 32 new tokens, scaled down from 256/64
+   to keep a 2-core run within minutes): one batched prefill with per-row budgets and
+   cached greedy decoding, as the hf backend runs a batch, for (a) all rows at 8 loops,
+   (b) budgets 1..8 mixed in the same batch, (c) all at 8 with the exit gate on (its
+   random weights have std 1/sqrt(hidden) and its bias is set by bisection so that the
+   mean depth is about 4). Forward hooks on the core layers count the token rows they
+   see; that count must equal the model's reported ``core_tokens``. Walls are the minima
+   of interleaved repeats. Targets: wall(b)/wall(a) <= 0.70 (ideal 4.5/8 = 0.56) and
+   wall(c)/wall(a) <= mean depth/8 + 0.15.
+
 Targets: per-token cost grows about linearly in loops (R^2 >= 0.95); ``per_loop``
 KV memory grows linearly with loops (R^2 >= 0.999, slope > 0, equal to the
 layout's formula) while ``shared`` stays flat (the same bytes for every L). The
@@ -310,6 +321,169 @@ def print_tables(ours: dict[str, Any], fits: dict[str, Any], cfg: Config, mode: 
     print_grid(header, rows, title="KV cache memory after prompt + decode: bytes(L) = a + b*L", left=(0, 6, 7))
 
 
+# -- adaptive depth: what stopping computes --------------------------------------------
+@dataclass(frozen=True)
+class ComputeConfig:
+    """A compute-bound shape for the adaptive-depth measurements (see the module docstring)."""
+
+    hidden_size: int
+    num_attention_heads: int
+    num_core_layers: int
+    vocab_size: int
+    max_loops: int
+    requests: int
+    prompt_tokens: int
+    new_tokens: int
+    reps: int
+    exit_threshold: float
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> ComputeConfig:
+        if quick:
+            return cls(hidden_size=64, num_attention_heads=4, num_core_layers=2, vocab_size=256, max_loops=4,
+                       requests=4, prompt_tokens=16, new_tokens=4, reps=1, exit_threshold=0.5)
+        return cls(hidden_size=512, num_attention_heads=8, num_core_layers=4, vocab_size=512, max_loops=8,
+                   requests=32, prompt_tokens=128, new_tokens=32, reps=2, exit_threshold=0.5)
+
+
+def build_gated_model(cc: ComputeConfig) -> Any:
+    import torch
+
+    from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+
+    conf = LoopedConfig(vocab_size=cc.vocab_size, hidden_size=cc.hidden_size,
+                        num_attention_heads=cc.num_attention_heads, num_prelude_layers=1,
+                        num_core_layers=cc.num_core_layers, num_coda_layers=1, default_loops=1,
+                        max_loops=cc.max_loops, exit_gate=True, pad_token_id=0)
+    torch.manual_seed(0)
+    model = LoopedForCausalLM(conf).eval()
+    with torch.no_grad():
+        # The gate reads the normalized state (RMS 1 per feature): weights of std 1/sqrt(d)
+        # give every token a logit of std ~1 that changes from loop to loop, so tokens
+        # reach the threshold at different loops; the bias is calibrated below.
+        model.model.exit_gate.weight.normal_(0, 1 / cc.hidden_size**0.5, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def calibrate_gate(model: Any, ids: Any, cc: ComputeConfig) -> dict[str, float]:
+    """Set the exit gate's bias (bisection) so that the mean depth is about half of ``max_loops``."""
+    import torch
+
+    lo, hi = -8.0, 8.0
+    target = cc.max_loops / 2
+    mean = float("nan")
+    with torch.inference_mode():
+        for _ in range(12):
+            bias = (lo + hi) / 2
+            model.model.exit_gate.bias.fill_(bias)
+            mean = float(model(ids, loops=cc.max_loops, exit_threshold=cc.exit_threshold).exit_steps.float().mean())
+            if mean > target:  # too deep: exit sooner
+                lo = bias
+            else:
+                hi = bias
+    return {"bias": float(model.model.exit_gate.bias.detach()), "calibration_mean_depth": mean}
+
+
+def generate_counted(model: Any, ids: Any, budgets: list[int], new_tokens: int,
+                     exit_threshold: float | None) -> dict[str, Any]:
+    """What the hf backend does for one batch: a prefill with per-row budgets, then cached
+    greedy decoding (the last token is not fed); counts the core rows with hooks."""
+    import torch
+
+    rows = [0]
+
+    def count(module: Any, args: Any, output: Any) -> None:
+        rows[0] += args[0].numel() // args[0].shape[-1]
+
+    hooks = [layer.register_forward_hook(count) for layer in model.model.core]
+    try:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = model(ids, loops=budgets, exit_threshold=exit_threshold, use_cache=True)
+            reported, depth_sum, tokens = out.core_tokens.clone(), int(out.exit_steps.sum()), ids.numel()
+            for _ in range(new_tokens - 1):
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = model(tok, cache=out.cache, loops=budgets, exit_threshold=exit_threshold, use_cache=True)
+                reported += out.core_tokens
+                depth_sum += int(out.exit_steps.sum())
+                tokens += tok.numel()
+            wall = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+    layers = len(model.model.core)
+    return {"wall_s": wall, "counted_loop_tokens": rows[0] // layers, "reported_loop_tokens": int(reported.sum()),
+            "depth_sum": depth_sum, "tokens": tokens, "mean_loops": depth_sum / tokens}
+
+
+def measure_adaptive(cc: ComputeConfig) -> dict[str, Any]:
+    import torch
+
+    model = build_gated_model(cc)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, cc.vocab_size, (cc.requests, cc.prompt_tokens), generator=gen)
+    gate = calibrate_gate(model, ids[: max(1, cc.requests // 8), : max(8, cc.prompt_tokens // 2)], cc)
+    mixed = [1 + i % cc.max_loops for i in range(cc.requests)]
+    runs = {
+        "all_max": (lambda: generate_counted(model, ids, [cc.max_loops] * cc.requests, cc.new_tokens, None)),
+        "mixed": (lambda: generate_counted(model, ids, mixed, cc.new_tokens, None)),
+        "gated": (lambda: generate_counted(model, ids, [cc.max_loops] * cc.requests, cc.new_tokens,
+                                           cc.exit_threshold)),
+    }
+    generate_counted(model, ids[:2, :8], [cc.max_loops] * 2, 2, cc.exit_threshold)  # warm-up
+    samples: dict[str, list[dict[str, Any]]] = {k: [] for k in runs}
+    for _ in range(cc.reps):  # interleaved, so drift and other processes hit every run alike
+        for name, fn in runs.items():
+            gc.collect()
+            samples[name].append(fn())
+    res: dict[str, Any] = {"budgets_mixed": mixed, "gate": {"exit_threshold": cc.exit_threshold, **gate}}
+    for name, runs_ in samples.items():
+        walls = [r["wall_s"] for r in runs_]
+        first = runs_[0]
+        res[name] = {"wall_s_min": min(walls), "wall_s_median": median(walls), "samples_s": walls,
+                     **{k: first[k] for k in ("counted_loop_tokens", "reported_loop_tokens", "tokens",
+                                              "mean_loops")},
+                     "counts_equal": all(r["counted_loop_tokens"] == r["reported_loop_tokens"] == r["depth_sum"]
+                                         for r in runs_)}
+    base = res["all_max"]["wall_s_min"]
+    mixed_ratio = res["mixed"]["wall_s_min"] / base
+    gated_ratio = res["gated"]["wall_s_min"] / base
+    depth_ratio = res["gated"]["mean_loops"] / cc.max_loops
+    res["targets"] = {
+        "mixed": {"ratio": mixed_ratio, "ideal": res["mixed"]["mean_loops"] / cc.max_loops,
+                  "target": "wall(mixed 1..L) / wall(all L) <= 0.70", "passed": mixed_ratio <= 0.70},
+        "gated": {"ratio": gated_ratio, "mean_loops_over_max": depth_ratio,
+                  "target": "wall(gated) / wall(all L) <= mean loops / L + 0.15",
+                  "passed": gated_ratio <= depth_ratio + 0.15},
+        "counts": {"target": "counted core loop-tokens == reported (every run)",
+                   "passed": all(res[k]["counts_equal"] for k in runs)},
+    }
+    return res
+
+
+def print_adaptive(res: dict[str, Any], cc: ComputeConfig) -> None:
+    print()
+    header = ["run", "budgets", "mean loops", "wall min (s)", "wall median (s)", "vs all L", "counted loop-tok",
+              "reported loop-tok"]
+    base = res["all_max"]["wall_s_min"]
+    what = {"all_max": f"all {cc.max_loops}", "mixed": f"1..{cc.max_loops} mixed",
+            "gated": f"all {cc.max_loops}, gate {cc.exit_threshold}"}
+    rows = [[name, what[name], f"{r['mean_loops']:.2f}", f"{r['wall_s_min']:.3f}", f"{r['wall_s_median']:.3f}",
+             f"{r['wall_s_min'] / base:.3f}", str(r["counted_loop_tokens"]), str(r["reported_loop_tokens"])]
+            for name, r in ((k, res[k]) for k in ("all_max", "mixed", "gated"))]
+    print_grid(header, rows, title=(f"adaptive depth ({cc.requests} requests x {cc.prompt_tokens} prompt tokens, "
+                                    f"{cc.new_tokens} new; hidden {cc.hidden_size}, {cc.num_core_layers} core layers, "
+                                    f"{cc.num_attention_heads} heads; min of {cc.reps})"), left=(0, 1))
+    print()
+    t = res["targets"]
+    rows = [["mixed / all", f"{t['mixed']['ratio']:.3f}", f"ideal {t['mixed']['ideal']:.3f}", t["mixed"]["target"],
+             "PASS" if t["mixed"]["passed"] else "FAIL"],
+            ["gated / all", f"{t['gated']['ratio']:.3f}", f"depth {t['gated']['mean_loops_over_max']:.3f}",
+             t["gated"]["target"], "PASS" if t["gated"]["passed"] else "FAIL"],
+            ["counts", "-", "-", t["counts"]["target"], "PASS" if t["counts"]["passed"] else "FAIL"]]
+    print_grid(["metric", "ratio", "reference", "target", "pass"], rows, title="adaptive depth targets",
+               left=(0, 3, 4))
+
 # -- driver ------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -336,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     models = build_models(cfg)
     n_params = sum(p.numel() for p in models["per_loop"].parameters())
     ours = run_steps("looped", {m: (lambda m=m: measure_mode(models[m], cfg, m)) for m in MODES})
+    cc = ComputeConfig.for_mode(args.quick)
+    adaptive = run_steps("looped", {"adaptive": lambda: measure_adaptive(cc)})["adaptive"]
     fits: dict[str, Any] = {}
     for m in MODES:
         if "error" not in ours[m]:
@@ -346,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[looped] fit {m}: FAILED {type(e).__name__}: {e}")
 
     print_tables(ours, fits, cfg, mode)
+    if "error" not in adaptive:
+        print_adaptive(adaptive, cc)
     c = models["per_loop"].config
     lo, hi = cfg.loops[0], cfg.loops[-1]
     notes = [
@@ -378,6 +556,16 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"the machine was busy (1-minute load average {load_start:.2f} at the start, {load_end:.2f} at "
                      f"the end, {os.cpu_count()} CPUs): other processes compete with torch's {cfg.threads} threads, "
                      "so the timings (not the KV bytes) are unreliable; rerun on an idle machine.")
+    notes.append(
+        f"adaptive depth: a random gated model (hidden {cc.hidden_size}, {cc.num_attention_heads} heads, "
+        f"prelude 1 / core {cc.num_core_layers} / coda 1, max_loops {cc.max_loops}); {cc.requests} requests x "
+        f"{cc.prompt_tokens} prompt tokens, {cc.new_tokens} new tokens: one batched prefill with per-row budgets and "
+        f"cached greedy decoding, as the hf backend runs it. 'mixed' gives the rows budgets 1..{cc.max_loops} in one "
+        f"batch; 'gated' runs all rows at {cc.max_loops} with exit_threshold={cc.exit_threshold}; the gate's weights "
+        "are normal with std 1/sqrt(hidden) and its bias is set by bisection so that the mean depth on a slice of "
+        "the prompts is about half of max_loops. Counted loop-tokens: rows seen by forward hooks on the core layers "
+        "/ core layers; reported: the model's core_tokens. Walls are minima over the interleaved repeats (the "
+        "machine may be shared).")
     for note in notes:
         print("note: " + note)
 
@@ -387,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         for k, f in (fits.get(m) or {"all": {"target": None, "passed": False}}).items()
         if isinstance(f, dict)
     ]
+    if "error" not in adaptive:
+        targets += [{"cache": "adaptive", "metric": k, "target": v["target"], "passed": v["passed"]}
+                    for k, v in adaptive["targets"].items()]
+    else:
+        targets.append({"cache": "adaptive", "metric": "all", "target": None, "passed": False})
     elapsed = time.perf_counter() - wall0
     machine = machine_info(["loopagent", "torch", "transformers"])
     machine["torch_threads"] = torch.get_num_threads()
@@ -396,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "config": {**asdict(cfg), "intermediate_size": c.intermediate_size, "params": n_params},
         "loopagent": ours,
+        "adaptive": {"config": asdict(cc), **adaptive},
         "fits": fits,
         "targets": targets,
         "notes": notes,
@@ -407,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
           f"transformers {package_version('transformers')})")
 
     failed = [k for k, v in ours.items() if isinstance(v, dict) and "error" in v]
+    failed += ["adaptive"] if "error" in adaptive else []
     failed += [f"fit {k}" for k, v in fits.items() if "error" in v]
     if failed:
         log(f"looped measurements failed: {', '.join(failed)}")

@@ -26,11 +26,18 @@ class LoopedConfig(PretrainedConfig):
             first state), ``"additive"`` (``s + e``), ``"concat"`` (Huginn's adapter
             ``W [s; e]``) or ``"stable"`` (Parcae: ``exp(-softplus(dt) exp(A_log)) * s +
             softplus(dt) * B norm(e)``, a contraction, so states stay bounded as loops grow).
-        kv_cache: ``"per_loop"`` keeps keys/values for every (loop, core layer);
-            ``"shared"`` keeps one per core layer (each position is seen at its final
-            loop; positions are processed one at a time, which is slower but exact).
+        kv_cache: ``"per_loop"`` keeps keys/values for every (loop, core layer), built for
+            the batch's largest budget; ``"shared"`` keeps one per core layer (each position
+            is seen at its final loop; positions are processed one at a time, which is
+            slower but exact). A token that stopped at depth ``d`` (its row's budget, or the
+            gate) computes nothing more: at every loop ``l >= d`` later tokens read its
+            keys/values of loop ``d - 1`` (its last computed loop; ``shared`` stores those);
+            a masked position (padding) computes no loop and holds zeros.
         exit_gate: an Ouro-style gate after each loop; a token stops once the
-            cumulative exit probability reaches ``exit_threshold``.
+            cumulative exit probability reaches ``exit_threshold`` (and it ran at least
+            ``min_loops``, a forward argument): ``lam = sigmoid(gate(state))``,
+            ``cdf += lam * survive``, ``survive *= 1 - lam``, checked after every loop but
+            the last of its budget. Stopped tokens skip the core block.
         lora_rank: if > 0, per-loop LoRA deltas on ``lora_targets`` of the core block
             (relaxed recursion: each loop may differ slightly).
         sandwich_norm: also normalize the attention and MLP outputs (Huginn, Ouro).

@@ -4,23 +4,41 @@
     s_0 = e (or zeros);  for l in range(loops):  s_{l+1} = Core(inject(s_l, e), loop=l)
     logits = lm_head(norm(coda(s_loops)))
 
-``loops`` is chosen per forward (and per ``generate()`` call); the core block's
-weights are shared across loops (plus optional per-loop LoRA deltas). An optional
-exit gate lets each token stop once its cumulative exit probability passes a
-threshold; ``exit_steps`` reports how many loops every token ran.
+``loops`` is chosen per forward (and per ``generate()`` call), one budget for the batch
+or one per row; the core block's weights are shared across loops (plus optional per-loop
+LoRA deltas). An optional exit gate lets each token stop once its cumulative exit
+probability passes a threshold (never before ``min_loops``).
 
-KV cache: ``per_loop`` keeps keys/values for every (loop, core layer), so cached
-generation equals an uncached forward exactly; ``shared`` keeps one entry per core
-layer (a position is seen by later tokens at its final loop) and processes
-positions one at a time, so it also matches its own uncached forward exactly.
+Adaptive depth saves real compute: at every loop only the *active* tokens go through the
+core block (their rows are gathered; norms, projections and MLP run on ``[n, hidden]``,
+attention runs queries of active tokens only against keys/values of all positions). A
+token is inactive once its row's budget is reached, once the gate stopped it, and always
+if it is masked (``attention_mask == 0``: left padding, or a finished row still fed in
+batched decoding): those compute nothing in the core (depth 0). ``exit_steps`` is each
+token's depth (the loops it computed) and ``core_tokens`` the token rows each batch row
+sent through the core block, summed over loops: what is reported is what was computed.
+When every token is active (no gate, one budget, no masked position) nothing is gathered.
+
+KV rule of a stopped token: later tokens (and active tokens of the same loop) read, at
+every loop ``l >= d`` of a token that stopped at depth ``d``, the keys/values of its last
+computed loop ``d - 1`` ("reuse last exited", as in Ouro and continuous-depth batching);
+a depth-0 (masked) position holds zeros, which no query reads (it is masked).
+
+KV cache: ``per_loop`` keeps keys/values for every (loop, core layer), built for the
+largest budget of the batch; for each loop it stores exactly what the uncached forward
+read at that loop (the rule above), so cached generation equals an uncached forward
+exactly, with the gate and mixed budgets too. ``shared`` keeps one entry per core layer
+(later positions read a position's K/V at the loop where it stopped: its last computed
+loop) and processes positions one at a time, so it also matches its own uncached
+forward exactly.
 """
-
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +47,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from loopagent import validation
+from loopagent.errors import InvalidLoopsError
 
 from .configuration_looped import LoopedConfig
 from .functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
@@ -71,6 +90,54 @@ def _rope(config: LoopedConfig, positions: torch.Tensor, dtype: torch.dtype) -> 
     return rope_cos_sin(positions, inv_freq, dtype)  # [b, 1, t, head_dim]
 
 
+class LayerKV(NamedTuple):
+    """Keys/values a layer computed for a chunk (``k``, ``v``: [b, kv_heads, t, head_dim]) and
+    the ones it attended to (``keys``, ``values``: the past then this chunk), which is what
+    its cache entry becomes: kept so that the concatenation is done once."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class _Active:
+    """The tokens of a chunk that run one loop, and where they sit.
+
+    Per-token ops see the active rows flattened, ``[n, d]`` in row-major order of
+    (batch row, position); attention pads them per batch row into ``[b', m]`` query slots
+    (``b'`` rows with an active token, ``m`` the most active tokens of a row) and reads
+    keys/values of every position of those rows. ``latest_k``/``latest_v`` ([b, kv_heads,
+    t, head_dim]) are the chunk's latest keys/values of the core layer being run.
+    """
+
+    rows: torch.Tensor  # [b'] batch rows with an active token
+    valid: torch.Tensor  # [b', m] bool: query slot j of row i holds an active token
+    flat_rows: torch.Tensor  # [n] batch row of every active token
+    flat_pos: torch.Tensor  # [n] its position in the chunk
+    mask: torch.Tensor  # [b', 1, m, kv] attention mask of the query slots
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin of the active tokens: [n, 1, head_dim]
+    latest_k: torch.Tensor | None = None
+    latest_v: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, active: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> _Active:
+        """The layout of ``active`` ([b, t] bool, at least one True); ``mask``: [b, 1, t, kv]."""
+        counts = active.sum(1)
+        rows = counts.nonzero().squeeze(1)
+        m = int(counts.max())
+        # active positions first, in order (a stable sort of "inactive" flags)
+        order = torch.argsort((~active[rows]).to(torch.int8), dim=1, stable=True)[:, :m]
+        valid = torch.arange(m, device=active.device)[None] < counts[rows][:, None]
+        flat_rows = rows[:, None].expand(-1, m)[valid]
+        flat_pos = order[valid]
+        cos, sin = rope
+        return cls(rows=rows, valid=valid, flat_rows=flat_rows, flat_pos=flat_pos,
+                   mask=mask[rows[:, None], 0, order][:, None],
+                   rope=(cos[flat_rows, 0, flat_pos][:, None], sin[flat_rows, 0, flat_pos][:, None]))
+
+
 class LoopedAttention(nn.Module):
     def __init__(self, config: LoopedConfig, core: bool) -> None:
         super().__init__()
@@ -96,7 +163,12 @@ class LoopedAttention(nn.Module):
         mask: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
         loop: int | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        active: _Active | None = None,
+    ) -> tuple[torch.Tensor, LayerKV]:
+        """Dense: ``x`` [b, t, d] -> (out, this chunk's keys/values). With ``active``: ``x`` is
+        the active tokens' rows [n, d]; returns their outputs and the chunk's latest keys/values."""
+        if active is not None:
+            return self._forward_active(x, past, loop, active)
         b, t, _ = x.shape
         q = self.q_proj(x, loop).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -104,12 +176,46 @@ class LoopedAttention(nn.Module):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        kv = LayerKV(k, v, keys, values)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), (k, v)
+        return self.o_proj(out, loop), kv
+
+    def _forward_active(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        loop: int | None,
+        active: _Active,
+    ) -> tuple[torch.Tensor, LayerKV]:
+        n = x.shape[0]
+        q = self.q_proj(x, loop).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x, loop).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, loop).view(n, self.num_kv_heads, self.head_dim)
+        cos, sin = active.rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # The chunk's latest keys/values: fresh ones for the active tokens, the last computed
+        # loop's for stopped tokens (zeros for masked ones). Out of place: the previous loop's
+        # tensors may already sit in the cache.
+        at = (active.flat_rows, active.flat_pos)
+        chunk_k = active.latest_k.transpose(1, 2).index_put(at, k).transpose(1, 2)
+        chunk_v = active.latest_v.transpose(1, 2).index_put(at, v).transpose(1, 2)
+        all_k, all_v = (chunk_k, chunk_v) if past is None else (torch.cat([past[0], chunk_k], 2),
+                                                                 torch.cat([past[1], chunk_v], 2))
+        keys, values = all_k, all_v
+        if active.rows.numel() != chunk_k.shape[0]:  # only the rows with an active token attend
+            keys, values = keys[active.rows], values[active.rows]
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+        rows, m = active.valid.shape
+        queries = q.new_zeros(rows, m, self.num_heads, self.head_dim).index_put((active.valid,), q)
+        out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, attn_mask=active.mask)
+        out = out.transpose(1, 2)[active.valid].reshape(n, self.num_heads * self.head_dim)
+        return self.o_proj(out, loop), LayerKV(chunk_k, chunk_v, all_k, all_v)
 
 
 class LoopedMLP(nn.Module):
@@ -151,8 +257,10 @@ class LoopedDecoderLayer(nn.Module):
         mask: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         loop: int | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attn, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, loop)
+        active: _Active | None = None,
+    ) -> tuple[torch.Tensor, LayerKV]:
+        """``x`` [b, t, d], or with ``active`` the active tokens' rows [n, d] (see ``_Active``)."""
+        attn, kv = self.self_attn(self.input_layernorm(x), rope, mask, past, loop, active)
         if self.residual_sandwich:  # Huginn: the residual stream itself is normalized
             x = self.attn_out_norm(x + attn)
             return self.mlp_out_norm(x + self.mlp(self.post_attention_layernorm(x), loop)), kv
@@ -192,13 +300,23 @@ class LoopInjection(nn.Module):
 
 class LoopedCache:
     """Keys and values of a looped model: one entry per prelude/coda layer, and per
-    (loop, core layer) or per core layer (``shared``). Built for one loop budget."""
+    (loop, core layer) or per core layer (``shared``). Built for one loop budget, or one
+    per row (``loops`` a sequence): ``loops`` is then the largest, the number of loops
+    the per-loop layout holds, and ``budgets`` the rows' budgets (None: all ``loops``)."""
 
-    def __init__(self, config: LoopedConfig, loops: int) -> None:
+    def __init__(self, config: LoopedConfig, loops: int | Sequence[int]) -> None:
         self.mode = config.kv_cache
-        self.loops = loops
+        if isinstance(loops, int):
+            self.loops, self.budgets = loops, None
+        else:
+            self.budgets = tuple(int(n) for n in loops)
+            self.loops = max(self.budgets)
         self.entries: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self.seen = 0
+
+    def row_budgets(self, b: int) -> tuple[int, ...]:
+        """The budget of each of ``b`` rows."""
+        return self.budgets if self.budgets is not None else (self.loops,) * b
 
     def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.entries.get(key)
@@ -206,6 +324,10 @@ class LoopedCache:
     def append(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         old = self.entries.get(key)
         self.entries[key] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+
+    def set(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Replace an entry (with the past and the new positions, e.g. ``LayerKV.keys/values``)."""
+        self.entries[key] = kv
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
@@ -217,16 +339,21 @@ class LoopedCache:
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.entries = {key: (k.index_select(0, beam_idx), v.index_select(0, beam_idx))
                         for key, (k, v) in self.entries.items()}
+        if self.budgets is not None:
+            self.budgets = tuple(self.budgets[int(i)] for i in beam_idx)
 
 
 @dataclass
 class LoopedCausalLMOutput(ModelOutput):
     """Output of :class:`LoopedForCausalLM`.
 
-    ``exit_steps`` ([batch, seq]): loops each token ran (all ``loops`` without an
-    exit threshold). ``loop_states`` / ``loop_logits``: the state / logits after each
-    loop (when asked for). ``gate_probs`` ([loops, batch, seq]): the exit gate's
-    per-loop conditional exit probabilities (training the gate).
+    ``exit_steps`` ([batch, seq]): each token's depth, the loops it computed (its row's
+    budget without an exit threshold; 0 for masked positions). ``core_tokens`` ([batch]):
+    token rows of each batch row that went through the core block, summed over loops
+    (``core_tokens.sum() * num_core_layers`` rows were seen by the core layers; it equals
+    ``exit_steps.sum(1)``). ``loop_states`` / ``loop_logits``: the state / logits after
+    each loop (when asked for; a stopped token keeps its state). ``gate_probs`` ([loops,
+    batch, seq]): the exit gate's per-loop conditional exit probabilities (training the gate).
     """
 
     loss: torch.Tensor | None = None
@@ -236,6 +363,7 @@ class LoopedCausalLMOutput(ModelOutput):
     loop_states: tuple[torch.Tensor, ...] | None = None
     loop_logits: tuple[torch.Tensor, ...] | None = None
     gate_probs: torch.Tensor | None = None
+    core_tokens: torch.Tensor | None = None
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -292,6 +420,17 @@ class LoopedModel(LoopedPreTrainedModel):
         loops = self.config.default_loops if loops is None else loops
         return validation.check_loops(loops, max_loops=self.config.max_loops)
 
+    def row_budgets(self, loops: int | Sequence[int] | torch.Tensor | None, b: int) -> tuple[int, ...]:
+        """Each row's budget: one for all (int or None, see :meth:`check_loops`) or one per
+        row (a sequence or LongTensor of ``b`` budgets, each checked)."""
+        if loops is None or isinstance(loops, (int, float, str, bool)) or (
+                isinstance(loops, torch.Tensor) and loops.dim() == 0):
+            return (self.check_loops(loops.item() if isinstance(loops, torch.Tensor) else loops),) * b
+        budgets = [self.check_loops(n.item() if isinstance(n, torch.Tensor) else n) for n in loops]
+        if len(budgets) != b:
+            raise InvalidLoopsError(f"got {len(budgets)} loop budgets for a batch of {b} rows")
+        return tuple(budgets)
+
     def gate(self, s: torch.Tensor) -> torch.Tensor:
         """Conditional exit probability of every token after a loop."""
         assert self.exit_gate is not None
@@ -306,35 +445,43 @@ class LoopedModel(LoopedPreTrainedModel):
         cache: LoopedCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = False,
-        loops: int | None = None,
+        loops: int | Sequence[int] | torch.Tensor | None = None,
         exit_threshold: float | None = None,
         output_loop_states: bool = False,
         backprop_loops: int | None = None,
+        min_loops: int | None = None,
     ) -> dict[str, Any]:
-        loops = self.check_loops(loops)
-        if exit_threshold is not None and self.exit_gate is None:
-            raise ValueError("exit_threshold needs a model with an exit gate (config.exit_gate=True)")
+        """Run the trunk. ``loops``: one budget or one per row; ``exit_threshold`` turns the
+        exit gate on (``min_loops``: loops a token runs before the gate may stop it; given
+        alone it uses ``config.exit_threshold``). Returns a dict: ``hidden``, ``cache``,
+        ``exit_steps``, ``core_tokens``, ``loop_states``, ``gate_probs``."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
         b, t, _ = x.shape
+        budgets = self.row_budgets(loops, b)
+        if exit_threshold is None and min_loops is not None:
+            exit_threshold = self.config.exit_threshold
+        exit_threshold, min_loops = validation.check_gate(exit_threshold, min_loops, loops=min(budgets),
+                                                          has_gate=self.exit_gate is not None)
         if cache is None and (use_cache or self.config.kv_cache == "shared"):
-            cache = LoopedCache(self.config, loops)
-        if cache is not None and cache.loops != loops:
-            raise ValueError(f"this cache was built for loops={cache.loops}; start a new one for loops={loops}")
+            cache = LoopedCache(self.config, budgets[0] if len(set(budgets)) == 1 else budgets)
+        if cache is not None and cache.row_budgets(b) != budgets:
+            raise ValueError(f"this cache was built for loops={_budgets_text(cache.row_budgets(b))}; start a new one "
+                             f"for loops={_budgets_text(budgets)}")
         past = cache.seen if cache is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(b, past + t, dtype=torch.long, device=x.device)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past : past + t]
-        args = (attention_mask, position_ids, cache, loops, exit_threshold, output_loop_states, backprop_loops)
+        gate = (exit_threshold, min_loops or 1) if exit_threshold is not None else None
+        args = (cache, budgets, gate, output_loop_states, backprop_loops)
         if self.config.kv_cache == "shared" and t > 1:
             # Exact semantics of a shared cache: each position sees earlier ones at their final loop.
-            parts = [self._run(x[:, i : i + 1], attention_mask[:, : past + i + 1], position_ids[:, i : i + 1],
-                               *args[2:]) for i in range(t)]
+            parts = [self._run(x[:, i : i + 1], attention_mask[:, : past + i + 1], position_ids[:, i : i + 1], *args)
+                     for i in range(t)]
             return _concat_parts(parts, cache)
-        out = self._run(x, attention_mask, position_ids, *args[2:])
-        return out
+        return self._run(x, attention_mask, position_ids, *args)
 
     def _mask(self, attention_mask: torch.Tensor, past: int, t: int) -> torch.Tensor:
         keys = attention_mask[:, : past + t].bool()  # [b, kv]
@@ -351,8 +498,8 @@ class LoopedModel(LoopedPreTrainedModel):
         attention_mask: torch.Tensor,
         position_ids: torch.LongTensor,
         cache: LoopedCache | None,
-        loops: int,
-        exit_threshold: float | None,
+        budgets: tuple[int, ...],
+        gate: tuple[float, int] | None,
         output_loop_states: bool,
         backprop_loops: int | None,
     ) -> dict[str, Any]:
@@ -361,60 +508,139 @@ class LoopedModel(LoopedPreTrainedModel):
         mask = self._mask(attention_mask, past, t)
         rope = _rope(self.config, position_ids, x.dtype)
 
-        def layer(stack: str, i: int, module: LoopedDecoderLayer, h: torch.Tensor, loop: int | None, store: bool,
-                  key: tuple[Any, ...]) -> torch.Tensor:
-            kv_past = cache.get(key) if cache is not None else None
-            h, kv = module(h, rope, mask, kv_past, loop)
-            if cache is not None and store:
-                cache.append(key, kv)
+        def layer(module: LoopedDecoderLayer, h: torch.Tensor, key: tuple[Any, ...]) -> torch.Tensor:
+            h, kv = module(h, rope, mask, cache.get(key) if cache is not None else None, None)
+            if cache is not None:
+                cache.set(key, (kv.keys, kv.values))
             return h
 
         for i, module in enumerate(self.prelude):
-            x = layer("prelude", i, module, x, None, True, ("prelude", i))
+            x = layer(module, x, ("prelude", i))
         e = x
         s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
-        shared = self.config.kv_cache == "shared"
-        exited = torch.zeros(b, t, dtype=torch.bool, device=x.device)
-        exit_steps = torch.full((b, t), loops, dtype=torch.long, device=x.device)
-        survive = torch.ones(b, t, device=x.device)
-        cdf = torch.zeros(b, t, device=x.device)
-        states, gates = [], []
-        first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
-        for loop in range(loops):
-            grad = contextlib.nullcontext() if loop >= first_grad_loop else torch.no_grad()
-            with grad:
-                h = self.injection(s, e)
-                for i, module in enumerate(self.core):
-                    key = ("core", i) if shared else ("core", loop, i)
-                    h = layer("core", i, module, h, loop, (not shared) or loop == loops - 1, key)
-                if self.loop_norm is not None:
-                    h = self.loop_norm(h)
-            if loop < first_grad_loop:
-                h = h.detach()
-            s = torch.where(exited[..., None], s, h) if exit_threshold is not None else h
-            if self.exit_gate is not None and (exit_threshold is not None or output_loop_states):
-                lam = self.gate(s)
-                gates.append(lam)
-                if exit_threshold is not None and loop < loops - 1:
-                    cdf = cdf + lam * survive
-                    survive = survive * (1 - lam)
-                    newly = ~exited & (cdf >= exit_threshold)
-                    exit_steps = torch.where(newly, torch.full_like(exit_steps, loop + 1), exit_steps)
-                    exited = exited | newly
-            if output_loop_states:
-                states.append(s)
+        s, exit_steps, core_tokens, states, gates = self._loops(
+            s, e, attention_mask[:, past : past + t].bool(), mask, rope, cache, budgets, gate, output_loop_states,
+            backprop_loops)
         h = self.norm(s) if self.config.norm_before_coda else s
         for i, module in enumerate(self.coda):
-            h = layer("coda", i, module, h, None, True, ("coda", i))
+            h = layer(module, h, ("coda", i))
         if cache is not None:
             cache.seen = past + t
         return {
             "hidden": self.norm(h),
             "cache": cache,
             "exit_steps": exit_steps,
+            "core_tokens": core_tokens,
             "loop_states": tuple(states) if output_loop_states else None,
-            "gate_probs": torch.stack(gates) if gates and output_loop_states else None,
+            "gate_probs": torch.stack(gates) if gates else None,
         }
+
+    def _loops(
+        self,
+        s: torch.Tensor,
+        e: torch.Tensor,
+        present: torch.Tensor,
+        mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: LoopedCache | None,
+        budgets: tuple[int, ...],
+        gate: tuple[float, int] | None,
+        output_loop_states: bool,
+        backprop_loops: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The core loops of one chunk (``present``: [b, t] positions that are not masked).
+
+        Per loop, the active tokens run the core block: all of them as [b, t, d] when all
+        are active (no gather), else gathered (``_Active``). Each core layer keeps the
+        chunk's latest keys/values, which is what the cache stores for every loop (the
+        module docstring's KV rule). Returns the final states, exit steps, core tokens per
+        row, and (``output_loop_states``) the states and gate probabilities per loop.
+        """
+        b, t, _ = s.shape
+        loops = max(budgets)
+        shared = self.config.kv_cache == "shared"
+        device = s.device
+        budget = torch.tensor(budgets, device=device)[:, None].expand(b, t)
+        # Without a gate, one budget and no masked position, every token runs every loop.
+        uniform = gate is None and len(set(budgets)) == 1 and bool(present.all())
+        active = present.clone()
+        exit_steps = torch.zeros(b, t, dtype=torch.long, device=device)
+        if gate is not None:
+            survive = torch.ones(b, t, device=device)
+            cdf = torch.zeros(b, t, device=device)
+        latest: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.core)
+        attended: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(self.core)  # type: ignore[list-item]
+        states: list[torch.Tensor] = []
+        gates: list[torch.Tensor] = []
+        first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
+        for loop in range(loops):
+            n = b * t if uniform else int(active.sum())
+            grad = contextlib.nullcontext() if loop >= first_grad_loop else torch.no_grad()
+            if n == b * t:  # dense: every token of the chunk runs this loop
+                with grad:
+                    h = self.injection(s, e)
+                    for i, module in enumerate(self.core):
+                        past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
+                        h, kv = module(h, rope, mask, past, loop)
+                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
+                    if self.loop_norm is not None:
+                        h = self.loop_norm(h)
+                s = h.detach() if loop < first_grad_loop else h
+                exit_steps += 1
+                lam = self.gate(s) if gate is not None else None
+                where: tuple[torch.Tensor, torch.Tensor] | None = None
+            elif n > 0:  # only the active tokens run: gather their rows
+                lay = _Active.of(active, mask, rope)
+                where = (lay.flat_rows, lay.flat_pos)
+                with grad:
+                    h = self.injection(s[where], e[where])
+                    for i, module in enumerate(self.core):
+                        past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
+                        lay.latest_k, lay.latest_v = latest[i] if latest[i] is not None else self._zero_kv(s)
+                        h, kv = module(h, rope, mask, past, loop, lay)
+                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
+                    if self.loop_norm is not None:
+                        h = self.loop_norm(h)
+                if loop < first_grad_loop:
+                    h = h.detach()
+                s = s.index_put(where, h)
+                exit_steps[where] += 1
+                lam = self.gate(h) if gate is not None else None
+            if n > 0 and not uniform:
+                # A token stops after its row's budget, or when the gate says so (module docstring).
+                done = (budget if where is None else budget[where]) <= loop + 1
+                if gate is not None and lam is not None:
+                    threshold, floor = gate
+                    at = (slice(None), slice(None)) if where is None else where
+                    c = cdf[at] + lam * survive[at]
+                    survive[at] = survive[at] * (1 - lam)
+                    cdf[at] = c
+                    done = done | ((loop + 1 >= floor) & (c >= threshold))
+                if where is None:
+                    active = active & ~done
+                else:
+                    active[where] = ~done
+            if cache is not None and not shared:
+                for i in range(len(self.core)):
+                    if n > 0:  # what the layer attended to: the past and the chunk's latest
+                        cache.set(("core", loop, i), attended[i])
+                    else:
+                        cache.append(("core", loop, i), latest[i] if latest[i] is not None else self._zero_kv(s))
+            if output_loop_states:
+                states.append(s)
+                if self.exit_gate is not None:
+                    gates.append(self.gate(s))
+        if cache is not None and shared:
+            # one entry per core layer: each token's K/V of the loop where it stopped
+            for i in range(len(self.core)):
+                cache.append(("core", i), latest[i] if latest[i] is not None else self._zero_kv(s))
+        return s, exit_steps, exit_steps.sum(1), states, gates
+
+    def _zero_kv(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of a chunk where no token has computed yet: zeros (masked positions keep them)."""
+        c = self.config
+        zeros = s.new_zeros(s.shape[0], c.num_key_value_heads, s.shape[1], c.head_dim)
+        return zeros, zeros
 
     def head_states(
         self,
@@ -451,7 +677,12 @@ def _concat_parts(parts: list[dict[str, Any]], cache: LoopedCache | None) -> dic
     if parts[0]["loop_states"] is not None:
         states = tuple(torch.cat([p["loop_states"][i] for p in parts], 1) for i in range(len(parts[0]["loop_states"])))
     return {"hidden": cat("hidden", 1), "cache": cache, "exit_steps": cat("exit_steps", 1),
+            "core_tokens": torch.stack([p["core_tokens"] for p in parts]).sum(0),
             "loop_states": states, "gate_probs": cat("gate_probs", 2)}
+
+
+def _budgets_text(budgets: Sequence[int]) -> str:
+    return str(budgets[0]) if len(set(budgets)) == 1 else str(list(budgets))
 
 
 class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
@@ -499,15 +730,18 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        loops: int | None = None,
+        loops: int | Sequence[int] | torch.Tensor | None = None,
         exit_threshold: float | None = None,
         output_loop_states: bool = False,
         output_loop_logits: bool = False,
         backprop_loops: int | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        min_loops: int | None = None,
         **kwargs: Any,
     ) -> LoopedCausalLMOutput:
+        """``loops``: one budget, or one per row ([batch] sequence or LongTensor);
+        ``exit_threshold`` / ``min_loops``: the exit gate (see :meth:`LoopedModel.forward`)."""
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, LoopedCache):
             raise TypeError(f"LoopedForCausalLM keeps a LoopedCache, got {type(cache).__name__}")
@@ -516,6 +750,7 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, loops=loops, exit_threshold=exit_threshold,
             output_loop_states=output_loop_states or output_loop_logits, backprop_loops=backprop_loops,
+            min_loops=min_loops,
         )
         hidden = out["hidden"]
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
@@ -531,13 +766,14 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
         return LoopedCausalLMOutput(
             loss=loss, logits=logits, cache=kept, exit_steps=out["exit_steps"],
             loop_states=out["loop_states"] if output_loop_states else None, loop_logits=loop_logits,
-            gate_probs=out["gate_probs"],
+            gate_probs=out["gate_probs"], core_tokens=out["core_tokens"],
         )
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Works with generate() in transformers 4.x (``past_key_values``) and 5.x (``cache``)."""
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        loops = self.model.check_loops(kwargs.get("loops"))
+        budgets = self.model.row_budgets(kwargs.get("loops"), input_ids.shape[0])
+        loops: int | tuple[int, ...] = budgets[0] if len(set(budgets)) == 1 else budgets
         if cache is None and kwargs.get("use_cache", True) is not False:
             cache = LoopedCache(self.config, loops)
         attention_mask = kwargs.get("attention_mask")
@@ -554,6 +790,7 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
             "use_cache": cache is not None,
             "loops": loops,
             "exit_threshold": kwargs.get("exit_threshold"),
+            "min_loops": kwargs.get("min_loops"),
         }
 
     def _reorder_cache(self, cache: LoopedCache, beam_idx: torch.LongTensor) -> LoopedCache:

@@ -39,7 +39,7 @@ def test_complete_reports_tokens_and_loops(ckpt):
     assert out.usage.prompt_tokens == prompt
     assert 1 <= out.usage.completion_tokens <= 6
     assert out.loops.requested == 2 and out.loops.executed_mean == 2.0
-    assert out.usage.loop_tokens == 2 * (out.usage.prompt_tokens + out.usage.completion_tokens)
+    assert out.usage.loop_tokens == out.loops.computed_loop_tokens == 2 * processed(out) and out.loops.counted
     assert backend.complete(user("hello"), loops=5).loops.requested == 5
 
 
@@ -54,12 +54,30 @@ def test_mixed_budget_batch_matches_single_calls_and_keeps_order(ckpt):
     assert batched[0].text == backend.complete(user("a"), loops=1).text
 
 
+def processed(out):
+    """Tokens a call ran through the model: the prompt and every reply token fed back (the
+    last one is not fed when the reply was cut at max_new_tokens: nothing reads its logits)."""
+    return out.usage.prompt_tokens + out.usage.completion_tokens - (out.finish_reason == "length")
+
+
 def test_adaptive_exit_reports_a_histogram(ckpt):
     backend = model(f"hf:{ckpt}", max_new_tokens=4)
     out = backend.complete(user("x"), loops=8, exit_threshold=0.0)
-    assert (out.loops.executed_mean == 1.0
-            and out.loops.exit_histogram == {1: out.usage.prompt_tokens + out.usage.completion_tokens})
-    assert out.usage.loop_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    # every token exits after its first loop, and then computes nothing more: one loop-token each
+    assert out.loops.executed_mean == 1.0 and out.loops.exit_histogram == {1: processed(out)}
+    assert out.usage.loop_tokens == out.loops.computed_loop_tokens == processed(out) and out.loops.counted
+    assert out.loops.exit_threshold == 0.0 and out.loops.requested == 8 and out.loops.min_loops is None
+    floored = backend.complete(user("x"), loops=8, exit_threshold=0.0, min_loops=3)
+    assert floored.loops.exit_histogram == {3: processed(floored)} and floored.loops.min_loops == 3
+    assert floored.usage.loop_tokens == 3 * processed(floored)
+
+
+def test_min_loops_alone_uses_the_checkpoint_threshold(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=3)
+    out = backend.complete(user("x"), loops=6, min_loops=2)
+    assert out.loops.exit_threshold == backend.model.config.exit_threshold and out.loops.min_loops == 2
+    assert min(out.loops.exit_histogram) >= 2 and sum(out.loops.exit_histogram.values()) == processed(out)
+    assert out.usage.loop_tokens == sum(k * v for k, v in out.loops.exit_histogram.items())
 
 
 def test_bad_input(ckpt, tmp_path):

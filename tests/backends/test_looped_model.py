@@ -218,3 +218,126 @@ def test_cache_of_another_budget_is_refused():
 def test_bad_configs(overrides, message):
     with pytest.raises(ValueError, match=message):
         LoopedConfig(hidden_size=32, **overrides)
+
+
+# -- adaptive depth: per-row budgets, the gate's KV rule, cached == uncached -------------------------
+
+
+def gated(kv_cache="per_loop", **overrides) -> LoopedForCausalLM:
+    model = tiny(exit_gate=True, kv_cache=kv_cache, **overrides)
+    with torch.no_grad():
+        model.model.exit_gate.weight.normal_(0, 2.0)  # exit probabilities that vary by token
+    return model
+
+
+def padded_batch():
+    x = ids(b=3, t=8, seed=2)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("kv_cache", ["per_loop", "shared"])
+def test_gate_with_mixed_budgets_and_padding_cached_equals_uncached(kv_cache):
+    model = gated(kv_cache)
+    x, mask = padded_batch()
+    kw = dict(loops=[5, 2, 7], exit_threshold=0.6)
+    with torch.no_grad():
+        full = model(x, attention_mask=mask, **kw)
+        steps = full.exit_steps
+        assert torch.all(steps[~mask.bool()] == 0) and torch.all(steps[mask.bool()] >= 1)
+        assert torch.all(steps <= torch.tensor([5, 2, 7])[:, None]) and len(steps.unique()) > 2
+        assert torch.equal(full.core_tokens, steps.sum(1))
+        # chunked prefill + one-token steps read exactly the keys/values the uncached forward used
+        out = model(x[:, :5], attention_mask=mask[:, :5], use_cache=True, **kw)
+        logits, cache, exits = [out.logits], out.cache, [out.exit_steps]
+        for i in range(5, 8):
+            out = model(x[:, i : i + 1], attention_mask=mask[:, : i + 1], cache=cache, use_cache=True, **kw)
+            logits.append(out.logits)
+            exits.append(out.exit_steps)
+        real = mask.bool()
+        assert torch.allclose(torch.cat(logits, 1)[real], full.logits[real], atol=1e-5)
+        assert torch.equal(torch.cat(exits, 1), steps)
+        # each row computes what it computes alone, with its own budget
+        for row, budget in enumerate(kw["loops"]):
+            alone = model(x[row : row + 1, real[row]], loops=budget, exit_threshold=0.6)
+            assert torch.allclose(alone.logits[0], full.logits[row, real[row]], atol=1e-5)
+            assert torch.equal(alone.exit_steps[0], steps[row, real[row]])
+
+
+def test_gated_greedy_decoding_of_a_padded_mixed_batch_equals_uncached():
+    model = gated()
+    x, mask = padded_batch()
+    kw = dict(loops=[6, 3, 8], exit_threshold=0.5, min_loops=2)
+    with torch.no_grad():
+        cached = model.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, **kw)
+        seq, m = x, mask
+        for _ in range(6):
+            nxt = model(seq, attention_mask=m, **kw).logits[:, -1].argmax(-1, keepdim=True)
+            seq, m = torch.cat([seq, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+    assert torch.equal(cached, seq)
+
+
+def test_a_stopped_token_keeps_the_keys_of_its_last_computed_loop():
+    model = gated(num_core_layers=2)
+    x, mask = padded_batch()
+    with torch.no_grad():
+        out = model(x, attention_mask=mask, loops=6, exit_threshold=0.6, use_cache=True)
+    steps, cache = out.exit_steps, out.cache
+    assert set(steps[mask.bool()].tolist()) - {6}, "some tokens must stop early"
+    for i in range(2):
+        for loop in range(6):
+            k, v = cache.get(("core", loop, i))  # [b, kv_heads, t, head_dim]
+            for row, pos in zip(*torch.nonzero(steps <= loop, as_tuple=True)):
+                d = int(steps[row, pos])
+                if d == 0:  # a masked position computed nothing
+                    assert not k[row, :, pos].any() and not v[row, :, pos].any()
+                else:
+                    k_last, v_last = cache.get(("core", d - 1, i))
+                    assert torch.equal(k[row, :, pos], k_last[row, :, pos])
+                    assert torch.equal(v[row, :, pos], v_last[row, :, pos])
+
+
+def test_min_loops_is_a_floor_for_the_gate():
+    model = gated()
+    x = ids()
+    with torch.no_grad():
+        out = model(x, loops=6, exit_threshold=0.0, min_loops=3)
+        assert torch.all(out.exit_steps == 3) and torch.equal(out.core_tokens, torch.tensor([27, 27]))
+        assert torch.allclose(out.logits, model(x, loops=3).logits, atol=1e-6)
+        # given alone, min_loops gates with the checkpoint's exit_threshold
+        alone = model(x, loops=6, min_loops=2)
+        assert torch.equal(alone.exit_steps, model(x, loops=6, min_loops=2,
+                                                   exit_threshold=model.config.exit_threshold).exit_steps)
+    with pytest.raises(ValueError, match="min_loops=7 exceeds"):
+        model(x, loops=6, exit_threshold=0.5, min_loops=7)
+
+
+def test_per_row_budgets_are_checked_and_bind_the_cache():
+    model = tiny()
+    x = ids(b=2)
+    with torch.no_grad():
+        out = model(x, loops=torch.tensor([1, 3]), use_cache=True)
+        assert out.exit_steps[:, 0].tolist() == [1, 3] and out.core_tokens.tolist() == [9, 27]
+        assert out.cache.loops == 3 and out.cache.budgets == (1, 3)
+        assert torch.allclose(out.logits[1], model(x[1:], loops=3).logits[0], atol=1e-5)
+        with pytest.raises(ValueError, match=r"built for loops=\[1, 3\]; start a new one for loops=3"):
+            model(ids(b=2, t=1), cache=out.cache, use_cache=True, loops=3)
+        model(ids(b=2, t=1), cache=out.cache, use_cache=True, loops=[1, 3])
+    with pytest.raises(ValueError, match="3 loop budgets for a batch of 2"):
+        model(x, loops=[1, 2, 3])
+    with pytest.raises(ValueError, match="max_loops=64"):
+        model(x, loops=[1, 65])
+    with pytest.raises(ValueError, match="positive integer"):
+        model(x, loops=[0, 2])
+
+
+def test_gated_training_forward_backpropagates_through_the_gathered_tokens():
+    model = gated().train()
+    x, mask = padded_batch()
+    out = model(x, attention_mask=mask, labels=x, loops=4, exit_threshold=0.5, output_loop_states=True,
+                backprop_loops=2)
+    assert len(out.loop_states) == 4 and out.gate_probs.shape == (4, 3, 8)
+    out.loss.backward()
+    assert model.model.core[0].mlp.up_proj.weight.grad.abs().sum() > 0

@@ -21,8 +21,7 @@ JSON* from it (never pickle), and checks frame sizes before allocating.
 Latency note: waiting parties spin on non-blocking reads for a short window
 before blocking. On small VMs a blocking wake-up costs ~60 us per hop, which
 would dominate a trivial exec round trip; the spin keeps it at a few us and is
-bounded, so an idle worker costs nothing. Past its first 20 us the spin yields
-the CPU between reads, so a peer that needs the same core gets it.
+bounded, so an idle worker costs nothing.
 """
 
 from __future__ import annotations
@@ -37,9 +36,6 @@ from typing import Any
 
 HEADER = struct.Struct("!III")
 _CHUNK = 1 << 16
-# A spin yields the CPU between reads from this long on: a trivial exec round trip on an idle
-# machine is answered before (no yield calls), a peer waiting for this core is let in after.
-_YIELD_AFTER_S = 20e-6
 _BIG_CHUNK = 1 << 20
 # Frames from the worker are bounded so a hostile worker cannot make the parent
 # allocate without limit; the parent-side limit is set by the sandbox config.
@@ -198,21 +194,14 @@ class Channel:
 
     def _fill(self, deadline: float | None) -> None:
         if self.spin_s > 0:
-            now = time.perf_counter()
-            spin_end, yield_from = now + self.spin_s, now + _YIELD_AFTER_S
+            spin_end = time.perf_counter() + self.spin_s
             while True:
                 try:
                     self._take(self.sock.recv(_CHUNK, socket.MSG_DONTWAIT))
                     return
                 except BlockingIOError:
-                    now = time.perf_counter()
-                    if now >= spin_end:
+                    if time.perf_counter() >= spin_end:
                         break
-                    # Let the other side run if it waits for this core: on a busy machine the
-                    # two processes can share one, and a spin that kept it would delay the reply
-                    # it waits for by the whole window (~1 ms a cell seen on 2 loaded cores).
-                    if now >= yield_from:
-                        os.sched_yield()
         self._wait_readable(deadline)
         self._take(self.sock.recv(_CHUNK))
 

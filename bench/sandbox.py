@@ -6,6 +6,13 @@ Run from the repository root (after ``pip install -e '.[bench]'``)::
     python bench/sandbox.py            # full run, 100 MB context, about a minute
     python bench/sandbox.py --quick    # smoke test: small N, 10 MB context
     python bench/sandbox.py --out /tmp/x.json --skip-rlms
+    python bench/sandbox.py --ab BASE_DIR   # exec rows only, BASE_DIR's environments/ vs this one
+
+``--ab BASE_DIR`` (BASE_DIR holds another commit's ``environments/``, e.g. from
+``git archive BASE environments | tar -x -C BASE_DIR``) runs ``measure_exec`` (below) for
+loopagent then rlms in a fresh process, alternating the base code and this tree's
+(``--runs`` of each, default 4), and writes the medians and ratios to
+bench/results/sandbox_new_code_ab.json (``--out`` to change).
 
 What is measured, for each REPL where it has the operation (one process, one run):
 
@@ -33,7 +40,12 @@ loopagent measurement that fails does.
 
 from __future__ import annotations
 
+import argparse
 import gc
+import importlib.util
+import json
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -50,12 +62,14 @@ from _common import (  # noqa: E402
     RowMaker,
     bench_args,
     finish,
+    machine_info,
     make_peer,
     median,
     rss_bytes,
     rss_of,
     run_steps,
     summarize,
+    write_json,
 )
 
 DEFAULT_OUT = RESULTS_DIR / "sandbox.json"
@@ -421,7 +435,100 @@ def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: s
     return row.rows
 
 
+# -- A/B of the exec rows against another commit ------------------------------------------
+AB_OUT = RESULTS_DIR / "sandbox_new_code_ab.json"
+
+
+def _use_environments_from(env_dir: Path) -> None:
+    """Import ``loopagent.environments`` from ``env_dir`` (the rest of loopagent from here)."""
+    init = env_dir / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"{env_dir} holds no environments package (no __init__.py)")
+
+    class Finder:
+        @staticmethod
+        def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+            if name != "loopagent.environments":
+                return None
+            return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(env_dir)])
+
+    sys.meta_path.insert(0, Finder)
+
+
+def exec_run(n: int) -> dict[str, float]:
+    """measure_exec for loopagent then rlms in this process: the medians (ms) and ratios."""
+    ours = measure_exec(LoopagentAdapter(), n)
+    peer = RlmsAdapter()
+    try:
+        theirs = measure_exec(peer, n)
+    finally:
+        peer.shutdown()
+    row = {
+        "ours_same": ours["same_code_ms"]["median"],
+        "ours_dist": ours["distinct_code_ms"]["median"],
+        "rlms_same": theirs["same_code_ms"]["median"],
+        "rlms_dist": theirs["distinct_code_ms"]["median"],
+    }
+    row["ratio_dist"] = row["ours_dist"] / row["rlms_dist"]
+    row["ratio_same"] = row["ours_same"] / row["rlms_same"]
+    return row
+
+
+def _environments_dir() -> str:
+    import loopagent.environments
+
+    return str(Path(loopagent.environments.__file__).parent)
+
+
+def main_ab(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="exec rows: another commit's environments/ vs this tree's, alternated")
+    ap.add_argument("--ab", type=Path, required=True, metavar="BASE_DIR",
+                    help="a folder holding the base commit's environments/")
+    ap.add_argument("--runs", type=int, default=4, help="runs of each (default 4)")
+    ap.add_argument("--n", type=int, default=3000, help="cells per row and run (default 3000)")
+    ap.add_argument("--base-name", default="base", help="what to call the base in the JSON (a commit)")
+    ap.add_argument("--out", type=Path, default=AB_OUT, help=f"JSON output path (default {AB_OUT})")
+    args = ap.parse_args(argv)
+    base = (args.ab / "environments").resolve()
+    runs: list[dict[str, Any]] = []
+    for _ in range(args.runs):
+        for code in ("before", "after"):
+            env = ["--env", str(base)] if code == "before" else []
+            cmd = [sys.executable, __file__, "--exec-run", str(args.n), *env]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+            row = {"code": code, **json.loads(done.stdout.strip().splitlines()[-1])}
+            print(json.dumps(row))
+            runs.append(row)
+    keys: tuple[str, ...] = ("ours_same", "ours_dist", "rlms_same", "rlms_dist", "ratio_dist", "ratio_same")
+    medians = {code: {k: statistics.median(r[k] for r in runs if r["code"] == code) for k in keys}
+               for code in ("before", "after")}
+    data = {
+        "benchmark": "sandbox exec rows, base commit vs this tree, alternated",
+        "how": (f"python bench/sandbox.py --ab BASE_DIR --runs {args.runs} --n {args.n}: measure_exec(n={args.n}) "
+                f"for loopagent then rlms, one process per run; {args.runs} runs of the base "
+                f"{args.base_name} (before) alternated with {args.runs} of this tree (after); times are medians in ms"),
+        "machine": machine_info(["loopagent", "rlms", "RestrictedPython"]),
+        "runs": runs,
+        "median_of_runs": medians,
+    }
+    path = write_json(args.out, data)
+    for code in ("before", "after"):
+        m = medians[code]
+        print(f"{code}: new code {m['ours_dist'] * 1e3:.1f} us vs rlms {m['rlms_dist'] * 1e3:.1f} us "
+              f"({m['ratio_dist']:.2f}x); same code {m['ratio_same']:.2f}x")
+    print(f"results: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--exec-run"]:  # one run of main_ab's, in a process of its own
+        if "--env" in argv:
+            _use_environments_from(Path(argv[argv.index("--env") + 1]))
+        print(json.dumps({**exec_run(int(argv[1])), "environments": _environments_dir()}))
+        return 0
+    if "--ab" in argv:
+        return main_ab(argv)
     args = bench_args(__doc__, "small N and a 10 MB context (smoke test)", DEFAULT_OUT, argv)
     cfg = Config.for_mode(args.quick)
     wall0 = time.perf_counter()

@@ -13,6 +13,7 @@ import copy
 import importlib
 import re
 import types
+import warnings
 from typing import Any
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
@@ -405,6 +406,12 @@ def _restricted(mode: str, tree: ast.AST) -> types.CodeType:
 # The cells are matched by text, which needs no parse: the same text outside the digit runs
 # and runs of the same widths mean the same tokens, so the same tree with the same
 # positions (columns are in the compiled code, for tracebacks), except those numbers.
+#
+# Compiling the kept tree again is most of what a hit costs, so where it can be shown that
+# ``compile`` only loads each slot's value and never looks at it, a hit skips it: the code
+# object compiled once is copied with the new numbers in its constants (``_CodeSlots``).
+# See ``_CodeSlots.build`` for what is checked; a cell that fails any check, or whose numbers
+# would be merged by ``compile`` (two equal values), compiles its tree as before.
 
 # The flags `_restricted` compiles with (none: model code gets no __future__ features it did not
 # import itself); recompiling a kept tree must give the same code object.
@@ -458,14 +465,28 @@ def _int_literals(tree: ast.AST) -> dict[_Span, ast.Constant]:
 
 class _Template:
     """The policy-checked trees of one cell; ``slots`` are its int literal nodes inside
-    them, one per variable digit run of its text."""
+    them, one per variable digit run of its text; ``codes``, where set, the compiled code
+    with the slots located in its constants (see ``_CodeSlots``)."""
 
-    __slots__ = ("body", "last", "slots")
+    __slots__ = ("body", "last", "slots", "codes")
 
     def __init__(self, body: ast.Module | None, last: ast.Expression | None) -> None:
         self.body = body
         self.last = last
         self.slots: list[tuple[int, ast.Constant]] = []
+        self.codes: _CellCodes | None = None
+
+    def fill(self, values: list[int]) -> CompiledCell:
+        """The cell with ``values`` (one per slot, in order) in place of the slots' literals."""
+        codes = self.codes
+        # compile() merges equal constants into one entry (and one object): copies with a
+        # value twice, or one another int constant of the cell has, would not be its code.
+        if codes is not None and len(set(values)) == len(values) and codes.other_ints.isdisjoint(values):
+            return CompiledCell(codes.body.fill(values) if codes.body is not None else None,
+                                codes.last.fill(values) if codes.last is not None else None)
+        for (_, node), value in zip(self.slots, values):
+            node.value = value
+        return self.compile()
 
     def compile(self) -> CompiledCell:
         body = last = None
@@ -509,9 +530,7 @@ class ShapeCache:
         template, fixed = found
         if any(runs[i] != text for i, text in fixed):
             return None
-        for i, node in template.slots:
-            node.value = int(runs[i])
-        return template.compile()
+        return template.fill([int(runs[i]) for i, _ in template.slots])
 
     def remember(self, key: tuple[Any, ...], runs: list[str], template: _Template,
                  ints: dict[_Span, ast.Constant]) -> None:
@@ -548,7 +567,161 @@ class ShapeCache:
             if type(node) is ast.Constant and id(node) not in slot_ids and getattr(node, "lineno", None) is not None \
                     and type(node.value) is int and _span(node) in spans:  # type: ignore[attr-defined]
                 return
+        template.codes = _CellCodes.build(template)
         _lru_put(self._templates, key, (template, tuple(fixed)), self.size)
+
+
+# Where a slot literal may sit for its value to be copied into compiled code: places where
+# ``compile`` emits a plain LOAD_CONST of it and takes no decision from its value. Not a
+# test (``if 0:``, ``while 1:``, ``5 or y``, ``x if 1 else y``: the branch not taken is left
+# out of the code, and the constant with it or not), nor an operand that may be folded
+# (``-5``, ``2 ** 10``, ``(1, 2)``, ``[1, 2, 3]``, ``"ab"[1]``, ``x in {1, 2}``). Folding is also
+# caught by the compile with a second set of values (see _CodeSlots.build); a decision
+# taken from the value is not (both sets are true, non-zero), which is what this list is for.
+_PLAIN_LOADS: frozenset[tuple[type[ast.AST], str]] = frozenset({
+    (ast.Assign, "value"), (ast.AugAssign, "value"), (ast.Return, "value"),
+    (ast.Call, "args"), (ast.keyword, "value"),
+    (ast.Slice, "lower"), (ast.Slice, "upper"), (ast.Slice, "step"),
+    (ast.Compare, "left"), (ast.Compare, "comparators"),
+    (ast.Dict, "values"),
+})
+
+# Stand-ins compiled in place of the slots' values: larger than any slot value (at most 18
+# digits), one set of even and one of odd numbers, so no two are equal.
+_STAND_IN = 1 << 62
+
+
+def _stand_ins(n: int, parity: int) -> list[int]:
+    return [_STAND_IN + 2 * i + parity for i in range(n)]
+
+
+class _CodeSlots:
+    """A compiled code object and where in its constants (and in those of the code objects
+    it holds) each slot's value sits."""
+
+    __slots__ = ("code", "at", "inner")
+
+    def __init__(self, code: types.CodeType, at: tuple[tuple[int, int], ...],
+                 inner: tuple[tuple[int, _CodeSlots], ...]) -> None:
+        self.code = code
+        self.at = at  # (index in co_consts, slot)
+        self.inner = inner  # (index in co_consts, a nested code object holding slots)
+
+    def fill(self, values: list[int]) -> types.CodeType:
+        consts = list(self.code.co_consts)
+        for i, slot in self.at:
+            consts[i] = values[slot]
+        for i, sub in self.inner:
+            consts[i] = sub.fill(values)
+        return self.code.replace(co_consts=tuple(consts))
+
+    @classmethod
+    def locate(cls, code: types.CodeType, slot_of: dict[int, int], stand_ins: frozenset[int],
+               found: set[int], other_ints: set[int]) -> _CodeSlots | None:
+        """``code`` (compiled with the stand-ins ``slot_of`` maps to their slots) with its
+        slots located, or None where a stand-in is anywhere but a constant of its own (in a
+        folded tuple, ``stand_ins`` holding both sets); the other int constants are added to
+        ``other_ints``, the slots seen to ``found``."""
+        at: list[tuple[int, int]] = []
+        inner: list[tuple[int, _CodeSlots]] = []
+        for i, const in enumerate(code.co_consts):
+            if type(const) is int and const in slot_of:
+                at.append((i, slot_of[const]))
+                found.add(slot_of[const])
+            elif isinstance(const, types.CodeType):
+                sub = cls.locate(const, slot_of, stand_ins, found, other_ints)
+                if sub is None:
+                    return None
+                if sub.at or sub.inner:
+                    inner.append((i, sub))
+            else:
+                ints = _ints_in(const)
+                if not stand_ins.isdisjoint(ints):
+                    return None
+                other_ints.update(ints)
+        return cls(code, tuple(at), tuple(inner))
+
+
+def _ints_in(const: Any) -> set[int]:
+    """The int constants in a constant (tuples and frozensets opened; bools are not ints here)."""
+    if type(const) is int:
+        return {const}
+    if type(const) in (tuple, frozenset):
+        out: set[int] = set()
+        for item in const:
+            out |= _ints_in(item)
+        return out
+    return set()
+
+
+class _CellCodes:
+    """The located code of a template's body and trailing expression."""
+
+    __slots__ = ("body", "last", "other_ints")
+
+    def __init__(self, body: _CodeSlots | None, last: _CodeSlots | None, other_ints: frozenset[int]) -> None:
+        self.body = body
+        self.last = last
+        self.other_ints = other_ints  # compile() would merge a slot value equal to one of these
+
+    @classmethod
+    def build(cls, template: _Template) -> _CellCodes | None:
+        """Compile ``template`` with two sets of stand-ins for its slots and keep the first
+        where that is the cell's code for any values. It is, when (1) every slot sits where
+        ``compile`` just loads it (_PLAIN_LOADS), (2) each stand-in of the first compile is a
+        constant of its own and every slot has one, and (3) the first code with the second
+        set copied in is equal (==: bytecode, constants by type and value, names, positions,
+        nested code) to the second compile: then no constant, instruction or position
+        depends on the values but those constants. Anything else gives None (no copies)."""
+        parents = _slot_parents(template)
+        if any(not parents.get(id(node)) or not parents[id(node)] <= _PLAIN_LOADS for _, node in template.slots):
+            return None
+        nodes = [node for _, node in template.slots]
+        kept = [node.value for node in nodes]
+        first, second = _stand_ins(len(nodes), 0), _stand_ins(len(nodes), 1)
+        try:
+            with warnings.catch_warnings():  # the cell's own compile has shown its warnings
+                warnings.simplefilter("ignore")
+                compiled = []
+                for values in (first, second):
+                    for node, value in zip(nodes, values):
+                        node.value = value
+                    compiled.append(template.compile())
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None
+        finally:
+            for node, value in zip(nodes, kept):
+                node.value = value
+        slot_of = {value: slot for slot, value in enumerate(first)}
+        stand_ins = frozenset(first) | frozenset(second)
+        found: set[int] = set()
+        other_ints: set[int] = set()
+        located: list[_CodeSlots | None] = []
+        for code, check in ((compiled[0].body, compiled[1].body), (compiled[0].last_expr, compiled[1].last_expr)):
+            if code is None:
+                located.append(None)
+                continue
+            slots = _CodeSlots.locate(code, slot_of, stand_ins, found, other_ints)
+            if slots is None or slots.fill(second) != check:
+                return None
+            located.append(slots)
+        if len(found) != len(nodes):
+            return None
+        return cls(located[0], located[1], frozenset(other_ints))
+
+
+def _slot_parents(template: _Template) -> dict[int, set[tuple[type[ast.AST], str]]]:
+    """Every (parent type, field) holding a slot node of ``template``, by node id (a
+    rewrite may have put one node in two places)."""
+    wanted = {id(node) for _, node in template.slots}
+    out: dict[int, set[tuple[type[ast.AST], str]]] = {}
+    for parent in _nodes(template.body, template.last):
+        for field in parent._fields:
+            value = getattr(parent, field, None)
+            for child in value if type(value) is list else (value,):
+                if id(child) in wanted:
+                    out.setdefault(id(child), set()).add((type(parent), field))
+    return out
 
 
 #: The worker's cache (one worker per process; the policy does not change while it runs).

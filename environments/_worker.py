@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -199,6 +198,7 @@ class Worker:
         _guards.PrintCollector.max_chars = self.max_output
         self.cpu_per_exec = float(self.limits["timeout_s"]) + 2.0
         self.cpu_hard = int(self.limits["cpu_total_s"])
+        self.cpu_soft: int | None = None  # the soft RLIMIT_CPU this worker set last
         self.host_names: list[str] = []
         self.context: Any = None
         self.has_context = False
@@ -389,7 +389,6 @@ class Worker:
     def _op_exec(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         code = msg["code"]
         out = CappedOutput(self.max_output)
-        start = time.perf_counter()
         error = error_type = None
         try:
             cell = self._compile(code)
@@ -403,14 +402,15 @@ class Worker:
             error = (f"{error[:half]}\n... [{len(error) - 2 * half:,} characters of the error not shown] ...\n"
                      f"{error[-half:]}")
         self._restore_reserved(out)
-        return {
-            "op": "result",
-            "stdout": out.getvalue(),
-            "truncated": out.dropped > 0,
-            "error": error,
-            "error_type": error_type,
-            "duration_s": time.perf_counter() - start,
-        }
+        # Only what is set: every cell's reply is encoded here and decoded by the parent,
+        # which reads a missing key as no error, not truncated (and times the cell itself).
+        reply: dict[str, Any] = {"op": "result", "stdout": out.getvalue()}
+        if out.dropped:
+            reply["truncated"] = True
+        if error is not None:
+            reply["error"] = error
+            reply["error_type"] = error_type
+        return reply
 
     def _compile(self, code: str) -> _policy.CompiledCell:
         cell = self.code_cache.get(code)
@@ -427,7 +427,12 @@ class Worker:
         used = resource.getrusage(resource.RUSAGE_SELF)
         cpu_now = used.ru_utime + used.ru_stime
         soft = min(self.cpu_hard, int(cpu_now + self.cpu_per_exec) + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, self.cpu_hard))
+        # Whole seconds: short cells in a row get the same limit, which is then still in force:
+        # only this process sets it (model code cannot reach setrlimit), and the kernel raises
+        # it only for a process that survives SIGXCPU, which ends the worker (no handler).
+        if soft != self.cpu_soft:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, self.cpu_hard))
+            self.cpu_soft = soft
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = out
         try:

@@ -67,7 +67,7 @@ def register() -> None:
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "loopagent.backends.vllm.model:LoopedForCausalLM")
-    hooks.install()
+    hooks.install_or_defer()
 
 
 def __getattr__(name: str) -> Any:

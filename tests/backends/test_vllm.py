@@ -53,6 +53,8 @@ RICH = dict(BASE, injection="concat", sandwich_norm=True, sandwich_style="residu
 OURO = dict(BASE, injection="none", sandwich_norm=True, sandwich_style="output", loop_norm=True, final_norm=False,
             exit_gate=True, qkv_bias=True)
 CONFIGS = {"base": BASE, "rich": RICH, "ouro": OURO}
+# the exit gate on norm(s) (no loop norm); weights set by _save so tokens exit at varied depths
+GATED = dict(BASE, exit_gate=True, exit_threshold=0.6)
 
 
 def _save(path: Path, options: dict) -> Path:
@@ -60,11 +62,14 @@ def _save(path: Path, options: dict) -> Path:
     torch.manual_seed(0)
     config = LoopedConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **options)
     ref = LoopedForCausalLM(config)
-    if config.lora_rank:  # LoRA B starts at zero: make the per-loop deltas matter
-        with torch.no_grad():
+    with torch.no_grad():
+        if config.lora_rank:  # LoRA B starts at zero: make the per-loop deltas matter
             for name, p in ref.named_parameters():
                 if name.endswith("lora_B"):
                     p.normal_(std=0.2)
+        if options is GATED:  # conditional exit probabilities spread over (0, 1): varied exit depths
+            ref.model.exit_gate.weight.normal_(std=0.15)
+            ref.model.exit_gate.bias.fill_(-0.8)
     ref.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -72,7 +77,7 @@ def _save(path: Path, options: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    return {name: _save(tmp_path_factory.mktemp(name), options) for name, options in CONFIGS.items()}
+    return {name: _save(tmp_path_factory.mktemp(name), options) for name, options in {**CONFIGS, "gated": GATED}.items()}
 
 
 @pytest.fixture(scope="module")

@@ -341,29 +341,30 @@ def _patch_scheduler() -> None:
 
 # -- per-batch options and counts ---------------------------------------------------------------
 
-#: What one step computed for one request: [tokens, loop-tokens, depth histogram or None]
-#: (histogram: tokens by depth, index d-1 for depth d).
+#: What one step computed for one request: [tokens, loop-tokens, depth histogram or None,
+#: RequestLoops] (histogram: tokens by depth, index d-1 for depth d).
 _Counts = list[Any]
 
 
 def _add(total: _Counts | None, counts: _Counts) -> _Counts:
     if total is None:
-        return [counts[0], counts[1], list(counts[2]) if counts[2] is not None else None]
+        return [counts[0], counts[1], list(counts[2]) if counts[2] is not None else None, counts[3]]
     hist = total[2]
     if counts[2] is not None:
         hist = list(hist or [])
         hist += [0] * (len(counts[2]) - len(hist))
         for i, n in enumerate(counts[2]):
             hist[i] += n
-    return [total[0] + counts[0], total[1] + counts[1], hist]
+    return [total[0] + counts[0], total[1] + counts[1], hist, total[3]]
 
 
 def _as_output(counts: _Counts) -> dict[str, Any]:
     """The figures put in ``kv_transfer_params`` (str keys and plain values: vLLM's
     msgspec encoding of ``dict[str, Any]``)."""
-    tokens, computed, hist = counts
+    tokens, computed, hist, options = counts
     return {"tokens": int(tokens), "computed_loop_tokens": int(computed),
-            "exit_histogram": [int(n) for n in hist] if hist is not None else None}
+            "exit_histogram": [int(n) for n in hist] if hist is not None else None,
+            "loops": options.loops, "exit_threshold": options.exit_threshold, "min_loops": options.min_loops}
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,10 @@ class LoopCounts:
     computed_loop_tokens: int
     #: gated requests: tokens by exit depth ({depth: count})
     exit_histogram: dict[int, int] | None
+    #: the request's options as the engine resolved them
+    loops: int | None = None
+    exit_threshold: float | None = None
+    min_loops: int | None = None
 
     @property
     def executed_mean(self) -> float:
@@ -397,7 +402,8 @@ def loop_counts(data: Any) -> LoopCounts | None:
         return None
     hist = data.get("exit_histogram")
     histogram = {i + 1: int(n) for i, n in enumerate(hist) if n} if isinstance(hist, list) else None
-    return LoopCounts(int(data["tokens"]), int(data["computed_loop_tokens"]), histogram)
+    return LoopCounts(int(data["tokens"]), int(data["computed_loop_tokens"]), histogram, data.get("loops"),
+                      data.get("exit_threshold"), data.get("min_loops"))
 
 
 class LoopBatch:
@@ -449,9 +455,9 @@ class LoopBatch:
         for req_id, row, n in zip(self.req_ids, self.rows, self.tokens_per_row.tolist()):
             if row.gated:
                 hist = np.bincount(per_token[start : start + n], minlength=row.loops + 1)[1:]
-                out[req_id] = [n, int(per_token[start : start + n].sum()), hist.tolist()]
+                out[req_id] = [n, int(per_token[start : start + n].sum()), hist.tolist(), row]
             else:
-                out[req_id] = [n, n * row.loops, None]
+                out[req_id] = [n, n * row.loops, None, row]
             start += n
         return out
 

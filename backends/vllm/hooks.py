@@ -134,7 +134,7 @@ def _budget(args: dict[str, Any], default: int, maximum: int) -> int:
                                        error=lambda message, v=value, n=name: _validation_error(
                                            message.replace("loops", n, 1) if n != "loops" else message, n, v))
     if len(set(values.values())) > 1:
-        raise _validation_error(f"loops={values['loops']} and max_loops={values['max_loops']} differ; max_loops is an "
+        raise _validation_error(f"max_loops={values['max_loops']} and loops={values['loops']} differ; max_loops is an "
                                 "alias of loops: give one of them", "max_loops", values["max_loops"])
     return next(iter(values.values()), default)
 

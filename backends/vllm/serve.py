@@ -56,7 +56,7 @@ def loop_xargs(data: dict[str, Any]) -> dict[str, Any]:
     budgets = {name: check_loops(given[name], error=lambda m, n=name: InvalidLoopsError(m.replace("loops", n, 1)))
                for name in ("loops", "max_loops") if name in given}
     if len(set(budgets.values())) > 1:
-        raise InvalidLoopsError(f"loops={budgets['loops']} and max_loops={budgets['max_loops']} differ; max_loops "
+        raise InvalidLoopsError(f"max_loops={budgets['max_loops']} and loops={budgets['loops']} differ; max_loops "
                                 "is an alias of loops: give one of them")
     budget = next(iter(budgets.values()), None)
     # the exit gate's own checks; the budget bound only where the body gives one

@@ -5,7 +5,9 @@ thread (vLLM's CPU worker pins OpenMP threads per thread, so the engine must sta
 thread that built it): every call (``complete``, ``batch``, concurrent ``acomplete``
 from many coroutines) adds its requests to the running engine, which batches whatever is
 in flight, whatever the budgets (continuous batching; each request carries
-``extra_args={"loops": n}``).
+``extra_args={"loops": n}``, plus ``exit_threshold`` / ``min_loops`` with the gate).
+Completions report what the engine computed (``LoopStats.counted``: loop-tokens, mean
+depth, exit histogram; see ``hooks.request_loop_stats``).
 Prompts are rendered with the checkpoint's chat template (the same as the hf: backend),
 so both backends see the same tokens.
 """

@@ -698,6 +698,7 @@ if __name__ == "__main__":
     params = [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, extra_args={"loops": n}) for n in budgets]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=True)
+    print("COUNTS " + json.dumps([o.kv_transfer_params["loopagent_loops"] for o in outs]), flush=True)
 """
 
 
@@ -720,3 +721,6 @@ def test_tensor_parallel_matches_the_reference(ckpts, tmp_path):
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-3000:]
     got = json.loads(lines[-1][len("RESULT "):])
     assert got == [_reference_tokens(ckpts["base"], p, n, 8) for p, n in zip(prompts, (1, 3))]
+    # the counts cross from the workers (multiprocess executor) to the engine's outputs
+    counts = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("COUNTS "))[len("COUNTS "):])
+    assert [c["computed_loop_tokens"] for c in counts] == [(len(p) + 7) * n for p, n in zip(prompts, (1, 3))]

@@ -153,8 +153,9 @@ def compute_bound(out_path: Path) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="loopagent-serving-compute-") as tmp:
         path = make_compute_model(Path(tmp))
+        # no prefix cache: every round computes its prompts (the same prompts come back each round)
         backend = model(f"vllm:{path}", dtype="float32", max_model_len=p + new + 16, max_num_seqs=n,
-                        max_num_batched_tokens=max(2048, p * 4))
+                        max_num_batched_tokens=max(2048, p * 4), enable_prefix_caching=False)
         backend.check()
         # warm-up: the CPU kernels of each new batch shape are built on first use, and a
         # gated or mixed batch meets many shapes (the still-active rows): one round is not enough
@@ -162,12 +163,15 @@ def compute_bound(out_path: Path) -> int:
             for case in cases.values():
                 backend.generate(ids, case)
         walls: dict[str, list[float]] = {name: [] for name in cases}
+        cpus: dict[str, list[float]] = {name: [] for name in cases}
         counts: dict[str, list[Any]] = {}
         for _ in range(rounds):
             for name, case in cases.items():
-                t0 = time.perf_counter()
+                # the engine runs in this process: its CPU time is also the CPU time of the work
+                t0, c0 = time.perf_counter(), time.process_time()
                 outs = backend.generate(ids, case)
                 walls[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
                 counts[name] = [hooks.request_loop_stats(o) for o in outs]
         backend.close()
     for name in cases:
@@ -177,13 +181,15 @@ def compute_bound(out_path: Path) -> int:
         for c in counts[name]:
             for depth, k in (c.exit_histogram or {}).items():
                 histogram[depth] = histogram.get(depth, 0) + k
-        results[name] = {"wall_s": min(walls[name]), "walls_s": walls[name], "tokens": tokens,
+        results[name] = {"wall_s": min(walls[name]), "walls_s": walls[name], "cpu_s": min(cpus[name]),
+                         "cpus_s": cpus[name], "tokens": tokens,
                          "computed_loop_tokens": computed, "executed_mean": computed / tokens,
                          "exit_histogram": dict(sorted(histogram.items())) or None}
     base = results["uniform8"]["wall_s"]
     mixed_ratio = results["mixed"]["wall_s"] / base
     gated_ratio = results["gated"]["wall_s"] / base
     depth_share = results["gated"]["executed_mean"] / 8
+    cpu_base = results["uniform8"]["cpu_s"]
     rows = [
         Row(metric="wall(mixed 1..8) / wall(all at 8)", ours=mixed_ratio, peer=None, target=f"<= {MIXED_TARGET:g}",
             passed=mixed_ratio <= MIXED_TARGET, peer_note="-", comparable=False),
@@ -193,6 +199,10 @@ def compute_bound(out_path: Path) -> int:
             target=f"<= {depth_share + GATE_SLACK:.3f}", passed=gated_ratio <= depth_share + GATE_SLACK,
             peer_note="-", comparable=False),
         Row(metric="gated: mean executed loops / 8", ours=depth_share, peer=None, peer_note="-", comparable=False),
+        Row(metric="CPU time: mixed / all at 8", ours=results["mixed"]["cpu_s"] / cpu_base, peer=None, peer_note="-",
+            comparable=False),
+        Row(metric="CPU time: gated / all at 8", ours=results["gated"]["cpu_s"] / cpu_base, peer=None, peer_note="-",
+            comparable=False),
     ]
     print()
     print_table(rows, title=f"serving benchmark (compute; {n} requests x {p} prompt + {new} new tokens, hidden 512, "
@@ -201,6 +211,7 @@ def compute_bound(out_path: Path) -> int:
             "config": {**COMPUTE, "hidden": 512, "core_layers": 4, "max_loops": 8, "gate_threshold": GATE_THRESHOLD},
             "results": results, "mixed_over_uniform": mixed_ratio, "gated_over_uniform": gated_ratio,
             "gated_executed_share": depth_share, "rows": [r.as_dict() for r in rows],
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "elapsed_s": time.perf_counter() - wall0}
     out = write_json(out_path, data)
     print(f"results: {out}  ({data['elapsed_s']:.1f} s)")

@@ -57,7 +57,8 @@ batch that reaches the model without budgets raises instead of running ``max_loo
 Limits: ``kv_cache="shared"`` checkpoints are served by the hf: backend only (it needs
 positions processed one at a time); attention still spans the whole batch at each
 loop (stopped rows get zero queries: vLLM's attention metadata is built once per step
-for all rows); streaming responses of ``loopagent serve`` carry no loop figures; per-loop LoRA needs
+for all rows); streamed ``/v1/completions`` of ``loopagent serve`` carry no loop figures (streamed chat
+completions do, in the final usage chunk); per-loop LoRA needs
 tensor_parallel_size=1; no pipeline parallelism (the core loop lives in one stage);
 the loop count depends on the batch, so the engine runs eager (no CUDA graphs,
 ``enforce_eager=True``, set by the backend and ``loopagent serve``). Only vLLM's V1

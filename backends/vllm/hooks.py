@@ -44,7 +44,9 @@ one (:data:`TESTED_VLLM`) unless ``LOOPAGENT_VLLM_UNTESTED=1``.
    is configured, and a connector's own keys are kept. Patching vLLM's msgspec
    ``EngineCoreOutput`` instead would need a new field in a compiled struct on both
    sides of the process boundary. :func:`request_loop_stats` reads the figures from a
-   ``RequestOutput``.
+   ``RequestOutput``; the server's streamed chat completions, whose generator drops
+   ``kv_transfer_params``, get them in the final usage chunk (``OpenAIServingChat``
+   patched in the front end).
 """
 
 from __future__ import annotations
@@ -206,6 +208,7 @@ def install() -> None:
     _patch_input_processor()
     _patch_model_runner()
     _patch_scheduler()
+    _patch_chat_streaming()
 
 
 def install_or_defer() -> None:
@@ -337,6 +340,56 @@ def _patch_scheduler() -> None:
     _free_request.__wrapped__ = free  # type: ignore[attr-defined]
     Scheduler.update_from_output = update_from_output
     Scheduler._free_request = _free_request
+
+
+def _patch_chat_streaming() -> None:
+    """The final usage chunk of a streamed chat completion (``stream_options.include_usage``)
+    gets the loop figures: vLLM's streaming generator drops ``kv_transfer_params``, so
+    the figures are read from the request's outputs as they pass to it."""
+    import json
+
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+
+    original = OpenAIServingChat.chat_completion_stream_generator
+
+    async def chat_completion_stream_generator(self: Any, request: Any, result_generator: Any, *args: Any,
+                                               **kwargs: Any) -> Any:
+        seen: list[Any] = []
+
+        async def results() -> Any:
+            async for res in result_generator:
+                params = getattr(res, "kv_transfer_params", None)
+                if isinstance(params, dict) and STATS_KEY in params:
+                    seen.append(params[STATS_KEY])
+                yield res
+
+        single = (getattr(request, "n", None) or 1) == 1
+        async for chunk in original(self, request, results(), *args, **kwargs):
+            if seen and single and chunk.startswith("data: {") and '"usage"' in chunk:
+                try:
+                    data = json.loads(chunk[len("data: "):])
+                except ValueError:
+                    data = None
+                counts = loop_counts(seen[-1])
+                if isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict) \
+                        and counts is not None:
+                    data["usage"].update(usage_fields(counts))
+                    chunk = f"data: {json.dumps(data)}\n\n"
+            yield chunk
+
+    chat_completion_stream_generator.__wrapped__ = original  # type: ignore[attr-defined]
+    OpenAIServingChat.chat_completion_stream_generator = chat_completion_stream_generator
+
+
+def usage_fields(counts: LoopCounts) -> dict[str, Any]:
+    """The loop figures ``loopagent serve`` adds to a response's ``usage``."""
+    fields: dict[str, Any] = {"loop_tokens": counts.computed_loop_tokens, "loops_executed_mean": counts.executed_mean,
+                              "loops_requested": counts.loops}
+    if counts.exit_histogram is not None:
+        fields["loop_exit_histogram"] = {str(depth): n for depth, n in sorted(counts.exit_histogram.items())}
+        fields["loop_exit_threshold"] = counts.exit_threshold
+        fields["loop_min_loops"] = counts.min_loops
+    return fields
 
 
 # -- per-batch options and counts ---------------------------------------------------------------

@@ -15,9 +15,9 @@ the engine's processes load it) and :class:`LoopsMiddleware`, which
   loops: counted, not estimated), ``loops_executed_mean`` (per processed token),
   ``loops_requested`` and, with the gate, ``loop_exit_histogram`` ({depth: tokens}).
   The engine hands them over in the response's ``kv_transfer_params`` (see
-  ``hooks.py``), from which they are removed. Streaming responses carry no loop figures:
-  vLLM's streaming generator does not forward ``kv_transfer_params``, so a client that
-  needs them (``served:`` does not stream) asks without ``stream``.
+  ``hooks.py``), from which they are removed. A streamed chat completion gets them in
+  its final usage chunk (``stream_options: {"include_usage": true}``, one choice);
+  streamed ``/v1/completions`` carry none.
 
 Every other option is vLLM's own (``--tensor-parallel-size``, ``--max-model-len``,
 ``--api-key``, ...), passed through unchanged.
@@ -35,7 +35,7 @@ from loopagent.errors import InvalidLoopsError
 from loopagent.validation import check_gate, check_loops
 
 from ..checkpoint import looped_checkpoint_config
-from .hooks import STATS_KEY, loop_counts
+from .hooks import STATS_KEY, loop_counts, usage_fields
 
 _PATHS = ("/chat/completions", "/completions")
 #: Body fields moved into ``vllm_xargs``.
@@ -80,13 +80,7 @@ def add_loop_usage(data: Any) -> bool:
     # one request's figures: a response of several prompts or choices carries the first one's only
     if counts is None or not isinstance(usage, dict) or not isinstance(choices, list) or len(choices) != 1:
         return False
-    usage["loop_tokens"] = counts.computed_loop_tokens
-    usage["loops_executed_mean"] = counts.executed_mean
-    usage["loops_requested"] = counts.loops
-    if counts.exit_histogram is not None:
-        usage["loop_exit_histogram"] = {str(depth): n for depth, n in sorted(counts.exit_histogram.items())}
-        usage["loop_exit_threshold"] = counts.exit_threshold
-        usage["loop_min_loops"] = counts.min_loops
+    usage.update(usage_fields(counts))
     return True
 
 

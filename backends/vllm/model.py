@@ -8,14 +8,24 @@ looped models. Norms and loop injection are the reference's modules, and the mat
 share (rotary embeddings, initial state, LoRA deltas) is ``backends/looped/functional.py``,
 so a float32 engine reproduces the reference's greedy tokens.
 
-``forward`` takes the per-token loop budgets (``loop_budgets``, a [num_tokens] tensor;
-``loop_max``, their maximum; ``loop_uniform``, whether they are all equal; ``loop_levels``,
-the distinct budgets; the last three computed on the host) from the model-runner hook in
-``hooks.py``: the core block runs ``loop_max`` times and a token whose budget is reached
-keeps its state from then on, so every request of a mixed batch gets exactly its own
-budget. Once fewer than ``COMPACT_BELOW`` of the tokens still loop, a loop computes only
-their rows (gathered; vLLM's attention call still spans the batch, with zeros for the
-others), so a mixed batch costs less than the same batch at its largest budget.
+``forward`` takes the per-token loop options from the model-runner hook in ``hooks.py``
+(``loop_budgets``, a [num_tokens] tensor; ``loop_max``, their maximum; ``loop_uniform``,
+whether they are all equal; ``loop_levels``, the distinct budgets; the last three computed
+on the host; with the exit gate, ``exit_thresholds`` and ``exit_min_loops`` per token).
+The semantics are the transformers reference's, token for token: for each token, for
+``loop in range(L)`` (``L`` its request's budget), an active token runs the core block
+(then ``loop_norm``); with the gate on and ``loop < L - 1``, ``lam = sigmoid(exit_gate(s))``
+(of ``norm(s)`` without a loop norm), ``cdf += lam * survive``, ``survive *= 1 - lam``, and
+the token stops at depth ``loop + 1`` once ``loop + 1 >= min_loops`` and ``cdf >= threshold``.
+A stopped token (budget reached or gate) keeps its state, so its coda sees its state at its
+depth, and it runs no projection or MLP any more: a loop computes only the still-active rows
+(gathered). **KV rule** (Ouro's "reuse last", also the reference's): a token that stopped at
+depth ``d`` has, in every deeper (loop, core layer) cache, its keys/values of loop ``d - 1``;
+they are kept per core layer for every token of the batch and handed to each loop's
+attention call (which writes the cache) for the stopped rows. Once no token of the batch is
+active, the remaining loops up to the batch's largest budget only write those caches (later
+tokens of the same request may loop deeper and read them). The model records each token's
+depth (``loop_depths``) for a gated batch; the hook turns it into per-request counts.
 """
 
 from __future__ import annotations
@@ -37,12 +47,34 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from ..looped.configuration_looped import LoopedConfig
 from ..looped.functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
 from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection
+from . import hooks
 
 # (indices of the tokens still looping, tokens in the batch)
 _Rows = tuple[torch.Tensor, int]
-#: Below this fraction of still-looping tokens, a loop computes only those rows (gathered)
-#: instead of all rows with the spent ones masked: the saving outweighs the gathers.
-COMPACT_BELOW = 0.75
+
+
+class _Kept:
+    """The latest keys/values of every token of the batch, per core layer: what a stopped
+    token's row holds in the caches of the loops it no longer runs (the KV rule)."""
+
+    def __init__(self, layers: int) -> None:
+        self.k: list[torch.Tensor | None] = [None] * layers
+        self.v: list[torch.Tensor | None] = [None] * layers
+
+
+# (kept keys/values of the batch, core layer index)
+_KV = tuple[_Kept, int]
+
+
+def _write_cache(attn: Attention, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Write keys/values into ``attn``'s cache without attending (no query is read)."""
+    if not attn.attn_backend.forward_includes_kv_cache_update and attn.kv_sharing_target_layer_name is None:
+        from vllm.model_executor.layers.attention.attention import unified_kv_cache_update
+
+        unified_kv_cache_update(k.view(-1, attn.num_kv_heads, attn.head_size),
+                                v.view(-1, attn.num_kv_heads, attn.head_size_v), attn.layer_name)
+    else:  # a backend that writes the cache inside its attention call
+        attn(k.new_zeros(k.shape[0], attn.num_heads * attn.head_size), k, v)
 
 # q/k/v and gate/up are stored separately in checkpoints and fused here.
 _STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
@@ -119,7 +151,7 @@ class VLoopedAttention(nn.Module):
         self.lora = _loras(config, core, {"q_proj": (d, nq), "k_proj": (d, nkv), "v_proj": (d, nkv), "o_proj": (nq, d)})
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention, loop: int | None,
-                rows: _Rows | None = None) -> torch.Tensor:
+                rows: _Rows | None = None, kv: _KV | None = None) -> torch.Tensor:
         qkv, _ = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k, v = (_plus_lora(self.lora, name, y, x, loop) for name, y in (("q_proj", q), ("k_proj", k), ("v_proj", v)))
@@ -129,18 +161,24 @@ class VLoopedAttention(nn.Module):
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
         q = apply_rope(q, cos, sin).reshape(t, self.q_size)
         k = apply_rope(k, cos, sin).reshape(t, self.kv_size)
+        v = v.contiguous()
         if rows is None:
-            out = attn(q, k, v.contiguous())
+            if kv is not None:
+                kv[0].k[kv[1]], kv[0].v[kv[1]] = k, v
+            out = attn(q, k, v)
         else:
             # Only the active rows were computed. vLLM's attention call covers the whole
-            # batch: rows whose budget is spent get zeros (their outputs are dropped, and the
-            # keys/values written for them, in a cache of a loop past their budget, are read
-            # by no one: only their own request attends to them, and the budget salt keeps
-            # other budgets from sharing those cache blocks).
+            # batch: stopped rows get zero queries (their outputs are dropped) and their kept
+            # keys/values (the KV rule), written into this loop's cache for the later tokens
+            # of their request that loop deeper. (Rows past their budget write them too, into
+            # caches their request never reads.)
             index, total = rows
+            assert kv is not None, "compacted rows need the kept keys/values"
+            kept, layer = kv
+            k = kept.k[layer].index_copy(0, index, k)  # type: ignore[union-attr]
+            v = kept.v[layer].index_copy(0, index, v)  # type: ignore[union-attr]
+            kept.k[layer], kept.v[layer] = k, v
             q = q.new_zeros(total, self.q_size).index_copy_(0, index, q)
-            k = k.new_zeros(total, self.kv_size).index_copy_(0, index, k)
-            v = v.new_zeros(total, self.kv_size).index_copy_(0, index, v)
             out = attn(q, k, v).index_select(0, index)
         y, _ = self.o_proj(out)
         return _plus_lora(self.lora, "o_proj", y, out, loop)
@@ -180,8 +218,8 @@ class VLoopedDecoderLayer(nn.Module):
             self.mlp_out_norm = LoopedRMSNorm(config.hidden_size, eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention,
-                loop: int | None = None, rows: _Rows | None = None) -> torch.Tensor:
-        a = self.self_attn(self.input_layernorm(x), rope, attn, loop, rows)
+                loop: int | None = None, rows: _Rows | None = None, kv: _KV | None = None) -> torch.Tensor:
+        a = self.self_attn(self.input_layernorm(x), rope, attn, loop, rows, kv)
         if self.residual_sandwich:
             x = self.attn_out_norm(x + a)
             return self.mlp_out_norm(x + self.mlp(self.post_attention_layernorm(x), loop))
@@ -209,7 +247,7 @@ class VLoopedModel(nn.Module):
                                   for i in range(config.num_coda_layers))
         self.injection = LoopInjection(config)
         self.loop_norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.loop_norm else None
-        # Loaded so Ouro-style checkpoints load; the gate is not evaluated (every token runs its budget).
+        # Evaluated for requests that turn it on (exit_threshold / min_loops).
         self.exit_gate = nn.Linear(config.hidden_size, 1) if config.exit_gate else None
         self.norm = LoopedRMSNorm(config.hidden_size, config.rms_norm_eps) if config.final_norm else nn.Identity()
         self.rope = _Rope(config)
@@ -242,7 +280,10 @@ class VLoopedModel(nn.Module):
         loop_max: int | None = None,
         loop_uniform: bool | None = None,
         loop_levels: frozenset[int] | None = None,
+        exit_thresholds: torch.Tensor | None = None,
+        exit_min_loops: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        self.loop_depths: torch.Tensor | None = None
         x = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
@@ -251,40 +292,93 @@ class VLoopedModel(nn.Module):
             x = module(x, rope, attn)
         e = x
         s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
-        if loop_budgets is None:  # a profiling / warm-up run: the deepest case
+        total = s.shape[0]
+        if loop_budgets is None:  # a profiling / warm-up run (checked by LoopedForCausalLM): the deepest case
             loops, keep = self.config.max_loops, None
+            loop_budgets = torch.full((total,), loops, dtype=torch.long, device=s.device)
         else:
             loops = int(loop_max) if loop_max is not None else int(loop_budgets.max())
             uniform = loop_uniform if loop_uniform is not None else bool(loop_budgets.eq(loops).all())
-            keep = None if uniform else loop_budgets[:, None]
-        total = s.shape[0]
+            keep = None if uniform else loop_budgets
+        gate = _GateState(self, loop_budgets, exit_thresholds, exit_min_loops) if exit_thresholds is not None else None
+        kept = _Kept(len(self.core)) if keep is not None or gate is not None else None
         rows: _Rows | None = None
         for loop in range(loops):
-            # the still-looping rows change only after a loop that is some row's budget
-            if keep is not None and (loop == 0 or loop_levels is None or loop in loop_levels):
-                active = (keep[:, 0] > loop).nonzero().squeeze(1)
-                rows = (active, total) if active.numel() < COMPACT_BELOW * total else None
+            # Without the gate, the still-looping rows change only after a loop that is some
+            # row's budget (known on the host); with it, after any loop.
+            if gate is not None or (keep is not None and (loop == 0 or loop_levels is None or loop in loop_levels)):
+                alive = loop_budgets > loop
+                if gate is not None:
+                    alive &= ~gate.stopped
+                active = alive.nonzero().squeeze(1)
+                if active.numel() == 0:  # every token stopped: write the kept keys/values (KV rule)
+                    assert kept is not None
+                    for i, attn in enumerate(self.core_attn[loop]):
+                        _write_cache(attn, kept.k[i], kept.v[i])  # type: ignore[arg-type]
+                    continue
+                rows = None if active.numel() == total else (active, total)
             if rows is None:
                 h = self.injection(s, e)
                 r = rope
             else:
                 h = self.injection(s.index_select(0, rows[0]), e.index_select(0, rows[0]))
                 r = (rope[0].index_select(0, rows[0]), rope[1].index_select(0, rows[0]))
-            for module, attn in zip(self.core, self.core_attn[loop]):
-                h = module(h, r, attn, loop, rows)
+            for i, (module, attn) in enumerate(zip(self.core, self.core_attn[loop])):
+                h = module(h, r, attn, loop, rows, (kept, i) if kept is not None else None)
             if self.loop_norm is not None:
                 h = self.loop_norm(h)
-            # A token whose budget is reached keeps its state: exactly `budget` loops each.
-            if keep is None:
-                s = h
-            elif rows is None:
-                s = torch.where(keep > loop, h, s)
-            else:
-                s = s.index_copy(0, rows[0], h)
+            # A stopped token keeps its state: its coda sees the state at its depth.
+            s = h if rows is None else s.index_copy(0, rows[0], h)
+            if gate is not None:
+                gate.step(loop, h, rows[0] if rows is not None else None)
+        if gate is not None:
+            self.loop_depths = gate.depths
         h = self.norm(s) if self.config.norm_before_coda else s
         for module, attn in zip(self.coda, self.coda_attn):
             h = module(h, rope, attn)
         return self.norm(h)
+
+
+class _GateState:
+    """Per-token exit-gate state of one forward (the reference's ``cdf`` / ``survive``)."""
+
+    def __init__(self, model: VLoopedModel, budgets: torch.Tensor, thresholds: torch.Tensor,
+                 min_loops: torch.Tensor | None) -> None:
+        if model.exit_gate is None:
+            raise ValueError("exit_thresholds need a checkpoint with an exit gate (config.exit_gate=True)")
+        self.model = model
+        self.budgets = budgets
+        self.thresholds = thresholds
+        self.min_loops = min_loops if min_loops is not None else torch.ones_like(budgets)
+        self.on = thresholds <= 1.0  # rows without the gate carry hooks.NO_GATE
+        n = budgets.shape[0]
+        self.cdf = torch.zeros(n, dtype=torch.float32, device=budgets.device)
+        self.survive = torch.ones(n, dtype=torch.float32, device=budgets.device)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=budgets.device)
+        self.depths = torch.zeros(n, dtype=torch.long, device=budgets.device)
+
+    def step(self, loop: int, s: torch.Tensor, index: torch.Tensor | None) -> None:
+        """After ``loop``: ``s`` is the new state of the rows ``index`` (all rows if None)."""
+        model = self.model
+        normed = s if model.loop_norm is not None else model.norm(s)
+        lam = torch.sigmoid(model.exit_gate(normed).squeeze(-1).float())  # type: ignore[misc]
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if index is None else t.index_select(0, index)
+
+        update = pick(self.on) & (loop < pick(self.budgets) - 1)
+        cdf, survive = pick(self.cdf), pick(self.survive)
+        cdf = torch.where(update, cdf + lam * survive, cdf)
+        survive = torch.where(update, survive * (1 - lam), survive)
+        stop = update & (loop + 1 >= pick(self.min_loops)) & (cdf >= pick(self.thresholds))
+        if index is None:
+            self.cdf, self.survive, self.stopped = cdf, survive, self.stopped | stop
+            self.depths = self.depths + 1
+        else:
+            self.cdf = self.cdf.index_copy(0, index, cdf)
+            self.survive = self.survive.index_copy(0, index, survive)
+            self.stopped = self.stopped.index_copy(0, index, stop)  # the rows computed were not stopped
+            self.depths = self.depths.index_add(0, index, torch.ones_like(index))
 
 
 class LoopedForCausalLM(nn.Module):
@@ -295,6 +389,7 @@ class LoopedForCausalLM(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
+        hooks.require_installed()
         config = vllm_config.model_config.hf_config
         self.config = config
         self.model = VLoopedModel(vllm_config=vllm_config, prefix=f"{prefix}.model" if prefix else "model")
@@ -316,6 +411,8 @@ class LoopedForCausalLM(nn.Module):
         loop_max: int | None = None,
         loop_uniform: bool | None = None,
         loop_levels: frozenset[int] | None = None,
+        exit_thresholds: torch.Tensor | None = None,
+        exit_min_loops: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -323,7 +420,21 @@ class LoopedForCausalLM(nn.Module):
                 "LoopedForCausalLM runs a data-dependent number of loops per batch and cannot be captured in a "
                 "CUDA graph; start the engine with enforce_eager=True (--enforce-eager)"
             )
-        return self.model(input_ids, positions, inputs_embeds, loop_budgets, loop_max, loop_uniform, loop_levels)
+        if loop_budgets is None and not hooks.in_dummy_run():
+            # Running max_loops here would serve every request at the deepest budget while
+            # its usage reports the requested loops.
+            raise hooks.BudgetHookError(
+                "LoopedForCausalLM got no per-request loop budgets outside vLLM's dummy/profiling run: loopagent's "
+                "model-runner hook (GPUModelRunner._model_forward) did not apply. Is this the tested vLLM "
+                f"({hooks.TESTED_VLLM}.*), and does the engine use vLLM's V1 GPU/CPU model runner?"
+            )
+        return self.model(input_ids, positions, inputs_embeds, loop_budgets, loop_max, loop_uniform, loop_levels,
+                          exit_thresholds, exit_min_loops)
+
+    @property
+    def loop_depths(self) -> torch.Tensor | None:
+        """Each token's depth (loops run) in the last forward of a gated batch, else None."""
+        return getattr(self.model, "loop_depths", None)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)

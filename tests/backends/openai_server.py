@@ -118,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if "loops" in body and (executed := fake.executed_mean(loops)) is not None:
                 usage["loops_executed_mean"] = executed
+            if "loops" in body and fake.loop_usage is not None:
+                usage.update(fake.loop_usage(body, prompt_tokens + completion_tokens))
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
                 "object": "chat.completion",
@@ -165,6 +167,9 @@ class FakeOpenAIServer:
         #: Mean executed loops reported for a request with ``loops`` (an adaptive server
         #: exits early); None leaves ``loops_executed_mean`` out of the usage.
         self.executed_mean: Callable[[int], float | None] = lambda loops: loops * 0.75
+        #: Extra usage fields for a request with ``loops`` (what ``loopagent serve`` counts:
+        #: ``loop_tokens``, ``loop_exit_histogram``...), from the body and the token count.
+        self.loop_usage: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]

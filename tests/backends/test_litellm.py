@@ -119,6 +119,40 @@ def test_per_call_loops_override_the_default(server) -> None:
     assert [b["loops"] for b in server.completions()] == [2, 4, 7]
 
 
+def test_counted_loop_figures_of_the_server_are_used_and_gate_options_sent(server) -> None:
+    backend = model(f"served:{server.base_url}", loops=6)
+    server.loop_usage = lambda body, tokens: {"loop_tokens": 17, "loops_executed_mean": 2.125, "loops_requested": 6,
+                                              "loop_exit_histogram": {"2": 7, "3": 1}, "loop_exit_threshold": 0.5,
+                                              "loop_min_loops": 2}
+    server.queue("one two three")
+    completion = backend.complete(user("a b c d e"), exit_threshold=0.5, min_loops=2)
+    body = server.completions()[-1]
+    assert (body["loops"], body["exit_threshold"], body["min_loops"]) == (6, 0.5, 2)
+    stats = completion.loops
+    assert stats is not None and stats.counted and stats.computed_loop_tokens == 17
+    assert completion.usage.loop_tokens == 17  # the server's count, not tokens x loops
+    assert stats.executed_mean == 2.125 and stats.exit_histogram == {2: 7, 3: 1}
+    assert (stats.requested, stats.exit_threshold, stats.min_loops) == (6, 0.5, 2)
+    # not counted by the server: the estimate, flagged as such
+    server.loop_usage = None
+    server.executed_mean = lambda loops: None
+    server.queue("one two")
+    estimate = backend.complete(user("x y z"), loops=3)
+    assert not estimate.loops.counted and estimate.loops.computed_loop_tokens is None
+    assert estimate.usage.loop_tokens == (3 + 2) * 3 and "exit_threshold" not in server.completions()[-1]
+
+
+def test_bad_gate_options_are_rejected_before_the_request(server) -> None:
+    backend = model(f"served:{server.base_url}", loops=4)
+    for kwargs, words in (({"exit_threshold": 1.5}, "exit_threshold"), ({"min_loops": 5}, "min_loops=5"),
+                          ({"min_loops": 0}, "min_loops")):
+        with pytest.raises(InvalidLoopsError, match=words):
+            backend.complete(user("hi"), **kwargs)
+    with pytest.raises(InvalidLoopsError, match="looped served model"):
+        model(f"served:{server.base_url}").complete(user("hi"), exit_threshold=0.5)
+    assert server.completions() == []
+
+
 def test_executed_loops_default_to_requested_when_server_does_not_report(server) -> None:
     backend = model(f"served:{server.base_url}", loops=3)
     server.executed_mean = lambda loops: None

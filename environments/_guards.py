@@ -545,6 +545,37 @@ def _check_match_class(cls: Any) -> None:
             raise SandboxPolicyError(f"{cls.__name__}.__match_args__ names {name!r}, which is not readable")
 
 
+class _RefusedCapture:
+    """What a pattern's captured name holds in place of a value the guards refuse (see
+    ``_match_bind``): a foreign object with nothing readable."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return "<refused>"
+
+
+def _match_bind(value: Any) -> Any:
+    """A value a pattern read natively, as a guarded read would hand it out (``_vet``), or
+    a marker where it is refused (``_match_check`` raises then)."""
+    try:
+        return _vet(value)
+    except SandboxPolicyError as e:
+        return _RefusedCapture(str(e))
+
+
+def _match_check(*values: Any) -> bool:
+    """True (the case goes on to its own guard), once every captured value is vetted."""
+    for value in values:
+        if type(value) is _RefusedCapture:
+            raise SandboxPolicyError(f"a pattern captured a value that is not available in the sandbox: "
+                                     f"{value.reason}")
+    return True
+
+
 # -- safer versions of module functions that take attribute names -------------------------
 
 _WRAPS_ASSIGNED = ("__module__", "__name__", "__qualname__", "__doc__")
@@ -1033,4 +1064,6 @@ def make_namespace() -> dict[str, Any]:
         "_print": PrintCollector(),
         "_match_class_": _match_class,
         "_match_value_": _PatternValue,
+        "_match_bind_": _match_bind,
+        "_match_check_": _match_check,
     }

@@ -1,0 +1,146 @@
+"""Escape corpus, seventh review: values patterns read natively, the shape cache's code copies,
+the identity tables.
+
+Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded from that file).
+
+- A ``match`` reads natively what its patterns capture: class patterns the keyword attributes
+  and those ``__match_args__`` names, mapping patterns ``.get`` of each key, sequence patterns
+  each item. None of these reads went through ``_vet``, the identity check every guarded read
+  ends with, so an object whose public attribute (or item) is a denied object handed it to
+  model code, and a replaced one came back as the real object. The reachable forwarding
+  classes were closed in round 6; the captures themselves are vetted now (the case's guard
+  binds each through ``_match_bind_`` before anything else runs). The tests plant such an
+  object in a namespace of the guards in a fresh interpreter, since the allowed modules hand
+  out none through a public attribute of an instance (see the report of round 7).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV_DIR = Path(__file__).resolve().parents[2] / "environments"
+
+
+def _load_corpus():
+    name = "_escape_corpus_round7_helpers"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_escapes.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_corpus = _load_corpus()
+attack = _corpus.attack
+check_refused = _corpus.check_refused
+assert_healthy = _corpus.assert_healthy
+WIN = _corpus.WIN
+ANY_ERROR = _corpus.ANY_ERROR
+# fixtures (pytest finds them by name in this module)
+secret_env = _corpus.secret_env
+fresh = _corpus.fresh
+repl = _corpus.repl
+
+
+# -- patterns: captured values are vetted ---------------------------------------------------
+
+# Runs cells compiled by the policy in a namespace of the guards, with `planted` (a host object
+# whose public attributes and items are denied or replaced objects) put in by the test.
+_PLANTED_SCRIPT = """
+import sys, types, numbers, functools, collections
+sys.path.insert(0, sys.argv[1])
+import _guards as g, _policy as p
+g.preload_modules()
+original_update_wrapper = next(iter(g._HARDENED))
+class Holder:
+    __match_args__ = ('meta',)
+    def __init__(self):
+        self.meta, self.sd, self.uw = numbers.ABCMeta, functools.singledispatch, original_update_wrapper
+def run(code):
+    ns = g.make_namespace()
+    ns.update(planted=Holder(), Holder=Holder, items={'meta': numbers.ABCMeta, 'uw': original_update_wrapper},
+              seq=[numbers.ABCMeta], real_uw=original_update_wrapper, sys=None)
+    cell = p.compile_cell(code)
+    try:
+        exec(cell.body, ns)
+    except g.SandboxPolicyError as e:
+        return 'refused', ns.get('got')
+    return 'ran', ns.get('got')
+cases = {
+    'keyword': 'match planted:\\n    case Holder(meta=m):\\n        got = m',
+    'positional': 'match planted:\\n    case Holder(m):\\n        got = m',
+    'denied_function': 'match planted:\\n    case Holder(sd=s):\\n        got = s',
+    'mapping': 'match items:\\n    case {"meta": m}:\\n        got = m',
+    'mapping_with_rest': 'match items:\\n    case {"meta": m, **rest}:\\n        got = m',
+    'sequence': 'match seq:\\n    case [m]:\\n        got = m',
+    'or_pattern': 'match planted:\\n    case Holder(meta=m) | Holder(sd=m):\\n        got = m',
+    'guard_false_keeps_no_real_value': 'try:\\n    match planted:\\n        case Holder(meta=m) if False:\\n'
+                                       '            pass\\nexcept Exception:\\n    pass\\ngot = m',
+    'guard_runs_after_vetting': 'got = None\\nmatch planted:\\n    case Holder(meta=m) if m(\"X\", (), {}):\\n'
+                                '        pass',
+}
+out = {}
+for name, code in cases.items():
+    status, got = run(code)
+    out[name] = status == 'refused' or type(got).__name__ == '_RefusedCapture'
+    if status == 'ran' and got is not None and type(got).__name__ != '_RefusedCapture':
+        out[name] = False
+status, got = run('match planted:\\n    case Holder(uw=u):\\n        got = u')
+out['replaced_comes_back_replaced'] = status == 'ran' and got is g._update_wrapper
+print(sorted(k for k, ok in out.items() if not ok))
+"""
+
+
+def test_values_a_pattern_reads_natively_are_vetted_like_guarded_reads():
+    done = subprocess.run([sys.executable, "-c", _PLANTED_SCRIPT, str(ENV_DIR)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_ordinary_matches_keep_their_semantics(repl):
+    res = repl.execute(
+        "import dataclasses, collections, enum\n"
+        "@dataclasses.dataclass\nclass P:\n    x: int\n    y: int\n"
+        "Pt = collections.namedtuple('Pt', 'u v')\n"
+        "class Color(enum.Enum):\n    RED = 1\n"
+        "def f(o):\n"
+        "    match o:\n"
+        "        case P(x, y) if x > 0:\n            return ('P', x, y)\n"
+        "        case {'a': a, **rest}:\n            return ('m', a, rest)\n"
+        "        case [1, *xs]:\n            return ('s', xs)\n"
+        "        case P(x=0) | P(y=0) as z:\n            return ('z', z.y)\n"
+        "        case Pt(u=u, v=v):\n            return ('pt', u + v)\n"
+        "        case Color.RED:\n            return 'red'\n"
+        "        case str() as s:\n            return s\n"
+        "        case other:\n            return ('o', other)\n"
+        "print(f(P(1, 2)), f(P(0, 2)), f(P(-1, 2)), f({'a': 1, 'b': 2}), f([1, 2, 3]), f(Pt(1, 2)), f(Color.RED),"
+        " f('hi'), f(5))\n"
+        "match P(1, 2):\n    case P(x, y) if False:\n        pass\n"
+        "print(x, y)\n"
+        "class K:\n    match P(3, 4):\n        case P(u, v):\n            w = u + v\n"
+        "print(K.w)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == ("('P', 1, 2) ('z', 2) ('o', P(x=-1, y=2)) ('m', 1, {'b': 2}) ('s', [2, 3]) ('s', [2]) red hi "
+                          "('o', 5)\n1 2\n7\n")
+
+
+ROUND7 = [
+    attack("review7", "pattern_helper_names_are_reserved",
+           "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
+    attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",
+           "match [1]:\n    case [a] if (_match_check_ := print):\n        " + WIN),
+]
+
+
+@pytest.mark.parametrize("a", ROUND7)
+def test_round7_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))

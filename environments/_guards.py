@@ -769,6 +769,10 @@ def _build_identity_tables() -> None:
                 _BY_ID[id(value)] = (value, replacement)
     for real, stand_in in _STAND_INS.items():
         _BY_ID[id(real)] = (real, stand_in)
+    # the unbound str methods, wherever they are read from (a class dict copied by update_wrapper):
+    # guarded_getattr hands out the guarded ones only when it sees them read off str
+    _BY_ID[id(str.format)] = (str.format, _safe_format)
+    _BY_ID[id(str.format_map)] = (str.format_map, _safe_format_map)
     for original, checked in _HARDENED.items():
         # the unpatched original may still be held somewhere (a module that imported it by name)
         replacement = _BY_ID.get(id(checked), (checked, checked))[1]
@@ -854,6 +858,12 @@ def _harden_wraps() -> None:
                        updated: Any = functools.WRAPPER_UPDATES) -> Any:
         if isinstance(wrapped, types.ModuleType) or isinstance(wrapper, types.ModuleType):
             raise SandboxPolicyError("a module cannot be wrapped (or be the wrapper) in the sandbox")
+        if not (_sandbox_function(wrapped) or _defined_in_sandbox(wrapped)):
+            # A host object's __dict__ is not the sandbox's to copy: a host class's holds its raw
+            # methods (lru_cache(str).format was the real str.format, whose fields walk attributes
+            # with the real getattr), a host function's whatever its module put there. Only the
+            # names are copied then, as functools.wraps does in the sandbox.
+            updated = ()
         return original(wrapper, wrapped, assigned, updated)
 
     update_wrapper.__doc__ = original.__doc__

@@ -133,7 +133,23 @@ def test_ordinary_matches_keep_their_semantics(repl):
                           "('o', 5)\n1 2\n7\n")
 
 
+# functools.update_wrapper (the real one, which trusted code calls: lru_cache, contextmanager ...)
+# copied wrapped.__dict__ into the wrapper; with a host class that is its raw methods, and the
+# real str.format walks its fields with the real getattr: from any host Python function to its
+# module's globals (contextlib's hold os).
+_ENV_BY_FORMAT = "'{0.__globals__[os].environ}', contextlib.contextmanager"
+_ENV_BY_FORMAT_MAP = "'{f.__globals__[os].environ}', {'f': contextlib.contextmanager}"
+
 ROUND7 = [
+    *[attack("review7", f"host_class_dict_copied_by_{name}_{method}",
+             "import contextlib, functools, typing\n@contextlib.contextmanager\ndef cm():\n    yield\n"
+             f"h = {expr}\nenv = h.{method}({args})\nprint(env)\nif 'PATH' in env:\n    " + WIN, errors=ANY_ERROR,
+             forbid=(_corpus.SECRET_VALUE,))
+      for name, expr in (("lru_cache", "functools.lru_cache(str)"), ("cache", "functools.cache(str)"),
+                         ("contextmanager", "contextlib.contextmanager(str)"),
+                         ("context_decorator", "cm()(str)"),
+                         ("no_type_check_decorator", "typing.no_type_check_decorator(str)"))
+      for method, args in (("format", _ENV_BY_FORMAT), ("format_map", _ENV_BY_FORMAT_MAP))],
     attack("review7", "pattern_helper_names_are_reserved",
            "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
     attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",
@@ -144,3 +160,37 @@ ROUND7 = [
 @pytest.mark.parametrize("a", ROUND7)
 def test_round7_findings_are_refused(fresh, a):
     check_refused(fresh, a, fresh.execute(a.code))
+
+
+_STR_METHODS_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _guards as g
+g.preload_modules()
+print([g.guarded_getitem({'f': str.format}, 'f') is g._safe_format,
+       g.guarded_getitem([str.format_map], 0) is g._safe_format_map])
+"""
+
+
+def test_real_str_format_is_replaced_wherever_it_is_read_from():
+    """The identity tables know the unbound str.format / format_map: read off any object or
+    container (not only off ``str``) they come back as the guarded versions."""
+    done = subprocess.run([sys.executable, "-c", _STR_METHODS_SCRIPT, str(ENV_DIR)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, True]", done.stdout
+
+
+def test_wrapping_keeps_the_sandboxs_own_function_attributes(repl):
+    res = repl.execute(
+        "import functools, contextlib\n"
+        "def f(x):\n    return x * 2\nf.tag = 'mine'\n"
+        "g = functools.lru_cache(f)\n"
+        "def gen():\n    yield 3\ngen.note = 'n'\n"
+        "cm = contextlib.contextmanager(gen)\n"
+        "with cm() as v:\n    pass\n"
+        "h = functools.lru_cache(str)\n"
+        "print(g(4), g.tag, g.__name__, cm.note, v, h(5), h.__name__, '{0}'.format(1), str.format('{}', 2))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "8 mine f n 3 5 str 1 2\n"

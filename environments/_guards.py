@@ -487,7 +487,9 @@ class _ClassStatement:
         return meta.__prepare__(name, bases, **kwargs)
 
     def __call__(self, name: str, bases: tuple[Any, ...], namespace: Any, **kwargs: Any) -> Any:
-        return _metaclass_of(bases)(name, bases, namespace, **kwargs)
+        cls = _metaclass_of(bases)(name, bases, namespace, **kwargs)
+        _check_inherited_match_args(cls)
+        return cls
 
 
 _CLASS_STATEMENT = _ClassStatement()
@@ -574,6 +576,26 @@ def _match_check(*values: Any) -> bool:
             raise SandboxPolicyError(f"a pattern captured a value that is not available in the sandbox: "
                                      f"{value.reason}")
     return True
+
+
+def _check_inherited_match_args(cls: type) -> None:
+    """A class pattern checks the private names of ``C.__match_args__`` against C
+    (``_check_match_class``), but the match reads them natively on the subject, which may
+    be an instance of a subclass that also derives from a host class: ``class D(C,
+    random.Random)`` made ``case C(r)`` read ``Random._randbelow`` off a D. Checked when
+    the subclass is made (``__match_args__`` and bases cannot be assigned afterwards): each
+    private name it inherits must not come from a class of the host."""
+    names: Any = ()
+    for klass in cls.__mro__[1:]:
+        if "__match_args__" in vars(klass):
+            names = vars(klass)["__match_args__"]
+            break
+    if type(names) is not tuple:
+        return  # _check_match_class refuses it when a pattern uses it
+    for attr in names:
+        if type(attr) is str and attr.startswith("_") and attr != "_" and not _private_allowed(cls, attr):
+            raise SandboxPolicyError(f"{cls.__name__} inherits __match_args__ naming {attr!r}, which it "
+                                     "gets from a class of the host: not readable in the sandbox")
 
 
 # -- safer versions of module functions that take attribute names -------------------------

@@ -150,6 +150,11 @@ ROUND7 = [
                          ("context_decorator", "cm()(str)"),
                          ("no_type_check_decorator", "typing.no_type_check_decorator(str)"))
       for method, args in (("format", _ENV_BY_FORMAT), ("format_map", _ENV_BY_FORMAT_MAP))],
+    # __match_args__ private names were checked against the pattern's class, not the subject's
+    attack("review7", "match_args_private_name_from_a_host_base_of_a_subclass",
+           "import random\nclass C:\n    __match_args__ = ('_randbelow',)\n"
+           "class D(C, random.Random):\n    pass\n"
+           "match D():\n    case C(r):\n        " + WIN),
     attack("review7", "pattern_helper_names_are_reserved",
            "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
     attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",
@@ -194,3 +199,17 @@ def test_wrapping_keeps_the_sandboxs_own_function_attributes(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "8 mine f n 3 5 str 1 2\n"
+
+
+def test_private_match_args_of_the_sandboxs_own_classes_still_work(repl):
+    res = repl.execute(
+        "import dataclasses, random\n"
+        "@dataclasses.dataclass\nclass A:\n    _x: int\n    y: int = 0\n"
+        "class B(A):\n    pass\n"
+        "class R(random.Random):\n    __match_args__ = ('_mine',)\n    _mine = 7\n"
+        "match B(1, 2):\n    case A(p, q):\n        first = (p, q)\n"
+        "match R():\n    case R(m):\n        second = m\n"
+        "print(first, second)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "(1, 2) 7\n"

@@ -339,6 +339,14 @@ def _vet(value: Any) -> Any:
                                      "use a class statement")
     elif isinstance(value, types.ModuleType):
         _check_module(value)
+    elif type(value) is types.BuiltinMethodType:
+        owner = value.__self__
+        if isinstance(owner, str) and value.__name__ in ("format", "format_map"):
+            # a bound str.format is a new object each time (the tables cannot know it): read off a
+            # str by guarded_getattr it is never handed out, but a pattern reads ``format`` natively
+            # off a str subclass whose other base's __match_args__ names it
+            method = _safe_format if value.__name__ == "format" else _safe_format_map
+            return lambda *a, **k: method(owner, *a, **k)
     elif type(value) is types.MethodType:
         func = _BY_ID.get(id(value.__func__))
         if func is not None and func[0] is value.__func__ and func[1] is _DENY:

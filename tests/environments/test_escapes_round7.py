@@ -155,6 +155,14 @@ ROUND7 = [
            "import random\nclass C:\n    __match_args__ = ('_randbelow',)\n"
            "class D(C, random.Random):\n    pass\n"
            "match D():\n    case C(r):\n        " + WIN),
+    # the real str.format, bound: `format` is checked in __match_args__ of str subclasses only
+    *[attack("review7", f"match_args_{method}_of_a_str_subclass_via_another_base",
+             f"import contextlib\nclass C:\n    __match_args__ = ('{method}',)\nclass D(C, str):\n    pass\n"
+             f"match D('{template}'):\n    case C(f):\n        env = f({arg})\n"
+             "        print(env)\n        if '/' in env:\n            " + WIN, errors=ANY_ERROR)
+      for method, template, arg in (
+          ("format", "{0.__globals__[os].environ[PATH]}", "contextlib.contextmanager"),
+          ("format_map", "{f.__globals__[os].environ[PATH]}", "{'f': contextlib.contextmanager}"))],
     attack("review7", "pattern_helper_names_are_reserved",
            "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
     attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",
@@ -213,3 +221,14 @@ def test_private_match_args_of_the_sandboxs_own_classes_still_work(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "(1, 2) 7\n"
+
+
+def test_a_pattern_captures_a_guarded_bound_format(repl):
+    res = repl.execute(
+        "class C:\n    __match_args__ = ('format',)\nclass D(C, str):\n    pass\n"
+        "match D('<{0}|{x}>'):\n    case C(f):\n        print(f(1, x=2))\n"
+        "match D('{0.__class__}'):\n    case C(f):\n        f(1)\n"
+    )
+    assert res.stdout == "<1|2>\n", res.stdout
+    assert res.error_type == "SandboxPolicyError", res.error
+    assert_healthy(repl)

@@ -888,7 +888,8 @@ def _harden_wraps() -> None:
                        updated: Any = functools.WRAPPER_UPDATES) -> Any:
         if isinstance(wrapped, types.ModuleType) or isinstance(wrapper, types.ModuleType):
             raise SandboxPolicyError("a module cannot be wrapped (or be the wrapper) in the sandbox")
-        if not (_sandbox_function(wrapped) or _defined_in_sandbox(wrapped)):
+        own = wrapped.__func__ if type(wrapped) is types.MethodType else wrapped  # a method's dict is its function's
+        if not (_sandbox_function(own) or _defined_in_sandbox(own)):
             # A host object's __dict__ is not the sandbox's to copy: a host class's holds its raw
             # methods (lru_cache(str).format was the real str.format, whose fields walk attributes
             # with the real getattr), a host function's whatever its module put there. Only the

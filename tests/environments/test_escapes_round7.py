@@ -203,10 +203,13 @@ def test_wrapping_keeps_the_sandboxs_own_function_attributes(repl):
         "cm = contextlib.contextmanager(gen)\n"
         "with cm() as v:\n    pass\n"
         "h = functools.lru_cache(str)\n"
-        "print(g(4), g.tag, g.__name__, cm.note, v, h(5), h.__name__, '{0}'.format(1), str.format('{}', 2))"
+        "class K:\n    def m(self):\n        return 9\n    m.kind = 'meth'\n"
+        "bound = functools.lru_cache(K().m)\n"
+        "print(g(4), g.tag, g.__name__, cm.note, v, h(5), h.__name__, '{0}'.format(1), str.format('{}', 2), "
+        "bound(), bound.kind)"
     )
     assert res.error is None, res.error
-    assert res.stdout == "8 mine f n 3 5 str 1 2\n"
+    assert res.stdout == "8 mine f n 3 5 str 1 2 9 meth\n"
 
 
 def test_private_match_args_of_the_sandboxs_own_classes_still_work(repl):

@@ -24,6 +24,7 @@ _guards = importlib.import_module("._guards", __package__) if __package__ else i
 _BLOCKED_ATTRS = _guards._BLOCKED_ATTRS
 _CLASS_DATA_DUNDERS = _guards._CLASS_DATA_DUNDERS
 _FUTURE = _guards._FUTURE
+_PRELOAD_EXTRA = frozenset(_guards._PRELOAD_EXTRA)
 _is_dunder = _guards._is_dunder
 DEFINABLE_DUNDERS = _guards.DEFINABLE_DUNDERS
 OWN_DUNDERS = _guards.OWN_DUNDERS
@@ -90,6 +91,10 @@ class _Transformer(RestrictingNodeTransformer):
         for alias in node.names:
             if alias.name.startswith("_"):
                 self.error(node, f'"{alias.name}" is a private module: not available in the sandbox')
+            elif alias.name in _PRELOAD_EXTRA:
+                # guarded_import lets these through for C code (str.encode imports its codec); written
+                # in a cell, `import encodings.idna as e` would bind the module natively (IMPORT_FROM)
+                self.error(node, f'import of "{alias.name}" is not allowed in the sandbox')
         return super().visit_Import(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:

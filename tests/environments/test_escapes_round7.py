@@ -163,6 +163,11 @@ ROUND7 = [
       for method, template, arg in (
           ("format", "{0.__globals__[os].environ[PATH]}", "contextlib.contextmanager"),
           ("format_map", "{f.__globals__[os].environ[PATH]}", "{'f': contextlib.contextmanager}"))],
+    # the codec modules guarded_import lets through for C code were bound natively by `import a.b as c`
+    attack("review7", "import_of_a_preloaded_codec_module_binds_it",
+           "import encodings.idna as e\nif e is not None:\n    " + WIN),
+    attack("review7", "import_of_a_preloaded_codec_package_binds_it",
+           "import encodings.latin_1\nif encodings is not None:\n    " + WIN),
     attack("review7", "pattern_helper_names_are_reserved",
            "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
     attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",

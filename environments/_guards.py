@@ -349,8 +349,10 @@ def _vet(value: Any) -> Any:
             return lambda *a, **k: method(owner, *a, **k)
     elif type(value) is types.MethodType:
         func = _BY_ID.get(id(value.__func__))
-        if func is not None and func[0] is value.__func__ and func[1] is _DENY:
-            raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
+        if func is not None and func[0] is value.__func__:
+            if func[1] is _DENY:
+                raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
+            return types.MethodType(func[1], value.__self__)  # a replaced method, bound as it was
     return value
 
 
@@ -711,6 +713,21 @@ def _attrgetter(*names: str) -> Callable[[Any], Any]:
     return get
 
 
+def _userstring_format(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """collections.UserString.format: ``self.data.format(...)`` with the real getattr, i.e. the
+    real str.format (``UserString('{0.__globals__}').format(f)`` read any host function's
+    module globals). The same call through the guards."""
+    return guarded_getattr(self.data, "format")(*args, **kwargs)
+
+
+def _userstring_format_map(self: Any, mapping: Any, /) -> Any:
+    return guarded_getattr(self.data, "format_map")(mapping)
+
+
+_userstring_format.__name__ = _userstring_format.__qualname__ = "format"
+_userstring_format_map.__name__ = _userstring_format_map.__qualname__ = "format_map"
+
+
 def _methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
     if type(name) is not str:
         raise TypeError("method name must be a string")
@@ -803,6 +820,10 @@ def _build_identity_tables() -> None:
     # guarded_getattr hands out the guarded ones only when it sees them read off str
     _BY_ID[id(str.format)] = (str.format, _safe_format)
     _BY_ID[id(str.format_map)] = (str.format_map, _safe_format_map)
+    # methods that call the real str.format on the instance's data; bound ones are rebound by _vet
+    user_string = collections.UserString
+    _BY_ID[id(user_string.format)] = (user_string.format, _userstring_format)
+    _BY_ID[id(user_string.format_map)] = (user_string.format_map, _userstring_format_map)
     for original, checked in _HARDENED.items():
         # the unpatched original may still be held somewhere (a module that imported it by name)
         replacement = _BY_ID.get(id(checked), (checked, checked))[1]

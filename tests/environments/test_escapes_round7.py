@@ -168,6 +168,20 @@ ROUND7 = [
            "import encodings.idna as e\nif e is not None:\n    " + WIN),
     attack("review7", "import_of_a_preloaded_codec_package_binds_it",
            "import encodings.latin_1\nif encodings is not None:\n    " + WIN),
+    # collections.UserString.format is self.data.format(...) in Python: the real str.format
+    *[attack("review7", f"user_string_{method}_is_the_real_str_{method}",
+             f"import collections, contextlib\n{prefix}env = {call}\nprint(env)\nif '/' in env:\n    " + WIN,
+             errors=ANY_ERROR)
+      for method, prefix, call in (
+          ("format", "", "collections.UserString('{0.__globals__[os].environ[PATH]}')"
+                         ".format(contextlib.contextmanager)"),
+          ("format_map", "", "collections.UserString('{f.__globals__[os].environ[PATH]}')"
+                             ".format_map({'f': contextlib.contextmanager})"),
+          ("format_unbound", "", "collections.UserString.format(collections.UserString("
+                                 "'{0.__globals__[os].environ[PATH]}'), contextlib.contextmanager)"),
+          ("format_subclass_super", "class U(collections.UserString):\n    def format(self, *a):\n"
+                                    "        return super().format(*a)\n",
+           "U('{0.__globals__[os].environ[PATH]}').format(contextlib.contextmanager)"))],
     attack("review7", "pattern_helper_names_are_reserved",
            "_match_bind_ = lambda v: v\nmatch [1]:\n    case [a]:\n        " + WIN),
     attack("review7", "pattern_helper_cannot_be_read_or_rebound_via_walrus",
@@ -240,3 +254,15 @@ def test_a_pattern_captures_a_guarded_bound_format(repl):
     assert res.stdout == "<1|2>\n", res.stdout
     assert res.error_type == "SandboxPolicyError", res.error
     assert_healthy(repl)
+
+
+def test_user_string_format_still_formats(repl):
+    res = repl.execute(
+        "import collections\n"
+        "class U(collections.UserString):\n    pass\n"
+        "u = collections.UserString('<{0}|{x}>')\n"
+        "print(u.format(1, x=2), U('{a}').format_map({'a': 3}), collections.UserString.format(u, 4, x=5), "
+        "u.format.__name__, u.upper())"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "<1|2> 3 <4|5> format <{0}|{X}>\n"

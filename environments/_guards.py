@@ -339,10 +339,20 @@ def _vet(value: Any) -> Any:
                                      "use a class statement")
     elif isinstance(value, types.ModuleType):
         _check_module(value)
+    elif type(value) is types.BuiltinMethodType:
+        owner = value.__self__
+        if isinstance(owner, str) and value.__name__ in ("format", "format_map"):
+            # a bound str.format is a new object each time (the tables cannot know it): read off a
+            # str by guarded_getattr it is never handed out, but a pattern reads ``format`` natively
+            # off a str subclass whose other base's __match_args__ names it
+            method = _safe_format if value.__name__ == "format" else _safe_format_map
+            return lambda *a, **k: method(owner, *a, **k)
     elif type(value) is types.MethodType:
         func = _BY_ID.get(id(value.__func__))
-        if func is not None and func[0] is value.__func__ and func[1] is _DENY:
-            raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
+        if func is not None and func[0] is value.__func__:
+            if func[1] is _DENY:
+                raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
+            return types.MethodType(func[1], value.__self__)  # a replaced method, bound as it was
     return value
 
 
@@ -487,7 +497,9 @@ class _ClassStatement:
         return meta.__prepare__(name, bases, **kwargs)
 
     def __call__(self, name: str, bases: tuple[Any, ...], namespace: Any, **kwargs: Any) -> Any:
-        return _metaclass_of(bases)(name, bases, namespace, **kwargs)
+        cls = _metaclass_of(bases)(name, bases, namespace, **kwargs)
+        _check_inherited_match_args(cls)
+        return cls
 
 
 _CLASS_STATEMENT = _ClassStatement()
@@ -543,6 +555,57 @@ def _check_match_class(cls: Any) -> None:
             name in ("format", "format_map") and issubclass(cls, str)
         ):
             raise SandboxPolicyError(f"{cls.__name__}.__match_args__ names {name!r}, which is not readable")
+
+
+class _RefusedCapture:
+    """What a pattern's captured name holds in place of a value the guards refuse (see
+    ``_match_bind``): a foreign object with nothing readable."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return "<refused>"
+
+
+def _match_bind(value: Any) -> Any:
+    """A value a pattern read natively, as a guarded read would hand it out (``_vet``), or
+    a marker where it is refused (``_match_check`` raises then)."""
+    try:
+        return _vet(value)
+    except SandboxPolicyError as e:
+        return _RefusedCapture(str(e))
+
+
+def _match_check(*values: Any) -> bool:
+    """True (the case goes on to its own guard), once every captured value is vetted."""
+    for value in values:
+        if type(value) is _RefusedCapture:
+            raise SandboxPolicyError(f"a pattern captured a value that is not available in the sandbox: "
+                                     f"{value.reason}")
+    return True
+
+
+def _check_inherited_match_args(cls: type) -> None:
+    """A class pattern checks the private names of ``C.__match_args__`` against C
+    (``_check_match_class``), but the match reads them natively on the subject, which may
+    be an instance of a subclass that also derives from a host class: ``class D(C,
+    random.Random)`` made ``case C(r)`` read ``Random._randbelow`` off a D. Checked when
+    the subclass is made (``__match_args__`` and bases cannot be assigned afterwards): each
+    private name it inherits must not come from a class of the host."""
+    names: Any = ()
+    for klass in cls.__mro__[1:]:
+        if "__match_args__" in vars(klass):
+            names = vars(klass)["__match_args__"]
+            break
+    if type(names) is not tuple:
+        return  # _check_match_class refuses it when a pattern uses it
+    for attr in names:
+        if type(attr) is str and attr.startswith("_") and attr != "_" and not _private_allowed(cls, attr):
+            raise SandboxPolicyError(f"{cls.__name__} inherits __match_args__ naming {attr!r}, which it "
+                                     "gets from a class of the host: not readable in the sandbox")
 
 
 # -- safer versions of module functions that take attribute names -------------------------
@@ -650,6 +713,21 @@ def _attrgetter(*names: str) -> Callable[[Any], Any]:
     return get
 
 
+def _userstring_format(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """collections.UserString.format: ``self.data.format(...)`` with the real getattr, i.e. the
+    real str.format (``UserString('{0.__globals__}').format(f)`` read any host function's
+    module globals). The same call through the guards."""
+    return guarded_getattr(self.data, "format")(*args, **kwargs)
+
+
+def _userstring_format_map(self: Any, mapping: Any, /) -> Any:
+    return guarded_getattr(self.data, "format_map")(mapping)
+
+
+_userstring_format.__name__ = _userstring_format.__qualname__ = "format"
+_userstring_format_map.__name__ = _userstring_format_map.__qualname__ = "format_map"
+
+
 def _methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
     if type(name) is not str:
         raise TypeError("method name must be a string")
@@ -738,6 +816,14 @@ def _build_identity_tables() -> None:
                 _BY_ID[id(value)] = (value, replacement)
     for real, stand_in in _STAND_INS.items():
         _BY_ID[id(real)] = (real, stand_in)
+    # the unbound str methods, wherever they are read from (a class dict copied by update_wrapper):
+    # guarded_getattr hands out the guarded ones only when it sees them read off str
+    _BY_ID[id(str.format)] = (str.format, _safe_format)
+    _BY_ID[id(str.format_map)] = (str.format_map, _safe_format_map)
+    # methods that call the real str.format on the instance's data; bound ones are rebound by _vet
+    user_string = collections.UserString
+    _BY_ID[id(user_string.format)] = (user_string.format, _userstring_format)
+    _BY_ID[id(user_string.format_map)] = (user_string.format_map, _userstring_format_map)
     for original, checked in _HARDENED.items():
         # the unpatched original may still be held somewhere (a module that imported it by name)
         replacement = _BY_ID.get(id(checked), (checked, checked))[1]
@@ -823,6 +909,13 @@ def _harden_wraps() -> None:
                        updated: Any = functools.WRAPPER_UPDATES) -> Any:
         if isinstance(wrapped, types.ModuleType) or isinstance(wrapper, types.ModuleType):
             raise SandboxPolicyError("a module cannot be wrapped (or be the wrapper) in the sandbox")
+        own = wrapped.__func__ if type(wrapped) is types.MethodType else wrapped  # a method's dict is its function's
+        if not (_sandbox_function(own) or _defined_in_sandbox(own)):
+            # A host object's __dict__ is not the sandbox's to copy: a host class's holds its raw
+            # methods (lru_cache(str).format was the real str.format, whose fields walk attributes
+            # with the real getattr), a host function's whatever its module put there. Only the
+            # names are copied then, as functools.wraps does in the sandbox.
+            updated = ()
         return original(wrapper, wrapped, assigned, updated)
 
     update_wrapper.__doc__ = original.__doc__
@@ -1033,4 +1126,6 @@ def make_namespace() -> dict[str, Any]:
         "_print": PrintCollector(),
         "_match_class_": _match_class,
         "_match_value_": _PatternValue,
+        "_match_bind_": _match_bind,
+        "_match_check_": _match_check,
     }

@@ -24,6 +24,7 @@ _guards = importlib.import_module("._guards", __package__) if __package__ else i
 _BLOCKED_ATTRS = _guards._BLOCKED_ATTRS
 _CLASS_DATA_DUNDERS = _guards._CLASS_DATA_DUNDERS
 _FUTURE = _guards._FUTURE
+_PRELOAD_EXTRA = frozenset(_guards._PRELOAD_EXTRA)
 _is_dunder = _guards._is_dunder
 DEFINABLE_DUNDERS = _guards.DEFINABLE_DUNDERS
 OWN_DUNDERS = _guards.OWN_DUNDERS
@@ -50,7 +51,8 @@ class CompiledCell:
 #: Names the rewritten code uses for the guards (and RestrictedPython's temporaries).
 _RESERVED_NAMES = frozenset({
     "_getattr_", "_getitem_", "_getiter_", "_iter_unpack_sequence_", "_unpack_sequence_", "_write_",
-    "_inplacevar_", "_apply_", "_print_", "_print", "_match_class_", "_match_value_",
+    "_inplacevar_", "_apply_", "_print_", "_print", "_match_class_", "_match_value_", "_match_bind_",
+    "_match_check_",
 })
 _TMP_NAME = re.compile(r"_tmp\d+\Z")
 #: Values that are always built-in objects, never the sandbox's own: a dunder read
@@ -89,6 +91,10 @@ class _Transformer(RestrictingNodeTransformer):
         for alias in node.names:
             if alias.name.startswith("_"):
                 self.error(node, f'"{alias.name}" is a private module: not available in the sandbox')
+            elif alias.name in _PRELOAD_EXTRA:
+                # guarded_import lets these through for C code (str.encode imports its codec); written
+                # in a cell, `import encodings.idna as e` would bind the module natively (IMPORT_FROM)
+                self.error(node, f'import of "{alias.name}" is not allowed in the sandbox')
         return super().visit_Import(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
@@ -251,10 +257,43 @@ class _Transformer(RestrictingNodeTransformer):
                     sub.keys = [self._pattern_slot(k, "_match_value_", before) if isinstance(k, ast.Attribute) else k
                                 for k in sub.keys]
         node = self.node_contents_visit(node)
+        for case in node.cases:
+            self._vet_captures(case)
         for stmt in before:
             copy_locations(stmt, node)
             ast.fix_missing_locations(stmt)
         return [*before, node] if before else node
+
+    def _vet_captures(self, case: ast.match_case) -> None:
+        """The values a pattern binds were read natively (class patterns read attributes,
+        mapping patterns ``.get`` keys, sequence patterns index items), past the vetting
+        ``_getattr_`` / ``_getitem_`` give every read. The case's guard is rewritten to
+        put each bound value through it first: ``_match_check_((x := _match_bind_(x)), ...)
+        and (guard)``. CPython binds the names before the guard runs and keeps them when
+        the guard is false or raises, so a denied value is replaced by an inert marker
+        before ``_match_check_`` raises (a ``try`` around the ``match`` must not find the
+        real value bound). A bare capture (``case x:``) binds the subject itself: nothing new."""
+        pattern = case.pattern
+        if isinstance(pattern, ast.MatchAs) and pattern.pattern is None:
+            return
+        names: dict[str, None] = {}
+        for sub in ast.walk(pattern):
+            name = None
+            if isinstance(sub, (ast.MatchAs, ast.MatchStar)):
+                name = sub.name
+            elif isinstance(sub, ast.MatchMapping):
+                name = sub.rest
+            if name is not None:
+                names[name] = None
+        if not names:
+            return
+        binds: list[ast.expr] = [
+            ast.NamedExpr(target=ast.Name(name, ast.Store()), value=_call("_match_bind_", ast.Name(name, ast.Load())))
+            for name in names]
+        check: ast.expr = _call("_match_check_", *binds)
+        case.guard = check if case.guard is None else ast.BoolOp(op=ast.And(), values=[check, case.guard])
+        copy_locations(case.guard, pattern)
+        ast.fix_missing_locations(case.guard)
 
     def _pattern_slot(self, expr: ast.expr, holder: str, before: list[ast.stmt]) -> ast.expr:
         self._check_dotted(expr)

@@ -219,12 +219,11 @@ def test_batch_runs_concurrently_and_keeps_order(server) -> None:
     server.latency_s = lambda body: LATENCY_S * (1 + 0.5 * (int(body["messages"][-1]["content"][1:]) < 8))
     conversations = [user(f"q{i}") for i in range(16)]
 
-    start = time.perf_counter()
     completions = backend.batch(conversations)
-    elapsed = time.perf_counter() - start
 
     assert [c.text for c in completions] == [f"echo q{i}" for i in range(16)]
-    assert elapsed < 8 * LATENCY_S, f"16 calls of >= {LATENCY_S * 1000:.0f} ms took {elapsed * 1000:.0f} ms in all"
+    # Concurrency is read off the server (requests in flight at once), not off a wall clock,
+    # which a loaded CI machine stretches.
     assert server.max_in_flight >= 8
     assert all(c.usage.wall_s >= LATENCY_S for c in completions)
 
@@ -240,11 +239,9 @@ def test_abatch_sends_per_conversation_loops_and_keeps_order(server) -> None:
     async def main() -> list[Any]:
         return await backend.abatch(conversations, loops=budgets, max_tokens=8)
 
-    start = time.perf_counter()
     completions = asyncio.run(main())
-    elapsed = time.perf_counter() - start
 
-    assert elapsed < 8 * LATENCY_S
+    assert server.max_in_flight >= 8  # concurrent, counted by the server (no wall-clock bound)
     assert [c.text for c in completions] == [f"echo q{i}" for i in range(16)]
     assert [c.loops.requested for c in completions] == budgets
     sent = {b["messages"][-1]["content"]: b for b in server.completions()[1:]}

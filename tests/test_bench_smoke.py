@@ -90,7 +90,8 @@ def check_looped(data: dict[str, Any]) -> None:
     [
         ("sandbox", 100, check_sandbox),
         ("controller", 110, check_controller),
-        pytest.param("looped", 120, check_looped, marks=pytest.mark.skipif(
+        # a hang guard, not a speed check: a loaded machine stretches the quick run
+        pytest.param("looped", 300, check_looped, marks=pytest.mark.skipif(
             not HAS_TORCH, reason="needs the looped extra (torch, transformers)")),
     ],
     ids=["sandbox", "controller", "looped"],

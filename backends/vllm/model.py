@@ -21,8 +21,11 @@ A stopped token (budget reached or gate) keeps its state, so its coda sees its s
 depth, and it runs no projection or MLP any more: a loop computes only the still-active rows
 (gathered). **KV rule** (Ouro's "reuse last", also the reference's): a token that stopped at
 depth ``d`` has, in every deeper (loop, core layer) cache, its keys/values of loop ``d - 1``;
-they are kept per core layer for every token of the batch and handed to each loop's
-attention call (which writes the cache) for the stopped rows. Once no token of the batch is
+they are kept per core layer for every token of the batch and written into each loop's cache
+for the stopped rows. With vLLM's CPU attention, a loop attends for the requests that still
+have a looping token only (``_Subset``: the step's attention metadata sliced to them, built
+once per loop level); other backends run the attention call over the whole batch, stopped
+rows with zero queries. Once no token of the batch is
 active, the remaining loops up to the batch's largest budget only write those caches (later
 tokens of the same request may loop deeper and read them). The model records each token's
 depth (``loop_depths``) for a gated batch; the hook turns it into per-request counts.
@@ -138,6 +141,8 @@ def _subset(attn: Attention, alive: torch.Tensor) -> tuple[_Subset | None, torch
     """The requests to attend for the tokens ``alive`` (see ``_Subset``), or None when every request
     has an active token or the backend is not vLLM's CPU attention; and ``alive`` without padding
     tokens (past the last request's, never read) when a subset is used."""
+    if attn.attn_backend.get_name() != "CPU_ATTN":  # CUDA etc.: the whole-batch call (not implemented there)
+        return None, alive
     try:
         from vllm.model_executor.layers.attention.attention import get_attention_context
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, CPUAttentionMetadata

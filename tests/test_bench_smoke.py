@@ -85,6 +85,7 @@ def check_looped(data: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # above every subprocess timeout below, so those name the script that hung
 @pytest.mark.parametrize(
     ("script", "timeout", "check"),
     [

@@ -55,10 +55,11 @@ vLLM other than the tested ``0.32.*`` unless ``LOOPAGENT_VLLM_UNTESTED=1``, and 
 batch that reaches the model without budgets raises instead of running ``max_loops``.
 
 Limits: ``kv_cache="shared"`` checkpoints are served by the hf: backend only (it needs
-positions processed one at a time); attention still spans the whole batch at each
-loop (stopped rows get zero queries: vLLM's attention metadata is built once per step
-for all rows); streamed ``/v1/completions`` of ``loopagent serve`` carry no loop figures (streamed chat
-completions do, in the final usage chunk); per-loop LoRA needs
+positions processed one at a time); on CPU attention, a loop attends only for the
+requests with a still-looping token (a sliced copy of the step's attention metadata per
+loop level), while other attention backends (CUDA) still span the whole batch at each
+loop (stopped rows get zero queries); streamed ``/v1/completions`` of ``loopagent serve``
+carry no loop figures (streamed chat completions do, in the final usage chunk); per-loop LoRA needs
 tensor_parallel_size=1; no pipeline parallelism (the core loop lives in one stage);
 the loop count depends on the batch, so the engine runs eager (no CUDA graphs,
 ``enforce_eager=True``, set by the backend and ``loopagent serve``). Only vLLM's V1

@@ -950,6 +950,13 @@ def _harden_enum() -> None:
                 raise SandboxPolicyError(f"enum member name {member!r} is not allowed: names starting with '_' "
                                          "are private (and dunders are methods)")
         _check_module_name(kwargs, "Enum")
+        mixin = kwargs.get("type")
+        if mixin is not None:
+            # The functional API builds the class with metacls.__new__, past the class statement's
+            # _check_base: Enum('E', [], type=type(list[int])) was a class of the sandbox deriving
+            # from GenericAlias, whose _new_member_ made one forwarding every read (private names
+            # too, as the sandbox's own) to an origin of the caller's choice: dataclasses._create_fn.
+            _check_base(mixin)
         # the original finds the caller's module from its frame, which this wrapper now is
         kwargs["module"] = SANDBOX_MODULE
         return original(cls, class_name, checked, **kwargs)

@@ -1,0 +1,96 @@
+"""Escape corpus, eighth review: classes the sandbox owns that were made past the class statement.
+
+Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded from that file).
+
+- The enum functional API (``Enum('E', names, type=X)``) builds the class with
+  ``metacls.__new__``, past ``_ClassStatement`` and so past ``_check_base``; the hardened
+  ``_create_`` sets ``module='repl'``, so the result is a class of the sandbox deriving from
+  any class the model holds. ``type=type(list[int])`` made a sandbox-owned subclass of
+  ``GenericAlias``; its ``_new_member_`` (``GenericAlias.__new__``, in the class's own dict,
+  so readable as the sandbox's private) built one with ``dataclasses`` as origin, and every
+  private read on it counted as the sandbox's own while the alias forwarded it:
+  ``m._create_fn`` exec's source under dataclasses' real globals (real ``__import__``,
+  ``os.environ``). ``type=super`` and ``type=pprint.PrettyPrinter`` (the worker's stdout in
+  the instance dict, readable as an own ``__dict__``) went through the same hole. The mixin
+  is checked with ``_check_base`` now.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _load_corpus():
+    name = "_escape_corpus_round8_helpers"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_escapes.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_corpus = _load_corpus()
+attack = _corpus.attack
+check_refused = _corpus.check_refused
+assert_healthy = _corpus.assert_healthy
+WIN = _corpus.WIN
+ANY_ERROR = _corpus.ANY_ERROR
+# fixtures (pytest finds them by name in this module)
+secret_env = _corpus.secret_env
+fresh = _corpus.fresh
+repl = _corpus.repl
+
+
+_CREATE_FN_ENV = ("f = m._create_fn\ng = f('g', [], ['return __import__(\"os\").environ'])\nenv = g()\n"
+                  "print(env)\nif 'PATH' in env:\n    ")
+
+ROUND8 = [
+    attack("review8", "enum_functional_api_mixin_generic_alias_forwards_privates",
+           "import enum, dataclasses\nE = enum.Enum('E', [], type=type(list[int]))\n"
+           "m = E._new_member_(E, dataclasses, ())\n" + _CREATE_FN_ENV + WIN,
+           forbid=(_corpus.SECRET_VALUE,)),
+    # held before the fix too (int and GenericAlias layouts conflict), kept for coverage
+    attack("review8", "int_enum_functional_api_mixin_generic_alias",
+           "import enum, dataclasses\nE = enum.IntEnum('E', [], type=type(list[int]))\n"
+           "m = E._new_member_(E, dataclasses, ())\n" + _CREATE_FN_ENV + WIN,
+           errors=ANY_ERROR, forbid=(_corpus.SECRET_VALUE,)),
+    attack("review8", "enum_functional_api_mixin_typing_alias",
+           "import enum, typing, dataclasses\nE = enum.Enum('E', [], type=type(typing.List[int]))\n" + WIN),
+    attack("review8", "enum_functional_api_mixin_super",
+           "import enum\nE = enum.Enum('E', [('A', (object, object()))], type=super)\n" + WIN),
+    attack("review8", "enum_functional_api_mixin_pretty_printer_holds_stdout",
+           "import enum, pprint\nE = enum.Enum('E', [('A', ())], type=pprint.PrettyPrinter)\n"
+           "out = E.A.__dict__['_stream']\n" + WIN),
+    attack("review8", "enum_functional_api_mixin_field",
+           "import enum, dataclasses\nE = enum.Enum('E', [], type=dataclasses.Field)\n" + WIN),
+    # held before the fix too (enum refuses a metaclass mixin)
+    attack("review8", "enum_functional_api_mixin_metaclass",
+           "import enum\nE = enum.Enum('E', [], type=type(enum.Enum))\n" + WIN, errors=ANY_ERROR),
+]
+
+
+@pytest.mark.parametrize("a", ROUND8)
+def test_round8_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+def test_functional_enums_with_ordinary_mixins_still_work(repl):
+    res = repl.execute(
+        "import enum, datetime, fractions\n"
+        "A = enum.Enum('A', 'x y', type=int)\n"
+        "B = enum.IntEnum('B', [('P', 3), ('Q', 4)])\n"
+        "C = enum.Enum('C', {'U': 'u'}, type=str)\n"
+        "D = enum.Enum('D', [('T', (2020, 1, 2))], type=datetime.date)\n"
+        "class Base:\n    pass\n"
+        "F = enum.Enum('F', [('K', ())], type=Base)\n"
+        "G = enum.Flag('G', 'r w')\n"
+        "print(A.x + A.y, B.Q * 2, C.U.upper(), D.T.year, F.K.name, (G.r | G.w).value, A(2).name)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "3 8 U 2020 K 3 y\n"

@@ -212,6 +212,12 @@ def _private_allowed(obj: Any, name: str) -> bool:
         return False
     else:
         mro = obj.__mro__ if isinstance(obj, type) else type(obj).__mro__
+    if isinstance(obj, type) and any(name in vars(meta) for meta in type(obj).__mro__):
+        # Read off a class, a name its MRO lacks is looked up on the metaclass (and the metaclass's
+        # data descriptors come first): a class of the sandbox reached EnumType._convert_, which
+        # turns any module's globals (builtins.eval, open) into members. Metaclasses are never the
+        # sandbox's own (a class statement cannot define one).
+        return False
     for cls in mro:
         if name in cls.__dict__:
             return getattr(cls, "__module__", None) == SANDBOX_MODULE

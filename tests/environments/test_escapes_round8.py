@@ -13,6 +13,11 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded fro
   ``os.environ``). ``type=super`` and ``type=pprint.PrettyPrinter`` (the worker's stdout in
   the instance dict, readable as an own ``__dict__``) went through the same hole. The mixin
   is checked with ``_check_base`` now.
+- ``_private_allowed`` let a class of the sandbox read any private name its MRO lacks (as
+  "missing, or its own"), but a class's attribute lookup goes on to the metaclass:
+  ``E._convert_`` on an own ``class E(enum.Enum)`` was ``EnumType._convert_``, which turns the
+  globals of any module in ``sys.modules`` into members (``builtins.eval``, ``open``: the real
+  builtins). Names the metaclass has are refused on classes now.
 """
 
 from __future__ import annotations
@@ -72,6 +77,22 @@ ROUND8 = [
     # held before the fix too (enum refuses a metaclass mixin)
     attack("review8", "enum_functional_api_mixin_metaclass",
            "import enum\nE = enum.Enum('E', [], type=type(enum.Enum))\n" + WIN, errors=ANY_ERROR),
+    *[attack("review8", f"metaclass_private_{name}_read_off_an_own_enum_class",
+             f"import enum\nclass E(enum.{base}):\n    pass\n"
+             "X = E._convert_('X', 'builtins', lambda n: n in ('eval', 'open'))\nev = X['eval'].value\n"
+             "env = ev('__import__(\"os\").environ', {})\nprint(env)\nif 'PATH' in env:\n    " + WIN,
+             forbid=(_corpus.SECRET_VALUE,))
+      for name, base in (("convert_enum", "Enum"), ("convert_int_enum", "IntEnum"), ("convert_flag", "Flag"))],
+    attack("review8", "metaclass_private_read_with_getattr",
+           "import enum\nclass E(enum.Enum):\n    A = 1\nc = getattr(E, '_convert_')\n" + WIN),
+    # low: ABCMeta._dump_registry only prints the registry, but it is the metaclass's private
+    attack("review8", "metaclass_private_read_off_an_own_abc",
+           "import abc\nclass A(abc.ABC):\n    pass\nd = A._dump_registry\n" + WIN),
+    # harmless before the fix (an instance's lookup skips the metaclass: no match, no error);
+    # refused by the class pattern's check now
+    attack("review8", "metaclass_private_via_match_args_of_an_own_enum",
+           "import enum\nclass E(enum.Enum):\n    __match_args__ = ('_convert_',)\n    A = 1\n"
+           "match E.A:\n    case E(c):\n        " + WIN, errors=ANY_ERROR),
 ]
 
 
@@ -94,3 +115,17 @@ def test_functional_enums_with_ordinary_mixins_still_work(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "3 8 U 2020 K 3 y\n"
+
+
+def test_own_privates_of_enum_and_abc_classes_still_read(repl):
+    res = repl.execute(
+        "import enum, abc\n"
+        "class E(enum.Enum):\n    A = 1\n    B = 2\n"
+        "    @classmethod\n    def _missing_(cls, value):\n        return cls.A\n"
+        "    _ignore_ = ['tmp']\n"
+        "class K(abc.ABC):\n    _tag = 't'\n    @classmethod\n    def _make(cls):\n        return cls._tag\n"
+        "class L(K):\n    pass\n"
+        "print(E(9), sorted(E._member_map_), E._value2member_map_[2], E.A._value_, E.B._name_, L._make(), L._tag)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "E.A ['A', 'B'] E.B 1 B t t\n"

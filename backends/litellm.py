@@ -51,6 +51,7 @@ class LiteLLMBackend(Backend):
 
         gpt = LiteLLMBackend("openai/gpt-4o-mini")                 # needs OPENAI_API_KEY
         local = LiteLLMBackend.served("http://127.0.0.1:8000/v1")  # no key needed
+        gated = LiteLLMBackend.served("http://127.0.0.1:8000/v1", loops=8, exit_gate=True)  # adaptive-ready
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class LiteLLMBackend(Backend):
         loops: int | None = None,
         max_loops: int | None = None,
         served: bool = False,
+        exit_gate: bool = False,
         **completion_kwargs: Any,
     ) -> None:
         self.model = model
@@ -79,6 +81,9 @@ class LiteLLMBackend(Backend):
         self.looped = loops is not None
         self.default_loops = loops
         self.max_loops = max_loops
+        # A server's checkpoint cannot be inspected from here: the user says it has a gate
+        # (what loop_policy="adaptive" needs; the server still refuses gate options without one).
+        self.has_exit_gate = bool(exit_gate and self.looped)
         self._resolved = not served or "/" in model and not model.endswith("/")
         #: Replicas of a served model (``served:URL1,URL2``); balanced by litellm's Router.
         self.api_bases: list[str] = [self.api_base] if self.api_base else []

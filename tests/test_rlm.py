@@ -240,6 +240,17 @@ def test_adaptive_policy_needs_a_gated_model_before_the_run():
     RLM(root, ScriptedBackend(lambda m, n: "x", looped=True, max_loops=8, exit_gate=True), loop_policy="adaptive")
 
 
+def test_adaptive_policy_takes_a_served_model_declared_gated():
+    from loopagent.backends.litellm import LiteLLMBackend
+
+    root = ScriptedBackend([repl("FINAL('x')")])
+    with pytest.raises(ConfigError, match="child model served:http://127.0.0.1:9/v1 has none"):
+        RLM(root, LiteLLMBackend.served("http://127.0.0.1:9/v1", loops=4), loop_policy="adaptive")
+    gated = LiteLLMBackend.served("http://127.0.0.1:9/v1", loops=4, exit_gate=True)
+    assert gated.has_exit_gate and RLM(root, gated, loop_policy="adaptive").child is gated
+    assert not LiteLLMBackend.served("http://127.0.0.1:9/v1", exit_gate=True).has_exit_gate  # not looped
+
+
 @pytest.mark.parametrize("options, message", [
     ({"threshold": 1.5}, "threshold must be a number in"), ({"threshold": "high"}, "threshold must be a number in"),
     ({"min_loops": 0}, "min_loops must be a positive integer"),

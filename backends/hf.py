@@ -128,10 +128,7 @@ class HFLoopedBackend(LocalLoopedBackend):
 
         start = time.perf_counter()
         tok, model = self.tokenizer, self.model
-        exit_threshold = min_loops = None
-        if gate is not None:
-            min_loops = gate.min_loops
-            exit_threshold = gate.exit_threshold if gate.exit_threshold is not None else model.config.exit_threshold
+        exit_threshold, min_loops = (gate.exit_threshold, gate.min_loops) if gate is not None else (None, None)
         run = dict(loops=list(budgets), exit_threshold=exit_threshold, min_loops=min_loops, use_cache=True)
         enc = tok(self._prompts(conversations), return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)

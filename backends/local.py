@@ -29,10 +29,10 @@ from .checkpoint import looped_checkpoint_config
 class Gate:
     """Exit-gate options of one call (checked by :func:`loopagent.validation.check_gate`):
     a token stops once its cumulative exit probability reaches ``exit_threshold`` (never
-    before ``min_loops`` loops); ``exit_threshold=None`` with a ``min_loops`` uses the
-    checkpoint's ``config.exit_threshold``."""
+    before ``min_loops`` loops). A call that gives only ``min_loops`` gets the checkpoint's
+    ``config.exit_threshold``, resolved once by :meth:`LocalLoopedBackend.abatch`."""
 
-    exit_threshold: float | None = None
+    exit_threshold: float
     min_loops: int | None = None
 
 
@@ -151,7 +151,11 @@ class LocalLoopedBackend(Backend):
         for n in budgets:
             exit_threshold, min_loops = check_gate(exit_threshold, min_loops, loops=n, has_gate=self.has_exit_gate,
                                                    model=self.name)
-        gate = Gate(exit_threshold, min_loops) if exit_threshold is not None or min_loops is not None else None
+        gate = None
+        if exit_threshold is not None or min_loops is not None:
+            if exit_threshold is None:  # min_loops alone: the checkpoint's own threshold
+                exit_threshold = float(self.checkpoint_config.get("exit_threshold", 0.9))
+            gate = Gate(exit_threshold, min_loops)
         return await self._agenerate(list(conversations), budgets, max_tokens or self.max_new_tokens, gate)
 
     @property

@@ -171,8 +171,7 @@ class VLLMBackend(LocalLoopedBackend):
         nothing (a request the front end finished itself), the budget as an estimate."""
         threshold = min_loops = None
         if gate is not None:  # the effective options, as the admission hook resolves them
-            threshold = gate.exit_threshold if gate.exit_threshold is not None else float(
-                self.checkpoint_config.get("exit_threshold", 0.9))
+            threshold = gate.exit_threshold
             min_loops = gate.min_loops if gate.min_loops is not None else 1
         if counts is None:
             return LoopStats(requested=loops, executed_mean=float(loops), min_loops=min_loops,

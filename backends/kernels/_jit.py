@@ -1,0 +1,64 @@
+"""Triton kernels that run where their tensors are: compiled on CUDA, interpreted on CPU.
+
+``triton.jit`` decides at decoration time whether a kernel is compiled or interpreted
+(``TRITON_INTERPRET``), so one process could not test on CPU and run on GPU with the same
+kernels. :func:`kernel` keeps the Python function and builds each form on first use: a
+launch whose first tensor is on the CPU runs Triton's interpreter (correctness only, slow),
+anything else the compiled kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class _Kernel:
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self._forms: dict[bool, Any] = {}
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def _form(self, interpret: bool) -> Any:
+        form = self._forms.get(interpret)
+        if form is None:
+            import triton
+
+            with triton.knobs.runtime.scope():
+                triton.knobs.runtime.interpret = interpret
+                form = self._forms[interpret] = triton.jit(self.fn)
+        return form
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            first = next(a for a in args if hasattr(a, "device"))
+            return self._form(first.device.type == "cpu")[grid](*args, **kwargs)
+
+        return launch
+
+
+def kernel(fn: Callable[..., Any]) -> _Kernel:
+    """Decorate a Triton kernel body (instead of ``triton.jit``); launch it as ``k[grid](...)``.
+
+    Kernels must be self-contained: a ``triton.jit`` helper they called would be fixed to one
+    form at import time.
+    """
+    return _Kernel(fn)
+
+
+def _sum_combine(a, b):  # noqa: ANN001, ANN202 (Triton reads annotations as types)
+    return a + b
+
+
+def _make_combine() -> Any:
+    import triton
+
+    return triton.jit(_sum_combine)
+
+
+#: The combine function of sums and prefix sums: ``tl.reduce(x, 0, add)``,
+#: ``tl.associative_scan(x, 0, add)``. ``tl.sum`` / ``tl.cumsum`` are themselves ``triton.jit``
+#: functions fixed at import to one form; a combine function passed in works in both (the
+#: interpreter calls its Python body).
+add = _make_combine()

@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -85,19 +86,22 @@ def enabled(device: torch.device | str) -> bool:
     return chosen == "on" or torch.device(device).type == "cuda"
 
 
-from .halting import compact, compact_ref, halt_step, halt_step_ref  # noqa: E402
-from .norms import (  # noqa: E402
-    add_rms_norm,
-    add_rms_norm_ref,
-    inject_rms_norm,
-    inject_rms_norm_ref,
-    rms_norm,
-    rms_norm_ref,
-)
-from .swiglu import silu_mul, silu_mul_ref  # noqa: E402
+_OPS = {
+    "compact": "halting", "compact_ref": "halting", "halt_step": "halting", "halt_step_ref": "halting",
+    "add_rms_norm": "norms", "add_rms_norm_ref": "norms", "inject_rms_norm": "norms",
+    "inject_rms_norm_ref": "norms", "rms_norm": "norms", "rms_norm_ref": "norms",
+    "silu_mul": "swiglu", "silu_mul_ref": "swiglu",
+}
 
-__all__ = [
-    "MODES", "add_rms_norm", "add_rms_norm_ref", "available", "compact", "compact_ref", "current_mode", "enabled",
-    "halt_step", "halt_step_ref", "inject_rms_norm", "inject_rms_norm_ref", "mode", "rms_norm", "rms_norm_ref",
-    "silu_mul", "silu_mul_ref",
-]
+
+def __getattr__(name: str) -> Any:
+    # The ops import Triton: loaded on first use, so that this package (the switch) imports
+    # on machines without it.
+    module = _OPS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return value
+
+
+__all__ = ["MODES", "available", "current_mode", "enabled", "mode", *sorted(_OPS)]

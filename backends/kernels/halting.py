@@ -32,7 +32,7 @@ from ._jit import add, kernel
 def _halt_kernel(Hs, GW, GB, NW, CDF, SURV, BUD, FLOOR, THR, IDX, STATE, DEPTH, DONE,
                  stride_h, stride_s, D, eps, loop, floor_value, threshold_value,
                  HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INDEX: tl.constexpr,
-                 PER_FLOOR: tl.constexpr, PER_THRESHOLD: tl.constexpr, FREEZE: tl.constexpr,
+                 PER_FLOOR: tl.constexpr, PER_THRESHOLD: tl.constexpr, FREEZE: tl.constexpr, COUNT: tl.constexpr,
                  BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -68,8 +68,9 @@ def _halt_kernel(Hs, GW, GB, NW, CDF, SURV, BUD, FLOOR, THR, IDX, STATE, DEPTH, 
     budget = tl.load(BUD + at)
     done = (budget <= loop + 1) | ((loop + 1 >= floor) & (cdf >= threshold))
     tl.store(DONE + r, done.to(tl.int8))
-    if FREEZE:  # the new state into the batch's states; one more loop of depth
+    if FREEZE:  # the new state into the batch's states (a stopped token keeps it)
         tl.store(STATE + at * stride_s + cols, h_raw, mask=m)
+    if COUNT:  # one more loop of depth
         tl.store(DEPTH + at, tl.load(DEPTH + at) + 1)
 
 
@@ -138,8 +139,8 @@ def halt_step(
     ``h`` [n, d]: their new states; ``index`` [n]: where they sit on the batch's flat token
     axis (None: token ``r`` is row ``r``). Per token of the batch (flat, contiguous, updated
     in place): ``cdf`` / ``survive`` (float32), ``budget`` (int), and optionally ``min_loops``
-    / ``threshold`` (else one value for all), ``state`` [N, d] (``h`` is written into it)
-    and ``depth`` (incremented). ``norm_weight``: the gate reads ``norm(h)`` with it.
+    / ``threshold`` (else one value for all), ``state`` [N, d] (``h`` is written into it:
+    the freeze) and ``depth`` (incremented). ``norm_weight``: the gate reads ``norm(h)`` with it.
     Returns ``done`` [n] (bool): tokens that stop after this loop.
     """
     n, d = h.shape
@@ -148,8 +149,6 @@ def halt_step(
         return done.bool()
     if h.stride(-1) != 1:
         h = h.contiguous()
-    if (state is None) != (depth is None):
-        raise ValueError("halt_step: state and depth go together (the freeze writes both)")
     per_floor, per_threshold = isinstance(min_loops, torch.Tensor), isinstance(threshold, torch.Tensor)
     dummy = cdf
     _halt_kernel[(n,)](
@@ -161,7 +160,7 @@ def halt_step(
         done, h.stride(0), d, d, eps, loop,
         0 if per_floor else int(min_loops), 0.0 if per_threshold else float(threshold),
         HAS_NORM=norm_weight is not None, HAS_BIAS=gate_bias is not None, HAS_INDEX=index is not None,
-        PER_FLOOR=per_floor, PER_THRESHOLD=per_threshold, FREEZE=state is not None,
+        PER_FLOOR=per_floor, PER_THRESHOLD=per_threshold, FREEZE=state is not None, COUNT=depth is not None,
         BLOCK=triton.next_power_of_2(d),
     )
     return done.view(torch.bool)

@@ -49,6 +49,7 @@ from transformers.utils import ModelOutput
 from loopagent import validation
 from loopagent.errors import InvalidLoopsError
 
+from .. import kernels
 from .configuration_looped import LoopedConfig
 from .functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
 
@@ -230,8 +231,9 @@ class LoopedMLP(nn.Module):
         self.gate_proj, self.up_proj, self.down_proj = (proj("gate_proj", d, f), proj("up_proj", d, f),
                                                         proj("down_proj", f, d))
 
-    def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x, loop)) * self.up_proj(x, loop), loop)
+    def forward(self, x: torch.Tensor, loop: int | None, fused: bool = False) -> torch.Tensor:
+        gate, up = self.gate_proj(x, loop), self.up_proj(x, loop)
+        return self.down_proj(kernels.silu_mul(gate, up) if fused else F.silu(gate) * up, loop)
 
 
 class LoopedDecoderLayer(nn.Module):
@@ -269,6 +271,32 @@ class LoopedDecoderLayer(nn.Module):
         x = x + (self.mlp_out_norm(mlp) if self.sandwich else mlp)
         return x, kv
 
+    def forward_fused(
+        self,
+        x: torch.Tensor,
+        normed: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+        loop: int | None,
+        active: _Active | None,
+        next_norm: LoopedRMSNorm | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, LayerKV]:
+        """:meth:`forward` through the Triton kernels (``kernels``): ``normed`` is this layer's
+        input norm of ``x``, computed by the caller fused with what came before; each residual
+        add is fused with the norm after it, the last with ``next_norm`` (the next layer's
+        input norm, or the loop norm), whose output is returned too (None without one). Not
+        for ``sandwich_style="residual"`` (the norm sits on the residual stream there)."""
+        attn, kv = self.self_attn(normed, rope, mask, past, loop, active)
+        post, branch = self.post_attention_layernorm, self.attn_out_norm.weight if self.sandwich else None
+        x, normed = kernels.add_rms_norm(x, attn, post.weight, post.eps, branch)
+        mlp = self.mlp(normed, loop, fused=True)
+        if next_norm is None:
+            return x + (self.mlp_out_norm(mlp) if self.sandwich else mlp), None, kv
+        x, normed = kernels.add_rms_norm(x, mlp, next_norm.weight, next_norm.eps,
+                                         self.mlp_out_norm.weight if self.sandwich else None)
+        return x, normed, kv
+
 
 class LoopInjection(nn.Module):
     """How the prelude output ``e`` enters each loop (see ``LoopedConfig.injection``)."""
@@ -296,6 +324,30 @@ class LoopInjection(nn.Module):
         dt = F.softplus(self.dt)
         decay = torch.exp(-dt * torch.exp(self.A_log))  # in (0, 1): a contraction of the state
         return decay * s + dt * self.B(self.norm(e))
+
+    def loop_invariant(self, e: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What of the injection is the same at every loop, computed once per forward for the
+        fused path: ``(scale, c)`` with ``inject(s, e) = scale * s' + c`` (``s'`` is ``s``, or
+        for concat the adapter's ``s`` half applied to it); ``(None, None)`` for ``none``."""
+        if self.mode == "none":
+            return None, None
+        if self.mode == "additive":
+            return None, e
+        if self.mode == "concat":
+            return None, F.linear(e, self.adapter.weight[:, e.shape[-1]:])
+        dt = F.softplus(self.dt)
+        return torch.exp(-dt * torch.exp(self.A_log)), dt * self.B(self.norm(e))
+
+    def forward_fused(
+        self, s: torch.Tensor, invariant: tuple[torch.Tensor | None, torch.Tensor | None], norm: LoopedRMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inject(s, e), norm(inject(s, e)))`` in one kernel, from :meth:`loop_invariant`."""
+        scale, c = invariant
+        if c is None:
+            return s, kernels.rms_norm(s, norm.weight, norm.eps)
+        if self.mode == "concat":
+            s = F.linear(s, self.adapter.weight[:, : s.shape[-1]])
+        return kernels.inject_rms_norm(s, c, norm.weight, norm.eps, scale)
 
 
 class LoopedCache:
@@ -431,6 +483,13 @@ class LoopedModel(LoopedPreTrainedModel):
             raise InvalidLoopsError(f"got {len(budgets)} loop budgets for a batch of {b} rows")
         return tuple(budgets)
 
+    def uses_kernels(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` runs through the Triton kernels (``kernels.enabled``:
+        on CUDA with Triton, no gradient recorded, unless ``LOOPAGENT_KERNELS`` says otherwise;
+        never for ``sandwich_style="residual"``, whose norms sit on the residual stream)."""
+        residual = self.config.sandwich_norm and self.config.sandwich_style == "residual"
+        return not residual and kernels.enabled(device)
+
     def gate(self, s: torch.Tensor) -> torch.Tensor:
         """Conditional exit probability of every token after a loop."""
         assert self.exit_gate is not None
@@ -507,9 +566,16 @@ class LoopedModel(LoopedPreTrainedModel):
         past = cache.seen if cache is not None else 0
         mask = self._mask(attention_mask, past, t)
         rope = _rope(self.config, position_ids, x.dtype)
+        fused = self.uses_kernels(x.device)
 
         def layer(module: LoopedDecoderLayer, h: torch.Tensor, key: tuple[Any, ...]) -> torch.Tensor:
-            h, kv = module(h, rope, mask, cache.get(key) if cache is not None else None, None)
+            prior = cache.get(key) if cache is not None else None
+            if fused:
+                norm = module.input_layernorm
+                h, _, kv = module.forward_fused(h, kernels.rms_norm(h, norm.weight, norm.eps), rope, mask, prior, None,
+                                                None, None)
+            else:
+                h, kv = module(h, rope, mask, prior, None)
             if cache is not None:
                 cache.set(key, (kv.keys, kv.values))
             return h
@@ -520,7 +586,7 @@ class LoopedModel(LoopedPreTrainedModel):
         s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
         s, exit_steps, core_tokens, states, gates = self._loops(
             s, e, attention_mask[:, past : past + t].bool(), mask, rope, cache, budgets, gate, output_loop_states,
-            backprop_loops)
+            backprop_loops, fused)
         h = self.norm(s) if self.config.norm_before_coda else s
         for i, module in enumerate(self.coda):
             h = layer(module, h, ("coda", i))
@@ -547,6 +613,7 @@ class LoopedModel(LoopedPreTrainedModel):
         gate: tuple[float, int] | None,
         output_loop_states: bool,
         backprop_loops: int | None,
+        fused: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The core loops of one chunk (``present``: [b, t] positions that are not masked).
 
@@ -555,6 +622,7 @@ class LoopedModel(LoopedPreTrainedModel):
         chunk's latest keys/values, which is what the cache stores for every loop (the
         module docstring's KV rule). Returns the final states, exit steps, core tokens per
         row, and (``output_loop_states``) the states and gate probabilities per loop.
+        ``fused``: through the kernels (``uses_kernels``), the halting update included.
         """
         b, t, _ = s.shape
         loops = max(budgets)
@@ -573,40 +641,70 @@ class LoopedModel(LoopedPreTrainedModel):
         states: list[torch.Tensor] = []
         gates: list[torch.Tensor] = []
         first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
+        invariant = self.injection.loop_invariant(e) if fused else None
+        # The fused halting update writes states in place (a stopped token keeps its state).
+        fused_halt = fused and gate is not None and not output_loop_states
+        if fused_halt:
+            s, budget = s.clone(), budget.contiguous()
+            gate_norm = self.norm.weight if self.loop_norm is None and isinstance(self.norm, LoopedRMSNorm) else None
+
+        def run_core(h: torch.Tensor, lay: _Active | None, where: tuple[torch.Tensor, torch.Tensor] | None,
+                     loop: int) -> torch.Tensor:
+            if fused:
+                scale, c = invariant
+                inv = invariant if where is None or c is None else (scale, c[where])
+                h, normed = self.injection.forward_fused(h, inv, self.core[0].input_layernorm)
+            else:
+                h = self.injection(h, e if where is None else e[where])
+            for i, module in enumerate(self.core):
+                past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
+                if lay is not None:
+                    lay.latest_k, lay.latest_v = latest[i] if latest[i] is not None else self._zero_kv(s)
+                if fused:
+                    nxt = self.core[i + 1].input_layernorm if i + 1 < len(self.core) else self.loop_norm
+                    h, normed, kv = module.forward_fused(h, normed, rope, mask, past, loop, lay, nxt)
+                else:
+                    h, kv = module(h, rope, mask, past, loop, lay)
+                latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
+            if self.loop_norm is not None:
+                h = normed if fused else self.loop_norm(h)
+            return h
+
         for loop in range(loops):
             n = b * t if uniform else int(active.sum())
             grad = contextlib.nullcontext() if loop >= first_grad_loop else torch.no_grad()
             if n == b * t:  # dense: every token of the chunk runs this loop
                 with grad:
-                    h = self.injection(s, e)
-                    for i, module in enumerate(self.core):
-                        past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
-                        h, kv = module(h, rope, mask, past, loop)
-                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
-                    if self.loop_norm is not None:
-                        h = self.loop_norm(h)
+                    h = run_core(s, None, None, loop)
                 s = h.detach() if loop < first_grad_loop else h
                 exit_steps += 1
-                lam = self.gate(s) if gate is not None else None
+                lam = self.gate(s) if gate is not None and not fused_halt else None
                 where: tuple[torch.Tensor, torch.Tensor] | None = None
             elif n > 0:  # only the active tokens run: gather their rows
                 lay = _Active.of(active, mask, rope)
                 where = (lay.flat_rows, lay.flat_pos)
                 with grad:
-                    h = self.injection(s[where], e[where])
-                    for i, module in enumerate(self.core):
-                        past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
-                        lay.latest_k, lay.latest_v = latest[i] if latest[i] is not None else self._zero_kv(s)
-                        h, kv = module(h, rope, mask, past, loop, lay)
-                        latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
-                    if self.loop_norm is not None:
-                        h = self.loop_norm(h)
+                    h = run_core(s[where], lay, where, loop)
                 if loop < first_grad_loop:
                     h = h.detach()
-                s = s.index_put(where, h)
-                exit_steps[where] += 1
-                lam = self.gate(h) if gate is not None else None
-            if n > 0 and not uniform:
+                if fused_halt:  # the kernel freezes the state and counts the depth
+                    lam = None
+                else:
+                    s = s.index_put(where, h)
+                    exit_steps[where] += 1
+                    lam = self.gate(h) if gate is not None else None
+            if n > 0 and fused_halt:
+                threshold, floor = gate
+                flat = None if where is None else where[0] * t + where[1]
+                done = kernels.halt_step(
+                    h.reshape(-1, h.shape[-1]), self.exit_gate.weight, self.exit_gate.bias, cdf, survive, budget,
+                    loop, floor, threshold, index=flat, norm_weight=gate_norm, eps=self.config.rms_norm_eps,
+                    state=None if where is None else s, depth=None if where is None else exit_steps)
+                if where is None:
+                    active = active & ~done.view(b, t)
+                else:
+                    active[where] = ~done
+            elif n > 0 and not uniform:
                 # A token stops after its row's budget, or when the gate says so (module docstring).
                 done = (budget if where is None else budget[where]) <= loop + 1
                 if gate is not None and lam is not None:

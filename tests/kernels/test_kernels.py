@@ -155,10 +155,11 @@ def test_halt_step_stops_by_budget_and_by_gate() -> None:
     assert bool((survive < 1e-12).all())
 
 
-def test_halt_step_requires_state_and_depth_together() -> None:
+def test_halt_step_counts_depth_without_freezing() -> None:
     fixed, mutable = _halting_case(0, 6, 8, torch.float32, False, False, False, True)
-    with pytest.raises(ValueError, match="state and depth"):
-        K.halt_step(**fixed, cdf=mutable["cdf"], survive=mutable["survive"], state=mutable["state"])
+    depth = mutable["depth"].clone()
+    K.halt_step(**fixed, cdf=mutable["cdf"], survive=mutable["survive"], depth=depth)
+    assert torch.equal(depth, mutable["depth"] + 1)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1024, 2500])  # 2500: the prefix sum carried over blocks

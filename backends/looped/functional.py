@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 
 def rope_inv_freq(
     dim: int, theta: float, scaling: dict[str, Any] | None = None, device: torch.device | None = None
@@ -85,4 +87,27 @@ def initial_state(e: torch.Tensor, mode: str, std: float) -> torch.Tensor:
     return e
 
 
-__all__ = ["apply_rope", "initial_state", "lora_delta", "rope_cos_sin", "rope_inv_freq", "rotate_half"]
+def fused_layer_tail(
+    layer: nn.Module, x: torch.Tensor, attn: torch.Tensor, loop: int | None, next_norm: nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A decoder layer after its attention, through the kernels: ``x + attn`` fused with the
+    post-attention norm, the SwiGLU MLP, and ``x + mlp`` fused with ``next_norm`` (the next
+    layer's input norm, or the loop norm; its output is returned, None without one).
+
+    ``layer`` is either implementation's decoder layer (same attribute names: ``sandwich``,
+    ``attn_out_norm``, ``post_attention_layernorm``, ``mlp``, ``mlp_out_norm``; its MLP takes
+    ``fused=True``); output sandwich norms are fused into the adds. Not for
+    ``sandwich_style="residual"``.
+    """
+    post = layer.post_attention_layernorm
+    branch = layer.attn_out_norm.weight if layer.sandwich else None
+    x, normed = kernels.add_rms_norm(x, attn, post.weight, post.eps, branch)
+    mlp = layer.mlp(normed, loop, fused=True)
+    if next_norm is None:
+        return x + (layer.mlp_out_norm(mlp) if layer.sandwich else mlp), None
+    branch = layer.mlp_out_norm.weight if layer.sandwich else None
+    return kernels.add_rms_norm(x, mlp, next_norm.weight, next_norm.eps, branch)
+
+
+__all__ = ["apply_rope", "fused_layer_tail", "initial_state", "lora_delta", "rope_cos_sin", "rope_inv_freq",
+           "rotate_half"]

@@ -31,6 +31,13 @@ exactly, with the gate and mixed budgets too. ``shared`` keeps one entry per cor
 (later positions read a position's K/V at the loop where it stopped: its last computed
 loop) and processes positions one at a time, so it also matches its own uncached
 forward exactly.
+
+Kernels: on CUDA (with Triton, no gradient recorded) a forward runs its loop step through
+``loopagent.backends.kernels``: the injection fused with the first core layer's pre-norm (its
+loop-invariant part computed once per forward), each residual add fused with the norm after it,
+SwiGLU in one pass, and with the exit gate one kernel for the gate, the halting update, the
+state freeze and the depth count. Same semantics, float rounding aside; ``LOOPAGENT_KERNELS=off``
+(or ``kernels.mode("off")``) runs plain torch everywhere.
 """
 from __future__ import annotations
 
@@ -51,7 +58,7 @@ from loopagent.errors import InvalidLoopsError
 
 from .. import kernels
 from .configuration_looped import LoopedConfig
-from .functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
+from .functional import apply_rope, fused_layer_tail, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
 
 # -- building blocks ------------------------------------------------------------------------
 
@@ -288,13 +295,7 @@ class LoopedDecoderLayer(nn.Module):
         input norm, or the loop norm), whose output is returned too (None without one). Not
         for ``sandwich_style="residual"`` (the norm sits on the residual stream there)."""
         attn, kv = self.self_attn(normed, rope, mask, past, loop, active)
-        post, branch = self.post_attention_layernorm, self.attn_out_norm.weight if self.sandwich else None
-        x, normed = kernels.add_rms_norm(x, attn, post.weight, post.eps, branch)
-        mlp = self.mlp(normed, loop, fused=True)
-        if next_norm is None:
-            return x + (self.mlp_out_norm(mlp) if self.sandwich else mlp), None, kv
-        x, normed = kernels.add_rms_norm(x, mlp, next_norm.weight, next_norm.eps,
-                                         self.mlp_out_norm.weight if self.sandwich else None)
+        x, normed = fused_layer_tail(self, x, attn, loop, next_norm)
         return x, normed, kv
 
 

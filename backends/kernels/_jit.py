@@ -9,6 +9,7 @@ anything else the compiled kernel.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +34,17 @@ class _Kernel:
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
         def launch(*args: Any, **kwargs: Any) -> Any:
             first = next(a for a in args if hasattr(a, "device"))
-            return self._form(first.device.type == "cpu")[grid](*args, **kwargs)
+            # TRITON_INTERPRET=1 (debugging) interprets on every device, as Triton itself would
+            interpret = first.device.type == "cpu" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+            return self._form(interpret)[grid](*args, **kwargs)
 
         return launch
+
+
+def row_warps(block: int) -> int:
+    """Warps for a kernel that reduces one row of ``block`` elements per program (as Triton's
+    layer-norm tutorial sizes them: wider rows get more warps, so they do not spill)."""
+    return min(max(block // 256, 1), 8)
 
 
 def kernel(fn: Callable[..., Any]) -> _Kernel:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._jit import add, kernel
+from ._jit import add, kernel, row_warps
 
 
 @kernel
@@ -161,7 +161,7 @@ def halt_step(
         0 if per_floor else int(min_loops), 0.0 if per_threshold else float(threshold),
         HAS_NORM=norm_weight is not None, HAS_BIAS=gate_bias is not None, HAS_INDEX=index is not None,
         PER_FLOOR=per_floor, PER_THRESHOLD=per_threshold, FREEZE=state is not None, COUNT=depth is not None,
-        BLOCK=triton.next_power_of_2(d),
+        BLOCK=triton.next_power_of_2(d), num_warps=row_warps(triton.next_power_of_2(d)),
     )
     return done.view(torch.bool)
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._jit import add, kernel
+from ._jit import add, kernel, row_warps
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(rows.shape, dtype=_norm_dtype(x, weight), device=x.device)
     d = rows.shape[1]
     if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), d, eps, BLOCK=_block(d))
+        _rms_norm_kernel[(rows.shape[0],)](rows, weight, out, rows.stride(0), out.stride(0), d, eps, BLOCK=_block(d),
+                                 num_warps=row_warps(_block(d)))
     return out.view(*x.shape[:-1], d)
 
 
@@ -116,7 +117,7 @@ def add_rms_norm(
     if n:
         _add_rms_norm_kernel[(n,)](xr, dr, weight, delta_weight if delta_weight is not None else weight, h, y,
                                    xr.stride(0), dr.stride(0), h.stride(0), y.stride(0), d, eps,
-                                   HAS_DW=delta_weight is not None, BLOCK=_block(d))
+                                   HAS_DW=delta_weight is not None, BLOCK=_block(d), num_warps=row_warps(_block(d)))
     shape = (*x.shape[:-1], d)
     return h.view(shape), y.view(shape)
 
@@ -171,7 +172,7 @@ def inject_rms_norm(
     if n:
         _inject_rms_norm_kernel[(n,)](sr, cr, scale if scale is not None else weight, weight, h, y,
                                       sr.stride(0), cr.stride(0), h.stride(0), y.stride(0), d, eps,
-                                      HAS_A=scale is not None, BLOCK=_block(d))
+                                      HAS_A=scale is not None, BLOCK=_block(d), num_warps=row_warps(_block(d)))
     shape = (*s.shape[:-1], d)
     return h.view(shape), y.view(shape)
 

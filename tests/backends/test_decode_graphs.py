@@ -240,3 +240,60 @@ def test_captured_graph_replays_equal_eager_on_cuda() -> None:
     assert graphed._buckets[4].graph is graph
     want = torch.stack([x.argmax(-1) for x in eager_logits(model, ids2, mask2, 3)], 1)
     assert torch.equal(out.tokens, want)
+
+
+# -- the hf backend -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from loopagent.backends.looped.tokenizer import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("looped")
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LoopedConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                          default_loops=3, max_loops=8, exit_gate=True, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+    LoopedForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_hf_backend_uses_graphs_only_for_greedy_uniform_ungated_cuda_decoding(ckpt) -> None:
+    from loopagent.backends.hf import HFLoopedBackend
+    from loopagent.backends.local import Gate
+
+    cuda = HFLoopedBackend(ckpt, loops=2, device="cuda")  # nothing is loaded: only the decision is checked
+    assert cuda._graph_loops([2, 2], None, 8) == 2
+    assert cuda._graph_loops([2, 4], None, 8) is None  # mixed budgets
+    assert cuda._graph_loops([2, 2], Gate(0.5), 8) is None  # the exit gate
+    assert cuda._graph_loops([2], None, 0) is None
+    with kernels.mode("off"):  # LOOPAGENT_KERNELS=off: the one switch turns graphs off too
+        assert cuda._graph_loops([2], None, 8) is None
+    assert HFLoopedBackend(ckpt, loops=2, device="cuda", temperature=0.7)._graph_loops([2], None, 8) is None
+    assert HFLoopedBackend(ckpt, loops=2)._graph_loops([2], None, 8) is None  # the CPU keeps today's path
+
+
+def test_hf_backend_graph_decode_equals_its_eager_decode(ckpt) -> None:
+    """The CUDA branch of the backend, run on CPU (the graph decoder's static step runs eagerly there)."""
+    from loopagent.backends.hf import HFLoopedBackend
+
+    backend = HFLoopedBackend(ckpt, loops=2, batch_size=3)
+    tok = backend.tokenizer
+    enc = tok(["x=1;", "hello there", "a"], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        eager = backend._decode_eager(ids, mask, [2, 2, 2], 6, None)
+        graphed = backend._decode_graphed(ids, mask, 2, 6)
+    assert graphed[0] == eager[0] and graphed[1].tolist() == eager[1].tolist()
+    decoder = backend._loaded().decoders[2, (1, 2, 3)]
+    assert decoder.max_len == 256 and decoder.buckets == (1, 2, 3) and not decoder.capture
+    steps = len(graphed[3][0]) - int(mask[0].sum())
+    assert graphed[2].tolist() == ((mask.sum(1) + steps) * 2).tolist()
+    assert (graphed[2] >= eager[2]).all()  # finished rows still run in the graph: counted, never hidden
+    assert all(float(d.float().mean()) == 2.0 for d in graphed[3])
+    # a longer call grows the cached decoder (a power of two), a shorter one reuses it
+    with torch.no_grad():
+        backend._decode_graphed(ids, mask, 2, 300)
+    assert backend._loaded().decoders[2, (1, 2, 3)].max_len == 512

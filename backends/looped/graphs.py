@@ -190,6 +190,11 @@ class GraphDecoder:
     mixed per-row budgets and the exit gate (``InvalidLoopsError`` / ``ConfigError`` here),
     sampling. A graph is captured with the kernel mode in force at capture time.
 
+    Memory per bucket used: K and V buffers of ``[bucket, kv_heads, max_len, head_dim]`` for
+    every prelude and coda layer and every (loop, core layer) (every core layer with
+    ``kv_cache="shared"``). Each step attends over all ``max_len`` columns (masked): choose
+    ``max_len`` near the longest prompt + new tokens.
+
     Example::
 
         decoder = GraphDecoder(model, loops=4, max_len=256, buckets=(1, 2, 4, 8))

@@ -7,6 +7,13 @@ stops computing after its budget, a finished row is fed masked and computes noth
 The figures reported are counted where the model ran them: ``Usage.loop_tokens`` is the
 token rows a conversation sent through the core block, summed over loops and over
 prefill and decode (exit gates stop tokens early, and a stopped token computes nothing).
+
+On a CUDA device, greedy calls with one budget for the batch and no exit gate decode through
+``looped.graphs.GraphDecoder``: each token is one CUDA graph replay of the whole step (one
+graph per batch bucket and budget, cached on the loaded model). There every row of the batch
+runs every loop of every step until the batch stops, finished or not, and ``loop_tokens``
+counts exactly that (padded bucket rows are nobody's). Sampling, mixed budgets, the gate,
+the CPU, and ``LOOPAGENT_KERNELS=off`` keep the eager loop.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ class _HFModel:
     tokenizer: Any
     #: One generation at a time: the model's forward is not thread-safe.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: CUDA graph decoders (``looped.graphs.GraphDecoder``) by (loop budget, batch buckets).
+    decoders: dict[tuple[int, tuple[int, ...]], Any] = field(default_factory=dict)
 
 
 class HFLoopedBackend(LocalLoopedBackend):
@@ -127,49 +136,24 @@ class HFLoopedBackend(LocalLoopedBackend):
         import torch
 
         start = time.perf_counter()
-        tok, model = self.tokenizer, self.model
+        tok = self.tokenizer
         exit_threshold, min_loops = (gate.exit_threshold, gate.min_loops) if gate is not None else (None, None)
-        run = dict(loops=list(budgets), exit_threshold=exit_threshold, min_loops=min_loops, use_cache=True)
         enc = tok(self._prompts(conversations), return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
-        eos = tok.eos_token_id
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        rows = len(conversations)
-        new_tokens: list[list[int]] = [[] for _ in conversations]
-        depths = [mask.new_zeros(0) for _ in conversations]  # depth of every token a row processed
-        work = torch.zeros(rows, dtype=torch.long, device=self.device)  # core rows per row, counted by the model
-        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        graph_loops = self._graph_loops(budgets, gate, max_new)
         try:
             with torch.no_grad():
-                out = model(ids, attention_mask=mask, **run)
-                work += out.core_tokens
-                for row in range(rows):
-                    depths[row] = out.exit_steps[row][mask[row].bool()]
-                cache = out.cache
-                for step in range(max_new):
-                    nxt = self._pick(out.logits[:, -1], generator)
-                    for row in range(rows):
-                        if not done[row]:
-                            if nxt[row].item() == eos:
-                                done[row] = True
-                            else:
-                                new_tokens[row].append(int(nxt[row]))
-                    if bool(done.all()) or step == max_new - 1:
-                        break  # the last token is never fed: nothing would read its logits
-                    # Finished rows are fed masked: they compute nothing in the core.
-                    mask = torch.cat([mask, (~done).long()[:, None]], 1)
-                    out = model(nxt[:, None], attention_mask=mask, cache=cache, **run)
-                    work += out.core_tokens
-                    for row in range(rows):
-                        if not done[row]:
-                            depths[row] = torch.cat([depths[row], out.exit_steps[row]])
+                if graph_loops is not None:
+                    new_tokens, done, work, depths = self._decode_graphed(ids, mask, graph_loops, max_new)
+                else:
+                    new_tokens, done, work, depths = self._decode_eager(ids, mask, budgets, max_new, gate)
         except RuntimeError as e:
             raise BackendError(f"{self.name}: generation failed: {e}") from None
         wall = time.perf_counter() - start
         completions = []
-        for row in range(rows):
+        for row in range(len(conversations)):
             steps, computed = depths[row], int(work[row])
             histogram = ({int(k): int(v) for k, v in zip(*torch.unique(steps, return_counts=True))}
                          if exit_threshold is not None else None)
@@ -184,6 +168,84 @@ class HFLoopedBackend(LocalLoopedBackend):
                 finish_reason="stop" if bool(done[row]) else "length",
             ))
         return completions
+
+    def _decode_eager(self, ids: Any, mask: Any, budgets: list[int], max_new: int, gate: Gate | None) -> tuple:
+        """The model's cached decode, one forward per token: (new tokens, done, work, depths) per row."""
+        import torch
+
+        model = self.model
+        exit_threshold, min_loops = (gate.exit_threshold, gate.min_loops) if gate is not None else (None, None)
+        run = dict(loops=list(budgets), exit_threshold=exit_threshold, min_loops=min_loops, use_cache=True)
+        eos = self.tokenizer.eos_token_id
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        rows = ids.shape[0]
+        new_tokens: list[list[int]] = [[] for _ in range(rows)]
+        depths = [mask.new_zeros(0) for _ in range(rows)]  # depth of every token a row processed
+        work = torch.zeros(rows, dtype=torch.long, device=self.device)  # core rows per row, counted by the model
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        out = model(ids, attention_mask=mask, **run)
+        work += out.core_tokens
+        for row in range(rows):
+            depths[row] = out.exit_steps[row][mask[row].bool()]
+        cache = out.cache
+        for step in range(max_new):
+            nxt = self._pick(out.logits[:, -1], generator)
+            for row in range(rows):
+                if not done[row]:
+                    if nxt[row].item() == eos:
+                        done[row] = True
+                    else:
+                        new_tokens[row].append(int(nxt[row]))
+            if bool(done.all()) or step == max_new - 1:
+                break  # the last token is never fed: nothing would read its logits
+            # Finished rows are fed masked: they compute nothing in the core.
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            out = model(nxt[:, None], attention_mask=mask, cache=cache, **run)
+            work += out.core_tokens
+            for row in range(rows):
+                if not done[row]:
+                    depths[row] = torch.cat([depths[row], out.exit_steps[row]])
+        return new_tokens, done, work, depths
+
+    def _graph_loops(self, budgets: Sequence[int], gate: Gate | None, max_new: int) -> int | None:
+        """The loop budget to decode with :class:`~loopagent.backends.looped.graphs.GraphDecoder`
+        (one CUDA graph replay per token), or None for the eager loop: graphs need a CUDA device,
+        greedy decoding, one budget for the batch and no exit gate; ``LOOPAGENT_KERNELS=off``
+        turns them off with the kernels (the one switch)."""
+        import torch
+
+        from .kernels import current_mode
+
+        if (torch.device(self.device).type != "cuda" or self.temperature > 0 or gate is not None
+                or len(set(budgets)) != 1 or max_new < 1 or current_mode() == "off"):
+            return None
+        return int(budgets[0])
+
+    def _decode_graphed(self, ids: Any, mask: Any, loops: int, max_new: int) -> tuple:
+        """:meth:`_decode_eager` through the graph decoder of ``loops`` (cached on the loaded
+        model: one per budget, holding one graph per batch bucket). Every real row runs every
+        loop of every step, finished or not, and that is what its work reports."""
+        import torch
+
+        from .looped.graphs import DEFAULT_BUCKETS, GraphDecoder
+
+        buckets = tuple(n for n in DEFAULT_BUCKETS if n < self.batch_size) + (self.batch_size,)
+        needed = ids.shape[1] + max_new
+        decoders = self._loaded().decoders
+        decoder = decoders.get((loops, buckets))
+        if decoder is None or decoder.max_len < needed:
+            decoders.pop((loops, buckets), None)  # free the smaller one's buffers before allocating
+            # lengths rounded up to a power of two: few distinct decoders, each captured once per bucket
+            max_len = max(256, 1 << (needed - 1).bit_length())
+            decoder = decoders[loops, buckets] = GraphDecoder(self.model, loops=loops, max_len=max_len,
+                                                              buckets=buckets)
+        out = decoder.generate(ids, attention_mask=mask, max_new_tokens=max_new,
+                               eos_token_id=self.tokenizer.eos_token_id)
+        rows = ids.shape[0]
+        new_tokens = [out.row_tokens(row) for row in range(rows)]
+        # every token a row processed ran all loops: its real prompt tokens and every decode step
+        depths = [torch.full((int(mask[row].sum()) + out.steps,), loops) for row in range(rows)]
+        return new_tokens, out.finished, out.core_tokens, depths
 
     def _pick(self, logits: Any, generator: Any) -> Any:
         import torch

@@ -8,9 +8,11 @@ Auto classes, so ``AutoModelForCausalLM.from_pretrained(path)`` works.
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration_looped import LoopedConfig
+from .graphs import GraphDecoder, GraphGeneration
 from .modeling_looped import LoopedCache, LoopedCausalLMOutput, LoopedForCausalLM, LoopedModel, causal_lm_loss
 
 AutoConfig.register("looped", LoopedConfig, exist_ok=True)
 AutoModelForCausalLM.register(LoopedConfig, LoopedForCausalLM, exist_ok=True)
 
-__all__ = ["LoopedCache", "LoopedCausalLMOutput", "LoopedConfig", "LoopedForCausalLM", "LoopedModel", "causal_lm_loss"]
+__all__ = ["GraphDecoder", "GraphGeneration", "LoopedCache", "LoopedCausalLMOutput", "LoopedConfig",
+           "LoopedForCausalLM", "LoopedModel", "causal_lm_loss"]

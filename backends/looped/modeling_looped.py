@@ -174,7 +174,9 @@ class LoopedAttention(nn.Module):
         active: _Active | None = None,
     ) -> tuple[torch.Tensor, LayerKV]:
         """Dense: ``x`` [b, t, d] -> (out, this chunk's keys/values). With ``active``: ``x`` is
-        the active tokens' rows [n, d]; returns their outputs and the chunk's latest keys/values."""
+        the active tokens' rows [n, d]; returns their outputs and the chunk's latest keys/values.
+        ``past`` is the cached (keys, values), or (dense path only) a static slot with
+        ``update(k, v) -> (keys, values)`` that writes this chunk in place (``graphs.StaticSlot``)."""
         if active is not None:
             return self._forward_active(x, past, loop, active)
         b, t, _ = x.shape
@@ -183,7 +185,12 @@ class LoopedAttention(nn.Module):
         v = self.v_proj(x, loop).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if past is None:
+            keys, values = k, v
+        elif hasattr(past, "update"):  # a static slot (graphs.StaticSlot): written in place, fixed shapes
+            keys, values = past.update(k, v)
+        else:
+            keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         kv = LayerKV(k, v, keys, values)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads

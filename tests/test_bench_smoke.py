@@ -84,6 +84,22 @@ def check_looped(data: dict[str, Any]) -> None:
     assert {(t["cache"], t["metric"]) for t in data["targets"]} >= {("per_loop", "prefill"), ("shared", "kv_bytes")}
 
 
+def check_kernels(data: dict[str, Any]) -> None:
+    assert data["note"].startswith("CPU smoke run")  # no GPU: no speed targets judged
+    assert data["targets"] == []
+    kernels = {k["kernel"] for k in data["kernels"]}
+    assert kernels >= {"rms_norm", "add_rms_norm", "inject_rms_norm (stable)", "silu_mul", "halt_step"}
+    assert all("error" not in k and k["fused_us"] > 0 and k["eager_us"] > 0 for k in data["kernels"])
+    assert all("error" not in c and c["speedup_vs_eager"] > 0 for c in data["chain"])
+    runs = data["decode"]["runs"]
+    assert {r["variant"] for r in runs} == {"eager", "kernels", "graphs"}
+    # the kernels and the static (graph) step decode the same greedy tokens as eager
+    assert all("error" not in r and r["tokens_match_eager"] and r["tokens_per_s"] > 0 for r in runs)
+
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(360)  # above every subprocess timeout below, so those name the script that hung
 @pytest.mark.parametrize(
@@ -94,8 +110,10 @@ def check_looped(data: dict[str, Any]) -> None:
         # a hang guard, not a speed check: a loaded machine stretches the quick run
         pytest.param("looped", 300, check_looped, marks=pytest.mark.skipif(
             not HAS_TORCH, reason="needs the looped extra (torch, transformers)")),
+        pytest.param("kernels", 200, check_kernels, marks=pytest.mark.skipif(
+            not (HAS_TORCH and HAS_TRITON), reason="needs the looped and kernels extras (torch, Triton)")),
     ],
-    ids=["sandbox", "controller", "looped"],
+    ids=["sandbox", "controller", "looped", "kernels"],
 )
 def test_bench_quick(tmp_path: Path, script: str, timeout: int, check: Callable[[dict[str, Any]], None]) -> None:
     out = tmp_path / f"{script}.json"

@@ -189,6 +189,8 @@ class GraphDecoder:
     Not covered, decode eagerly instead (``model.generate`` / ``model(..., cache=...)``):
     mixed per-row budgets and the exit gate (``InvalidLoopsError`` / ``ConfigError`` here),
     sampling. A graph is captured with the kernel mode in force at capture time.
+    ``compile=True`` runs the static step through ``torch.compile`` (under the graph too, when
+    capturing).
 
     Memory per bucket used: K and V buffers of ``[bucket, kv_heads, max_len, head_dim]`` for
     every prelude and coda layer and every (loop, core layer) (every core layer with
@@ -213,6 +215,7 @@ class GraphDecoder:
         capture: bool | None = None,
         exit_threshold: float | None = None,
         min_loops: int | None = None,
+        compile: bool = False,
     ) -> None:
         if exit_threshold is not None or min_loops is not None:
             raise ConfigError("GraphDecoder runs every loop for every token: no exit gate (exit_threshold/min_loops); "
@@ -238,6 +241,9 @@ class GraphDecoder:
         self.max_len = max_len
         self.buckets = tuple(sizes)
         self.capture = cuda if capture is None else capture
+        # torch.compile of the static step (shapes never change: one compilation per bucket):
+        # the baseline bench/kernels.py compares the kernels with, alone or under the graphs
+        self._static_step = torch.compile(_static_step, dynamic=False) if compile else _static_step
         self._buckets: dict[int, _Bucket] = {}
         self._pool: Any = None
         # the decode in progress (prefill starts one)
@@ -316,7 +322,7 @@ class GraphDecoder:
                 bucket.graph = self._capture(bucket)
             bucket.graph.replay()
         else:
-            _static_step(self.model, bucket, self.loops)
+            self._static_step(self.model, bucket, self.loops)
         bucket.position_ids[:b] += 1
         self._seen += 1
         self._core_tokens += self.loops  # every real row ran every loop, finished or not
@@ -330,7 +336,7 @@ class GraphDecoder:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                _static_step(self.model, bucket, self.loops)
+                self._static_step(self.model, bucket, self.loops)
         torch.cuda.current_stream(self.device).wait_stream(side)
         # One pool for all buckets: every tensor a capture allocates is a temporary (inputs,
         # KV and logits are preallocated outside), and graphs never replay concurrently.
@@ -338,7 +344,7 @@ class GraphDecoder:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            _static_step(self.model, bucket, self.loops)
+            self._static_step(self.model, bucket, self.loops)
         return graph
 
     @torch.no_grad()

@@ -39,3 +39,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gated looped checkpoint with the byte tokenizer (hidden 32, loops 3 of at most 8).
+    Needs torch and transformers (imported here, so the fixture's users skip without them)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM
+    from loopagent.backends.looped.tokenizer import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("looped")
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LoopedConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                          default_loops=3, max_loops=8, exit_gate=True, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+    LoopedForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

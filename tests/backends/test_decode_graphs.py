@@ -245,21 +245,6 @@ def test_captured_graph_replays_equal_eager_on_cuda() -> None:
 # -- the hf backend -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from loopagent.backends.looped.tokenizer import byte_tokenizer
-
-    path = tmp_path_factory.mktemp("looped")
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LoopedConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                          default_loops=3, max_loops=8, exit_gate=True, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-    LoopedForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def test_hf_backend_uses_graphs_only_for_greedy_uniform_ungated_cuda_decoding(ckpt) -> None:
     from loopagent.backends.hf import HFLoopedBackend
     from loopagent.backends.local import Gate

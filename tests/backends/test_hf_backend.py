@@ -8,22 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from loopagent import RLM, InvalidLoopsError, ModelSpecError, model  # noqa: E402
-from loopagent.backends.looped import LoopedConfig, LoopedForCausalLM  # noqa: E402
-from loopagent.backends.looped.tokenizer import byte_tokenizer  # noqa: E402
 from loopagent.backends.scripted import ScriptedBackend  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("looped")
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LoopedConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                          default_loops=3, max_loops=8, exit_gate=True, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-    LoopedForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def user(text):

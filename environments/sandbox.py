@@ -37,6 +37,7 @@ from loopagent.aio import run_sync
 
 from ._protocol import Channel, ChannelClosed, FrameTooLarge
 from .base import (
+    RESERVED_NAMES,
     ContextInfo,
     ContextLike,
     ContextNotFoundError,
@@ -407,8 +408,8 @@ class SandboxREPL:
         """
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"host function name {name!r} must be a public Python identifier")
-        if name == "context":
-            raise ValueError("'context' is reserved for the loaded context")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved for the loaded context")
         if not callable(fn):
             raise TypeError(f"host function {name!r} must be callable, got {type(fn).__name__}")
         with self._lock:

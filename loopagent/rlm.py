@@ -288,7 +288,7 @@ class _Run:
                 error = e
             clip = self.tree.writer.clip
             self._log(ToolCall, name=tool.name, arguments=clip(shown_call(args, kwargs, limit)) or "",
-                      result=clip(shown(value, limit)) if error is None else None,
+                      result=shown(value, limit) if error is None else None,
                       error=clip(f"{type(error).__name__}: {error}") if error is not None else None,
                       error_type=type(error).__name__ if error is not None else None,
                       duration_s=time.perf_counter() - start)

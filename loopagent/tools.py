@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopagent.environments import RESERVED_NAMES as ENVIRONMENT_NAMES
-from loopagent.errors import ConfigError
+from loopagent.errors import ConfigError, LoopagentError
 
 #: The functions the controller puts in every REPL (``SHOW_VARS`` is reserved for parity with
 #: the official RLM library). The one list of them: tool names are checked against it, and a
@@ -60,7 +60,7 @@ class ToolConfigError(ConfigError):
     is not a function."""
 
 
-class NotPlainDataError(TypeError):
+class NotPlainDataError(LoopagentError, TypeError):
     """A tool's argument or result that is not plain data (raised to the model's code)."""
 
 
@@ -275,15 +275,19 @@ def _short(value: Any) -> str:
 
 
 def shown(value: Any, limit: int | None) -> str:
-    """A plain value as Python literal text for the trajectory, abbreviated near ``limit`` characters
-    (the log clips it there anyway; this keeps a huge result from being written out whole first)."""
+    """A plain value as Python literal text for the trajectory, at most about ``limit`` characters
+    and marked where it was cut (a huge result is never written out whole first)."""
     if limit is None:
         return repr(value)
+    if isinstance(value, str):
+        head = repr(value[:limit])
+        return head if len(value) <= limit else f"{head}... [{len(value) - limit:,} more characters not logged]"
     r = reprlib.Repr()
     r.maxstring = r.maxother = max(limit, 40)
-    r.maxlist = r.maxtuple = r.maxdict = 200
+    r.maxlist = r.maxtuple = r.maxdict = max(limit // 4, 6)
     r.maxlevel = 12
-    return r.repr(value)
+    text = r.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit:,} more characters not logged]"
 
 
 def shown_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], limit: int | None) -> str:

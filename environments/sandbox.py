@@ -436,7 +436,11 @@ class SandboxREPL:
             except (TypeError, ValueError) as e:
                 reply = {"op": "raise", "message": f"{name}() returned a value that cannot cross into the sandbox: {e}"}
         except Exception as e:
-            reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {e}"}
+            try:
+                message = str(e)
+            except Exception:  # an exception whose __str__ fails must not take the exec down with it
+                message = "(its message could not be read)"
+            reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {message}"}
         finally:
             self._serving_call = False
         if self._chan is None:

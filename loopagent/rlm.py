@@ -36,7 +36,7 @@ from loopagent.errors import BackendError, BudgetExceededError, ConfigError
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
-from loopagent.tools import Tool, Tools, build_tools, shown, shown_call
+from loopagent.tools import Tool, Tools, build_tools, describe_error, shown, shown_call
 from loopagent.trajectory import (
     FinalAnswer,
     LimitHit,
@@ -289,7 +289,7 @@ class _Run:
             clip = self.tree.writer.clip
             self._log(ToolCall, name=tool.name, arguments=clip(shown_call(args, kwargs, limit)) or "",
                       result=shown(value, limit) if error is None else None,
-                      error=clip(f"{type(error).__name__}: {error}") if error is not None else None,
+                      error=clip(describe_error(error)) if error is not None else None,
                       error_type=type(error).__name__ if error is not None else None,
                       duration_s=time.perf_counter() - start)
             if error is not None:

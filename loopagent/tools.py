@@ -290,6 +290,15 @@ def shown(value: Any, limit: int | None) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit:,} more characters not logged]"
 
 
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of a tool's exception, even one whose ``__str__`` fails."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its message could not be read)"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def shown_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], limit: int | None) -> str:
     """A call's arguments as they would be written in code: ``'red shoes', k=3``."""
     parts = [shown(a, limit) for a in args] + [f"{k}={shown(v, limit)}" for k, v in kwargs.items()]

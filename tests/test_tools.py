@@ -446,3 +446,19 @@ def test_repl_code_cannot_reach_the_tool_function_or_what_it_closes_over():
     refused = outputs["tool"][1:]
     assert all(("not allowed" in o or "invalid attribute name" in o or "not available" in o
                 or "cannot be called" in o) for o in refused), refused
+
+
+def test_an_exception_whose_message_cannot_be_read_is_still_logged(tmp_path):
+    class Odd(Exception):
+        def __str__(self):
+            raise RuntimeError("no message")
+
+    def odd() -> None:
+        raise Odd()
+
+    root = ScriptedBackend([repl("odd()"), repl("FINAL('went on')")])
+    result = RLM(root, tools={"odd": odd}, log_dir=tmp_path).run("q", context="c")
+    assert result.answer == "went on"
+    (event,) = tool_events(result)
+    assert event.error == "Odd: (its message could not be read)" and event.error_type == "Odd"
+    assert "odd() failed" in last_message(root, 1)

@@ -635,13 +635,15 @@ class RLM:
         def backend(b: Backend) -> dict[str, Any]:
             return {"name": b.name, "looped": b.looped, "default_loops": b.default_loops, "max_loops": b.max_loops}
 
-        return {
+        config = {
             "root": backend(self.root), "child": backend(self.child), "max_depth": self.max_depth,
             "max_iterations": self.max_iterations, "max_consecutive_errors": self.max_consecutive_errors,
             "concurrency": self.concurrency, "budget": self.budget.model_dump(), "loop_policy": self.policy.describe(),
             "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
-            "tools": sorted(self.tools), "child_tools": sorted(self.child_tools),
         }
+        if self.tools or self.child_tools:  # absent without tools: a config (an eval's identity) stays as it was
+            config.update(tools=sorted(self.tools), child_tools=sorted(self.child_tools))
+        return config
 
     def check(self) -> None:
         """Check both models can work (API keys, reachable servers) without running anything."""

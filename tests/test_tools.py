@@ -276,6 +276,7 @@ def test_run_start_logs_the_tool_names(tmp_path):
     result = RLM(root, tools={"search": search}, child_tools={}, log_dir=tmp_path).run("q", context="c")
     start = read_trajectory(result.trajectory)[0]
     assert start.config["tools"] == ["search"] and start.config["child_tools"] == []
+    assert "tools" not in RLM(root).config()  # a configuration without tools reads as before
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ RestrictedPython code as an unprivileged user with OS limits and no network.
 """
 
 from .base import (
+    RESERVED_NAMES,
     ContextInfo,
     ContextNotFoundError,
     ContextTooLargeError,
@@ -20,6 +21,7 @@ from .base import (
 from .sandbox import SandboxLimits, SandboxREPL
 
 __all__ = [
+    "RESERVED_NAMES",
     "ContextInfo",
     "ContextNotFoundError",
     "ContextTooLargeError",

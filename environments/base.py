@@ -25,6 +25,9 @@ ContextLike = str | bytes | list | dict | os.PathLike | None
 
 HostFunction = Callable[..., Any]
 
+#: Names an environment keeps for itself: no host function may take them.
+RESERVED_NAMES: frozenset[str] = frozenset({"context"})
+
 #: Characters of a text context shown to the root model in its system prompt.
 PREVIEW_CHARS = 200
 

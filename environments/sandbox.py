@@ -37,6 +37,7 @@ from loopagent.aio import run_sync
 
 from ._protocol import Channel, ChannelClosed, FrameTooLarge
 from .base import (
+    RESERVED_NAMES,
     ContextInfo,
     ContextLike,
     ContextNotFoundError,
@@ -407,8 +408,8 @@ class SandboxREPL:
         """
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"host function name {name!r} must be a public Python identifier")
-        if name == "context":
-            raise ValueError("'context' is reserved for the loaded context")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved for the loaded context")
         if not callable(fn):
             raise TypeError(f"host function {name!r} must be callable, got {type(fn).__name__}")
         with self._lock:
@@ -435,7 +436,11 @@ class SandboxREPL:
             except (TypeError, ValueError) as e:
                 reply = {"op": "raise", "message": f"{name}() returned a value that cannot cross into the sandbox: {e}"}
         except Exception as e:
-            reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {e}"}
+            try:
+                message = str(e)
+            except Exception:  # an exception whose __str__ fails must not take the exec down with it
+                message = "(its message could not be read)"
+            reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {message}"}
         finally:
             self._serving_call = False
         if self._chan is None:

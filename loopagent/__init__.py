@@ -26,6 +26,7 @@ from loopagent.errors import (
 )
 from loopagent.models import model
 from loopagent.rlm import RLM, Budget, Result, Session
+from loopagent.tools import ToolConfigError
 
 __all__ = [
     "RLM",
@@ -39,6 +40,7 @@ __all__ = [
     "ModelSpecError",
     "Result",
     "Session",
+    "ToolConfigError",
     "__version__",
     "model",
 ]

@@ -11,6 +11,7 @@ caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``..
     LoopagentError
     ├── ConfigError (ValueError)             bad argument, spec, limit or option
     │   ├── ModelSpecError, MissingAPIKeyError, InvalidLoopsError
+    │   ├── ToolConfigError                  loopagent.tools: bad tools / child_tools
     │   ├── UnknownTaskError (KeyError)      loopagent.evals.base
     │   └── ResultDirConflict                loopagent.evals (results of another configuration)
     ├── BackendError                         a model call failed
@@ -20,6 +21,7 @@ caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``..
     │   ├── SandboxStartError, SandboxClosedError, VariableError (LookupError)
     │   ├── ContextTooLargeError (ValueError), UnsupportedContextError (TypeError)
     │   └── ContextNotFoundError (FileNotFoundError)
+    ├── NotPlainDataError (TypeError)        loopagent.tools: a tool's argument or result (to the model)
     ├── TrajectoryError (ValueError)         loopagent.trajectory: not a loopagent log
     ├── ConversionError (ValueError)         loopagent.backends.looped.convert
     ├── BenchmarkFileError (ValueError)      loopagent.evals.loaders

@@ -20,7 +20,7 @@ into the prompt.
 has its own REPL like yours{depth_note}.
 - rlm_batch(prompts, contexts=None, loops=None) -> list[str]: several rlm_query calls at once.
 - FINAL(answer): finish with this answer. FINAL_VAR(name): finish with the value of the variable `name`.
-{loops_line}
+{tools_block}{loops_line}
 Limits: {limits_line}{session_line}"""
 
 
@@ -64,7 +64,14 @@ def system_prompt(
     child_max_loops: int | None,
     limits: list[str],
     earlier: list[tuple[str, str | None]] | None = None,
+    tools: list[str] | None = None,
+    child_tools: list[str] | None = None,
 ) -> str:
+    """The root model's system prompt.
+
+    ``tools`` are the lines of the run's own tools (``Tool.describe()``); ``child_tools`` the
+    names of the tools child RLMs get (None: say nothing, e.g. where ``rlm_query`` starts none).
+    """
     if child_looped:
         loops_line = (
             f"`loops` is the child's loop budget (latent depth: how many times its shared block runs per token). "
@@ -80,12 +87,31 @@ def system_prompt(
         shown = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in earlier[-5:])
         session_line = f"\n\nEarlier questions in this session (their REPL variables still exist):\n{shown}"
     return SYSTEM_TEMPLATE.format(
+        tools_block=tools_block(tools or [], child_tools),
         context_line=context_line(context),
         max_output=max_output,
         depth_note=depth_note,
         loops_line=loops_line,
         limits_line="; ".join(limits) + ".",
         session_line=session_line,
+    )
+
+
+def tools_block(tools: list[str], child_tools: list[str] | None) -> str:
+    """The system prompt's list of the user's tools (empty without any)."""
+    if not tools:
+        if child_tools:
+            return f"Children started with rlm_query can also call these tools: {', '.join(child_tools)}.\n"
+        return ""
+    lines = "\n".join(f"- {t}" for t in tools)
+    note = ""
+    if child_tools is not None:
+        note = (f" Children started with rlm_query have these tools: {', '.join(child_tools)}." if child_tools
+                else " Children started with rlm_query do not have them.")
+    return (
+        "Tools (your own functions for this task; they run outside the REPL and take and return plain data: "
+        "None, bool, int, float, str, lists, tuples and dicts with str keys; an error in a tool is raised in "
+        f"your code as HostFunctionError naming it).{note}\n{lines}\n"
     )
 
 

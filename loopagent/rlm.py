@@ -36,7 +36,18 @@ from loopagent.errors import BackendError, BudgetExceededError, ConfigError
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
-from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, TrajectoryWriter
+from loopagent.tools import Tool, Tools, build_tools, describe_error, shown, shown_call
+from loopagent.trajectory import (
+    FinalAnswer,
+    LimitHit,
+    ReplExec,
+    RootTurn,
+    RunEnd,
+    RunStart,
+    SubCall,
+    ToolCall,
+    TrajectoryWriter,
+)
 from loopagent.usage import RunUsage
 from loopagent.validation import check_int, check_loops
 
@@ -134,6 +145,7 @@ class _Run:
         self.explicit_loops = explicit_loops
         self.earlier = earlier or []
         self.run_id = uuid.uuid4().hex[:12]
+        self.tools = tree.rlm.tools if depth == 0 else tree.rlm.child_tools
         self.usage = RunUsage()
         self.final: tuple[str, str] | None = None  # (answer, source)
         self.answer_chars: int | None = None  # the length of an answer that was cut, else None
@@ -251,6 +263,41 @@ class _Run:
         for name, fn in (("llm_query", llm_query), ("llm_batch", llm_batch), ("rlm_query", rlm_query),
                          ("rlm_batch", rlm_batch), ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
             env.register(name, fn)
+        for tool in self.tools.values():
+            env.register(tool.name, self._tool_function(tool))
+
+    def _tool_function(self, tool: Tool) -> Callable[..., Any]:
+        """The host function behind a tool: budget and time limit, the call, its log event."""
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.tree.check()
+            limit = self.tree.writer.text_limit
+            start = time.perf_counter()
+            value: Any = None
+            error: BaseException | None = None
+            try:
+                # the run's time limit holds inside a tool too (a sync one keeps its thread until it returns)
+                async with asyncio.timeout(self.tree.remaining_s()) as deadline:
+                    value = await tool.invoke(args, kwargs, max_result_chars=self.rlm.sandbox.max_message_bytes)
+            except TimeoutError as e:
+                error = e
+                if deadline.expired():
+                    error = self.tree.stop = BudgetExceededError(
+                        "timeout", f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
+            except Exception as e:
+                error = e
+            clip = self.tree.writer.clip
+            self._log(ToolCall, name=tool.name, arguments=clip(shown_call(args, kwargs, limit)) or "",
+                      result=shown(value, limit) if error is None else None,
+                      error=clip(describe_error(error)) if error is not None else None,
+                      error_type=type(error).__name__ if error is not None else None,
+                      duration_s=time.perf_counter() - start)
+            if error is not None:
+                raise error
+            return value
+
+        call.__name__ = tool.name
+        return call
 
     async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind) -> list[str | Exception]:
         """Plain child-model calls, concurrent up to the run's bound."""
@@ -332,7 +379,8 @@ class _Run:
             context=info, max_output=rlm.sandbox.max_output_chars,
             can_recurse=self.depth + 1 < rlm.max_depth, child_looped=rlm.child.looped,
             child_default_loops=rlm.child.default_loops, child_max_loops=rlm.child.max_loops,
-            limits=limits, earlier=self.earlier,
+            limits=limits, earlier=self.earlier, tools=[t.describe() for t in self.tools.values()],
+            child_tools=sorted(rlm.child_tools) if self.depth + 1 < rlm.max_depth else None,
         )
 
     async def execute(self, query: str, info: ContextInfo) -> Result:
@@ -511,6 +559,13 @@ class RLM:
     ``max_answer_chars`` caps a final answer (None: no cap); a longer one is cut, marked
     at the cut and named in ``Result.detail``. ``log_text_limit`` clips each text the
     trajectory logs (prompts, replies, code, output; None: no clip).
+
+    ``tools`` (``{name: function}``, sync or async) puts the user's own functions in the
+    root's REPL: they run in this process, take and return plain data (None, bool, int,
+    float, str, lists, tuples, dicts with str keys), are listed in the root's system prompt
+    with their signature and docstring, and each call is logged. ``child_tools`` are the
+    tools of child RLMs (``rlm_query`` with ``max_depth`` of 2 or more): None inherits
+    ``tools``, ``{}`` gives them none. See :mod:`loopagent.tools`.
     """
 
     def __init__(
@@ -531,6 +586,8 @@ class RLM:
         log_dir: str | Path | None = None,
         log_text_limit: int | None = 20_000,
         max_answer_chars: int | None = 1_000_000,
+        tools: Tools | None = None,
+        child_tools: Tools | None = None,
     ) -> None:
         root_backend = build_model(root) if isinstance(root, str) else root
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
@@ -569,18 +626,24 @@ class RLM:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.log_text_limit = log_text_limit
         self.max_answer_chars = max_answer_chars
+        self.tools: dict[str, Tool] = build_tools(tools)
+        self.child_tools: dict[str, Tool] = (dict(self.tools) if child_tools is None
+                                             else build_tools(child_tools, argument="child_tools"))
 
     def config(self) -> dict[str, Any]:
         """The configuration as logged in every trajectory."""
         def backend(b: Backend) -> dict[str, Any]:
             return {"name": b.name, "looped": b.looped, "default_loops": b.default_loops, "max_loops": b.max_loops}
 
-        return {
+        config = {
             "root": backend(self.root), "child": backend(self.child), "max_depth": self.max_depth,
             "max_iterations": self.max_iterations, "max_consecutive_errors": self.max_consecutive_errors,
             "concurrency": self.concurrency, "budget": self.budget.model_dump(), "loop_policy": self.policy.describe(),
             "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
         }
+        if self.tools or self.child_tools:  # absent without tools: a config (an eval's identity) stays as it was
+            config.update(tools=sorted(self.tools), child_tools=sorted(self.child_tools))
+        return config
 
     def check(self) -> None:
         """Check both models can work (API keys, reachable servers) without running anything."""

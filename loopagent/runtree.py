@@ -2,8 +2,8 @@
 
 A log interleaves the events of a run and of every child run it starts. This module
 groups them per run and nests them the way a reader follows a run: turns hold the
-REPL cells they triggered, cells hold the sub-calls their code made (a sub-call is
-logged before the cell that made it ends), and a call that started a child RLM holds
+REPL cells they triggered, cells hold the sub-calls and tool calls their code made
+(each is logged before the cell that made it ends), and a call that started a child RLM holds
 that child's run.
 
 Example::
@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall
+from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, ToolCall
 
 
 @dataclass
@@ -35,12 +35,14 @@ class CallNode:
 
 @dataclass
 class ExecNode:
-    """A REPL cell and the calls its code made. ``exec`` is None for calls whose cell
-    has not ended (a live or killed run)."""
+    """A REPL cell and the calls its code made: sub-calls, and ``tools``, its calls of the
+    user's tools in log order. ``exec`` is None for calls whose cell has not ended (a live
+    or killed run)."""
 
     exec: ReplExec | None
     number: int
     calls: list[CallNode] = field(default_factory=list)
+    tools: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +108,7 @@ def _build_run(run_id: str, events: list[Any]) -> RunNode:
     node = RunNode(run_id=run_id, depth=events[0].depth, parent_id=events[0].parent_id)
     turn: TurnNode | None = None
     pending: list[CallNode] = []
+    tools: list[ToolCall] = []
     n_calls = n_execs = 0
     for event in events:
         if isinstance(event, RunStart):
@@ -116,15 +119,17 @@ def _build_run(run_id: str, events: list[Any]) -> RunNode:
         elif isinstance(event, SubCall):
             pending.append(CallNode(event, n_calls))
             n_calls += 1
+        elif isinstance(event, ToolCall):
+            tools.append(event)
         elif isinstance(event, ReplExec):
-            cell = ExecNode(event, n_execs, pending)
+            cell = ExecNode(event, n_execs, pending, tools)
             n_execs += 1
-            pending = []
+            pending, tools = [], []
             (turn.execs if turn is not None else node.items).append(cell)
         elif isinstance(event, LimitHit | FinalAnswer | RunEnd):
             node.items.append(event)
-    if pending:  # calls of a cell that has not ended (still running, or the run was killed)
-        node.items.append(ExecNode(None, n_execs, pending))
+    if pending or tools:  # calls of a cell that has not ended (still running, or the run was killed)
+        node.items.append(ExecNode(None, n_execs, pending, tools))
     return node
 
 

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from loopagent.runtree import CallNode, ExecNode, RunNode, TurnNode, build_runs
-from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd
+from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd, ToolCall
 
 
 def _short(text: str | None, width: int) -> str:
@@ -88,11 +88,15 @@ def _render_exec(parent: Tree, cell: ExecNode, width: int) -> None:
     if event is None:  # calls of a cell that never finished (killed run)
         for call in cell.calls:
             _render_call(parent, call, width)
+        for tool in cell.tools:
+            _render_tool(parent, tool, width)
         return
     status = "[red]✗ " + escape(event.error_type or "error") + "[/]" if event.error else "[green]✓[/]"
     exec_node = parent.add(f"repl {status} [dim]{event.duration_s * 1000:.1f} ms[/]  {_short(event.code, width)}")
     for call in cell.calls:
         _render_call(exec_node, call, width)
+    for tool in cell.tools:
+        _render_tool(exec_node, tool, width)
     if event.stdout:
         exec_node.add(f"[dim]out:[/] {_short(event.stdout, width)}")
     if event.error:
@@ -111,3 +115,12 @@ def _render_call(parent: Tree, node: CallNode, width: int) -> None:
         tree.add(f"[dim]reply:[/] {_short(call.response, width)}")
     if node.child is not None:
         _render_run(tree, node.child, width)
+
+
+def _render_tool(parent: Tree, tool: ToolCall, width: int) -> None:
+    head = (f"[cyan]tool[/] {escape(tool.name)}({_short(tool.arguments, width // 2)}) "
+            f"[dim]{tool.duration_s * 1000:.1f} ms[/]")
+    if tool.error is not None:
+        parent.add(f"{head}  [red]{_short(tool.error, width)}[/]")
+    else:
+        parent.add(f"{head}  [dim]→[/] {_short(tool.result, width)}")

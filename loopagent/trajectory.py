@@ -80,6 +80,18 @@ class SubCall(_Event):
     usage: dict[str, Any] = Field(default_factory=dict)
 
 
+class ToolCall(_Event):
+    """A call of one of the user's tools from REPL code (see :mod:`loopagent.tools`)."""
+
+    type: Literal["tool_call"] = "tool_call"
+    name: str
+    arguments: str = Field(description="The call's arguments as code would write them, clipped.")
+    result: str | None = Field(default=None, description="What the tool returned (Python literal text), clipped.")
+    error: str | None = Field(default=None, description="What the model's code saw instead of a result.")
+    error_type: str | None = Field(default=None, description="Exception name, e.g. 'ValueError', 'NotPlainDataError'.")
+    duration_s: float
+
+
 class LimitHit(_Event):
     type: Literal["limit"] = "limit"
     reason: str
@@ -103,7 +115,7 @@ class RunEnd(_Event):
 
 
 Event = Annotated[
-    RunStart | RootTurn | ReplExec | SubCall | LimitHit | FinalAnswer | RunEnd,
+    RunStart | RootTurn | ReplExec | SubCall | ToolCall | LimitHit | FinalAnswer | RunEnd,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter(Event)

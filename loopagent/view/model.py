@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from loopagent.runtree import CallNode, ExecNode, RunNode, TurnNode, build_runs, walk_calls
-from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd
+from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd, ToolCall
 from loopagent.view.highlight import tokens
 from loopagent.view.load import Log
 
@@ -101,16 +101,22 @@ def _exec(cell: ExecNode, run_id: str, p: str) -> dict[str, Any]:
         e = cell.exec
         node.update(code=tokens(e.code), stdout=e.stdout, error=e.error, error_type=e.error_type,
                     duration_s=e.duration_s, host_calls=e.host_calls, restarted=e.restarted)
+    tools = [_tool(t, f"{nid}-k{i}") for i, t in enumerate(cell.tools)]
     if calls:
         kinds: dict[str, int] = {}
         for c in cell.calls:
             kinds[c.call.kind] = kinds.get(c.call.kind, 0) + 1
         group = {"id": f"{nid}-calls", "k": "calls", "count": len(calls), "kinds": kinds,
                  "usage": _sum([c.call.usage for c in cell.calls]), "kids": calls}
-        node["kids"] = [group]
+        node["kids"] = [group, *tools]
     else:
-        node["kids"] = []
+        node["kids"] = tools
     return node
+
+
+def _tool(t: ToolCall, nid: str) -> dict[str, Any]:
+    return {"id": nid, "k": "tool", "name": t.name, "arguments": t.arguments, "result": t.result, "error": t.error,
+            "error_type": t.error_type, "duration_s": t.duration_s}
 
 
 def _call(item: CallNode, run_id: str, p: str) -> dict[str, Any]:

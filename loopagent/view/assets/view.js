@@ -7,7 +7,7 @@
   var params = readParams();
   var FOLD = 600;                                  // characters of a text shown before "show all"
   var PAGE = parseInt(params.get('page') || '200', 10) || 200;  // children built per "show more"
-  var DEFAULT_OPEN = { run: true, turn: true, exec: true, pending: true, calls: false, call: false };
+  var DEFAULT_OPEN = { run: true, turn: true, exec: true, pending: true, calls: false, call: false, tool: false };
 
   var state = {
     expandAll: params.get('expand') === 'all',
@@ -62,7 +62,8 @@
     var t = index.text.get(node.id);
     if (t !== undefined) return t;
     var parts = [node.k, node.model, node.kind, node.query, node.prompt, node.completion, node.stdout,
-      node.error, node.error_type, node.response, node.reason, node.detail, node.answer, node.run_id];
+      node.error, node.error_type, node.response, node.reason, node.detail, node.answer, node.run_id,
+      node.name, node.arguments, node.result];
     if (node.code) parts.push(codeText(node.code));
     t = parts.filter(function (x) { return x !== null && x !== undefined; }).join('\n').toLowerCase();
     index.text.set(node.id, t);
@@ -182,6 +183,12 @@
           loops(node.lc, node.le, node.lr), node.error ? badge('error', 'err') : null, tokensBadge(node.usage),
           el('span', 'preview', short(node.prompt, 70) + (node.response ? '  ⇒  ' + short(node.response, 50) : '')));
         break;
+      case 'tool':
+        add(h, el('span', 'kind', 'tool'), el('b', null, node.name), node.error ? badge('✗ ' + (node.error_type || 'error'), 'err') : null,
+          el('span', 'dim', secs(node.duration_s)),
+          el('span', 'preview mono', short(node.name + '(' + node.arguments + ')', 70) +
+            (node.result !== null && node.result !== undefined ? '  ⇒  ' + short(node.result, 50) : '')));
+        break;
       case 'limit':
         add(h, badge('limit: ' + node.reason, 'err'), el('span', null, node.detail));
         break;
@@ -238,6 +245,11 @@
           textBlock('error', node.error, node.id + ':e', 'error'),
           el('div', 'dim', 'loops: requested ' + dash(node.lr) + ' · chosen ' + dash(node.lc) + ' · executed ' + dash(node.le)),
           node.hist ? histogram(node.hist) : null);
+        break;
+      case 'tool':
+        add(b, textBlock('arguments', node.arguments, node.id + ':a'),
+          textBlock('result', node.result, node.id + ':r', 'completion'),
+          textBlock('error', node.error, node.id + ':e', 'error'));
         break;
       case 'final':
         add(b, textBlock(null, node.answer, node.id + ':a', 'completion'));

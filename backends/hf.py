@@ -106,23 +106,26 @@ class HFLoopedBackend(LocalLoopedBackend):
 
     # -- calls -----------------------------------------------------------------------------
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
-        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, gate)
+        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, gate, temperature)
 
     def _generate_all(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
         # Mixed budgets share a batch: the model runs each row to its own budget.
         results: list[Completion] = []
         with self._loaded().lock:
             for start in range(0, len(conversations), self.batch_size):
                 chunk = slice(start, start + self.batch_size)
-                results += self._generate(conversations[chunk], budgets[chunk], max_new, gate)
+                results += self._generate(conversations[chunk], budgets[chunk], max_new, gate, temperature)
         return results
 
     def _generate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
         import torch
 
@@ -149,7 +152,7 @@ class HFLoopedBackend(LocalLoopedBackend):
                     depths[row] = out.exit_steps[row][mask[row].bool()]
                 cache = out.cache
                 for step in range(max_new):
-                    nxt = self._pick(out.logits[:, -1], generator)
+                    nxt = self._pick(out.logits[:, -1], generator, temperature)
                     for row in range(rows):
                         if not done[row]:
                             if nxt[row].item() == eos:
@@ -185,10 +188,10 @@ class HFLoopedBackend(LocalLoopedBackend):
             ))
         return completions
 
-    def _pick(self, logits: Any, generator: Any) -> Any:
+    def _pick(self, logits: Any, generator: Any, temperature: float) -> Any:
         import torch
 
-        if self.temperature <= 0:
+        if temperature <= 0:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / self.temperature, -1)
+        probs = torch.softmax(logits / temperature, -1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -358,7 +358,7 @@ class _Run:
         if source == "call":
             return _Reply.of(made[0])
         self._account_hit(depth, backend.name)
-        return _Reply(text=text, cached=True)
+        return _Reply(text=text, cached=True, usage={"calls": 0, "cache_hits": 1})
 
     async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None, *,
                        model: str | None = None) -> list[str]:
@@ -599,6 +599,9 @@ class _Reply(BaseModel):
         for piece in pieces:
             for depth, count in (piece.exit_histogram or {}).items():
                 histogram[depth] = histogram.get(depth, 0) + count
+        # the calls actually made (a trajectory reader counts a sub-call without "calls" as one)
+        usage["calls"] = sum(not p.cached for p in pieces)
+        usage["cache_hits"] = sum(p.cached for p in pieces)
         executed = [p.loops_executed for p in pieces if p.loops_executed is not None]
         return cls(text="\n\n".join(p.text for p in pieces), usage=usage,
                    loops_executed=sum(executed) / len(executed) if executed else None,

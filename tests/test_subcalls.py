@@ -256,6 +256,7 @@ def test_split_policy_asks_each_piece_and_joins_the_answers(tmp_path):
     assert call.parts == len(pieces) and call.error is None
     assert result.usage.by_model["child"].calls == len(pieces)
     assert call.usage["prompt_tokens"] == result.usage.by_model["child"].prompt_tokens
+    assert call.usage["calls"] == len(pieces) and call.usage["cache_hits"] == 0
 
 
 def test_split_prompt_cuts_at_whitespace_and_keeps_the_text():
@@ -292,7 +293,7 @@ def test_repeated_greedy_calls_are_answered_once_and_counted_as_hits(tmp_path):
     assert u.by_model["child"].cache_hits == 3 and u.by_depth[1].cache_hits == 3 and u.by_depth[0].cache_hits == 0
     calls = sub_calls(result)
     assert sum(c.cached for c in calls) == 3 and len(calls) == 5
-    assert all(c.usage == {} and c.response.startswith("child:") for c in calls if c.cached)
+    assert all(c.usage == {"calls": 0, "cache_hits": 1} and c.response.startswith("child:") for c in calls if c.cached)
     end = [e for e in read_trajectory(result.trajectory) if e.type == "run_end"][-1]
     assert end.usage["total"]["cache_hits"] == 3
 
@@ -498,3 +499,24 @@ def test_scripted_backend_checks_its_settings():
         backend.complete([{"role": "user", "content": "x"}], temperature=-1)
     with pytest.raises(ConfigError):
         ScriptedBackend(["a"], context_window=0)
+
+
+def test_eval_strategies_see_the_window_and_decoding_of_their_models(tmp_path):
+    from loopagent.evals.baselines import RecursiveStrategy
+    from loopagent.evals.grid import RunConfig
+
+    child = greedy(context_window=321, looped=True, default_loops=2, max_loops=8)
+    rlm = RecursiveStrategy(echo("root"), child, {"cache": str(tmp_path / "c")}).rlm(RunConfig(kind="rlm",
+                                                                                               child_loops=4))
+    assert rlm.child.default_loops == 4  # the sweep's budget, over the same model
+    assert rlm.child.context_window == 321 and rlm.child.default_temperature == 0.0
+    assert rlm.cache == tmp_path / "c"
+
+
+def test_the_viewer_counts_no_call_for_a_hit(tmp_path):
+    from loopagent.view.model import usage_tables
+
+    root = ScriptedBackend([repl("llm_batch(['q', 'q', 'q'])"), repl("FINAL('ok')")], name="root")
+    result = RLM(root, greedy(), log_dir=tmp_path).run("q", context="x")
+    tables = usage_tables(read_trajectory(result.trajectory))
+    assert tables["by_model"]["child"]["calls"] == 1 == result.usage.by_model["child"].calls

@@ -98,12 +98,25 @@ class Backend(ABC):
     default_loops: int | None = None
     #: Whether calls accept ``exit_threshold`` / ``min_loops`` (a looped model with an exit gate).
     has_exit_gate: bool = False
+    #: Tokens the model reads and writes per call (prompt + reply), where known; None: unknown.
+    #: The controller refuses a sub-call whose prompt does not fit (a subclass may make it a property).
+    context_window: int | None = None
+    #: The temperature a call without ``temperature=`` decodes at: 0.0 is greedy (replies are a
+    #: function of the prompt, so the controller may cache them); None: unknown (a provider's default).
+    default_temperature: float | None = None
+    #: The most tokens a reply may have when a call gives no ``max_tokens``; None: unknown.
+    default_max_tokens: int | None = None
 
     @abstractmethod
     async def acomplete(
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any
     ) -> Completion:
-        """Complete one conversation."""
+        """Complete one conversation.
+
+        Every backend honours ``max_tokens`` (the reply's length cap) and ``temperature=``
+        (0: greedy) per call or refuses them with a clear error; the local looped backends
+        refuse options they do not know, litellm hands them to the provider.
+        """
 
     def complete(
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any

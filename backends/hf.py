@@ -115,23 +115,26 @@ class HFLoopedBackend(LocalLoopedBackend):
 
     # -- calls -----------------------------------------------------------------------------
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
-        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, gate)
+        return await asyncio.to_thread(self._generate_all, conversations, budgets, max_new, gate, temperature)
 
     def _generate_all(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
         # Mixed budgets share a batch: the model runs each row to its own budget.
         results: list[Completion] = []
         with self._loaded().lock:
             for start in range(0, len(conversations), self.batch_size):
                 chunk = slice(start, start + self.batch_size)
-                results += self._generate(conversations[chunk], budgets[chunk], max_new, gate)
+                results += self._generate(conversations[chunk], budgets[chunk], max_new, gate, temperature)
         return results
 
     def _generate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
         import torch
 
@@ -142,13 +145,14 @@ class HFLoopedBackend(LocalLoopedBackend):
                   add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
-        graph_loops = self._graph_loops(budgets, gate, max_new)
+        graph_loops = self._graph_loops(budgets, gate, max_new, temperature)
         try:
             with torch.no_grad():
                 if graph_loops is not None:
                     new_tokens, done, work, depths = self._decode_graphed(ids, mask, graph_loops, max_new)
                 else:
-                    new_tokens, done, work, depths = self._decode_eager(ids, mask, budgets, max_new, gate)
+                    new_tokens, done, work, depths = self._decode_eager(ids, mask, budgets, max_new, gate,
+                                                                        temperature)
         except RuntimeError as e:
             raise BackendError(f"{self.name}: generation failed: {e}") from None
         wall = time.perf_counter() - start
@@ -169,7 +173,8 @@ class HFLoopedBackend(LocalLoopedBackend):
             ))
         return completions
 
-    def _decode_eager(self, ids: Any, mask: Any, budgets: list[int], max_new: int, gate: Gate | None) -> tuple:
+    def _decode_eager(self, ids: Any, mask: Any, budgets: list[int], max_new: int, gate: Gate | None,
+                      temperature: float) -> tuple:
         """The model's cached decode, one forward per token: (new tokens, done, work, depths) per row."""
         import torch
 
@@ -189,7 +194,7 @@ class HFLoopedBackend(LocalLoopedBackend):
             depths[row] = out.exit_steps[row][mask[row].bool()]
         cache = out.cache
         for step in range(max_new):
-            nxt = self._pick(out.logits[:, -1], generator)
+            nxt = self._pick(out.logits[:, -1], generator, temperature)
             for row in range(rows):
                 if not done[row]:
                     if nxt[row].item() == eos:
@@ -207,7 +212,7 @@ class HFLoopedBackend(LocalLoopedBackend):
                     depths[row] = torch.cat([depths[row], out.exit_steps[row]])
         return new_tokens, done, work, depths
 
-    def _graph_loops(self, budgets: Sequence[int], gate: Gate | None, max_new: int) -> int | None:
+    def _graph_loops(self, budgets: Sequence[int], gate: Gate | None, max_new: int, temperature: float) -> int | None:
         """The loop budget to decode with :class:`~loopagent.backends.looped.graphs.GraphDecoder`
         (one CUDA graph replay per token), or None for the eager loop: graphs need a CUDA device,
         greedy decoding, one budget for the batch and no exit gate; ``LOOPAGENT_KERNELS=off``
@@ -216,7 +221,7 @@ class HFLoopedBackend(LocalLoopedBackend):
 
         from .kernels import current_mode
 
-        if (torch.device(self.device).type != "cuda" or self.temperature > 0 or gate is not None
+        if (torch.device(self.device).type != "cuda" or temperature > 0 or gate is not None
                 or len(set(budgets)) != 1 or max_new < 1 or current_mode() == "off"):
             return None
         return int(budgets[0])
@@ -247,10 +252,10 @@ class HFLoopedBackend(LocalLoopedBackend):
         depths = [torch.full((int(mask[row].sum()) + out.steps,), loops) for row in range(rows)]
         return new_tokens, out.finished, out.core_tokens, depths
 
-    def _pick(self, logits: Any, generator: Any) -> Any:
+    def _pick(self, logits: Any, generator: Any, temperature: float) -> Any:
         import torch
 
-        if self.temperature <= 0:
+        if temperature <= 0:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / self.temperature, -1)
+        probs = torch.softmax(logits / temperature, -1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

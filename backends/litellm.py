@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, MissingAPIKeyError
-from loopagent.validation import check_gate
+from loopagent.validation import check_gate, check_int, check_temperature
 
 from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage, messages_text
 
@@ -67,9 +67,17 @@ class LiteLLMBackend(Backend):
         max_loops: int | None = None,
         served: bool = False,
         exit_gate: bool = False,
+        context_window: int | None = None,
         **completion_kwargs: Any,
     ) -> None:
         self.model = model
+        if context_window is not None:
+            context_window = check_int(context_window, "context_window", minimum=1)
+        if completion_kwargs.get("temperature") is not None:
+            check_temperature(completion_kwargs["temperature"], model=model)
+        #: The window given here, else what the server lists (``max_model_len``) or litellm knows.
+        self._window: int | None = context_window
+        self._window_known = context_window is not None
         self.api_base = api_base.rstrip("/") if api_base else None
         self.api_key = api_key
         self.timeout_s = timeout_s
@@ -88,6 +96,33 @@ class LiteLLMBackend(Backend):
         #: Replicas of a served model (``served:URL1,URL2``); balanced by litellm's Router.
         self.api_bases: list[str] = [self.api_base] if self.api_base else []
         self._router: Any = None
+
+    @property
+    def context_window(self) -> int | None:  # type: ignore[override]
+        """Tokens per call: ``context_window=`` where given, else a served model's
+        ``max_model_len`` (vLLM and ``loopagent serve`` list it; read by :meth:`check`), else
+        litellm's ``max_input_tokens`` for the model (its bundled table, offline); None: unknown."""
+        if not self._window_known:
+            self._window_known = True
+            if not self.served:
+                try:
+                    info = _litellm().get_model_info(self.model)
+                    value = info.get("max_input_tokens") or info.get("max_tokens")
+                except Exception:  # a model litellm has no entry for
+                    value = None
+                self._window = int(value) if isinstance(value, int) and value > 0 else None
+        return self._window
+
+    @property
+    def default_temperature(self) -> float | None:  # type: ignore[override]
+        """``temperature=`` given to the backend; None: the provider's default (usually sampling)."""
+        value = self.completion_kwargs.get("temperature")
+        return float(value) if value is not None else None
+
+    @property
+    def default_max_tokens(self) -> int | None:  # type: ignore[override]
+        value = self.completion_kwargs.get("max_tokens")
+        return int(value) if isinstance(value, int) else None
 
     @classmethod
     def served(cls, base_url: str, *, model: str | None = None, **kwargs: Any) -> LiteLLMBackend:
@@ -125,23 +160,37 @@ class LiteLLMBackend(Backend):
         if len(self.api_bases) > 1:
             self._resolve_replicas()
             return
-        models = _served_models(self.api_base, "URL", require=not self._resolved)
-        if self._resolved:
+        listing = _served_listing(self.api_base, "URL", require=not self._resolved)
+        if not self._resolved:
+            self.model = f"openai/{listing[0]['id']}"
+            self._resolved = True
+        self._window_from(listing)
+
+    def _window_from(self, listing: list[dict[str, Any]]) -> None:
+        """Take the served model's ``max_model_len`` (vLLM lists it) unless a window was given."""
+        if self._window_known and self._window is not None:
             return
-        self.model = f"openai/{models[0]}"
-        self._resolved = True
+        wanted = self.model.removeprefix("openai/")
+        for entry in listing:
+            value = entry.get("max_model_len")
+            if entry.get("id") == wanted and isinstance(value, int) and value > 0:
+                self._window, self._window_known = value, True
+                return
 
     def _resolve_replicas(self) -> None:
         """Check every replica and build the Router (model names read per replica)."""
         deployments = []
+        listings = []
         for base in self.api_bases:
-            models = _served_models(base, "URLs")
-            name = self.model if self._resolved else f"openai/{models[0]}"
+            listing = _served_listing(base, "URLs")
+            listings.append(listing)
+            name = self.model if self._resolved else f"openai/{listing[0]['id']}"
             deployments.append({"model_name": "served", "litellm_params": {
                 "model": name, "api_base": base, "api_key": self.api_key, "timeout": self.timeout_s}})
         self.model = deployments[0]["litellm_params"]["model"]
         self._router = _litellm().Router(model_list=deployments, num_retries=self.num_retries)
         self._resolved = True
+        self._window_from(listings[0])
 
     # -- calls -------------------------------------------------------------------------
     async def acomplete(
@@ -154,7 +203,9 @@ class LiteLLMBackend(Backend):
         litellm = _litellm()
         params: dict[str, Any] = {**self.completion_kwargs, **kwargs}
         if max_tokens is not None:
-            params["max_tokens"] = max_tokens
+            params["max_tokens"] = check_int(max_tokens, "max_tokens", minimum=1)
+        if kwargs.get("temperature") is not None:
+            params["temperature"] = check_temperature(kwargs["temperature"], model=self.name)
         if loops is not None:
             params["extra_body"] = {**params.get("extra_body", {}), "loops": loops, **gate}
         start = time.perf_counter()
@@ -213,8 +264,9 @@ class LiteLLMBackend(Backend):
         return float(cost) if cost else None
 
 
-def _served_models(base: str, what: str, *, require: bool = True) -> list[str]:
-    """Model ids an OpenAI-compatible server lists at ``base/models`` (checks it is reachable)."""
+def _served_listing(base: str, what: str, *, require: bool = True) -> list[dict[str, Any]]:
+    """The models an OpenAI-compatible server lists at ``base/models`` (entries with an ``id``;
+    checks it is reachable)."""
     url = f"{base}/models"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - user-given local URL
@@ -224,7 +276,7 @@ def _served_models(base: str, what: str, *, require: bool = True) -> list[str]:
             f"cannot reach the model server at {base} ({e}); start it (e.g. `loopagent serve ...`) "
             f"or check the {what} in the served: spec"
         ) from None
-    models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+    models = [m for m in listing.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
     if require and not models:
         raise BackendUnavailableError(f"the server at {base} lists no models at {url}")
     return models

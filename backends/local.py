@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loopagent.validation import check_gate
+from loopagent.errors import ConfigError
+from loopagent.validation import check_gate, check_int, check_temperature
 
 from .base import Backend, Completion, Message, _per_call_loops
 from .checkpoint import looped_checkpoint_config
@@ -47,7 +48,7 @@ class LocalLoopedBackend(Backend):
             def _open(self):             # load once; the result has a ``tokenizer``
                 ...
 
-            async def _agenerate(self, conversations, budgets, max_new, gate):
+            async def _agenerate(self, conversations, budgets, max_new, gate, temperature):
                 ...                      # one Completion per conversation, budgets validated
 
         EchoBackend("ckpt/", loops=4).name   # 'echo:ckpt'
@@ -140,12 +141,22 @@ class LocalLoopedBackend(Backend):
         concurrency: int = 64,
         exit_threshold: float | None = None,
         min_loops: int | None = None,
+        temperature: float | None = None,
         **kwargs: Any,
     ) -> list[Completion]:
         """Complete many conversations in the model's own batches (``concurrency`` does not
         apply). ``exit_threshold`` lets the exit gate stop each token once its cumulative
         exit probability reaches it, never before ``min_loops`` loops and never past the
-        call's budget (``loops``); both need a checkpoint with an exit gate."""
+        call's budget (``loops``); both need a checkpoint with an exit gate. ``max_tokens``
+        and ``temperature`` (0: greedy) override the backend's ``max_new_tokens`` and
+        ``temperature`` for this call; any other option is refused (ConfigError)."""
+        if kwargs:
+            raise ConfigError(
+                f"{self.name} does not take {', '.join(sorted(kwargs))}; a call takes loops, max_tokens, "
+                "temperature, exit_threshold and min_loops"
+            )
+        max_new = self.max_new_tokens if max_tokens is None else check_int(max_tokens, "max_tokens", minimum=1)
+        heat = self.temperature if temperature is None else check_temperature(temperature, model=self.name)
         per_call = _per_call_loops(loops, len(conversations))
         budgets = [int(self.validate_loops(n)) for n in per_call]  # type: ignore[arg-type]
         for n in budgets:
@@ -156,19 +167,35 @@ class LocalLoopedBackend(Backend):
             if exit_threshold is None:  # min_loops alone: the checkpoint's own threshold
                 exit_threshold = float(self.checkpoint_config.get("exit_threshold", 0.9))
             gate = Gate(exit_threshold, min_loops)
-        return await self._agenerate(list(conversations), budgets, max_tokens or self.max_new_tokens, gate)
+        return await self._agenerate(list(conversations), budgets, max_new, gate, heat)
 
     @property
     def has_exit_gate(self) -> bool:
         """Whether the checkpoint has an exit gate (``config.exit_gate``): what adaptive exit needs."""
         return bool(self.checkpoint_config.get("exit_gate", False))
 
+    @property
+    def context_window(self) -> int | None:  # type: ignore[override]
+        """Positions the checkpoint was built for (``config.max_position_embeddings``), where it says."""
+        value = self.checkpoint_config.get("max_position_embeddings")
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+    @property
+    def default_temperature(self) -> float:  # type: ignore[override]
+        return self.temperature
+
+    @property
+    def default_max_tokens(self) -> int:  # type: ignore[override]
+        return self.max_new_tokens
+
     @abstractmethod
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
-        """Generate a reply (at most ``max_new`` tokens) for each conversation, with its budget
-        (and the exit gate's options, already checked, when ``gate`` is given)."""
+        """Generate a reply (at most ``max_new`` tokens, sampled at ``temperature``; 0 is greedy)
+        for each conversation, with its budget (and the exit gate's options, already checked,
+        when ``gate`` is given)."""
 
     def _prompts(self, conversations: Sequence[Sequence[Message]]) -> list[str]:
         """Each conversation rendered by the chat template, ready for the assistant's reply."""

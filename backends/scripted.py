@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loopagent.errors import BackendError, ModelSpecError
-from loopagent.validation import check_gate
+from loopagent.validation import check_gate, check_int, check_temperature
 
 from .base import Backend, Completion, LoopStats, Message, Usage, loop_usage, messages_text
 
@@ -33,9 +33,14 @@ class ScriptedBackend(Backend):
         child = ScriptedBackend(lambda messages, loops: f"answer at {loops} loops",
                                 looped=True, default_loops=4, max_loops=8)
         gated = ScriptedBackend(["x"], looped=True, max_loops=8, exit_gate=True)  # takes exit_threshold=
+        small = ScriptedBackend(echo, temperature=0.0, context_window=4096)   # greedy, 4,096-token window
 
     A script computes nothing, so its loop figures are the requested ones
-    (``LoopStats.counted`` is False).
+    (``LoopStats.counted`` is False). Each call is recorded in ``calls`` (messages, loops,
+    and the gate options, ``max_tokens`` and ``temperature`` it was given). ``temperature``
+    is the decoding the script stands for: None (default) is unknown, like an API model's
+    provider default; 0.0 declares it greedy, so an RLM caches its sub-calls. A reply is
+    never cut to ``max_tokens`` (a script has no tokens to stop at).
     """
 
     def __init__(
@@ -48,8 +53,13 @@ class ScriptedBackend(Backend):
         max_loops: int | None = None,
         latency_s: float = 0.0,
         exit_gate: bool = False,
+        temperature: float | None = None,
+        context_window: int | None = None,
     ) -> None:
         self.name = name
+        self.default_temperature = None if temperature is None else check_temperature(temperature, model=name)
+        self.context_window = None if context_window is None else check_int(context_window, "context_window",
+                                                                             minimum=1)
         self.looped = looped
         self.has_exit_gate = bool(exit_gate and looped)
         self.default_loops = (default_loops or 1) if looped else None
@@ -97,8 +107,13 @@ class ScriptedBackend(Backend):
         if gate:
             check_gate(gate.get("exit_threshold"), gate.get("min_loops"), loops=loops or 0,
                        has_gate=self.has_exit_gate, model=self.name)
+        settings: dict[str, Any] = {}
+        if max_tokens is not None:
+            settings["max_tokens"] = check_int(max_tokens, "max_tokens", minimum=1)
+        if kwargs.get("temperature") is not None:
+            settings["temperature"] = check_temperature(kwargs["temperature"], model=self.name)
         start = time.perf_counter()
-        self.calls.append({"messages": list(messages), "loops": loops, **gate})
+        self.calls.append({"messages": list(messages), "loops": loops, **gate, **settings})
         reply = self._reply(messages, loops)  # taken before awaiting: call order decides
         if inspect.isawaitable(reply):
             reply = await reply

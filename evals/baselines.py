@@ -154,6 +154,19 @@ class _LoopView(Backend):
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
+    # what the controller's prompt guard and sub-call cache read, as the inner model says
+    @property
+    def context_window(self) -> int | None:  # type: ignore[override]
+        return self.inner.context_window
+
+    @property
+    def default_temperature(self) -> float | None:  # type: ignore[override]
+        return self.inner.default_temperature
+
+    @property
+    def default_max_tokens(self) -> int | None:  # type: ignore[override]
+        return self.inner.default_max_tokens
+
     def check(self) -> None:
         self.inner.check()
 

@@ -54,6 +54,10 @@ from loopagent.models import model as build_model
 from loopagent.usage import UsageTotals
 from loopagent.validation import check_int
 
+#: RLM options that came after the first sweeps, with their defaults (see arun_eval).
+_LATER_DEFAULTS: dict[str, Any] = {"models": {}, "oversize": "error"}
+_UNSET = object()
+
 
 class EvalSummary(BaseModel):
     """What :func:`run_eval` did; also written to ``OUT/summary.json``."""
@@ -157,8 +161,12 @@ async def arun_eval(
         except TypeError as e:
             raise ConfigError(f"bad rlm_options: {e}") from None
         # The effective options (defaults filled in) identify the sweep, so the API and the
-        # CLI agree; the bound on concurrent child calls does not change results.
-        effective = {k: v for k, v in probe.config().items() if k not in ("root", "child", "max_depth", "concurrency")}
+        # CLI agree; the bound on concurrent child calls and the sub-call cache (a greedy reply
+        # is the same either way) do not change results. Options added later are left out at
+        # their defaults, so a sweep started before they existed still resumes.
+        effective = {k: v for k, v in probe.config().items()
+                     if k not in ("root", "child", "max_depth", "concurrency", "cache")
+                     and _LATER_DEFAULTS.get(k, _UNSET) != v}
         manifest_config = {
             "task": task_obj.name,
             "task_options": _jsonable(task_options),

@@ -23,6 +23,8 @@ from loopagent.errors import (
     LoopagentError,
     MissingAPIKeyError,
     ModelSpecError,
+    PromptTooLongError,
+    SubCallError,
 )
 from loopagent.models import model
 from loopagent.rlm import RLM, Budget, Result, Session
@@ -38,8 +40,10 @@ __all__ = [
     "LoopagentError",
     "MissingAPIKeyError",
     "ModelSpecError",
+    "PromptTooLongError",
     "Result",
     "Session",
+    "SubCallError",
     "ToolConfigError",
     "__version__",
     "model",

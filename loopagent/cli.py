@@ -141,7 +141,7 @@ def _print_result(result: object) -> None:
     if result.detail:
         _console.print(f"[dim]{result.detail}[/]", highlight=False)
     table = Table(title=f"usage ({result.iterations} turns, {result.wall_s:.2f} s)")
-    for col in ("", "calls", "prompt tok", "completion tok", "loop-tokens", "USD"):
+    for col in ("", "calls", "cache hits", "prompt tok", "completion tok", "loop-tokens", "USD"):
         table.add_column(col, justify="right" if col else "left")
     rows = [("total", result.usage.total)]
     rows += [(f"depth {d}", t) for d, t in sorted(result.usage.by_depth.items())]
@@ -149,7 +149,8 @@ def _print_result(result: object) -> None:
     for label, t in rows:
         usd = f"{t.usd:.4f}" if t.usd is not None else "-"
         table.add_row(
-            label, str(t.calls), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}", f"{t.loop_tokens:,}", usd
+            label, str(t.calls), str(t.cache_hits), f"{t.prompt_tokens:,}", f"{t.completion_tokens:,}",
+            f"{t.loop_tokens:,}", usd
         )
     _console.print(table)
     if result.trajectory is not None:

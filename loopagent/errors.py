@@ -14,6 +14,9 @@ caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``..
     │   ├── ToolConfigError                  loopagent.tools: bad tools / child_tools
     │   ├── UnknownTaskError (KeyError)      loopagent.evals.base
     │   └── ResultDirConflict                loopagent.evals (results of another configuration)
+    ├── SubCallError (ValueError)            a sub-call REPL code asked for that is not made; the model reads it
+    │   ├── UnknownModelError, InvalidSettingError
+    │   └── PromptTooLongError               the prompt does not fit the child's context window
     ├── BackendError                         a model call failed
     │   └── BackendUnavailableError (ConnectionError)
     ├── BudgetExceededError                  internal to a run, never reaches users
@@ -52,6 +55,33 @@ class MissingAPIKeyError(ConfigError):
 
 class InvalidLoopsError(ConfigError):
     """A loop budget that is not a positive integer or exceeds the model's maximum."""
+
+
+class SubCallError(LoopagentError, ValueError):
+    """A sub-call (``llm_query``, ``llm_batch``, ``rlm_query``) that REPL code asked for and that is
+    not made: the model reads the message in its cell and the run goes on."""
+
+
+class UnknownModelError(SubCallError):
+    """``model=`` names no model of the run (``RLM(models={...})``)."""
+
+
+class InvalidSettingError(SubCallError):
+    """A per-call setting (``max_tokens``, ``temperature``) that is not valid."""
+
+
+class PromptTooLongError(SubCallError):
+    """A sub-call prompt longer than the child model's context window (it is not sent).
+
+    ``prompt_tokens`` and ``window`` are the two sizes; ``max_chars`` the chunk size, in
+    characters, that would fit.
+    """
+
+    def __init__(self, message: str, *, prompt_tokens: int, window: int, max_chars: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.window = window
+        self.max_chars = max_chars
 
 
 class BackendError(LoopagentError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from loopagent.environments import ContextInfo
 
 SYSTEM_TEMPLATE = """\
@@ -13,15 +15,28 @@ Look at the context's structure first, then slice, search (import re, json, coll
 ask child models about the pieces, combine what they say, and end with FINAL. Never guess without looking.
 
 Functions in the REPL:
-- llm_query(prompt, loops=None) -> str: ask a child model. It cannot see `context`: put the text it needs \
-into the prompt.
-- llm_batch(prompts, loops=None) -> list[str]: many llm_query calls at once, run concurrently; much faster than a loop.
-- rlm_query(prompt, context=None, loops=None) -> str: hand a sub-question and its own context to a child that \
-has its own REPL like yours{depth_note}.
-- rlm_batch(prompts, contexts=None, loops=None) -> list[str]: several rlm_query calls at once.
+- llm_query(prompt, loops=None, model=None, max_tokens=None, temperature=None) -> str: ask a child model. \
+It cannot see `context`: put the text it needs into the prompt.
+- llm_batch(prompts, loops=None, model=None, max_tokens=None, temperature=None) -> list[str]: many llm_query \
+calls at once, run concurrently; much faster than a loop.
+- rlm_query(prompt, context=None, loops=None, model=None) -> str: hand a sub-question and its own context to a \
+child that has its own REPL like yours{depth_note}.
+- rlm_batch(prompts, contexts=None, loops=None, model=None) -> list[str]: several rlm_query calls at once.
 - FINAL(answer): finish with this answer. FINAL_VAR(name): finish with the value of the variable `name`.
 {tools_block}{loops_line}
+`max_tokens` caps the length of a reply; `temperature` samples (0 is greedy{cache_note}). {window_line}{models_line}
 Limits: {limits_line}{session_line}"""
+
+
+class NamedModel(NamedTuple):
+    """A named child model as the system prompt lists it (``RLM(models=...)``)."""
+
+    name: str
+    spec: str
+    looped: bool
+    default_loops: int | None = None
+    max_loops: int | None = None
+    context_window: int | None = None
 
 
 def context_line(info: ContextInfo) -> str:
@@ -66,6 +81,10 @@ def system_prompt(
     earlier: list[tuple[str, str | None]] | None = None,
     tools: list[str] | None = None,
     child_tools: list[str] | None = None,
+    child_window: int | None = None,
+    oversize: str = "error",
+    models: list[NamedModel] | None = None,
+    cache: bool = False,
 ) -> str:
     """The root model's system prompt.
 
@@ -86,8 +105,22 @@ def system_prompt(
     if earlier:
         shown = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in earlier[-5:])
         session_line = f"\n\nEarlier questions in this session (their REPL variables still exist):\n{shown}"
+    if oversize == "split":
+        too_long = "a longer prompt is cut into pieces asked one by one and the answers are joined"
+    else:
+        too_long = "a longer prompt is refused: split the text and use llm_batch"
+    window_line = (f"The default child reads at most {child_window:,} tokens per prompt (reply included); {too_long}."
+                   if child_window else "")
+    models_line = ""
+    if models:
+        rows = "\n".join(f"- {m.name!r}: {m.spec}, {_model_facts(m)}" for m in models)
+        models_line = ("\nNamed models (pass model=\"name\"; without it the default child answers; for rlm_query the "
+                       f"child's own root is that model):\n{rows}")
     return SYSTEM_TEMPLATE.format(
         tools_block=tools_block(tools or [], child_tools),
+        cache_note="; identical greedy calls are answered once, from a cache" if cache else "",
+        window_line=window_line,
+        models_line=models_line,
         context_line=context_line(context),
         max_output=max_output,
         depth_note=depth_note,
@@ -113,6 +146,14 @@ def tools_block(tools: list[str], child_tools: list[str] | None) -> str:
         "None, bool, int, float, str, lists, tuples and dicts with str keys; an error in a tool is raised in "
         f"your code as HostFunctionError naming it).{note}\n{lines}\n"
     )
+def _model_facts(m: NamedModel) -> str:
+    if m.looped:
+        facts = f"looped: default {m.default_loops} loops" + (f", at most {m.max_loops}" if m.max_loops else "")
+    else:
+        facts = "not looped (leave loops unset)"
+    if m.context_window:
+        facts += f"; reads at most {m.context_window:,} tokens per prompt"
+    return facts
 
 
 NO_CODE = (

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopagent import prompts
 from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
+from loopagent.cache import CacheKey, DiskCache, SubCallCache
 from loopagent.environments import (
     ContextInfo,
     Environment,
@@ -32,10 +33,12 @@ from loopagent.environments import (
     describe_context,
 )
 from loopagent.environments.base import ContextLike
-from loopagent.errors import BackendError, BudgetExceededError, ConfigError
+from loopagent.errors import BackendError, BudgetExceededError, ConfigError, SubCallError
+from loopagent.guard import OversizePolicy, check_oversize, prompt_budget, split_prompt, too_long
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
+from loopagent.subcalls import CallSettings, build_models, pick_model
 from loopagent.tools import Tool, Tools, build_tools, describe_error, shown, shown_call
 from loopagent.trajectory import (
     FinalAnswer,
@@ -94,6 +97,8 @@ class _RunTree:
         self.start = time.monotonic()
         self.stop: BudgetExceededError | None = None
         self.calls = asyncio.Semaphore(rlm.concurrency)
+        #: identical greedy sub-calls of this run tree are answered once (None: cache=False)
+        self.cache = SubCallCache(rlm._disk_cache) if rlm.cache is not False else None
 
     def remaining_s(self) -> float | None:
         timeout = self.rlm.budget.timeout_s
@@ -163,8 +168,16 @@ class _Run:
             run.usage.add(depth, completion.model, completion.usage)
             run = run.parent
 
+    def _account_hit(self, depth: int, model: str) -> None:
+        self.tree.usage.add_hit(depth, model)
+        run: _Run | None = self
+        while run is not None:
+            run.usage.add_hit(depth, model)
+            run = run.parent
+
     async def _call(
-        self, backend: Backend, messages: list[dict[str, str]], choice: LoopChoice, depth: int
+        self, backend: Backend, messages: list[dict[str, str]], choice: LoopChoice, depth: int,
+        settings: CallSettings | None = None,
     ) -> Completion:
         self.tree.check()
         kwargs: dict[str, Any] = {}
@@ -172,7 +185,12 @@ class _Run:
             kwargs["exit_threshold"] = choice.exit_threshold
         if choice.min_loops is not None:
             kwargs["min_loops"] = choice.min_loops
-        call = backend.acomplete(messages, loops=choice.loops, max_tokens=self.rlm.max_tokens_per_call, **kwargs)
+        max_tokens = self.rlm.max_tokens_per_call
+        if settings is not None:
+            max_tokens = settings.max_tokens if settings.max_tokens is not None else max_tokens
+            if settings.temperature is not None:
+                kwargs["temperature"] = settings.temperature
+        call = backend.acomplete(messages, loops=choice.loops, max_tokens=max_tokens, **kwargs)
         left = self.tree.remaining_s()
         try:
             completion = await (asyncio.wait_for(call, left) if left is not None else call)
@@ -229,27 +247,33 @@ class _Run:
         self.answer_chars = None
         env = self.env
 
-        async def llm_query(prompt: str, loops: int | None = None) -> str:
-            reply = (await self._children([prompt], loops, "llm_query"))[0]
+        async def llm_query(prompt: str, loops: int | None = None, model: str | None = None,
+                            max_tokens: int | None = None, temperature: float | None = None) -> str:
+            settings = CallSettings.parse(max_tokens=max_tokens, temperature=temperature, fn="llm_query")
+            reply = (await self._children([prompt], loops, "llm_query", model=model, settings=settings))[0]
             if isinstance(reply, Exception):
                 raise reply
             return reply
 
-        async def llm_batch(prompts_: list[str], loops: int | None = None) -> list[str]:
-            replies = await self._children(_str_list(prompts_, "llm_batch"), loops, "llm_batch")
-            return [r if isinstance(r, str) else f"[error: {r}]" for r in replies]
+        async def llm_batch(prompts_: list[str], loops: int | None = None, model: str | None = None,
+                            max_tokens: int | None = None, temperature: float | None = None) -> list[str]:
+            settings = CallSettings.parse(max_tokens=max_tokens, temperature=temperature, fn="llm_batch")
+            replies = await self._children(_str_list(prompts_, "llm_batch"), loops, "llm_batch", model=model,
+                                           settings=settings)
+            return [r if isinstance(r, str) else f"[error: {_error_text(r)}]" for r in replies]
 
-        async def rlm_query(prompt: str, context: Any = None, loops: int | None = None) -> str:
-            return (await self._subruns([prompt], [context], loops))[0]
+        async def rlm_query(prompt: str, context: Any = None, loops: int | None = None,
+                            model: str | None = None) -> str:
+            return (await self._subruns([prompt], [context], loops, model=model))[0]
 
         async def rlm_batch(prompts_: list[str], contexts: list[Any] | None = None,
-                            loops: int | None = None) -> list[str]:
+                            loops: int | None = None, model: str | None = None) -> list[str]:
             prompts_ = _str_list(prompts_, "rlm_batch")
             if contexts is None:
                 contexts = [None] * len(prompts_)
             if not isinstance(contexts, list) or len(contexts) != len(prompts_):
                 raise TypeError("rlm_batch(): contexts must be a list with one context per prompt")
-            return await self._subruns(prompts_, contexts, loops)
+            return await self._subruns(prompts_, contexts, loops, model=model)
 
         def FINAL(answer: Any) -> str:  # noqa: N802 - the RLM convention
             return self._record_final(answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False),
@@ -299,24 +323,31 @@ class _Run:
         call.__name__ = tool.name
         return call
 
-    async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind) -> list[str | Exception]:
-        """Plain child-model calls, concurrent up to the run's bound."""
+    async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind, *,
+                        model: str | None = None, settings: CallSettings | None = None) -> list[str | Exception]:
+        """Plain child-model calls (the default child, or the named ``model``), concurrent up to
+        the run's bound; each guarded against the model's context window and cached when greedy."""
         for p in prompts_:
             if not isinstance(p, str):
                 raise TypeError(f"{kind}(): prompts must be str, got {type(p).__name__}")
-        backend, depth = self.rlm.child, self.depth + 1
+        alias, backend = pick_model(self.rlm.models, self.rlm.child, model, kind)
+        settings = settings or CallSettings()
+        depth = self.depth + 1
         n = len(prompts_)
 
         async def one(index: int, prompt: str) -> str | Exception:
-            choice = self._choose(backend, kind, depth, loops, backend.count_tokens(prompt), n)
-            entry: dict[str, Any] = dict(kind=kind, index=index, model=backend.name,
-                                         prompt=self.tree.writer.clip(prompt),
+            tokens = backend.count_tokens(prompt)
+            choice = self._choose(backend, kind, depth, loops, tokens, n)
+            entry: dict[str, Any] = dict(kind=kind, index=index, model=backend.name, alias=alias,
+                                         settings=settings.logged(), prompt=self.tree.writer.clip(prompt),
                                          loops_requested=loops, loops_chosen=choice.loops)
             try:
-                async with self.tree.calls:
-                    completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth)
+                reply = await self._subcall(backend, prompt, tokens, choice, depth, settings, kind)
             except BudgetExceededError:
                 raise  # a spent budget stops the whole run, not just this call
+            except SubCallError as e:  # refused before it was sent (the guard): the model reads why
+                self._log(SubCall, error=f"{type(e).__name__}: {e}", **entry)
+                return e
             except Exception as e:
                 # Any failure of one call (a backend may raise more than BackendError) costs that
                 # call only: its siblings' replies come back. CancelledError and KeyboardInterrupt
@@ -325,23 +356,69 @@ class _Run:
                     f"{backend.name} failed: {type(e).__name__}: {e}")
                 self._log(SubCall, error=str(error), **entry)
                 return error
-            stats = completion.loops
-            self._log(SubCall, response=self.tree.writer.clip(completion.text), usage=completion.usage.model_dump(),
-                      loops_executed=stats.executed_mean if stats else None,
-                      exit_histogram=stats.exit_histogram if stats else None, **entry)
-            return completion.text
+            self._log(SubCall, response=self.tree.writer.clip(reply.text), usage=reply.usage,
+                      loops_executed=reply.loops_executed, exit_histogram=reply.exit_histogram, cached=reply.cached,
+                      parts=reply.parts, **entry)
+            return reply.text
 
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts_))))
 
-    async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None) -> list[str]:
-        """Child RLMs with their own REPLs; at the depth limit, plain calls with the context inlined."""
+    async def _subcall(self, backend: Backend, prompt: str, tokens: int, choice: LoopChoice, depth: int,
+                       settings: CallSettings, kind: CallKind) -> _Reply:
+        """One plain sub-call of ``tokens`` prompt tokens, through the guard (a prompt over the
+        model's window is refused, or split with ``oversize="split"``) and the cache."""
+        max_tokens = settings.max_tokens if settings.max_tokens is not None else self.rlm.max_tokens_per_call
+        budget = prompt_budget(backend, max_tokens, kind)
+        if budget is None or tokens <= budget:
+            return await self._ask(backend, prompt, choice, depth, settings, max_tokens)
+        if self.rlm.oversize == "error":
+            raise too_long(backend, prompt, tokens, budget, kind)
+        pieces = [p for p in split_prompt(prompt, budget, backend.count_tokens) if p.strip()]
+        outcomes = await asyncio.gather(*(self._ask(backend, p, choice, depth, settings, max_tokens) for p in pieces),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return _Reply.joined(outcomes)  # type: ignore[arg-type]
+
+    async def _ask(self, backend: Backend, prompt: str, choice: LoopChoice, depth: int, settings: CallSettings,
+                   max_tokens: int | None) -> _Reply:
+        """One model call, or its cached reply when the call is greedy and the cache is on."""
+        made: list[Completion] = []
+
+        async def call() -> str:
+            async with self.tree.calls:
+                completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth, settings)
+            made.append(completion)
+            return completion.text
+
+        temperature = settings.temperature if settings.temperature is not None else backend.default_temperature
+        cache = self.tree.cache
+        if cache is None or temperature is None or temperature != 0:
+            await call()
+            return _Reply.of(made[0])
+        key = CacheKey(model=backend.name, prompt=prompt, loops=choice.loops, exit_threshold=choice.exit_threshold,
+                       min_loops=choice.min_loops, temperature=0.0,
+                       max_tokens=max_tokens if max_tokens is not None else backend.default_max_tokens)
+        self.tree.check()  # no call after a limit, not even a free one
+        text, source = await cache.get_or_call(key, call)
+        if source == "call":
+            return _Reply.of(made[0])
+        self._account_hit(depth, backend.name)
+        return _Reply(text=text, cached=True, usage={"calls": 0, "cache_hits": 1})
+
+    async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None, *,
+                       model: str | None = None) -> list[str]:
+        """Child RLMs with their own REPLs, whose root is the named ``model`` (default: the
+        child); at the depth limit, plain calls with the context inlined."""
         if self.depth + 1 >= self.rlm.max_depth:
             inlined = [p if c is None else f"{p}\n\nContext:\n{c if isinstance(c, str) else json.dumps(c)}"
                        for p, c in zip(prompts_, contexts)]
-            replies = await self._children(inlined, loops, "rlm_query")
-            return [r if isinstance(r, str) else f"[error: {r}]" for r in replies]
+            replies = await self._children(inlined, loops, "rlm_query", model=model)
+            return [r if isinstance(r, str) else f"[error: {_error_text(r)}]" for r in replies]
+        alias, backend = pick_model(self.rlm.models, self.rlm.child, model, "rlm_query")
         if loops is not None:
-            self._choose(self.rlm.child, "rlm_query", self.depth + 1, loops, 0)  # validate early
+            self._choose(backend, "rlm_query", self.depth + 1, loops, 0)  # validate early
         gate = asyncio.Semaphore(self.rlm.concurrency)
 
         async def one(index: int, prompt: str, context: Any) -> str:
@@ -349,12 +426,12 @@ class _Run:
                 # starting a worker takes ~50 ms: keep the event loop free for sibling runs
                 env, info = await asyncio.to_thread(self.rlm._open, context)
                 try:
-                    child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self,
+                    child = _Run(self.tree, env, depth=self.depth + 1, root=backend, parent=self,
                                  explicit_loops=loops)
                     result = await child.execute(prompt, info)
                 finally:
                     env.close()
-            self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name,
+            self._log(SubCall, kind="rlm_query", index=index, model=backend.name, alias=alias,
                       prompt=self.tree.writer.clip(prompt), response=self.tree.writer.clip(result.answer),
                       loops_requested=loops, child_run_id=child.run_id, usage=child.usage.total.model_dump())
             if result.answer is None:
@@ -381,6 +458,10 @@ class _Run:
             child_default_loops=rlm.child.default_loops, child_max_loops=rlm.child.max_loops,
             limits=limits, earlier=self.earlier, tools=[t.describe() for t in self.tools.values()],
             child_tools=sorted(rlm.child_tools) if self.depth + 1 < rlm.max_depth else None,
+            child_window=rlm.child.context_window, oversize=rlm.oversize, cache=rlm.cache is not False,
+            models=[prompts.NamedModel(name=n, spec=b.name, looped=b.looped, default_loops=b.default_loops,
+                                       max_loops=b.max_loops, context_window=b.context_window)
+                    for n, b in rlm.models.items()],
         )
 
     async def execute(self, query: str, info: ContextInfo) -> Result:
@@ -533,6 +614,53 @@ class _Run:
                       iterations=iterations, wall_s=wall, run_id=self.run_id, trajectory=self.tree.writer.path)
 
 
+class _Reply(BaseModel):
+    """What one plain sub-call gave: its text and what to log about it."""
+
+    text: str
+    usage: dict[str, Any] = Field(default_factory=dict)
+    loops_executed: float | None = None
+    exit_histogram: dict[int, int] | None = None
+    cached: bool = False
+    parts: int | None = None
+
+    @classmethod
+    def of(cls, completion: Completion) -> _Reply:
+        stats = completion.loops
+        return cls(text=completion.text, usage=completion.usage.model_dump(),
+                   loops_executed=stats.executed_mean if stats else None,
+                   exit_histogram=stats.exit_histogram if stats else None)
+
+    @classmethod
+    def joined(cls, pieces: list[_Reply]) -> _Reply:
+        """The pieces of a split prompt as one reply: answers joined by a blank line, usage summed."""
+        usage: dict[str, Any] = {}
+        for piece in pieces:
+            for name, value in piece.usage.items():
+                if isinstance(value, bool):
+                    usage[name] = usage.get(name, False) or value
+                elif isinstance(value, (int, float)):
+                    usage[name] = (usage.get(name) or 0) + value
+                else:  # None: unknown for this piece (a price, a non-looped model's loop-tokens)
+                    usage.setdefault(name, value)
+        histogram: dict[int, int] = {}
+        for piece in pieces:
+            for depth, count in (piece.exit_histogram or {}).items():
+                histogram[depth] = histogram.get(depth, 0) + count
+        # the calls actually made (a trajectory reader counts a sub-call without "calls" as one)
+        usage["calls"] = sum(not p.cached for p in pieces)
+        usage["cache_hits"] = sum(p.cached for p in pieces)
+        executed = [p.loops_executed for p in pieces if p.loops_executed is not None]
+        return cls(text="\n\n".join(p.text for p in pieces), usage=usage,
+                   loops_executed=sum(executed) / len(executed) if executed else None,
+                   exit_histogram=histogram or None, cached=all(p.cached for p in pieces), parts=len(pieces))
+
+
+def _error_text(error: Exception) -> str:
+    """A failed call as an llm_batch item shows it; refusals name their type (the model may act on it)."""
+    return f"{type(error).__name__}: {error}" if isinstance(error, SubCallError) else str(error)
+
+
 def _str_list(values: Any, fn: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise TypeError(f"{fn}(): the first argument must be a list of str")
@@ -566,6 +694,19 @@ class RLM:
     with their signature and docstring, and each call is logged. ``child_tools`` are the
     tools of child RLMs (``rlm_query`` with ``max_depth`` of 2 or more): None inherits
     ``tools``, ``{}`` gives them none. See :mod:`loopagent.tools`.
+
+    Sub-calls: ``models`` names more child models (backends or specs, built like ``child``)
+    that REPL code picks with ``llm_query(prompt, model="deep", loops=8, max_tokens=256,
+    temperature=0.0)`` (also ``llm_batch``, and ``rlm_query``/``rlm_batch``, whose child
+    RLM then has that model as its root); without ``model=`` the ``child`` answers.
+    ``oversize`` says what happens to a sub-call prompt longer than the model's context
+    window: ``"error"`` (not sent; the model reads both sizes and a chunk size) or
+    ``"split"`` (see :mod:`loopagent.guard`). ``cache``: identical greedy sub-calls of a
+    run are answered once (True, default), never (False), or also across runs and
+    processes through a folder (a path; see :mod:`loopagent.cache`)::
+
+        rlm = RLM(root, child, models={"fast": "litellm:openai/gpt-4o-mini", "deep": deep_backend},
+                  oversize="split", cache="cache/")
     """
 
     def __init__(
@@ -588,11 +729,21 @@ class RLM:
         max_answer_chars: int | None = 1_000_000,
         tools: Tools | None = None,
         child_tools: Tools | None = None,
+        models: dict[str, Backend | str] | None = None,
+        oversize: OversizePolicy = "error",
+        cache: bool | str | Path = True,
     ) -> None:
         root_backend = build_model(root) if isinstance(root, str) else root
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
         self.root = root_backend.for_role("root")
         self.child = child_backend.for_role("child")
+        self.models = build_models(models)
+        self.oversize: OversizePolicy = check_oversize(oversize)
+        if not isinstance(cache, (bool, str, Path)) or (isinstance(cache, str) and not cache.strip()):
+            raise ConfigError(f"cache must be True, False or a folder path, got {cache!r}")
+        self.cache: bool | Path = cache if isinstance(cache, bool) else Path(cache)
+        #: the on-disk layer, shared by every run of this RLM (and every process using the folder)
+        self._disk_cache = DiskCache(self.cache) if isinstance(self.cache, Path) else None
         for name, value in (("max_depth", max_depth), ("max_iterations", max_iterations),
                             ("max_consecutive_errors", max_consecutive_errors), ("concurrency", concurrency)):
             check_int(value, name, minimum=1)
@@ -616,7 +767,8 @@ class RLM:
             raise ConfigError(str(e)) from None
         self.policy = get_policy(loop_policy, **(policy_options or {}))
         if self.policy.needs_exit_gate:
-            for role, b in (("root", self.root), ("child", self.child)):
+            for role, b in (("root", self.root), ("child", self.child),
+                            *((f"{n!r}", m) for n, m in self.models.items())):
                 if b.looped and not b.has_exit_gate:
                     raise ConfigError(
                         f"loop_policy={self.policy.name!r} stops tokens with an exit gate, but the {role} model "
@@ -640,16 +792,20 @@ class RLM:
             "max_iterations": self.max_iterations, "max_consecutive_errors": self.max_consecutive_errors,
             "concurrency": self.concurrency, "budget": self.budget.model_dump(), "loop_policy": self.policy.describe(),
             "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
+            "models": {n: backend(b) for n, b in self.models.items()}, "oversize": self.oversize,
+            "cache": str(self.cache) if isinstance(self.cache, Path) else self.cache,
         }
         if self.tools or self.child_tools:  # absent without tools: a config (an eval's identity) stays as it was
             config.update(tools=sorted(self.tools), child_tools=sorted(self.child_tools))
         return config
 
     def check(self) -> None:
-        """Check both models can work (API keys, reachable servers) without running anything."""
-        self.root.check()
-        if self.child is not self.root:
-            self.child.check()
+        """Check every model can work (API keys, reachable servers) without running anything."""
+        checked: list[Backend] = []
+        for b in (self.root, self.child, *self.models.values()):
+            if not any(b is c for c in checked):
+                b.check()
+                checked.append(b)
 
     def _open(self, context: ContextLike) -> tuple[Environment, ContextInfo]:
         """The one place a run's environment is made: create it, load ``context`` into it.

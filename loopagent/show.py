@@ -106,8 +106,10 @@ def _render_exec(parent: Tree, cell: ExecNode, width: int) -> None:
 def _render_call(parent: Tree, node: CallNode, width: int) -> None:
     call = node.call
     requested = f" [dim](asked {call.loops_requested})[/]" if call.loops_requested is not None else ""
-    head = (f"[blue]{call.kind}[/]#{call.index} → {escape(call.model)}"
-            f"{_loops(call.loops_chosen, call.loops_executed)}{requested}{_tokens(call.usage)}")
+    alias = f" [dim]({escape(call.alias)})[/]" if call.alias else ""
+    marks = (" [green](cached)[/]" if call.cached else "") + (f" [dim]({call.parts} pieces)[/]" if call.parts else "")
+    head = (f"[blue]{call.kind}[/]#{call.index} → {escape(call.model)}{alias}"
+            f"{_loops(call.loops_chosen, call.loops_executed)}{requested}{_tokens(call.usage)}{marks}")
     tree = parent.add(f"{head}  {_short(call.prompt, width // 2)}")
     if call.error:
         tree.add(f"[red]error:[/] {_short(call.error, width)}")

@@ -78,6 +78,13 @@ class SubCall(_Event):
     exit_histogram: dict[int, int] | None = None
     child_run_id: str | None = None
     usage: dict[str, Any] = Field(default_factory=dict)
+    alias: str | None = Field(default=None, description="The model= name the code chose (RLM(models=...)); "
+                              "None for the default child.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="max_tokens / temperature the code gave.")
+    cached: bool = Field(default=False, description="Answered from the sub-call cache: no call; usage is "
+                         "{'calls': 0, 'cache_hits': 1}.")
+    parts: int | None = Field(default=None, description="Pieces the prompt was split into (oversize='split'); "
+                              "usage sums them.")
 
 
 class ToolCall(_Event):

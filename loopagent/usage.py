@@ -17,6 +17,8 @@ class UsageTotals(BaseModel):
     usd: float | None = Field(default=None, description="Sum of known prices; None when no call had one.")
     wall_s: float = Field(default=0.0, description="Sum of call times (concurrent calls overlap).")
     tokens_estimated: bool = False
+    cache_hits: int = Field(default=0, description="Sub-calls answered from the cache: no call, tokens, "
+                            "loop-tokens or USD (not counted in calls).")
 
     def add(self, usage: Usage) -> None:
         self.calls += 1
@@ -41,6 +43,7 @@ class RunUsage(BaseModel):
         result.usage.total.loop_tokens
         result.usage.by_depth[1].calls       # child calls made from the root's REPL
         result.usage.by_model["litellm:openai/gpt-4o-mini"].usd
+        result.usage.total.cache_hits        # sub-calls answered from the cache
     """
 
     total: UsageTotals = Field(default_factory=UsageTotals)
@@ -51,3 +54,9 @@ class RunUsage(BaseModel):
         self.total.add(usage)
         self.by_depth.setdefault(depth, UsageTotals()).add(usage)
         self.by_model.setdefault(model, UsageTotals()).add(usage)
+
+    def add_hit(self, depth: int, model: str) -> None:
+        """A sub-call answered from the cache (it costs nothing)."""
+        for totals in (self.total, self.by_depth.setdefault(depth, UsageTotals()),
+                       self.by_model.setdefault(model, UsageTotals())):
+            totals.cache_hits += 1

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,21 @@ def check_loops(
     return loops
 
 
+def check_temperature(value: Any, *, model: str | None = None, error: ErrorFactory = ConfigError) -> float:
+    """A sampling temperature: a finite number >= 0 (0 is greedy decoding).
+
+    Example::
+
+        check_temperature(0.7)      # 0.7
+        check_temperature(-1)       # raises: temperature must be a finite number >= 0 (0: greedy), got -1
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) < 0:
+        where = f" for {model}" if model else ""
+        raise error(f"temperature must be a finite number >= 0 (0: greedy){where}, got {value!r}")
+    return float(value)
+
+
 def check_gate(
     exit_threshold: Any,
     min_loops: Any,
@@ -118,4 +134,4 @@ def check_gate(
     return threshold, floor
 
 
-__all__ = ["ErrorFactory", "check_gate", "check_int", "check_loops", "is_int"]
+__all__ = ["ErrorFactory", "check_gate", "check_int", "check_loops", "check_temperature", "is_int"]

@@ -493,8 +493,8 @@ def test_system_prompt_documents_the_repl_and_is_logged(tmp_path):
     root = ScriptedBackend([repl("FINAL('x')")])
     result = RLM(root, looped_child(), log_dir=tmp_path, budget={"max_loop_tokens": 5000}).run("q", context="abc" * 10)
     system = root.calls[0]["messages"][0]["content"]
-    for needle in ("llm_query(prompt, loops=None)", "llm_batch", "rlm_query", "FINAL_VAR", "a str of 30 characters",
-                   "default 4, at most 8", "5,000 loop-tokens", "20 turns"):
+    for needle in ("llm_query(prompt, loops=None, model=None", "llm_batch", "rlm_query", "FINAL_VAR",
+                   "a str of 30 characters", "default 4, at most 8", "5,000 loop-tokens", "20 turns"):
         assert needle in system, needle
     assert events_of(result, "run_start")[0].system_prompt == system
 

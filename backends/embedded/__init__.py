@@ -83,5 +83,17 @@ class EmbeddedBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return self.child_backend.count_tokens(text)
 
+    @property
+    def context_window(self) -> int | None:  # type: ignore[override]
+        return self.child_backend.context_window
+
+    @property
+    def default_temperature(self) -> float:  # type: ignore[override]
+        return self.child_backend.default_temperature
+
+    @property
+    def default_max_tokens(self) -> int:  # type: ignore[override]
+        return self.child_backend.default_max_tokens
+
 
 __all__ = ["EmbeddedBackend", "WEIGHTS", "embedded_role"]

@@ -85,6 +85,15 @@ class VLLMBackend(LocalLoopedBackend):
         self.multiprocessing = multiprocessing
         self.engine_kwargs = engine_kwargs
 
+    @property
+    def context_window(self) -> int | None:  # type: ignore[override]
+        """The engine's ``max_model_len`` where one is given, else the checkpoint's positions."""
+        limit = self.engine_kwargs.get("max_model_len")
+        positions = super().context_window
+        if isinstance(limit, int) and limit > 0:
+            return min(limit, positions) if positions else limit
+        return positions
+
     # -- engine --------------------------------------------------------------------------
     def _open(self) -> _Engine:
         if not self.multiprocessing:
@@ -135,13 +144,14 @@ class VLLMBackend(LocalLoopedBackend):
 
     # -- calls ---------------------------------------------------------------------------
     async def _agenerate(
-        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None
+        self, conversations: list[Sequence[Message]], budgets: list[int], max_new: int, gate: Gate | None,
+        temperature: float,
     ) -> list[Completion]:
         engine = await self._aloaded()
         start = time.perf_counter()
         tok = engine.tokenizer
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in self._prompts(conversations)]
-        futures = [engine.loop.submit(i, self._params(n, max_new, gate)) for i, n in zip(ids, budgets)]
+        futures = [engine.loop.submit(i, self._params(n, max_new, gate, temperature)) for i, n in zip(ids, budgets)]
         try:
             outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except ValueError as e:  # vLLM's validation (prompt too long, bad parameters)
@@ -180,17 +190,18 @@ class VLLMBackend(LocalLoopedBackend):
                          computed_loop_tokens=counts.computed_loop_tokens, counted=True, min_loops=min_loops,
                          exit_threshold=threshold)
 
-    def _params(self, loops: int, max_new: int, gate: Gate | None = None) -> Any:
+    def _params(self, loops: int, max_new: int, gate: Gate | None = None, temperature: float | None = None) -> Any:
         from vllm import SamplingParams
 
+        heat = self.temperature if temperature is None else temperature
         extra: dict[str, Any] = {"loops": loops}
         if gate is not None:
             extra.update({k: v for k, v in (("exit_threshold", gate.exit_threshold), ("min_loops", gate.min_loops))
                           if v is not None})
         return SamplingParams(
             max_tokens=max_new,
-            temperature=self.temperature,
-            seed=self.seed if self.temperature > 0 else None,
+            temperature=heat,
+            seed=self.seed if heat > 0 else None,
             extra_args=extra,
             detokenize=False,  # decoded once at the end, as the hf: backend does
         )

@@ -164,7 +164,8 @@ def usage_tables(events: list[Any]) -> dict[str, Any]:
             depth = e.depth + 1
         else:
             continue
-        usage = {**e.usage, "calls": 1}
+        # a cached sub-call made no call; a split one made one per piece (its usage says)
+        usage = {**e.usage, "calls": e.usage.get("calls", 1)}
         for table, key in ((by_depth, str(depth)), (by_model, e.model)):
             _add(table.setdefault(key, _sum([])), usage)
         _add(total, usage)

@@ -72,9 +72,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/v1/models":
             with fake.lock:
                 fake.model_list_requests += 1
-            self._send(200, {"object": "list", "data": [
-                {"id": fake.model_id, "object": "model", "created": 0, "owned_by": "loopagent-tests"}
-            ]})
+            entry: dict[str, Any] = {"id": fake.model_id, "object": "model", "created": 0,
+                                     "owned_by": "loopagent-tests"}
+            if fake.max_model_len is not None:
+                entry["max_model_len"] = fake.max_model_len
+            self._send(200, {"object": "list", "data": [entry]})
             return
         self._error(404, f"no route GET {self.path}", "not_found_error")
 
@@ -170,6 +172,8 @@ class FakeOpenAIServer:
         #: Extra usage fields for a request with ``loops`` (what ``loopagent serve`` counts:
         #: ``loop_tokens``, ``loop_exit_histogram``...), from the body and the token count.
         self.loop_usage: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+        #: Listed as the model's ``max_model_len`` at /v1/models (as vLLM does) when set.
+        self.max_model_len: int | None = None
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]

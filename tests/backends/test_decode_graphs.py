@@ -250,14 +250,14 @@ def test_hf_backend_uses_graphs_only_for_greedy_uniform_ungated_cuda_decoding(ck
     from loopagent.backends.local import Gate
 
     cuda = HFLoopedBackend(ckpt, loops=2, device="cuda")  # nothing is loaded: only the decision is checked
-    assert cuda._graph_loops([2, 2], None, 8) == 2
-    assert cuda._graph_loops([2, 4], None, 8) is None  # mixed budgets
-    assert cuda._graph_loops([2, 2], Gate(0.5), 8) is None  # the exit gate
-    assert cuda._graph_loops([2], None, 0) is None
+    assert cuda._graph_loops([2, 2], None, 8, 0.0) == 2
+    assert cuda._graph_loops([2, 4], None, 8, 0.0) is None  # mixed budgets
+    assert cuda._graph_loops([2, 2], Gate(0.5), 8, 0.0) is None  # the exit gate
+    assert cuda._graph_loops([2], None, 0, 0.0) is None
     with kernels.mode("off"):  # LOOPAGENT_KERNELS=off: the one switch turns graphs off too
-        assert cuda._graph_loops([2], None, 8) is None
-    assert HFLoopedBackend(ckpt, loops=2, device="cuda", temperature=0.7)._graph_loops([2], None, 8) is None
-    assert HFLoopedBackend(ckpt, loops=2)._graph_loops([2], None, 8) is None  # the CPU keeps today's path
+        assert cuda._graph_loops([2], None, 8, 0.0) is None
+    assert cuda._graph_loops([2], None, 8, 0.7) is None  # sampling (the call's temperature)
+    assert HFLoopedBackend(ckpt, loops=2)._graph_loops([2], None, 8, 0.0) is None  # the CPU keeps today's path
 
 
 def test_hf_backend_graph_decode_equals_its_eager_decode(ckpt) -> None:
@@ -269,7 +269,7 @@ def test_hf_backend_graph_decode_equals_its_eager_decode(ckpt) -> None:
     enc = tok(["x=1;", "hello there", "a"], return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     with torch.no_grad():
-        eager = backend._decode_eager(ids, mask, [2, 2, 2], 6, None)
+        eager = backend._decode_eager(ids, mask, [2, 2, 2], 6, None, 0.0)
         graphed = backend._decode_graphed(ids, mask, 2, 6)
     assert graphed[0] == eager[0] and graphed[1].tolist() == eager[1].tolist()
     decoder = backend._loaded().decoders[2, (1, 2, 3)]

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from loopagent import RLM, InvalidLoopsError, ModelSpecError, model  # noqa: E402
+from loopagent.backends.looped import LoopedConfig  # noqa: E402
 from loopagent.backends.scripted import ScriptedBackend  # noqa: E402
 
 
@@ -119,3 +120,20 @@ def test_rlm_with_a_looped_child(ckpt, tmp_path):
     calls = [e for e in read_trajectory(result.trajectory) if e.type == "sub_call"]
     assert sorted(c.loops_chosen for c in calls) == [2, 2, 6]
     assert all(c.loops_executed == c.loops_chosen for c in calls)
+
+
+def test_per_call_max_tokens_and_temperature_reach_decoding(ckpt):
+    backend = model(f"hf:{ckpt}", max_new_tokens=6)
+    assert backend.default_temperature == 0.0 and backend.default_max_tokens == 6
+    assert backend.context_window == LoopedConfig().max_position_embeddings
+    seen = []
+    pick = backend._pick
+    backend._pick = lambda logits, generator, temperature: seen.append(temperature) or pick(logits, generator,
+                                                                                          temperature)
+    out = backend.complete(user("hello"), max_tokens=2, temperature=1.5)
+    assert out.usage.completion_tokens <= 2 and set(seen) == {1.5}
+    seen.clear()
+    backend.complete(user("hello"))
+    assert set(seen) == {0.0}
+    with pytest.raises(ValueError, match="does not take top_k"):
+        backend.complete(user("hello"), top_k=3)

@@ -16,7 +16,13 @@ import pytest
 
 from loopagent import RLM, model
 from loopagent.backends.litellm import LiteLLMBackend
-from loopagent.errors import BackendError, BackendUnavailableError, InvalidLoopsError, MissingAPIKeyError
+from loopagent.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    InvalidLoopsError,
+    MissingAPIKeyError,
+)
 from loopagent.trajectory import read_trajectory
 
 LATENCY_S = 0.05
@@ -202,6 +208,41 @@ def test_extra_completion_kwargs_reach_the_server(server) -> None:
     assert body["temperature"] == 0.0
     assert body["exit_threshold"] == 0.9
     assert body["loops"] == 4  # the loop budget merges into a caller's extra_body
+
+
+def test_per_call_max_tokens_and_temperature_reach_the_server(server) -> None:
+    backend = model(f"served:{server.base_url}", temperature=0.0)
+    assert backend.default_temperature == 0.0
+    backend.complete(user("hi"), max_tokens=12, temperature=0.7)
+    body = server.completions()[-1]
+    assert body["max_tokens"] == 12 and body["temperature"] == 0.7
+    sent = len(server.completions())
+    for bad in ({"temperature": -1}, {"temperature": "hot"}, {"max_tokens": 0}):
+        with pytest.raises(ConfigError):
+            backend.complete(user("hi"), **bad)
+    assert len(server.completions()) == sent  # refused before the request
+
+
+def test_context_window_of_a_served_model_comes_from_its_model_list(server) -> None:
+    server.max_model_len = 4096
+    backend = model(f"served:{server.base_url}")
+    backend.check()
+    assert backend.context_window == 4096
+    given = model(f"served:{server.base_url}", context_window=1000)
+    given.check()
+    assert given.context_window == 1000  # what the user says wins
+    server.max_model_len = None
+    unlisted = model(f"served:{server.base_url}")
+    unlisted.check()
+    assert unlisted.context_window is None  # unknown: sub-calls to it are not guarded
+
+
+def test_context_window_of_an_api_model_comes_from_litellm_offline(no_network) -> None:
+    assert model("litellm:openai/gpt-4o-mini").context_window == 128_000
+    assert model("litellm:openai/no-such-model-anywhere").context_window is None
+    assert model("litellm:openai/gpt-4o-mini", context_window=5000).context_window == 5000
+    assert model("litellm:openai/gpt-4o-mini").default_temperature is None  # the provider's default: sampling
+    assert no_network == []
 
 
 # -- batches -----------------------------------------------------------------------------

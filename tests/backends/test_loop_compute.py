@@ -112,9 +112,9 @@ def test_hf_backend_reports_the_counted_work_of_a_batch(ckpt, gate):
     model, eos = backend.model, backend.tokenizer.eos_token_id
     pick, steps = backend._pick, []
 
-    def pick_with_early_stops(logits, generator):
+    def pick_with_early_stops(logits, generator, temperature):
         # rows 0 and 2 finish early (eos at steps 1 and 3): they are then fed masked
-        nxt = pick(logits, generator).clone()
+        nxt = pick(logits, generator, temperature).clone()
         step = len(steps)
         steps.append(step)
         if step == 1:

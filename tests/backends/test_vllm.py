@@ -130,6 +130,18 @@ def test_spec_builds_a_vllm_backend_without_starting_an_engine(ckpts, tmp_path):
         model(f"vllm:{shared}")
 
 
+def test_window_and_per_call_temperature_without_an_engine(ckpts):
+    plain = VLLMBackend(ckpts["base"])
+    positions = plain.checkpoint_config["max_position_embeddings"]
+    assert plain.context_window == positions and plain.default_temperature == 0.0
+    assert VLLMBackend(ckpts["base"], max_model_len=512).context_window == min(512, positions)
+    greedy = plain._params(4, 8)
+    assert greedy.temperature == 0.0 and greedy.seed is None and greedy.max_tokens == 8
+    sampled = plain._params(4, 8, None, 0.7)
+    assert sampled.temperature == 0.7 and sampled.seed == plain.seed and sampled.extra_args == {"loops": 4}
+    assert not plain.loaded
+
+
 def test_budget_resolution_and_cache_salt():
     assert hooks.resolve_loops(None, 2, 8) == 2
     assert hooks.resolve_loops({"loops": 8}, 2, 8) == 8

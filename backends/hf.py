@@ -30,6 +30,9 @@ from loopagent.errors import BackendError, ModelSpecError
 from .base import Completion, LoopStats, Message, Usage
 from .local import Gate, LocalLoopedBackend, with_chat_template
 
+#: CUDA graph decoders kept per loaded model (least recently used dropped first).
+_KEPT_DECODERS = 2
+
 
 @dataclass
 class _HFModel:
@@ -228,8 +231,9 @@ class HFLoopedBackend(LocalLoopedBackend):
 
     def _decode_graphed(self, ids: Any, mask: Any, loops: int, max_new: int) -> tuple:
         """:meth:`_decode_eager` through the graph decoder of ``loops`` (cached on the loaded
-        model: one per budget, holding one graph per batch bucket). Every real row runs every
-        loop of every step, finished or not, and that is what its work reports."""
+        model, the two used last: one per budget, holding one graph per batch bucket). A row's
+        work is what eager decoding computes for it (prompt, and ``loops`` per token fed while
+        it is live); what the graph runs for finished and padded rows is idle, nobody's."""
         import torch
 
         from .looped.graphs import DEFAULT_BUCKETS, GraphDecoder
@@ -237,19 +241,22 @@ class HFLoopedBackend(LocalLoopedBackend):
         buckets = tuple(n for n in DEFAULT_BUCKETS if n < self.batch_size) + (self.batch_size,)
         needed = ids.shape[1] + max_new
         decoders = self._loaded().decoders
-        decoder = decoders.get((loops, buckets))
+        decoder = decoders.pop((loops, buckets), None)  # re-inserted below: the most recently used last
         if decoder is None or decoder.max_len < needed:
-            decoders.pop((loops, buckets), None)  # free the smaller one's buffers before allocating
+            decoder = None  # free the smaller one's buffers before allocating
+            while len(decoders) >= _KEPT_DECODERS:  # each holds static KV buffers for every loop and layer
+                decoders.pop(next(iter(decoders)))
             # lengths rounded up to a power of two: few distinct decoders, each captured once per bucket
             max_len = max(256, 1 << (needed - 1).bit_length())
-            decoder = decoders[loops, buckets] = GraphDecoder(self.model, loops=loops, max_len=max_len,
-                                                              buckets=buckets)
+            decoder = GraphDecoder(self.model, loops=loops, max_len=max_len, buckets=buckets)
+        decoders[loops, buckets] = decoder
         out = decoder.generate(ids, attention_mask=mask, max_new_tokens=max_new,
                                eos_token_id=self.tokenizer.eos_token_id)
         rows = ids.shape[0]
         new_tokens = [out.row_tokens(row) for row in range(rows)]
-        # every token a row processed ran all loops: its real prompt tokens and every decode step
-        depths = [torch.full((int(mask[row].sum()) + out.steps,), loops) for row in range(rows)]
+        # every token a row processed ran all loops: its real prompt tokens and the steps it was
+        # live (what ran for it after it finished is idle work, nobody's: out.idle_core_tokens)
+        depths = [torch.full((int(mask[row].sum()) + int(out.row_steps[row]),), loops) for row in range(rows)]
         return new_tokens, out.finished, out.core_tokens, depths
 
     def _pick(self, logits: Any, generator: Any, temperature: float) -> Any:

@@ -30,8 +30,19 @@ What is measured (one process, one run):
    ``duration_s`` of loopagent's trajectory log. For context, the same with rlms'
    ``llm_query_batched`` (cell times from its logger's ``execution_time``).
 
+3. tools: a cell that calls a user function (``lookup(i)``, returns ``2 * i``)
+   ``TOOL_N`` times in a loop, against the same cell doing the arithmetic inline;
+   the difference over ``TOOL_N`` is the cost of one tool call (cell times as in 2).
+   loopagent: ``RLM(tools=...)`` (the call crosses from the sandboxed worker to the
+   parent); rlms: ``RLM(custom_tools=...)`` (a plain function in its in-process REPL).
+4. 1,000 sub-calls: one cell sends ``llm_batch`` of ``SUB_N`` prompts of which
+   ``SUB_UNIQUE`` differ, to a child that answers at once; the cell time and the
+   child calls made, for loopagent with its sub-call cache off and on (a greedy
+   child: ``temperature=0``) and for rlms' ``llm_query_batched`` (no cache).
+
 Targets: loopagent's overhead per iteration <= rlms'; 64-way batch cell <= 2x
-the single-call cell. The table is printed and everything is written as JSON
+the single-call cell; with the cache on, the 1,000-call cell makes exactly
+``SUB_UNIQUE`` child calls. The table is printed and everything is written as JSON
 (default bench/results/controller.json). A missed target does not change the
 exit status (use --strict for that); a loopagent measurement that fails does.
 Without rlms installed, its columns show n/a.
@@ -73,6 +84,8 @@ DEFAULT_OUT = RESULTS_DIR / "controller.json"
 LATENCY_S = 0.05
 BATCH_N = 64
 QUERY = "How often is the lighthouse mentioned, and what is its keeper called?"
+TOOL_N = 200
+SUB_N, SUB_UNIQUE = 1000, 100
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,33 @@ def fanout_script(batch_cell: str, final_code: str, pairs: int) -> list[str]:
 
 class CheckError(RuntimeError):
     pass
+
+
+PLAIN_CELL = f"acc = 0\nfor i in range({TOOL_N}):\n    acc += 2 * i\nprint(acc)"
+TOOL_CELL = f"acc = 0\nfor i in range({TOOL_N}):\n    acc += lookup(i)\nprint(acc)"
+TOOL_SUM = sum(2 * i for i in range(TOOL_N))
+SUB_CELL = (f"ps = ['question ' + str(i % {SUB_UNIQUE}) for i in range({SUB_N})]\n"
+            "rs = {batch}(ps)\nprint(len(rs), len(set(rs)))")
+
+
+def twice(i: int) -> int:
+    """Twice ``i`` (the benchmark's tool)."""
+    return 2 * i
+
+
+def tools_script(final_code: str, pairs: int) -> list[str]:
+    replies = []
+    for _ in range(pairs):
+        replies += [_reply("Inline.", PLAIN_CELL), _reply("With the tool.", TOOL_CELL)]
+    return replies + [_reply("Done.", final_code)]
+
+
+def _tool_stats(plain: list[float], tool: list[float]) -> dict[str, Any]:
+    plain, tool = plain[1:], tool[1:]  # first pair: warm-up
+    if not plain or not tool:
+        raise CheckError("no tool cell times")
+    return {"n": TOOL_N, "plain_cell_ms": summarize(plain, MS), "tool_cell_ms": summarize(tool, MS),
+            "per_call_ms": (median(tool) - median(plain)) / TOOL_N * MS}
 
 
 # -- model clocks ----------------------------------------------------------------------------
@@ -304,6 +344,43 @@ class LoopagentAdapter(Adapter):
             raise CheckError(f"loopagent made {len(child.calls)} child calls, want {pairs * (BATCH_N + 1)}")
         return {"batch_cell_s": batch, "single_cell_s": single}
 
+    def _cells(self, result: Any) -> list[Any]:
+        cells = [ev for ev in self.read_trajectory(result.trajectory)
+                 if ev.type == "repl_exec" and not ev.code.startswith("FINAL")]
+        for ev in cells:
+            if ev.error:
+                raise CheckError(f"loopagent cell failed: {ev.error}")
+        return cells
+
+    def tools_run(self, pairs: int, tmp: Path) -> dict[str, Any]:
+        root = self._backend(tools_script("FINAL('done')", pairs), Clock(), "scripted-root")
+        rlm = self.RLM(root=root, max_iterations=2 * pairs + 5, log_dir=tmp / "loopagent-tools",
+                       tools={"lookup": twice})
+        result = rlm.run("tools", context="x")
+        if not result.finished or result.trajectory is None:
+            raise CheckError(f"loopagent tools run ended with {result.reason} ({result.detail})")
+        cells = self._cells(result)
+        if any(ev.stdout.strip() != str(TOOL_SUM) for ev in cells):
+            raise CheckError("a loopagent tools cell printed the wrong sum")
+        return _tool_stats([ev.duration_s for ev in cells if "lookup" not in ev.code],
+                           [ev.duration_s for ev in cells if "lookup" in ev.code])
+
+    def subcalls_run(self, cache: bool, tmp: Path) -> dict[str, Any]:
+        root = self._backend([_reply("Ask.", SUB_CELL.format(batch="llm_batch")), _reply("Done.", "FINAL('done')")],
+                             Clock(), "scripted-root")
+        child = self.TimedBackend(lambda messages, loops: "answer to " + messages[-1]["content"],
+                                  name="scripted-child", temperature=0.0)
+        child.clock = Clock()
+        rlm = self.RLM(root=root, child=child, log_dir=tmp / f"loopagent-subcalls-{cache}", cache=cache)
+        result = rlm.run("sub-calls", context="x")
+        if not result.finished or result.trajectory is None:
+            raise CheckError(f"loopagent sub-call run ended with {result.reason} ({result.detail})")
+        (cell,) = self._cells(result)
+        if cell.stdout.split() != [str(SUB_N), str(SUB_UNIQUE)]:
+            raise CheckError(f"loopagent sub-call cell printed {cell.stdout!r}")
+        return {"cell_ms": cell.duration_s * MS, "child_calls": len(child.calls),
+                "cache_hits": result.usage.total.cache_hits}
+
 
 class RlmsAdapter(Adapter):
     name = "rlms"
@@ -429,6 +506,45 @@ class RlmsAdapter(Adapter):
             raise CheckError(f"rlms made {client.child_calls} child calls, want {pairs * (BATCH_N + 1)}")
         return {"batch_cell_s": batch, "single_cell_s": single}
 
+    def _cells(self, result: Any) -> list[tuple[str, Any]]:
+        cells = []
+        for it in (result.metadata or {}).get("iterations", []):
+            for block in it["code_blocks"]:
+                code, res = block["code"], block["result"]
+                if code.startswith("answer"):
+                    continue
+                if res["stderr"] or "Error" in res["stdout"]:
+                    raise CheckError(f"rlms cell failed: {res['stderr'] or res['stdout']}")
+                cells.append((code, res))
+        return cells
+
+    def tools_run(self, pairs: int, tmp: Path) -> dict[str, Any]:
+        final = "answer['content'] = 'done'\nanswer['ready'] = True"
+        client = self.ScriptedLM(tools_script(final, pairs), lambda p: "ok", Clock())
+        self._client = client
+        rlm = self.RLM(backend="openai", backend_kwargs={"model_name": "scripted"}, environment="local",
+                       max_iterations=2 * pairs + 5, logger=self.RLMLogger(), verbose=False,
+                       custom_tools={"lookup": twice})
+        try:
+            result = rlm.completion("x", root_prompt="tools")
+        finally:
+            rlm.close()
+        cells = self._cells(result)
+        if any(res["stdout"].strip() != str(TOOL_SUM) for _, res in cells):
+            raise CheckError("an rlms tools cell printed the wrong sum")
+        return _tool_stats([res["execution_time"] for code, res in cells if "lookup" not in code],
+                           [res["execution_time"] for code, res in cells if "lookup" in code])
+
+    def subcalls_run(self, cache: bool, tmp: Path) -> dict[str, Any]:
+        final = "answer['content'] = 'done'\nanswer['ready'] = True"
+        script = [_reply("Ask.", SUB_CELL.format(batch="llm_query_batched")), _reply("Done.", final)]
+        client = self.ScriptedLM(script, lambda p: "answer to " + p, Clock())
+        result, _, _ = self._completion(client, "x", "sub-calls", max_iterations=5, logger=self.RLMLogger())
+        ((_, res),) = self._cells(result)
+        if res["stdout"].split() != [str(SUB_N), str(SUB_UNIQUE)]:
+            raise CheckError(f"rlms sub-call cell printed {res['stdout']!r}")
+        return {"cell_ms": res["execution_time"] * MS, "child_calls": client.child_calls, "cache_hits": 0}
+
     def shutdown(self) -> None:
         self.core.get_client = self._original_get_client
 
@@ -463,6 +579,10 @@ def run_all(a: Adapter, cfg: Config, context: str) -> dict[str, Any]:
             "overhead_logged": lambda: measure_overhead(a, context, cfg.overhead_reps, True, tmp),
             "overhead_unlogged": lambda: measure_overhead(a, context, cfg.overhead_reps, False, tmp),
             "fanout": lambda: measure_fanout(a, cfg.batch_reps, tmp),
+            "tools": lambda: a.tools_run(cfg.batch_reps + 1, tmp),
+            # rlms has no sub-call cache: its run is the same in both entries
+            "subcalls_cache_off": lambda: a.subcalls_run(False, tmp),
+            "subcalls_cache_on": lambda: a.subcalls_run(True, tmp),
         })
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -489,6 +609,13 @@ def build_rows(ours: dict[str, Any], peer: dict[str, Any] | None, peer_reason: s
     row(f"cell with one llm_query, {lat} ms model, median", "fanout", ("single_cell_ms", "median"), "ms")
     row(f"{n}-way batch cell / single-call cell", "fanout", ("ratio",), "x", "<= 2x", lambda o, p: o <= 2.0,
         fmt=lambda v: f"{v:.2f}")
+    row(f"one tool call (cell of {TOOL_N} calls minus the inline cell)", "tools", ("per_call_ms",), "ms",
+        fmt=lambda v: f"{v:.3f}")
+    row(f"cell of {SUB_N} sub-calls ({SUB_UNIQUE} distinct), cache off", "subcalls_cache_off", ("cell_ms",), "ms")
+    row("  child calls made, cache off", "subcalls_cache_off", ("child_calls",), "", fmt=lambda v: f"{v:.0f}")
+    row(f"cell of {SUB_N} sub-calls ({SUB_UNIQUE} distinct), cache on", "subcalls_cache_on", ("cell_ms",), "ms")
+    row("  child calls made, cache on", "subcalls_cache_on", ("child_calls",), "", f"= {SUB_UNIQUE}",
+        lambda o, p: o == SUB_UNIQUE, fmt=lambda v: f"{v:.0f}")
     return row.rows
 
 

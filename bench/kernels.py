@@ -22,11 +22,11 @@ needed), one short script of a few minutes on an H200-class GPU::
    decode step, ``GraphDecoder``, replayed as a CUDA graph, kernels off), ``kernels+graphs``,
    ``compile`` (``torch.compile`` of the same static step, kernels off, no graphs) and
    ``compile+graphs`` (compiled and replayed as a graph; the two compile variants at batch 1
-   only, where their target is, to keep the run short). Tokens/s, and the
+   and loops 1 and 8 only, where their target is, to keep the run short). Tokens/s, and the
    per-loop cost (slope of seconds per step over loops: one loop step with its matmuls and
    attention). Every variant's tokens are checked against eager (greedy, bfloat16: a
    mismatch is reported, not fatal, since rounding differs). Targets: kernels+graphs >= 1.3x
-   eager at batch 1, and no slower than compile.
+   eager at batch 1, and no slower than the better of compile and compile+graphs.
 
 Everything is written as JSON with the GPU's name and the date (default
 bench/results/kernels.json). A missed target does not change the exit status (``--strict``
@@ -47,7 +47,23 @@ from typing import Any
 from _common import RESULTS_DIR, log, machine_info, print_grid, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing, too
+
+
+def _importable() -> None:
+    """Make ``loopagent.backends`` importable from a bare checkout (the GPU machine has torch,
+    Triton and transformers, and neither loopagent installed nor the controller's packages):
+    the sibling folders are subpackages of ``loopagent`` (pyproject's package-dir), and
+    ``loopagent`` itself loads its controller only on first use."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT))
+    import loopagent
+
+    if importlib.util.find_spec("loopagent.backends") is None:
+        loopagent.__path__.append(str(ROOT))
+
+
+_importable()
 
 
 def _sync(device: Any) -> None:
@@ -271,8 +287,8 @@ def bench_decode(cfg: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]
         for loops in cfg["loops"]:
             reference = None
             for variant in cfg["variants"]:
-                if variant.startswith("compile") and batch != 1:
-                    continue  # compiling a 16-loop step takes a while: only where the target is (batch 1)
+                if variant.startswith("compile") and (batch != 1 or loops not in cfg["compile_loops"]):
+                    continue  # compiling a 16-loop step takes minutes: only where the target is (batch 1)
                 entry: dict[str, Any] = {"variant": variant, "batch": batch, "loops": loops}
                 try:
                     mode = "on" if variant.startswith("kernels") else "off"
@@ -281,6 +297,10 @@ def bench_decode(cfg: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]
                             _eager_decode(model, ids, loops, 2)  # warm-up (Triton compiles here)
                             tokens, wall = _eager_decode(model, ids, loops, new)
                         else:
+                            if variant.startswith("compile"):
+                                # a fresh compilation per configuration: dynamo's recompile limit would
+                                # otherwise fall back to eager silently after a few
+                                torch._dynamo.reset()
                             graphs = variant.endswith("graphs") and device.type == "cuda"
                             tokens, wall = _graph_decode(model, ids, loops, new, capture=graphs,
                                                          compile_step=variant.startswith("compile"))
@@ -330,16 +350,18 @@ def targets(data: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
     runs = data["decode"]["runs"]
     ratios, vs_compile = [], []
     for loops in cfg["loops"]:
-        best, eager, comp = (_lookup(runs, v, 1, loops) for v in ("kernels+graphs", "eager", "compile"))
+        best, eager = _lookup(runs, "kernels+graphs", 1, loops), _lookup(runs, "eager", 1, loops)
+        compiled = [c for c in (_lookup(runs, v, 1, loops) for v in ("compile", "compile+graphs")) if c]
         if best and eager:
             ratios.append(best / eager)
-        if best and comp:
-            vs_compile.append(best / comp)
+        if best and compiled:
+            vs_compile.append(best / max(compiled))  # against the better of the two compiled variants
     if ratios:
         out.append({"metric": "decode batch 1: kernels+graphs vs eager (worst loops)", "value": min(ratios),
                     "target": ">= 1.3", "passed": min(ratios) >= 1.3})
     if vs_compile:
-        out.append({"metric": "decode batch 1: kernels+graphs vs compile (worst loops)", "value": min(vs_compile),
+        out.append({"metric": "decode batch 1: kernels+graphs vs best of compile, compile+graphs (worst loops)",
+                    "value": min(vs_compile),
                     "target": ">= 1.0", "passed": min(vs_compile) >= 1.0})
     return out
 
@@ -349,11 +371,11 @@ def config(quick: bool, device: Any) -> dict[str, Any]:
     if quick:  # the CPU smoke test: the kernels run in Triton's interpreter
         return {"hidden": 32, "intermediate": 64, "rows": [4], "repeats": 1, "inner": 1, "compile": False,
                 "model": dict(vocab=64, hidden=32, heads=2, intermediate=64, prelude=1, core=1, coda=1),
-                "loops": [1, 2], "batches": [1, 2], "prompt": 6, "new_tokens": 3,
+                "loops": [1, 2], "compile_loops": [], "batches": [1, 2], "prompt": 6, "new_tokens": 3,
                 "variants": ["eager", "kernels", "graphs"]}
     return {"hidden": 768, "intermediate": 2048, "rows": [32, 4096], "repeats": 5, "inner": 100, "compile": gpu,
             "model": dict(vocab=32000, hidden=768, heads=12, intermediate=2048, prelude=2, core=4, coda=2),
-            "loops": [1, 4, 8, 16], "batches": [1, 32], "prompt": 64, "new_tokens": 32,
+            "loops": [1, 4, 8, 16], "compile_loops": [1, 8], "batches": [1, 32], "prompt": 64, "new_tokens": 32,
             "variants": list(VARIANTS) if gpu else ["eager", "kernels", "graphs"]}
 
 

@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -46,9 +47,15 @@ MODES = ("auto", "off", "on")
 _override: list[str] = []
 
 
+@functools.cache
 def available() -> bool:
-    """Whether Triton is installed (the kernels need it on every device)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether a Triton the kernels work with is installed (3.4 or later: they build their
+    compiled and interpreted forms through ``triton.knobs``)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton
+
+    return hasattr(getattr(getattr(triton, "knobs", None), "runtime", None), "scope")
 
 
 def current_mode() -> str:

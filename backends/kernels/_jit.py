@@ -15,8 +15,9 @@ from typing import Any
 
 
 class _Kernel:
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], jit_options: dict[str, Any]) -> None:
         self.fn = fn
+        self.jit_options = jit_options
         self._forms: dict[bool, Any] = {}
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
@@ -28,7 +29,7 @@ class _Kernel:
 
             with triton.knobs.runtime.scope():
                 triton.knobs.runtime.interpret = interpret
-                form = self._forms[interpret] = triton.jit(self.fn)
+                form = self._forms[interpret] = triton.jit(self.fn, **self.jit_options)
         return form
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
@@ -36,7 +37,13 @@ class _Kernel:
             first = next(a for a in args if hasattr(a, "device"))
             # TRITON_INTERPRET=1 (debugging) interprets on every device, as Triton itself would
             interpret = first.device.type == "cpu" or os.environ.get("TRITON_INTERPRET", "0") == "1"
-            return self._form(interpret)[grid](*args, **kwargs)
+            if interpret or first.device.type != "cuda":
+                return self._form(interpret)[grid](*args, **kwargs)
+            import torch
+
+            # Triton launches on the current device's stream: make it the tensors' device
+            with torch.cuda.device(first.device):
+                return self._form(False)[grid](*args, **kwargs)
 
         return launch
 
@@ -47,13 +54,16 @@ def row_warps(block: int) -> int:
     return min(max(block // 256, 1), 8)
 
 
-def kernel(fn: Callable[..., Any]) -> _Kernel:
-    """Decorate a Triton kernel body (instead of ``triton.jit``); launch it as ``k[grid](...)``.
+def kernel(fn: Callable[..., Any] | None = None, **jit_options: Any) -> Any:
+    """Decorate a Triton kernel body (instead of ``triton.jit``, whose options it takes, e.g.
+    ``@kernel(do_not_specialize=["n"])``); launch it as ``k[grid](...)``.
 
     Kernels must be self-contained: a ``triton.jit`` helper they called would be fixed to one
     form at import time.
     """
-    return _Kernel(fn)
+    if fn is None:
+        return lambda f: _Kernel(f, jit_options)
+    return _Kernel(fn, jit_options)
 
 
 def _sum_combine(a, b):  # noqa: ANN001, ANN202 (Triton reads annotations as types)

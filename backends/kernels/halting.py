@@ -28,7 +28,7 @@ import triton.language as tl
 from ._jit import add, kernel, row_warps
 
 
-@kernel
+@kernel(do_not_specialize=["loop", "floor_value"])  # a new loop index must not compile a new kernel
 def _halt_kernel(Hs, GW, GB, NW, CDF, SURV, BUD, FLOOR, THR, IDX, STATE, DEPTH, DONE,
                  stride_h, stride_s, D, eps, loop, floor_value, threshold_value,
                  HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INDEX: tl.constexpr,
@@ -166,7 +166,7 @@ def halt_step(
     return done.view(torch.bool)
 
 
-@kernel
+@kernel(do_not_specialize=["n"])
 def _compact_kernel(DONE, IDX, OUT, COUNT, n, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr):
     # One program walks the rows in order: a prefix sum per block, carried across blocks, so
     # the kept rows keep their order (atomics would not).
@@ -199,7 +199,7 @@ def compact(done: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tens
     count = torch.zeros(1, dtype=torch.int32, device=done.device)
     if n:
         _compact_kernel[(1,)](done.view(torch.int8), index if index is not None else out, out, count, n,
-                              HAS_INDEX=index is not None, BLOCK=min(1024, triton.next_power_of_2(n)))
+                              HAS_INDEX=index is not None, BLOCK=1024)  # one block size: one compilation
     return out[: int(count.item())]
 
 

@@ -26,9 +26,10 @@ static step eagerly: that is what the CPU tests compare with the model's cached 
 
 Work accounting is honest: ``core_tokens`` counts, per real row, the token rows its prompt
 sent through the core block (the eager prefill's count) plus ``loops`` for every decode
-step, including steps after the row finished (the graph runs every row of the bucket
-every step). Padded bucket rows are nobody's work: they are reported apart as
-``padding_core_tokens``.
+step that fed one of its tokens, which is what the eager decode computes for it. The graph
+runs every row of the bucket every step, so rows of nobody also compute: padded bucket rows,
+and rows that already finished while others go on; that work is reported apart, as
+``idle_core_tokens`` (waste: the price of static shapes, not any request's work).
 
 Example::
 
@@ -162,15 +163,18 @@ class GraphGeneration:
     getting tokens until the batch stops; they are not its output). ``lengths`` [b]: the
     row's new tokens before its first EOS. ``finished`` [b]: it produced EOS.
     ``core_tokens`` [b]: token rows the row sent through the core block (prefill + ``loops``
-    per decode step it ran, finished or not). ``padding_core_tokens``: core rows run for the
-    bucket's padded rows (waste, nobody's work). ``steps``: decode steps (graph replays).
+    per decode step that fed one of its tokens, as eager decoding computes). ``row_steps``
+    [b]: those decode steps. ``idle_core_tokens``: core rows run for nobody (the bucket's
+    padded rows, and rows already finished while others went on: waste). ``steps``: decode
+    steps (graph replays).
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     finished: torch.Tensor
     core_tokens: torch.Tensor
-    padding_core_tokens: int
+    row_steps: torch.Tensor
+    idle_core_tokens: int
     steps: int
 
     def row_tokens(self, row: int) -> list[int]:
@@ -251,7 +255,7 @@ class GraphDecoder:
         self._rows = 0
         self._seen = 0
         self._core_tokens = torch.zeros(0, dtype=torch.long)
-        self._padding_core_tokens = 0
+        self._idle_core_tokens = 0
 
     def bucket_for(self, b: int) -> int:
         """The bucket a batch of ``b`` rows runs in: the smallest one that holds it."""
@@ -267,9 +271,10 @@ class GraphDecoder:
         return self._core_tokens.clone()
 
     @property
-    def padding_core_tokens(self) -> int:
-        """Core rows run so far for the padded rows of the current bucket (waste, nobody's work)."""
-        return self._padding_core_tokens
+    def idle_core_tokens(self) -> int:
+        """Core rows run so far for nobody in the current decode: padded bucket rows, and rows
+        :meth:`step` was told are finished (waste)."""
+        return self._idle_core_tokens
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,15 +304,18 @@ class GraphDecoder:
         bucket.position_ids[:b, 0] = attention_mask.long().sum(1)  # the first new token's position
         self._current, self._rows, self._seen = bucket, b, t
         self._core_tokens = out.core_tokens.detach().to(torch.long).clone()
-        self._padding_core_tokens = 0
+        self._idle_core_tokens = 0
         return out.logits[:, -1]
 
     @torch.no_grad()
-    def step(self, token_ids: torch.LongTensor) -> torch.Tensor:
-        """Feed one token per row ([b]); return the next logits ([b, vocab], a copy)."""
-        return self._step(token_ids).clone()
+    def step(self, token_ids: torch.LongTensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row ([b]); return the next logits ([b, vocab], a copy).
 
-    def _step(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        ``live`` [b] (bool): the rows whose token this is (None: all); the others already
+        finished, run anyway (static shapes) and are counted as idle work, not theirs."""
+        return self._step(token_ids, live).clone()
+
+    def _step(self, token_ids: torch.LongTensor, live: torch.Tensor | None = None) -> torch.Tensor:
         bucket, b = self._current, self._rows
         if bucket is None:
             raise ConfigError("GraphDecoder.step needs a prefill first")
@@ -318,15 +326,20 @@ class GraphDecoder:
         bucket.input_ids[:b, 0].copy_(token_ids)
         bucket.pos.fill_(self._seen)
         if self.capture:
-            if bucket.graph is None:
-                bucket.graph = self._capture(bucket)
-            bucket.graph.replay()
+            with torch.cuda.device(self.device):  # graphs capture and replay on the current device
+                if bucket.graph is None:
+                    bucket.graph = self._capture(bucket)
+                bucket.graph.replay()
         else:
             self._static_step(self.model, bucket, self.loops)
         bucket.position_ids[:b] += 1
         self._seen += 1
-        self._core_tokens += self.loops  # every real row ran every loop, finished or not
-        self._padding_core_tokens += (bucket.size - b) * self.loops
+        if live is None:
+            self._core_tokens += self.loops
+            self._idle_core_tokens += (bucket.size - b) * self.loops
+        else:
+            self._core_tokens += self.loops * live.to(self._core_tokens.device, torch.long)
+            self._idle_core_tokens += (bucket.size - int(live.sum())) * self.loops
         return bucket.logits[:b]
 
     def _capture(self, bucket: _Bucket) -> torch.cuda.CUDAGraph:
@@ -343,7 +356,8 @@ class GraphDecoder:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: CUDA work another thread runs meanwhile (another model) does not break the capture
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._static_step(self.model, bucket, self.loops)
         return graph
 
@@ -369,6 +383,7 @@ class GraphDecoder:
         logits = self.prefill(input_ids, attention_mask)
         picks: list[torch.Tensor] = []
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        row_steps = torch.zeros(b, dtype=torch.long, device=input_ids.device)
         steps = 0
         for i in range(max_new_tokens):
             nxt = logits.argmax(-1)
@@ -377,7 +392,8 @@ class GraphDecoder:
                 done |= torch.isin(nxt, eos)
             if i == max_new_tokens - 1 or bool(done.all()):
                 break  # the last token is never fed: nothing would read its logits
-            logits = self._step(nxt)
+            logits = self._step(nxt, ~done)  # a finished row's token is fed for nobody
+            row_steps += (~done).long()
             steps += 1
         tokens = torch.stack(picks, 1)
         n = tokens.shape[1]
@@ -387,8 +403,8 @@ class GraphDecoder:
             hit = torch.isin(tokens, eos)
             lengths = torch.where(hit, torch.arange(n, device=tokens.device), n).min(1).values
         return GraphGeneration(tokens=tokens, lengths=lengths, finished=done.clone(),
-                               core_tokens=self.core_tokens, padding_core_tokens=self._padding_core_tokens,
-                               steps=steps)
+                               core_tokens=self.core_tokens, row_steps=row_steps,
+                               idle_core_tokens=self._idle_core_tokens, steps=steps)
 
 
 __all__ = ["DEFAULT_BUCKETS", "GraphDecoder", "GraphGeneration", "StaticSlot"]

@@ -9,10 +9,12 @@ usage account and one trajectory log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopagent import prompts
 from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
+from loopagent.callbacks import CallbackDispatcher, check_callbacks
+from loopagent.compaction import HISTORY_VARIABLE, Compactor
 from loopagent.environments import (
     ContextInfo,
     Environment,
@@ -36,7 +40,19 @@ from loopagent.errors import BackendError, BudgetExceededError, ConfigError
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
-from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, TrajectoryWriter
+from loopagent.stream import RunStream, extra_listeners
+from loopagent.trajectory import (
+    Compaction,
+    FinalAnswer,
+    LimitHit,
+    ReplExec,
+    RootTurn,
+    RunEnd,
+    RunStart,
+    SubCall,
+    SubCallStart,
+    TrajectoryWriter,
+)
 from loopagent.usage import RunUsage
 from loopagent.validation import check_int, check_loops
 
@@ -83,6 +99,24 @@ class _RunTree:
         self.start = time.monotonic()
         self.stop: BudgetExceededError | None = None
         self.calls = asyncio.Semaphore(rlm.concurrency)
+        # the tasks serving host calls (llm_query, rlm_query...) of REPL cells: a cancelled run
+        # cancels them, since the cell threads waiting on them are not the run's own tasks
+        self.host_tasks: set[asyncio.Task[Any]] = set()
+
+    def cancel(self) -> None:
+        """The run was cancelled: no model call from now on, and every host call still going stops."""
+        if self.stop is None or self.stop.reason != "cancelled":
+            self.stop = BudgetExceededError("cancelled", "the run was cancelled")
+        for task in list(self.host_tasks):
+            task.cancel()
+
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait (a bounded time) for the cancelled host calls, so that child runs log their end
+        and close their REPLs before the log closes."""
+        current = asyncio.current_task()
+        pending = [t for t in self.host_tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     def remaining_s(self) -> float | None:
         timeout = self.rlm.budget.timeout_s
@@ -137,6 +171,8 @@ class _Run:
         self.usage = RunUsage()
         self.final: tuple[str, str] | None = None  # (answer, source)
         self.answer_chars: int | None = None  # the length of an answer that was cut, else None
+        self.compactor = Compactor.for_run(root, fraction=self.rlm.compact_at, keep_turns=self.rlm.compact_keep_turns,
+                                           window=self.rlm.root_context_window if depth == 0 else None)
 
     # -- bookkeeping -----------------------------------------------------------------
     def _log(self, cls: type, **fields: Any) -> None:
@@ -248,9 +284,26 @@ class _Run:
                 raise TypeError("FINAL_VAR() takes the variable's name as a string, e.g. FINAL_VAR('answer')")
             return self._record_final(env.get_variable(name, as_text=True), "FINAL_VAR")
 
-        for name, fn in (("llm_query", llm_query), ("llm_batch", llm_batch), ("rlm_query", rlm_query),
-                         ("rlm_batch", rlm_batch), ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
+        for name, fn in (("llm_query", self._tracked(llm_query)), ("llm_batch", self._tracked(llm_batch)),
+                         ("rlm_query", self._tracked(rlm_query)), ("rlm_batch", self._tracked(rlm_batch)),
+                         ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
             env.register(name, fn)
+
+    def _tracked(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """``fn`` run as a task the tree can cancel (see :meth:`_RunTree.cancel`)."""
+        tasks = self.tree.host_tasks
+
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            if task is not None:
+                tasks.add(task)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                tasks.discard(task)  # type: ignore[arg-type]
+
+        return call
 
     async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind) -> list[str | Exception]:
         """Plain child-model calls, concurrent up to the run's bound."""
@@ -267,6 +320,8 @@ class _Run:
                                          loops_requested=loops, loops_chosen=choice.loops)
             try:
                 async with self.tree.calls:
+                    self.tree.check()  # as _call does first: a start is logged only for a call that is sent
+                    self._log(SubCallStart, kind=kind, index=index, model=backend.name, loops_chosen=choice.loops)
                     completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth)
             except BudgetExceededError:
                 raise  # a spent budget stops the whole run, not just this call
@@ -299,14 +354,14 @@ class _Run:
 
         async def one(index: int, prompt: str, context: Any) -> str:
             async with gate:
-                # starting a worker takes ~50 ms: keep the event loop free for sibling runs
-                env, info = await asyncio.to_thread(self.rlm._open, context)
+                self._log(SubCallStart, kind="rlm_query", index=index, model=self.rlm.child.name)
+                env, info = await self.rlm._aopen(context)
                 try:
                     child = _Run(self.tree, env, depth=self.depth + 1, root=self.rlm.child, parent=self,
                                  explicit_loops=loops)
                     result = await child.execute(prompt, info)
                 finally:
-                    env.close()
+                    await _aclose(env)
             self._log(SubCall, kind="rlm_query", index=index, model=self.rlm.child.name,
                       prompt=self.tree.writer.clip(prompt), response=self.tree.writer.clip(result.answer),
                       loops_requested=loops, child_run_id=child.run_id, usage=child.usage.total.model_dump())
@@ -333,10 +388,15 @@ class _Run:
             can_recurse=self.depth + 1 < rlm.max_depth, child_looped=rlm.child.looped,
             child_default_loops=rlm.child.default_loops, child_max_loops=rlm.child.max_loops,
             limits=limits, earlier=self.earlier,
+            history_variable=HISTORY_VARIABLE if self.compactor is not None and _can_set(self.env) else None,
         )
 
     async def execute(self, query: str, info: ContextInfo) -> Result:
-        """Run the loop over this run's environment, whose context ``info`` describes."""
+        """Run the loop over this run's environment, whose context ``info`` describes.
+
+        A cancelled run (a stream left early) logs a ``cancelled`` limit and its end, stops
+        the host calls still going, and re-raises.
+        """
         start = time.monotonic()
         self._register()
         system = self._system_prompt(info)
@@ -347,58 +407,109 @@ class _Run:
             "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
         )
         last_text = ""
-        for iteration in range(self.rlm.max_iterations):
-            iterations = iteration + 1
-            try:
-                choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
-                                      self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
-                completion = await self._call(self.root, messages, choice, self.depth)
-            except BudgetExceededError as e:
-                reason, detail = e.reason, e.detail
-                break
-            except BackendError as e:
-                reason, detail = "model_error", str(e)
-                break
-            text = completion.text
-            clip = self.tree.writer.clip
-            self._log_turn(iteration, messages[-1]["content"], completion, choice)
-            if strip_code_blocks(text):
-                last_text = strip_code_blocks(text)
-            blocks = find_code_blocks(text)
-            if not blocks:
-                reply = self._final_from_text(text)
-                if reply is None:
+        try:
+            for iteration in range(self.rlm.max_iterations):
+                iterations = iteration + 1
+                try:
+                    if iteration and self.compactor is not None:
+                        messages = await self._compact(messages, iteration)
+                    choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
+                                          self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
+                    completion = await self._call(self.root, messages, choice, self.depth)
+                except BudgetExceededError as e:
+                    reason, detail = e.reason, e.detail
                     break
-                errors += 1
-                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
-            else:
-                outputs, had_error = [], False
-                for code in blocks:
-                    result = await self.env.aexecute(code)
-                    self._log(ReplExec, iteration=iteration, code=clip(code) or "", stdout=clip(result.stdout) or "",
-                              error=clip(result.error),
-                              error_type=result.error_type, duration_s=result.duration_s,
-                              host_calls=result.host_calls, restarted=result.restarted)
-                    outputs.append(result.text)
-                    had_error = not result.ok
-                    if self.final is not None or self.tree.stop is not None or not result.ok:
+                except BackendError as e:
+                    reason, detail = "model_error", str(e)
+                    break
+                text = completion.text
+                clip = self.tree.writer.clip
+                self._log_turn(iteration, messages[-1]["content"], completion, choice)
+                if strip_code_blocks(text):
+                    last_text = strip_code_blocks(text)
+                blocks = find_code_blocks(text)
+                if not blocks:
+                    reply = self._final_from_text(text)
+                    if reply is None:
                         break
-                if self.final is not None:
+                    errors += 1
+                    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
+                else:
+                    outputs, had_error = [], False
+                    for code in blocks:
+                        result = await self.env.aexecute(code)
+                        self._log(ReplExec, iteration=iteration, code=clip(code) or "",
+                                  stdout=clip(result.stdout) or "", error=clip(result.error),
+                                  error_type=result.error_type, duration_s=result.duration_s,
+                                  host_calls=result.host_calls, restarted=result.restarted)
+                        if result.restarted and self.compactor is not None and self.compactor.summarized:
+                            await self._set_history(self.compactor.history(messages))  # a new worker lost it
+                        outputs.append(result.text)
+                        had_error = not result.ok
+                        if self.final is not None or self.tree.stop is not None or not result.ok:
+                            break
+                    if self.final is not None:
+                        break
+                    errors = errors + 1 if had_error else 0
+                    messages += [{"role": "assistant", "content": text},
+                                 {"role": "user", "content": prompts.repl_feedback(outputs)}]
+                if self.tree.stop is not None:
+                    reason, detail = self.tree.stop.reason, self.tree.stop.detail
                     break
-                errors = errors + 1 if had_error else 0
-                messages += [{"role": "assistant", "content": text},
-                             {"role": "user", "content": prompts.repl_feedback(outputs)}]
-            if self.tree.stop is not None:
-                reason, detail = self.tree.stop.reason, self.tree.stop.detail
-                break
-            if errors >= self.rlm.max_consecutive_errors:
-                reason, detail = "consecutive_errors", f"{errors} turns in a row ended in an error or without code"
-                break
-        if self.final is not None:
-            reason, detail = "final", ""
-        elif reason == "max_iterations":
-            await self._force_final(messages)
+                if errors >= self.rlm.max_consecutive_errors:
+                    reason, detail = "consecutive_errors", f"{errors} turns in a row ended in an error or without code"
+                    break
+            if self.final is not None:
+                reason, detail = "final", ""
+            elif reason == "max_iterations":
+                await self._force_final(messages)
+        except asyncio.CancelledError:
+            self.tree.cancel()
+            if self.parent is None:
+                await self.tree.settle()
+            self._finish("cancelled", "the run was cancelled before it ended", iterations=iterations, start=start,
+                         last_text=last_text)
+            raise
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
+
+    async def _compact(self, messages: list[dict[str, str]], iteration: int) -> list[dict[str, str]]:
+        """``messages`` with older turns folded into notes, when they reach the threshold (see
+        :mod:`loopagent.compaction`); the summary call is a root call like any other. A model
+        error leaves the messages as they are (logged); a spent budget raises."""
+        assert self.compactor is not None
+        plan = self.compactor.plan(messages)
+        if plan is None:
+            return messages
+        choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
+                              self.compactor.tokens(plan.request))
+        entry: dict[str, Any] = dict(iteration=iteration, turns_folded=plan.turns, window=self.compactor.window,
+                                     tokens_before=plan.tokens_before, model=self.root.name,
+                                     loops_chosen=choice.loops)
+        try:
+            completion = await self._call(self.root, plan.request, choice, self.depth)
+        except BackendError as e:
+            self._log(Compaction, turns_folded_total=len(self.compactor.folded) // 2,
+                      tokens_after=plan.tokens_before, error=f"the summary call failed: {e}",
+                      **{**entry, "turns_folded": 0})
+            return messages
+        variable = await self._set_history(self.compactor.history(messages))
+        compacted = self.compactor.apply(messages, plan, completion.text, variable)
+        self._log(Compaction, turns_folded_total=len(self.compactor.folded) // 2,
+                  tokens_after=self.compactor.tokens(compacted), summary=self.tree.writer.clip(completion.text) or "",
+                  usage=completion.usage.model_dump(), history_variable=variable, **entry)
+        return compacted
+
+    async def _set_history(self, history: list[dict[str, Any]]) -> str | None:
+        """Put every message of the run in the REPL; the variable's name, or None where the
+        environment cannot set variables or refused this one."""
+        setter = getattr(self.env, "set_variable", None)
+        if not callable(setter):
+            return None
+        try:
+            await asyncio.to_thread(setter, HISTORY_VARIABLE, history)
+        except (SandboxError, ValueError, TypeError):
+            return None
+        return HISTORY_VARIABLE
 
     def _final_from_text(self, text: str) -> str | None:
         """Record a final answer written as text (a reply without code); else return what
@@ -485,6 +596,22 @@ class _Run:
                       iterations=iterations, wall_s=wall, run_id=self.run_id, trajectory=self.tree.writer.path)
 
 
+def _can_set(env: Any) -> bool:
+    """Whether ``env`` can set REPL variables (an optional method of environments)."""
+    return callable(getattr(env, "set_variable", None))
+
+
+async def _aclose(env: Environment) -> None:
+    # In a thread: a cancelled run closes its REPL while a cell may still hold it, and that
+    # cell's thread may wait on a host call that needs this loop to finish.
+    await asyncio.to_thread(env.close)
+
+
+def _close_opened(opening: asyncio.Future[tuple[Environment, ContextInfo]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
+
+
 def _str_list(values: Any, fn: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise TypeError(f"{fn}(): the first argument must be a list of str")
@@ -511,6 +638,14 @@ class RLM:
     ``max_answer_chars`` caps a final answer (None: no cap); a longer one is cut, marked
     at the cut and named in ``Result.detail``. ``log_text_limit`` clips each text the
     trajectory logs (prompts, replies, code, output; None: no clip).
+
+    ``callbacks`` see every event of a run as it is logged (callables, sync or async, or
+    objects with ``on_iteration``, ``on_sub_call``... methods; see :mod:`loopagent.callbacks`);
+    :meth:`stream` yields the same events. ``compact_at`` is the fraction of the root model's
+    context window at which older turns (all but the last ``compact_keep_turns``) are folded
+    into notes the model writes (None: never); the window is ``root_context_window`` or the
+    backend's ``context_window`` attribute, and where neither is known compaction never
+    happens (see :mod:`loopagent.compaction`).
     """
 
     def __init__(
@@ -531,6 +666,10 @@ class RLM:
         log_dir: str | Path | None = None,
         log_text_limit: int | None = 20_000,
         max_answer_chars: int | None = 1_000_000,
+        callbacks: Sequence[Any] | None = None,
+        compact_at: float | None = 0.8,
+        compact_keep_turns: int = 2,
+        root_context_window: int | None = None,
     ) -> None:
         root_backend = build_model(root) if isinstance(root, str) else root
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
@@ -569,6 +708,17 @@ class RLM:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.log_text_limit = log_text_limit
         self.max_answer_chars = max_answer_chars
+        self.callbacks = check_callbacks(callbacks)
+        if compact_at is not None and (isinstance(compact_at, bool) or not isinstance(compact_at, (int, float))
+                                       or not 0 < compact_at <= 1):
+            raise ConfigError(f"compact_at must be a fraction of the context window in (0, 1] or None (no "
+                              f"compaction), got {compact_at!r}")
+        check_int(compact_keep_turns, "compact_keep_turns", minimum=0)
+        if root_context_window is not None:
+            check_int(root_context_window, "root_context_window", minimum=1)
+        self.compact_at = None if compact_at is None else float(compact_at)
+        self.compact_keep_turns = compact_keep_turns
+        self.root_context_window = root_context_window
 
     def config(self) -> dict[str, Any]:
         """The configuration as logged in every trajectory."""
@@ -580,6 +730,8 @@ class RLM:
             "max_iterations": self.max_iterations, "max_consecutive_errors": self.max_consecutive_errors,
             "concurrency": self.concurrency, "budget": self.budget.model_dump(), "loop_policy": self.policy.describe(),
             "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
+            "compaction": {"compact_at": self.compact_at, "keep_turns": self.compact_keep_turns,
+                           "root_context_window": self.root_context_window},
         }
 
     def check(self) -> None:
@@ -608,6 +760,16 @@ class RLM:
         # an environment that describes nothing still gets an honest description
         return env, info if isinstance(info, ContextInfo) else describe_context(context)
 
+    async def _aopen(self, context: ContextLike) -> tuple[Environment, ContextInfo]:
+        """:meth:`_open` in a thread (starting a worker takes ~50 ms: the loop stays free for
+        sibling runs); cancelled meanwhile, it closes what the thread goes on to open."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open, context))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+
     def run_direct(self, query: str, prompt: str, *, context: ContextLike = None, loops: int | None = None,
                    log_config: dict[str, Any] | None = None) -> Result:
         """Sync form of :meth:`arun_direct`."""
@@ -633,20 +795,34 @@ class RLM:
         self._check_query(query)
         self._check_query(prompt, "prompt")
         self.root.check()  # the only model a direct run calls
-        writer = self._writer()
-        try:
+        async with self._log_to() as writer:
             # A direct run has no REPL: nothing it calls touches the environment.
             env: Any = None
             run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, explicit_loops=loops)
             return await run.execute_direct(query, prompt, context=context, log_config=log_config)
-        finally:
-            writer.close()
 
     def _writer(self) -> TrajectoryWriter:
         if self.log_dir is None:
             return TrajectoryWriter(None)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return TrajectoryWriter(self.log_dir / f"{stamp}-{uuid.uuid4().hex[:8]}.jsonl", text_limit=self.log_text_limit)
+
+    @contextlib.asynccontextmanager
+    async def _log_to(self) -> AsyncIterator[TrajectoryWriter]:
+        """The writer of one run tree, feeding a stream's queue and the callbacks; on exit the
+        callbacks get what is queued before the log is closed."""
+        writer = self._writer()
+        for listener in extra_listeners.get():
+            writer.subscribe(listener)
+        dispatcher = CallbackDispatcher(self.callbacks, writer) if self.callbacks else None
+        try:
+            yield writer
+        finally:
+            try:
+                if dispatcher is not None:
+                    await dispatcher.aclose()
+            finally:
+                writer.close()
 
     def run(self, query: str, context: ContextLike = None) -> Result:
         """Answer ``query`` over ``context`` (str, bytes, list, dict or a Path)."""
@@ -656,11 +832,29 @@ class RLM:
         """Async form of :meth:`run`."""
         self._check_query(query)
         self.check()
-        env, info = await asyncio.to_thread(self._open, context)
+        env, info = await self._aopen(context)
         try:
             return await self._arun(query, env, info, earlier=None)
         finally:
-            env.close()
+            await _aclose(env)
+
+    def stream(self, query: str, context: ContextLike = None) -> RunStream:
+        """Run ``query`` over ``context`` as an async stream of its trajectory events.
+
+        The events are those the log holds (and callbacks get), in order, child runs
+        included; the last is the root run's ``run_end``, and ``.result`` holds the
+        :class:`Result` once the stream is exhausted. The run starts when iteration starts;
+        leaving the loop early cancels it (REPL workers stopped, log closed).
+
+        Example::
+
+            async with rlm.stream("Who signed it?", context=text) as events:
+                async for event in events:
+                    print(event.depth, event.type)
+            events.result.answer
+        """
+        self._check_query(query)
+        return RunStream(lambda: self.arun(query, context))
 
     @staticmethod
     def _check_query(text: str, what: str = "query") -> None:
@@ -669,12 +863,9 @@ class RLM:
 
     async def _arun(self, query: str, env: Environment, info: ContextInfo, *,
                     earlier: list[tuple[str, str | None]] | None) -> Result:
-        writer = self._writer()
-        try:
+        async with self._log_to() as writer:
             run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, earlier=earlier)
             return await run.execute(query, info)
-        finally:
-            writer.close()
 
     def session(self, context: ContextLike = None) -> Session:
         """Several questions over one context and one REPL (variables persist).
@@ -717,4 +908,4 @@ class Session:
         self.close()
 
 
-__all__ = ["RLM", "Budget", "Result", "Session", "ExecResult"]
+__all__ = ["RLM", "Budget", "Result", "RunStream", "Session", "ExecResult"]

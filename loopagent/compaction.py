@@ -5,8 +5,9 @@ reply and the message after it (REPL output, or what was wrong). When its tokens
 ``fraction`` of the model's context window, every turn but the last ``keep_turns`` is
 summarized by the model in one call, and the conversation becomes
 ``[system, question, notes, last turns]``. The next compaction folds the notes and the
-turns after them into new notes. Every message ever sent stays readable in the REPL
-variable :data:`HISTORY_VARIABLE`, set after each compaction.
+turns after them into new notes. Every message of the run stays readable in the REPL
+variable :data:`HISTORY_VARIABLE` (a list of ``{"role", "content"}`` dicts): set at the
+first compaction, then at each turn, it holds every message before the current turn.
 
 The window comes from ``RLM(root_context_window=...)`` for the root run, else from the
 backend's ``context_window`` attribute; when neither is known, compaction never happens.

@@ -105,10 +105,13 @@ class _RunTree:
 
     def cancel(self) -> None:
         """The run was cancelled: no model call from now on, and every host call still going stops."""
-        if self.stop is None or self.stop.reason != "cancelled":
-            self.stop = BudgetExceededError("cancelled", "the run was cancelled")
+        if self.stop is not None and self.stop.reason == "cancelled":
+            return  # once: a second cancel would cut the host calls' own cleanup short
+        self.stop = BudgetExceededError("cancelled", "the run was cancelled")
+        current = asyncio.current_task()
         for task in list(self.host_tasks):
-            task.cancel()
+            if task is not current:
+                task.cancel()
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait (a bounded time) for the cancelled host calls, so that child runs log their end
@@ -466,7 +469,8 @@ class _Run:
         except asyncio.CancelledError:
             self.tree.cancel()
             if self.parent is None:
-                await self.tree.settle()
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it is re-raised below anyway
+                    await self.tree.settle()
             self._finish("cancelled", "the run was cancelled before it ended", iterations=iterations, start=start,
                          last_text=last_text)
             raise
@@ -479,6 +483,8 @@ class _Run:
         assert self.compactor is not None
         plan = self.compactor.plan(messages)
         if plan is None:
+            if self.compactor.summarized:  # `history` holds every message before this turn
+                await self._set_history(self.compactor.history(messages))
             return messages
         choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
                               self.compactor.tokens(plan.request))
@@ -602,9 +608,19 @@ def _can_set(env: Any) -> bool:
 
 
 async def _aclose(env: Environment) -> None:
+    """Close ``env`` and wait until it is closed, even when cancelled meanwhile (then re-raise)."""
     # In a thread: a cancelled run closes its REPL while a cell may still hold it, and that
     # cell's thread may wait on a host call that needs this loop to finish.
-    await asyncio.to_thread(env.close)
+    closing = asyncio.ensure_future(asyncio.to_thread(env.close))
+    cancelled = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            cancelled = True
+    closing.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _close_opened(opening: asyncio.Future[tuple[Environment, ContextInfo]]) -> None:

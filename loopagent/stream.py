@@ -53,6 +53,7 @@ class RunStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._iterated = False
+        self._cancelled = False
         self.result: Result | None = None
         """The run's result once the stream is exhausted; None before, or when the run was cancelled."""
 
@@ -102,7 +103,9 @@ class RunStream:
         task = self._task
         if task is None or task.done():
             return
-        task.cancel()
+        if not self._cancelled:  # once: a second cancel would cut the run's own cleanup short
+            self._cancelled = True
+            task.cancel()
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -21,6 +21,7 @@ caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``..
     │   ├── ContextTooLargeError (ValueError), UnsupportedContextError (TypeError)
     │   └── ContextNotFoundError (FileNotFoundError)
     ├── TrajectoryError (ValueError)         loopagent.trajectory: not a loopagent log
+    ├── StreamError (RuntimeError)           loopagent.stream: a RunStream iterated twice
     ├── ConversionError (ValueError)         loopagent.backends.looped.convert
     ├── BenchmarkFileError (ValueError)      loopagent.evals.loaders
     └── ResultsCorrupt (ValueError)          loopagent.evals: a results file with a bad line

@@ -174,6 +174,7 @@ class _Run:
         self.usage = RunUsage()
         self.final: tuple[str, str] | None = None  # (answer, source)
         self.answer_chars: int | None = None  # the length of an answer that was cut, else None
+        self.turns = 0  # root turns logged
         self.compactor = Compactor.for_run(root, fraction=self.rlm.compact_at, keep_turns=self.rlm.compact_keep_turns,
                                            window=self.rlm.root_context_window if depth == 0 else None)
 
@@ -223,6 +224,7 @@ class _Run:
         )
 
     def _log_turn(self, iteration: int, prompt: str, completion: Completion, choice: LoopChoice) -> None:
+        self.turns += 1
         clip = self.tree.writer.clip
         self._log(RootTurn, iteration=iteration, prompt=clip(prompt) or "", completion=clip(completion.text) or "",
                   model=completion.model, loops_chosen=choice.loops,
@@ -397,10 +399,21 @@ class _Run:
     async def execute(self, query: str, info: ContextInfo) -> Result:
         """Run the loop over this run's environment, whose context ``info`` describes.
 
-        A cancelled run (a stream left early) logs a ``cancelled`` limit and its end, stops
-        the host calls still going, and re-raises.
+        A cancelled run (a stream left early) stops the host calls still going, logs a
+        ``cancelled`` limit and its end, and re-raises.
         """
         start = time.monotonic()
+        try:
+            return await self._loop(query, info, start)
+        except asyncio.CancelledError:
+            self.tree.cancel()
+            if self.parent is None:
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it is re-raised below anyway
+                    await self.tree.settle()
+            self._finish("cancelled", "the run was cancelled before it ended", iterations=self.turns, start=start)
+            raise
+
+    async def _loop(self, query: str, info: ContextInfo, start: float) -> Result:
         self._register()
         system = self._system_prompt(info)
         self._log(RunStart, query=query, context=info.summary(), config=self.rlm.config(),
@@ -410,70 +423,61 @@ class _Run:
             "max_iterations", f"no final answer after {self.rlm.max_iterations} turns", 0, 0
         )
         last_text = ""
-        try:
-            for iteration in range(self.rlm.max_iterations):
-                iterations = iteration + 1
-                try:
-                    if iteration and self.compactor is not None:
-                        messages = await self._compact(messages, iteration)
-                    choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
-                                          self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
-                    completion = await self._call(self.root, messages, choice, self.depth)
-                except BudgetExceededError as e:
-                    reason, detail = e.reason, e.detail
+        for iteration in range(self.rlm.max_iterations):
+            iterations = iteration + 1
+            try:
+                if iteration and self.compactor is not None:
+                    messages = await self._compact(messages, iteration)
+                choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
+                                      self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
+                completion = await self._call(self.root, messages, choice, self.depth)
+            except BudgetExceededError as e:
+                reason, detail = e.reason, e.detail
+                break
+            except BackendError as e:
+                reason, detail = "model_error", str(e)
+                break
+            text = completion.text
+            clip = self.tree.writer.clip
+            self._log_turn(iteration, messages[-1]["content"], completion, choice)
+            if strip_code_blocks(text):
+                last_text = strip_code_blocks(text)
+            blocks = find_code_blocks(text)
+            if not blocks:
+                reply = self._final_from_text(text)
+                if reply is None:
                     break
-                except BackendError as e:
-                    reason, detail = "model_error", str(e)
-                    break
-                text = completion.text
-                clip = self.tree.writer.clip
-                self._log_turn(iteration, messages[-1]["content"], completion, choice)
-                if strip_code_blocks(text):
-                    last_text = strip_code_blocks(text)
-                blocks = find_code_blocks(text)
-                if not blocks:
-                    reply = self._final_from_text(text)
-                    if reply is None:
+                errors += 1
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
+            else:
+                outputs, had_error = [], False
+                for code in blocks:
+                    result = await self.env.aexecute(code)
+                    self._log(ReplExec, iteration=iteration, code=clip(code) or "", stdout=clip(result.stdout) or "",
+                              error=clip(result.error),
+                              error_type=result.error_type, duration_s=result.duration_s,
+                              host_calls=result.host_calls, restarted=result.restarted)
+                    if result.restarted and self.compactor is not None and self.compactor.summarized:
+                        await self._set_history(self.compactor.history(messages))  # the new worker lacks it
+                    outputs.append(result.text)
+                    had_error = not result.ok
+                    if self.final is not None or self.tree.stop is not None or not result.ok:
                         break
-                    errors += 1
-                    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reply}]
-                else:
-                    outputs, had_error = [], False
-                    for code in blocks:
-                        result = await self.env.aexecute(code)
-                        self._log(ReplExec, iteration=iteration, code=clip(code) or "",
-                                  stdout=clip(result.stdout) or "", error=clip(result.error),
-                                  error_type=result.error_type, duration_s=result.duration_s,
-                                  host_calls=result.host_calls, restarted=result.restarted)
-                        if result.restarted and self.compactor is not None and self.compactor.summarized:
-                            await self._set_history(self.compactor.history(messages))  # a new worker lost it
-                        outputs.append(result.text)
-                        had_error = not result.ok
-                        if self.final is not None or self.tree.stop is not None or not result.ok:
-                            break
-                    if self.final is not None:
-                        break
-                    errors = errors + 1 if had_error else 0
-                    messages += [{"role": "assistant", "content": text},
-                                 {"role": "user", "content": prompts.repl_feedback(outputs)}]
-                if self.tree.stop is not None:
-                    reason, detail = self.tree.stop.reason, self.tree.stop.detail
+                if self.final is not None:
                     break
-                if errors >= self.rlm.max_consecutive_errors:
-                    reason, detail = "consecutive_errors", f"{errors} turns in a row ended in an error or without code"
-                    break
-            if self.final is not None:
-                reason, detail = "final", ""
-            elif reason == "max_iterations":
-                await self._force_final(messages)
-        except asyncio.CancelledError:
-            self.tree.cancel()
-            if self.parent is None:
-                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it is re-raised below anyway
-                    await self.tree.settle()
-            self._finish("cancelled", "the run was cancelled before it ended", iterations=iterations, start=start,
-                         last_text=last_text)
-            raise
+                errors = errors + 1 if had_error else 0
+                messages += [{"role": "assistant", "content": text},
+                             {"role": "user", "content": prompts.repl_feedback(outputs)}]
+            if self.tree.stop is not None:
+                reason, detail = self.tree.stop.reason, self.tree.stop.detail
+                break
+            if errors >= self.rlm.max_consecutive_errors:
+                reason, detail = "consecutive_errors", f"{errors} turns in a row ended in an error or without code"
+                break
+        if self.final is not None:
+            reason, detail = "final", ""
+        elif reason == "max_iterations":
+            await self._force_final(messages)
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
 
     async def _compact(self, messages: list[dict[str, str]], iteration: int) -> list[dict[str, str]]:

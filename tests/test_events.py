@@ -475,3 +475,21 @@ def test_sandbox_set_variable():
         with pytest.raises(TypeError, match="not JSON-like"):
             env.set_variable("bad", {1, 2})
         assert env.get_variable("notes")[1] == 3
+
+
+def test_sandbox_close_from_another_thread_ends_a_running_cell():
+    import concurrent.futures
+    import threading
+
+    started = threading.Event()
+    env = SandboxREPL(timeout_s=120)
+    env.register("started", lambda: started.set())
+    env.start()
+    pid = env.pid
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(env.execute, "started()\nwhile True:\n    pass")
+        assert started.wait(60)
+        env.close()  # does not wait for the cell's 120 s timeout
+        result = running.result(timeout=60)
+    assert result.error_type == "SandboxCrash" and "closed" in result.error
+    assert env.pid is None and not _alive(pid)

@@ -104,10 +104,13 @@ class Recorder:
 
 def test_object_callbacks_get_the_mapped_methods(tmp_path):
     # two turns, no FINAL: the run hits max_iterations (a limit) and is asked for an answer
-    root = ScriptedBackend([repl("print(llm_query('hi'))"), repl("x = 1"), "FINAL(forced answer)", "child reply"])
-    root = ScriptedBackend(lambda m, loops: "child reply" if m[0]["role"] == "user" else
-                           [repl("print(llm_query('hi'))"), repl("x = 1"), "FINAL(forced)"][
-                               sum(1 for x in m if x["role"] == "assistant")])
+    def script(messages, loops):
+        if messages[0]["role"] == "user":  # the child call
+            return "child reply"
+        turns = sum(1 for m in messages if m["role"] == "assistant")
+        return [repl("print(llm_query('hi'))"), repl("x = 1"), "FINAL(forced)"][turns]
+
+    root = ScriptedBackend(script)
     recorder = Recorder()
     result = RLM(root, max_iterations=2, log_dir=tmp_path, callbacks=[recorder]).run("q", context="c")
     assert result.reason == "max_iterations" and result.answer == "forced"
@@ -369,7 +372,7 @@ class LongRun:
 
 
 def test_long_run_compacts_twice_continues_and_finishes(tmp_path):
-    script = LongRun(turns=14)
+    script = LongRun(turns=15)  # the final turn comes one after a compaction: `history` is kept current
     root = ScriptedBackend(script)
     root.context_window = 1400  # a small model: the run reaches 80% of it every few turns
     rlm = RLM(root, log_dir=tmp_path, max_iterations=30, compact_at=0.8, compact_keep_turns=2)

@@ -346,6 +346,14 @@ class Worker:
         self._install_reserved()
         return {"op": "ok", "type": type(self.context).__name__}
 
+    def _op_set(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
+        # The host's own data as JSON (never code); a reserved or private name stays untouched.
+        name = msg["name"]
+        if not isinstance(name, str) or name.startswith("_") or name in self._reserved_values:
+            return _error_reply("ValueError", f"{name!r} cannot be set")
+        self.ns[name] = json.loads(payload or b"null")
+        return {"op": "ok"}
+
     def _op_get(self, msg: dict[str, Any], payload: bytearray | None) -> dict[str, Any]:
         self.reading = True
         try:

@@ -173,6 +173,10 @@ class VariableError(SandboxError, LookupError):
 class Environment(Protocol):
     """A persistent REPL for model-written code.
 
+    An environment may also offer ``set_variable(name, value)`` (JSON-like values, as
+    :class:`SandboxREPL` does); the controller uses it where present to keep a compacted
+    run's full history readable in the REPL, and does without it elsewhere.
+
     Example::
 
         with SandboxREPL() as env:

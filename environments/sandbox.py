@@ -183,11 +183,16 @@ class SandboxREPL:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def close(self) -> None:
-        """Stop the worker and delete its working directory. Idempotent."""
+        """Stop the worker and delete its working directory. Idempotent.
+
+        Safe from any thread, also while a cell runs in another one: the worker is killed
+        first, so that cell ends at once (reporting a crash, never restarting it).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _kill(self._proc_box[0])
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             self._stop_worker()
             self._finalizer()
             if self._executor is not None:
@@ -317,6 +322,8 @@ class SandboxREPL:
         return lost
 
     def _replace_worker(self) -> None:
+        if self._closed:
+            raise SandboxClosedError("the sandbox was closed while the cell ran")
         self.restarts += 1
         self._stop_worker()
         self._start_worker()
@@ -603,7 +610,7 @@ class SandboxREPL:
                 " The sandbox was restarted: every variable you defined is lost, and `context` could not be "
                 f"loaded again ({lost}); the helper functions are available."
             )
-        except SandboxStartError as e:
+        except (SandboxStartError, SandboxClosedError) as e:
             note = f" The sandbox could not be restarted: {e}"
         return ExecResult(
             stdout="",
@@ -655,6 +662,41 @@ class SandboxREPL:
             raise VariableError(
                 f"variable {name!r} is nested too deeply to read back; use get_variable({name!r}, as_text=True)"
             ) from None
+
+    def set_variable(self, name: str, value: Any) -> None:
+        """Set variable ``name`` in the sandbox to a copy of ``value`` (JSON-like: str, numbers,
+        bool, None, lists, dicts with str keys), sent as JSON. Model code can read and change it
+        like its own variables; it is lost, like them, when the worker is replaced.
+
+        ``context``, host function names and names starting with ``_`` cannot be set
+        (``ValueError``); a value that is not JSON-like raises ``TypeError``, one larger than the
+        context limit :class:`ContextTooLargeError`.
+
+        Example::
+
+            repl.set_variable("notes", [{"page": 3, "text": "..."}])
+            repl.execute("print(len(notes))")
+        """
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            raise ValueError(f"variable name {name!r} must be a public Python identifier")
+        if name == "context" or name in self._functions:
+            raise ValueError(f"{name!r} is reserved in the sandbox (the context or a host function)")
+        try:
+            payload = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"the value of {name!r} is not JSON-like: {e}") from None
+        if len(payload) > self.limits.max_context_bytes:
+            raise ContextTooLargeError(
+                f"the value of {name!r} takes {len(payload) / 2**20:,.1f} MB, more than the "
+                f"{self.limits.max_context_bytes / 2**20:,.1f} MB the sandbox accepts at once"
+            )
+        with self._lock:
+            self._ensure_started()
+            assert self._chan is not None
+            self._chan.send({"op": "set", "name": name}, payload)
+            reply = self._recv_reply()
+        if reply.get("op") != "ok":
+            raise SandboxError(f"the sandbox could not set {name!r}: {reply.get('message')}")
 
     def reset(self) -> None:
         """Forget every variable; the context and host functions stay."""

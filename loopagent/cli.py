@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from loopagent import __version__
+
+if TYPE_CHECKING:
+    from loopagent.live import LiveProgress
 
 app = typer.Typer(
     name="loopagent",
@@ -78,6 +81,11 @@ def run(
     live_view: Annotated[
         bool, typer.Option("--view", help="Serve a live page of the run on 127.0.0.1 and print its URL.")
     ] = False,
+    live: Annotated[
+        bool | None,
+        typer.Option("--live/--no-live", help="Show live progress (turns, sub-calls in flight, loop-tokens, cost); "
+                     "default: on when stdout is a terminal and --json is not given."),
+    ] = None,
 ) -> None:
     """Answer QUERY over a long context with a Recursive Language Model.
 
@@ -116,10 +124,15 @@ def run(
             max_consecutive_errors=max_errors,
             concurrency=concurrency,
             log_dir=log_dir,
+            callbacks=[progress] if (progress := _progress(live, as_json)) is not None else None,
         )
         viewer = _start_viewer(log_dir) if live_view else None
         try:
-            result = rlm.run(query, ctx)  # type: ignore[arg-type]
+            if progress is not None:
+                with progress:
+                    result = rlm.run(query, ctx)  # type: ignore[arg-type]
+            else:
+                result = rlm.run(query, ctx)  # type: ignore[arg-type]
         finally:
             _stop_viewer(viewer)
     except LoopagentError as e:
@@ -128,6 +141,17 @@ def run(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         return
     _print_result(result)
+
+
+def _progress(live: bool | None, as_json: bool) -> LiveProgress | None:
+    """The live view ``run`` shows: on a terminal by default, on stderr when stdout carries JSON."""
+    from loopagent.live import LiveProgress
+
+    if live is None:
+        live = sys.stdout.isatty() and not as_json
+    if not live:
+        return None
+    return LiveProgress(Console(stderr=as_json))
 
 
 def _print_result(result: object) -> None:

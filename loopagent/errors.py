@@ -26,6 +26,7 @@ caller may already catch (``ValueError``, ``TypeError``, ``FileNotFoundError``..
     │   └── ContextNotFoundError (FileNotFoundError)
     ├── NotPlainDataError (TypeError)        loopagent.tools: a tool's argument or result (to the model)
     ├── TrajectoryError (ValueError)         loopagent.trajectory: not a loopagent log
+    ├── StreamError (RuntimeError)           loopagent.stream: a RunStream iterated twice
     ├── ConversionError (ValueError)         loopagent.backends.looped.convert
     ├── BenchmarkFileError (ValueError)      loopagent.evals.loaders
     └── ResultsCorrupt (ValueError)          loopagent.evals: a results file with a bad line

@@ -85,11 +85,14 @@ def system_prompt(
     oversize: str = "error",
     models: list[NamedModel] | None = None,
     cache: bool = False,
+    history_variable: str | None = None,
 ) -> str:
     """The root model's system prompt.
 
     ``tools`` are the lines of the run's own tools (``Tool.describe()``); ``child_tools`` the
     names of the tools child RLMs get (None: say nothing, e.g. where ``rlm_query`` starts none).
+    ``history_variable`` names the REPL variable compaction keeps the full conversation in
+    (None: compaction cannot happen, nothing is said).
     """
     if child_looped:
         loops_line = (
@@ -127,7 +130,7 @@ def system_prompt(
         loops_line=loops_line,
         limits_line="; ".join(limits) + ".",
         session_line=session_line,
-    )
+    ) + (compaction_note(history_variable) if history_variable else "")
 
 
 def tools_block(tools: list[str], child_tools: list[str] | None) -> str:
@@ -190,3 +193,41 @@ def repl_feedback(outputs: list[str]) -> str:
     if len(outputs) == 1:
         return f"REPL output:\n{outputs[0] or '(no output)'}"
     return "\n\n".join(f"REPL output (block {i}):\n{o or '(no output)'}" for i, o in enumerate(outputs, 1))
+
+
+COMPACTION_SYSTEM = """\
+You keep the working notes of a long task done in a Python REPL. You are given the task, the notes written \
+so far (if any) and the turns that follow them. Write the notes anew so that work can go on from them alone: \
+they replace those turns in the conversation."""
+
+
+def compaction_request(query: str, previous: str | None, transcript: str) -> str:
+    """What the root model is asked when older turns are folded into a summary."""
+    earlier = f"Notes so far:\n{previous}\n\n" if previous else ""
+    return (
+        f"The task: {query}\n\n{earlier}Turns to fold into the notes (your replies and what came back):\n"
+        f"{transcript}\n\n"
+        "Write the new notes: a faithful summary of what was found (facts, numbers, partial answers, with where "
+        "they came from), every REPL variable that was defined and still matters (its name and what it holds), "
+        "what was tried and failed, and what remains to be done. Be specific and complete; do not invent "
+        "anything; no code blocks, no FINAL."
+    )
+
+
+def compaction_summary(summary: str, turns: int, variable: str | None) -> str:
+    """The message that stands for the folded turns in the root's conversation."""
+    where = (f"; every message of them, word for word, is in the REPL variable `{variable}` (a list of "
+             "{'role', 'content'} dicts)") if variable else ""
+    return f"[Your earlier {turns} turns were folded into these notes to save context{where}.]\n\n{summary}"
+
+
+def compaction_note(variable: str) -> str:
+    """The system prompt's line about compaction (only when it can happen)."""
+    return (f"\nWhen the conversation nears the context limit, older turns are replaced by notes you write; the "
+            f"full conversation stays in the REPL variable `{variable}` (do not use that name yourself).")
+
+
+def transcript(messages: list[dict[str, str]]) -> str:
+    """Turns as the compaction request shows them."""
+    labels = {"assistant": "You wrote", "user": "Then came", "system": "System"}
+    return "\n\n".join(f"--- {labels.get(m['role'], m['role'])}:\n{m['content']}" for m in messages)

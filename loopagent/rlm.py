@@ -9,10 +9,12 @@ usage account and one trajectory log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from loopagent import prompts
 from loopagent.aio import run_sync as _run_sync
 from loopagent.backends.base import Backend, Completion
 from loopagent.cache import CacheKey, DiskCache, SubCallCache
+from loopagent.callbacks import CallbackDispatcher, check_callbacks
+from loopagent.compaction import HISTORY_VARIABLE, Compactor
 from loopagent.environments import (
     ContextInfo,
     Environment,
@@ -38,9 +42,11 @@ from loopagent.guard import OversizePolicy, check_oversize, prompt_budget, split
 from loopagent.models import model as build_model
 from loopagent.parsing import find_code_blocks, find_final_in_text, strip_code_blocks
 from loopagent.policies import CallKind, LoopChoice, LoopPolicy, LoopRequest, get_policy
+from loopagent.stream import RunStream, extra_listeners
 from loopagent.subcalls import CallSettings, build_models, pick_model
 from loopagent.tools import Tool, Tools, build_tools, describe_error, shown, shown_call
 from loopagent.trajectory import (
+    Compaction,
     FinalAnswer,
     LimitHit,
     ReplExec,
@@ -48,6 +54,7 @@ from loopagent.trajectory import (
     RunEnd,
     RunStart,
     SubCall,
+    SubCallStart,
     ToolCall,
     TrajectoryWriter,
 )
@@ -99,6 +106,27 @@ class _RunTree:
         self.calls = asyncio.Semaphore(rlm.concurrency)
         #: identical greedy sub-calls of this run tree are answered once (None: cache=False)
         self.cache = SubCallCache(rlm._disk_cache) if rlm.cache is not False else None
+        # the tasks serving host calls (llm_query, rlm_query...) of REPL cells: a cancelled run
+        # cancels them, since the cell threads waiting on them are not the run's own tasks
+        self.host_tasks: set[asyncio.Task[Any]] = set()
+
+    def cancel(self) -> None:
+        """The run was cancelled: no model call from now on, and every host call still going stops."""
+        if self.stop is not None and self.stop.reason == "cancelled":
+            return  # once: a second cancel would cut the host calls' own cleanup short
+        self.stop = BudgetExceededError("cancelled", "the run was cancelled")
+        current = asyncio.current_task()
+        for task in list(self.host_tasks):
+            if task is not current:
+                task.cancel()
+
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait (a bounded time) for the cancelled host calls, so that child runs log their end
+        and close their REPLs before the log closes."""
+        current = asyncio.current_task()
+        pending = [t for t in self.host_tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     def remaining_s(self) -> float | None:
         timeout = self.rlm.budget.timeout_s
@@ -154,6 +182,9 @@ class _Run:
         self.usage = RunUsage()
         self.final: tuple[str, str] | None = None  # (answer, source)
         self.answer_chars: int | None = None  # the length of an answer that was cut, else None
+        self.turns = 0  # root turns logged
+        self.compactor = Compactor.for_run(root, fraction=self.rlm.compact_at, keep_turns=self.rlm.compact_keep_turns,
+                                           window=self.rlm.root_context_window if depth == 0 else None)
 
     # -- bookkeeping -----------------------------------------------------------------
     def _log(self, cls: type, **fields: Any) -> None:
@@ -214,6 +245,7 @@ class _Run:
         )
 
     def _log_turn(self, iteration: int, prompt: str, completion: Completion, choice: LoopChoice) -> None:
+        self.turns += 1
         clip = self.tree.writer.clip
         self._log(RootTurn, iteration=iteration, prompt=clip(prompt) or "", completion=clip(completion.text) or "",
                   model=completion.model, loops_chosen=choice.loops,
@@ -284,11 +316,12 @@ class _Run:
                 raise TypeError("FINAL_VAR() takes the variable's name as a string, e.g. FINAL_VAR('answer')")
             return self._record_final(env.get_variable(name, as_text=True), "FINAL_VAR")
 
-        for name, fn in (("llm_query", llm_query), ("llm_batch", llm_batch), ("rlm_query", rlm_query),
-                         ("rlm_batch", rlm_batch), ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
+        for name, fn in (("llm_query", self._tracked(llm_query)), ("llm_batch", self._tracked(llm_batch)),
+                         ("rlm_query", self._tracked(rlm_query)), ("rlm_batch", self._tracked(rlm_batch)),
+                         ("FINAL", FINAL), ("FINAL_VAR", FINAL_VAR)):
             env.register(name, fn)
         for tool in self.tools.values():
-            env.register(tool.name, self._tool_function(tool))
+            env.register(tool.name, self._tracked(self._tool_function(tool)))
 
     def _tool_function(self, tool: Tool) -> Callable[..., Any]:
         """The host function behind a tool: budget and time limit, the call, its log event."""
@@ -323,6 +356,22 @@ class _Run:
         call.__name__ = tool.name
         return call
 
+    def _tracked(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """``fn`` run as a task the tree can cancel (see :meth:`_RunTree.cancel`)."""
+        tasks = self.tree.host_tasks
+
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            if task is not None:
+                tasks.add(task)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                tasks.discard(task)  # type: ignore[arg-type]
+
+        return call
+
     async def _children(self, prompts_: Sequence[str], loops: int | None, kind: CallKind, *,
                         model: str | None = None, settings: CallSettings | None = None) -> list[str | Exception]:
         """Plain child-model calls (the default child, or the named ``model``), concurrent up to
@@ -342,7 +391,9 @@ class _Run:
                                          settings=settings.logged(), prompt=self.tree.writer.clip(prompt),
                                          loops_requested=loops, loops_chosen=choice.loops)
             try:
-                reply = await self._subcall(backend, prompt, tokens, choice, depth, settings, kind)
+                reply = await self._subcall(backend, prompt, tokens, choice, depth, settings, kind,
+                                            start=dict(kind=kind, index=index, model=backend.name,
+                                                       loops_chosen=choice.loops))
             except BudgetExceededError:
                 raise  # a spent budget stops the whole run, not just this call
             except SubCallError as e:  # refused before it was sent (the guard): the model reads why
@@ -364,30 +415,34 @@ class _Run:
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts_))))
 
     async def _subcall(self, backend: Backend, prompt: str, tokens: int, choice: LoopChoice, depth: int,
-                       settings: CallSettings, kind: CallKind) -> _Reply:
+                       settings: CallSettings, kind: CallKind, start: dict[str, Any] | None = None) -> _Reply:
         """One plain sub-call of ``tokens`` prompt tokens, through the guard (a prompt over the
-        model's window is refused, or split with ``oversize="split"``) and the cache."""
+        model's window is refused, or split with ``oversize="split"``) and the cache. ``start``:
+        the fields of the ``SubCallStart`` event logged for each model call actually sent."""
         max_tokens = settings.max_tokens if settings.max_tokens is not None else self.rlm.max_tokens_per_call
         budget = prompt_budget(backend, max_tokens, kind)
         if budget is None or tokens <= budget:
-            return await self._ask(backend, prompt, choice, depth, settings, max_tokens)
+            return await self._ask(backend, prompt, choice, depth, settings, max_tokens, start)
         if self.rlm.oversize == "error":
             raise too_long(backend, prompt, tokens, budget, kind)
         pieces = [p for p in split_prompt(prompt, budget, backend.count_tokens) if p.strip()]
-        outcomes = await asyncio.gather(*(self._ask(backend, p, choice, depth, settings, max_tokens) for p in pieces),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._ask(backend, p, choice, depth, settings, max_tokens, start)
+                                          for p in pieces), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return _Reply.joined(outcomes)  # type: ignore[arg-type]
 
     async def _ask(self, backend: Backend, prompt: str, choice: LoopChoice, depth: int, settings: CallSettings,
-                   max_tokens: int | None) -> _Reply:
+                   max_tokens: int | None, start: dict[str, Any] | None = None) -> _Reply:
         """One model call, or its cached reply when the call is greedy and the cache is on."""
         made: list[Completion] = []
 
         async def call() -> str:
             async with self.tree.calls:
+                if start is not None:
+                    self.tree.check()  # as _call does first: a start is logged only for a call that is sent
+                    self._log(SubCallStart, **start)
                 completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth, settings)
             made.append(completion)
             return completion.text
@@ -423,14 +478,14 @@ class _Run:
 
         async def one(index: int, prompt: str, context: Any) -> str:
             async with gate:
-                # starting a worker takes ~50 ms: keep the event loop free for sibling runs
-                env, info = await asyncio.to_thread(self.rlm._open, context)
+                self._log(SubCallStart, kind="rlm_query", index=index, model=self.rlm.child.name)
+                env, info = await self.rlm._aopen(context)
                 try:
                     child = _Run(self.tree, env, depth=self.depth + 1, root=backend, parent=self,
                                  explicit_loops=loops)
                     result = await child.execute(prompt, info)
                 finally:
-                    env.close()
+                    await _aclose(env)
             self._log(SubCall, kind="rlm_query", index=index, model=backend.name, alias=alias,
                       prompt=self.tree.writer.clip(prompt), response=self.tree.writer.clip(result.answer),
                       loops_requested=loops, child_run_id=child.run_id, usage=child.usage.total.model_dump())
@@ -462,11 +517,27 @@ class _Run:
             models=[prompts.NamedModel(name=n, spec=b.name, looped=b.looped, default_loops=b.default_loops,
                                        max_loops=b.max_loops, context_window=b.context_window)
                     for n, b in rlm.models.items()],
+            history_variable=HISTORY_VARIABLE if self.compactor is not None and _can_set(self.env) else None,
         )
 
     async def execute(self, query: str, info: ContextInfo) -> Result:
-        """Run the loop over this run's environment, whose context ``info`` describes."""
+        """Run the loop over this run's environment, whose context ``info`` describes.
+
+        A cancelled run (a stream left early) stops the host calls still going, logs a
+        ``cancelled`` limit and its end, and re-raises.
+        """
         start = time.monotonic()
+        try:
+            return await self._loop(query, info, start)
+        except asyncio.CancelledError:
+            self.tree.cancel()
+            if self.parent is None:
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it is re-raised below anyway
+                    await self.tree.settle()
+            self._finish("cancelled", "the run was cancelled before it ended", iterations=self.turns, start=start)
+            raise
+
+    async def _loop(self, query: str, info: ContextInfo, start: float) -> Result:
         self._register()
         system = self._system_prompt(info)
         self._log(RunStart, query=query, context=info.summary(), config=self.rlm.config(),
@@ -479,6 +550,8 @@ class _Run:
         for iteration in range(self.rlm.max_iterations):
             iterations = iteration + 1
             try:
+                if iteration and self.compactor is not None:
+                    messages = await self._compact(messages, iteration)
                 choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
                                       self.root.count_tokens(messages[-1]["content"]) if iteration else 0)
                 completion = await self._call(self.root, messages, choice, self.depth)
@@ -508,6 +581,8 @@ class _Run:
                               error=clip(result.error),
                               error_type=result.error_type, duration_s=result.duration_s,
                               host_calls=result.host_calls, restarted=result.restarted)
+                    if result.restarted and self.compactor is not None and self.compactor.summarized:
+                        await self._set_history(self.compactor.history(messages))  # the new worker lacks it
                     outputs.append(result.text)
                     had_error = not result.ok
                     if self.final is not None or self.tree.stop is not None or not result.ok:
@@ -528,6 +603,47 @@ class _Run:
         elif reason == "max_iterations":
             await self._force_final(messages)
         return self._finish(reason, detail, iterations=iterations, start=start, last_text=last_text)
+
+    async def _compact(self, messages: list[dict[str, str]], iteration: int) -> list[dict[str, str]]:
+        """``messages`` with older turns folded into notes, when they reach the threshold (see
+        :mod:`loopagent.compaction`); the summary call is a root call like any other. A model
+        error leaves the messages as they are (logged); a spent budget raises."""
+        assert self.compactor is not None
+        plan = self.compactor.plan(messages)
+        if plan is None:
+            if self.compactor.summarized:  # `history` holds every message before this turn
+                await self._set_history(self.compactor.history(messages))
+            return messages
+        choice = self._choose(self.root, "root", self.depth, self.explicit_loops,
+                              self.compactor.tokens(plan.request))
+        entry: dict[str, Any] = dict(iteration=iteration, turns_folded=plan.turns, window=self.compactor.window,
+                                     tokens_before=plan.tokens_before, model=self.root.name,
+                                     loops_chosen=choice.loops)
+        try:
+            completion = await self._call(self.root, plan.request, choice, self.depth)
+        except BackendError as e:
+            self._log(Compaction, turns_folded_total=len(self.compactor.folded) // 2,
+                      tokens_after=plan.tokens_before, error=f"the summary call failed: {e}",
+                      **{**entry, "turns_folded": 0})
+            return messages
+        variable = await self._set_history(self.compactor.history(messages))
+        compacted = self.compactor.apply(messages, plan, completion.text, variable)
+        self._log(Compaction, turns_folded_total=len(self.compactor.folded) // 2,
+                  tokens_after=self.compactor.tokens(compacted), summary=self.tree.writer.clip(completion.text) or "",
+                  usage=completion.usage.model_dump(), history_variable=variable, **entry)
+        return compacted
+
+    async def _set_history(self, history: list[dict[str, Any]]) -> str | None:
+        """Put every message of the run in the REPL; the variable's name, or None where the
+        environment cannot set variables or refused this one."""
+        setter = getattr(self.env, "set_variable", None)
+        if not callable(setter):
+            return None
+        try:
+            await asyncio.to_thread(setter, HISTORY_VARIABLE, history)
+        except (SandboxError, ValueError, TypeError):
+            return None
+        return HISTORY_VARIABLE
 
     def _final_from_text(self, text: str) -> str | None:
         """Record a final answer written as text (a reply without code); else return what
@@ -659,6 +775,30 @@ class _Reply(BaseModel):
 def _error_text(error: Exception) -> str:
     """A failed call as an llm_batch item shows it; refusals name their type (the model may act on it)."""
     return f"{type(error).__name__}: {error}" if isinstance(error, SubCallError) else str(error)
+def _can_set(env: Any) -> bool:
+    """Whether ``env`` can set REPL variables (an optional method of environments)."""
+    return callable(getattr(env, "set_variable", None))
+
+
+async def _aclose(env: Environment) -> None:
+    """Close ``env`` and wait until it is closed, even when cancelled meanwhile (then re-raise)."""
+    # In a thread: a cancelled run closes its REPL while a cell may still hold it, and that
+    # cell's thread may wait on a host call that needs this loop to finish.
+    closing = asyncio.ensure_future(asyncio.to_thread(env.close))
+    cancelled = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            cancelled = True
+    closing.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def _close_opened(opening: asyncio.Future[tuple[Environment, ContextInfo]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
 
 
 def _str_list(values: Any, fn: str) -> list[str]:
@@ -707,6 +847,14 @@ class RLM:
 
         rlm = RLM(root, child, models={"fast": "litellm:openai/gpt-4o-mini", "deep": deep_backend},
                   oversize="split", cache="cache/")
+
+    ``callbacks`` see every event of a run as it is logged (callables, sync or async, or
+    objects with ``on_iteration``, ``on_sub_call``... methods; see :mod:`loopagent.callbacks`);
+    :meth:`stream` yields the same events. ``compact_at`` is the fraction of the root model's
+    context window at which older turns (all but the last ``compact_keep_turns``) are folded
+    into notes the model writes (None: never); the window is ``root_context_window`` or the
+    backend's ``context_window`` attribute, and where neither is known compaction never
+    happens (see :mod:`loopagent.compaction`).
     """
 
     def __init__(
@@ -732,6 +880,10 @@ class RLM:
         models: dict[str, Backend | str] | None = None,
         oversize: OversizePolicy = "error",
         cache: bool | str | Path = True,
+        callbacks: Sequence[Any] | None = None,
+        compact_at: float | None = 0.8,
+        compact_keep_turns: int = 2,
+        root_context_window: int | None = None,
     ) -> None:
         root_backend = build_model(root) if isinstance(root, str) else root
         child_backend = root_backend if child is None else (build_model(child) if isinstance(child, str) else child)
@@ -781,6 +933,17 @@ class RLM:
         self.tools: dict[str, Tool] = build_tools(tools)
         self.child_tools: dict[str, Tool] = (dict(self.tools) if child_tools is None
                                              else build_tools(child_tools, argument="child_tools"))
+        self.callbacks = check_callbacks(callbacks)
+        if compact_at is not None and (isinstance(compact_at, bool) or not isinstance(compact_at, (int, float))
+                                       or not 0 < compact_at <= 1):
+            raise ConfigError(f"compact_at must be a fraction of the context window in (0, 1] or None (no "
+                              f"compaction), got {compact_at!r}")
+        check_int(compact_keep_turns, "compact_keep_turns", minimum=0)
+        if root_context_window is not None:
+            check_int(root_context_window, "root_context_window", minimum=1)
+        self.compact_at = None if compact_at is None else float(compact_at)
+        self.compact_keep_turns = compact_keep_turns
+        self.root_context_window = root_context_window
 
     def config(self) -> dict[str, Any]:
         """The configuration as logged in every trajectory."""
@@ -794,6 +957,8 @@ class RLM:
             "sandbox": self.sandbox.model_dump(), "max_tokens_per_call": self.max_tokens_per_call,
             "models": {n: backend(b) for n, b in self.models.items()}, "oversize": self.oversize,
             "cache": str(self.cache) if isinstance(self.cache, Path) else self.cache,
+            "compaction": {"compact_at": self.compact_at, "keep_turns": self.compact_keep_turns,
+                           "root_context_window": self.root_context_window},
         }
         if self.tools or self.child_tools:  # absent without tools: a config (an eval's identity) stays as it was
             config.update(tools=sorted(self.tools), child_tools=sorted(self.child_tools))
@@ -827,6 +992,16 @@ class RLM:
         # an environment that describes nothing still gets an honest description
         return env, info if isinstance(info, ContextInfo) else describe_context(context)
 
+    async def _aopen(self, context: ContextLike) -> tuple[Environment, ContextInfo]:
+        """:meth:`_open` in a thread (starting a worker takes ~50 ms: the loop stays free for
+        sibling runs); cancelled meanwhile, it closes what the thread goes on to open."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open, context))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+
     def run_direct(self, query: str, prompt: str, *, context: ContextLike = None, loops: int | None = None,
                    log_config: dict[str, Any] | None = None) -> Result:
         """Sync form of :meth:`arun_direct`."""
@@ -852,20 +1027,34 @@ class RLM:
         self._check_query(query)
         self._check_query(prompt, "prompt")
         self.root.check()  # the only model a direct run calls
-        writer = self._writer()
-        try:
+        async with self._log_to() as writer:
             # A direct run has no REPL: nothing it calls touches the environment.
             env: Any = None
             run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, explicit_loops=loops)
             return await run.execute_direct(query, prompt, context=context, log_config=log_config)
-        finally:
-            writer.close()
 
     def _writer(self) -> TrajectoryWriter:
         if self.log_dir is None:
             return TrajectoryWriter(None)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return TrajectoryWriter(self.log_dir / f"{stamp}-{uuid.uuid4().hex[:8]}.jsonl", text_limit=self.log_text_limit)
+
+    @contextlib.asynccontextmanager
+    async def _log_to(self) -> AsyncIterator[TrajectoryWriter]:
+        """The writer of one run tree, feeding a stream's queue and the callbacks; on exit the
+        callbacks get what is queued before the log is closed."""
+        writer = self._writer()
+        for listener in extra_listeners.get():
+            writer.subscribe(listener)
+        dispatcher = CallbackDispatcher(self.callbacks, writer) if self.callbacks else None
+        try:
+            yield writer
+        finally:
+            try:
+                if dispatcher is not None:
+                    await dispatcher.aclose()
+            finally:
+                writer.close()
 
     def run(self, query: str, context: ContextLike = None) -> Result:
         """Answer ``query`` over ``context`` (str, bytes, list, dict or a Path)."""
@@ -875,11 +1064,29 @@ class RLM:
         """Async form of :meth:`run`."""
         self._check_query(query)
         self.check()
-        env, info = await asyncio.to_thread(self._open, context)
+        env, info = await self._aopen(context)
         try:
             return await self._arun(query, env, info, earlier=None)
         finally:
-            env.close()
+            await _aclose(env)
+
+    def stream(self, query: str, context: ContextLike = None) -> RunStream:
+        """Run ``query`` over ``context`` as an async stream of its trajectory events.
+
+        The events are those the log holds (and callbacks get), in order, child runs
+        included; the last is the root run's ``run_end``, and ``.result`` holds the
+        :class:`Result` once the stream is exhausted. The run starts when iteration starts;
+        leaving the loop early cancels it (REPL workers stopped, log closed).
+
+        Example::
+
+            async with rlm.stream("Who signed it?", context=text) as events:
+                async for event in events:
+                    print(event.depth, event.type)
+            events.result.answer
+        """
+        self._check_query(query)
+        return RunStream(lambda: self.arun(query, context))
 
     @staticmethod
     def _check_query(text: str, what: str = "query") -> None:
@@ -888,12 +1095,9 @@ class RLM:
 
     async def _arun(self, query: str, env: Environment, info: ContextInfo, *,
                     earlier: list[tuple[str, str | None]] | None) -> Result:
-        writer = self._writer()
-        try:
+        async with self._log_to() as writer:
             run = _Run(_RunTree(self, writer), env, depth=0, root=self.root, earlier=earlier)
             return await run.execute(query, info)
-        finally:
-            writer.close()
 
     def session(self, context: ContextLike = None) -> Session:
         """Several questions over one context and one REPL (variables persist).
@@ -936,4 +1140,4 @@ class Session:
         self.close()
 
 
-__all__ = ["RLM", "Budget", "Result", "Session", "ExecResult"]
+__all__ = ["RLM", "Budget", "Result", "RunStream", "Session", "ExecResult"]

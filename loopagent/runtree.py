@@ -21,7 +21,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopagent.trajectory import FinalAnswer, LimitHit, ReplExec, RootTurn, RunEnd, RunStart, SubCall, ToolCall
+from loopagent.trajectory import (
+    CallbackWarning,
+    Compaction,
+    FinalAnswer,
+    LimitHit,
+    ReplExec,
+    RootTurn,
+    RunEnd,
+    RunStart,
+    SubCall,
+    ToolCall,
+)
 
 
 @dataclass
@@ -53,7 +64,7 @@ class TurnNode:
     execs: list[ExecNode] = field(default_factory=list)
 
 
-Item = TurnNode | ExecNode | LimitHit | FinalAnswer | RunEnd
+Item = TurnNode | ExecNode | Compaction | CallbackWarning | LimitHit | FinalAnswer | RunEnd
 
 
 @dataclass
@@ -126,7 +137,7 @@ def _build_run(run_id: str, events: list[Any]) -> RunNode:
             n_execs += 1
             pending, tools = [], []
             (turn.execs if turn is not None else node.items).append(cell)
-        elif isinstance(event, LimitHit | FinalAnswer | RunEnd):
+        elif isinstance(event, Compaction | CallbackWarning | LimitHit | FinalAnswer | RunEnd):
             node.items.append(event)
     if pending or tools:  # calls of a cell that has not ended (still running, or the run was killed)
         node.items.append(ExecNode(None, n_execs, pending, tools))

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from loopagent.runtree import CallNode, ExecNode, RunNode, TurnNode, build_runs
-from loopagent.trajectory import FinalAnswer, LimitHit, RunEnd, ToolCall
+from loopagent.trajectory import CallbackWarning, Compaction, FinalAnswer, LimitHit, RunEnd, ToolCall
 
 
 def _short(text: str | None, width: int) -> str:
@@ -67,6 +67,15 @@ def _render_run(parent: Tree, run: RunNode, width: int) -> None:
                 _render_exec(turn, cell, width)
         elif isinstance(item, ExecNode):
             _render_exec(node, item, width)
+        elif isinstance(item, Compaction):
+            if item.error is not None:
+                node.add(f"[yellow]compaction failed:[/] {_short(item.error, width)}")
+            else:
+                node.add(f"[magenta]compacted[/] {item.turns_folded} turns, {item.tokens_before:,} → "
+                         f"{item.tokens_after:,} tokens (window {item.window:,}){_tokens(item.usage)}  "
+                         f"{_short(item.summary, width)}")
+        elif isinstance(item, CallbackWarning):
+            node.add(f"[yellow]warning:[/] {_short(item.message, width)}")
         elif isinstance(item, LimitHit):
             node.add(f"[red]limit: {escape(item.reason)}[/] {_short(item.detail, width)}")
         elif isinstance(item, FinalAnswer):

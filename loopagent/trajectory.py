@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,6 +100,44 @@ class ToolCall(_Event):
     duration_s: float
 
 
+class SubCallStart(_Event):
+    """A sub-call was sent (its :class:`SubCall` follows when it returns): what makes calls
+    in flight visible to a live view. ``index`` and ``kind`` match the ending event."""
+
+    type: Literal["sub_call_start"] = "sub_call_start"
+    kind: Literal["llm_query", "llm_batch", "rlm_query"]
+    index: int = 0
+    model: str
+    loops_chosen: int | None = None
+
+
+class Compaction(_Event):
+    """Older root turns folded into a summary written by the root model (see ``RLM(compact_at=...)``)."""
+
+    type: Literal["compaction"] = "compaction"
+    iteration: int = Field(description="The turn about to be taken when the history was compacted.")
+    turns_folded: int = Field(description="Turns (a reply and the message after it) folded by this compaction.")
+    turns_folded_total: int = Field(description="Turns folded by every compaction of the run so far.")
+    tokens_before: int = Field(description="Tokens of the messages before compaction.")
+    tokens_after: int = Field(description="Tokens of the messages the next turn sees.")
+    window: int = Field(description="The root model's context window the threshold is a fraction of.")
+    summary: str = Field(default="", description="The summary the model wrote (clipped like any logged text).")
+    model: str
+    loops_chosen: int | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    history_variable: str | None = Field(
+        default=None, description="The REPL variable holding every message of the run, when it could be set.")
+    error: str | None = Field(default=None, description="Why the history was not compacted (messages unchanged).")
+
+
+class CallbackWarning(_Event):
+    """A callback raised; logged once per callback and run, the run goes on."""
+
+    type: Literal["warning"] = "warning"
+    source: str = Field(description="What failed, e.g. the callback's name.")
+    message: str
+
+
 class LimitHit(_Event):
     type: Literal["limit"] = "limit"
     reason: str
@@ -122,7 +161,8 @@ class RunEnd(_Event):
 
 
 Event = Annotated[
-    RunStart | RootTurn | ReplExec | SubCall | ToolCall | LimitHit | FinalAnswer | RunEnd,
+    RunStart | RootTurn | ReplExec | SubCallStart | SubCall | ToolCall | Compaction | LimitHit | FinalAnswer
+    | RunEnd | CallbackWarning,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter(Event)
@@ -132,7 +172,9 @@ class TrajectoryWriter:
     """Appends events to a JSONL file; safe to share between a run and its children.
 
     The file (and its folder) is created by the first event, so a run that fails before
-    it starts (a bad context, an unreachable model) leaves no empty log behind.
+    it starts (a bad context, an unreachable model) leaves no empty log behind. Listeners
+    (:meth:`subscribe`) get every event written, in order, also when ``path`` is None:
+    this is the one place events come from, for the file, callbacks and streams alike.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, *, text_limit: int | None = 20_000) -> None:
@@ -141,6 +183,13 @@ class TrajectoryWriter:
         self._lock = threading.Lock()
         self._file: Any = None
         self._closed = False
+        self._listeners: list[Callable[[Any], None]] = []
+
+    def subscribe(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(event)`` after each event is written (under the writer's lock, so
+        every listener sees the file's order); it must be quick and must not raise."""
+        with self._lock:
+            self._listeners.append(listener)
 
     def clip(self, text: str | None) -> str | None:
         """Cap long texts (prompts of child calls can be whole chunks of the input)."""
@@ -149,17 +198,18 @@ class TrajectoryWriter:
         return text[: self.text_limit] + f"\n... [{len(text) - self.text_limit:,} more characters not logged]"
 
     def write(self, event: _Event) -> None:
-        if self.path is None:
-            return
-        line = event.model_dump_json() + "\n"
+        line = event.model_dump_json() + "\n" if self.path is not None else ""
         with self._lock:
             if self._closed:
                 return
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._file.write(line)
-            self._file.flush()
+            if self.path is not None:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._file.write(line)
+                self._file.flush()
+            for listener in self._listeners:
+                listener(event)
 
     def close(self) -> None:
         with self._lock:

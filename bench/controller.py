@@ -495,19 +495,14 @@ class RlmsAdapter(Adapter):
         if result.response != "done":
             raise CheckError(f"rlms fan-out run answered {result.response!r}")
         batch, single = [], []
-        for it in (result.metadata or {}).get("iterations", []):
-            for block in it["code_blocks"]:
-                code, res = block["code"], block["result"]
-                if code.startswith("answer"):
-                    continue
-                if res["stderr"] or "Error" in res["stdout"]:
-                    raise CheckError(f"rlms fan-out cell failed: {res['stderr'] or res['stdout']}")
-                (batch if "llm_query_batched" in code else single).append(res["execution_time"])
+        for code, res in self._cells(result):
+            (batch if "llm_query_batched" in code else single).append(res["execution_time"])
         if client.child_calls != pairs * (BATCH_N + 1):
             raise CheckError(f"rlms made {client.child_calls} child calls, want {pairs * (BATCH_N + 1)}")
         return {"batch_cell_s": batch, "single_cell_s": single}
 
     def _cells(self, result: Any) -> list[tuple[str, Any]]:
+        """(code, result) of every cell of an rlms run but the final answer's; a failed cell raises."""
         cells = []
         for it in (result.metadata or {}).get("iterations", []):
             for block in it["code_blocks"]:

@@ -107,6 +107,12 @@ class Backend(ABC):
     #: The most tokens a reply may have when a call gives no ``max_tokens``; None: unknown.
     default_max_tokens: int | None = None
 
+    @property
+    def cache_identity(self) -> str:
+        """What names this model's replies in the controller's sub-call cache: its ``name``,
+        unless the name does not pin the replies (a backend with options beyond it says more)."""
+        return self.name
+
     @abstractmethod
     async def acomplete(
         self, messages: Sequence[Message], *, loops: int | None = None, max_tokens: int | None = None, **kwargs: Any

@@ -120,6 +120,14 @@ class LiteLLMBackend(Backend):
         return float(value) if value is not None else None
 
     @property
+    def cache_identity(self) -> str:
+        """The name plus what else decides replies: the model (a served one's id), the servers,
+        and the provider options (``reasoning_effort``, ``top_p``, ``seed``, ...): two backends
+        named alike but set apart never share cached replies."""
+        options = json.dumps(self.completion_kwargs, sort_keys=True, default=repr)
+        return f"{self.name}|{self.model}|{','.join(self.api_bases)}|{options}"
+
+    @property
     def default_max_tokens(self) -> int | None:  # type: ignore[override]
         value = self.completion_kwargs.get("max_tokens")
         return int(value) if isinstance(value, int) else None

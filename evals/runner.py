@@ -55,7 +55,8 @@ from loopagent.usage import UsageTotals
 from loopagent.validation import check_int
 
 #: RLM options that came after the first sweeps, with their defaults (see arun_eval).
-_LATER_DEFAULTS: dict[str, Any] = {"models": {}, "oversize": "error"}
+_LATER_DEFAULTS: dict[str, Any] = {"models": {}, "oversize": "error",
+                                   "compaction": {"compact_at": 0.8, "keep_turns": 2, "root_context_window": None}}
 _UNSET = object()
 
 

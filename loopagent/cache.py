@@ -1,7 +1,8 @@
 """The sub-call cache: identical greedy sub-calls of a run are answered once.
 
 A plain sub-call (``llm_query``, ``llm_batch``, ``rlm_query`` at the depth limit) is keyed
-by everything that decides its reply: the model's name, the prompt, the loop budget and
+by everything that decides its reply: the model (``Backend.cache_identity``: its name, plus
+whatever else pins its replies, e.g. a litellm model's provider options), the prompt, the loop budget and
 exit-gate options the policy chose, the reply's token cap and the temperature. Only
 greedy calls are cached (temperature 0, given or the backend's
 ``default_temperature``): a sampled reply is not a function of its key. Concurrent
@@ -12,8 +13,10 @@ and logged with ``SubCall.cached=True``. A failed call is not cached.
 ``RLM(cache="dir/")`` adds an on-disk layer shared by every run (and process) using the
 folder: one sqlite3 database in WAL mode (concurrent readers and writers in several
 processes; a committed reply survives a crash of the writer). The key is a SHA-256 of the
-key's JSON; a model's *name* stands for the model, so clear the folder when a name comes
-to mean another model (a new checkpoint at the same path or URL).
+key's JSON; a model's identity stands for the model, so clear the folder when it comes to
+mean another model (a new checkpoint at the same path or URL). Its reads and writes run off
+the event loop (a locked database must not stall the run), and one connection per folder
+serves the whole process (eval sweeps build many RLMs).
 
 Child RLMs (``rlm_query`` below the depth limit) are never cached: they run code.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -34,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from loopagent.errors import ConfigError
 
 #: Part of every key: a change of what a key means changes every key.
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 _DB_NAME = "subcalls.sqlite3"
 
 
@@ -52,7 +56,10 @@ class CacheKey(BaseModel):
     temperature: float | None = None
 
     def digest(self) -> str:
-        return hashlib.sha256(f"{_KEY_VERSION}:{self.model_dump_json()}".encode()).hexdigest()
+        # ensure_ascii: a prompt may hold lone surrogates (the REPL passes them through), which
+        # have no UTF-8 form; escaped, every string has one key
+        text = json.dumps(self.model_dump(), ensure_ascii=True, sort_keys=True)
+        return hashlib.sha256(f"{_KEY_VERSION}:{text}".encode()).hexdigest()
 
 
 Source = Literal["call", "memory", "disk", "shared"]
@@ -66,6 +73,19 @@ class DiskCache:
         disk = DiskCache("cache/")
         disk.put(key, "the reply"); disk.get(key)     # 'the reply'
     """
+
+    _shared: dict[Path, DiskCache] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, directory: str | Path) -> DiskCache:
+        """The process's one :class:`DiskCache` of ``directory`` (opened on first use)."""
+        path = Path(directory).expanduser().resolve()
+        with cls._shared_lock:
+            cache = cls._shared.get(path)
+            if cache is None:
+                cache = cls._shared[path] = cls(path)
+            return cache
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -86,7 +106,7 @@ class DiskCache:
         try:
             with self._lock:
                 row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key.digest(),)).fetchone()
-        except sqlite3.Error:  # a locked or damaged file costs a call, never the run
+        except (sqlite3.Error, UnicodeError):  # a locked or damaged file costs a call, never the run
             return None
         return None if row is None else str(row[0])
 
@@ -95,7 +115,7 @@ class DiskCache:
             with self._lock:
                 self._db.execute("INSERT OR IGNORE INTO replies (key, model, reply, created) VALUES (?, ?, ?, ?)",
                                  (key.digest(), key.model, reply, time.time()))
-        except sqlite3.Error:
+        except (sqlite3.Error, UnicodeError):  # UnicodeError: a reply with lone surrogates
             pass  # not kept: the next run asks again
 
     def __len__(self) -> int:
@@ -134,12 +154,12 @@ class SubCallCache:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._inflight[digest] = future
         try:
-            reply = self.disk.get(key) if self.disk is not None else None
+            reply = await asyncio.to_thread(self.disk.get, key) if self.disk is not None else None
             source: Source = "disk"
             if reply is None:
                 reply, source = await call(), "call"
                 if self.disk is not None:
-                    self.disk.put(key, reply)
+                    await asyncio.to_thread(self.disk.put, key, reply)
             self._replies[digest] = reply
             future.set_result(reply)
             return reply, source

@@ -162,6 +162,8 @@ class CallbackDispatcher:
             message = (f"callback {handler.name} raised {type(e).__name__}: {e} on a {event.type} event; "
                        "the run goes on, and later errors of this callback are not logged")
             _log.warning(message)
+            if event.type == "run_end" and event.parent_id is None:
+                return  # the log (and a stream) ends with the root's run_end: only the logger hears of this
             self._writer.write(CallbackWarning(run_id=event.run_id, parent_id=event.parent_id, depth=event.depth,
                                                source=handler.name, message=message))
 

@@ -296,7 +296,10 @@ class _Run:
 
         async def rlm_query(prompt: str, context: Any = None, loops: int | None = None,
                             model: str | None = None) -> str:
-            return (await self._subruns([prompt], [context], loops, model=model))[0]
+            reply = (await self._subruns([prompt], [context], loops, model=model))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
 
         async def rlm_batch(prompts_: list[str], contexts: list[Any] | None = None,
                             loops: int | None = None, model: str | None = None) -> list[str]:
@@ -305,7 +308,8 @@ class _Run:
                 contexts = [None] * len(prompts_)
             if not isinstance(contexts, list) or len(contexts) != len(prompts_):
                 raise TypeError("rlm_batch(): contexts must be a list with one context per prompt")
-            return await self._subruns(prompts_, contexts, loops, model=model)
+            replies = await self._subruns(prompts_, contexts, loops, model=model)
+            return [r if isinstance(r, str) else f"[error: {_error_text(r)}]" for r in replies]
 
         def FINAL(answer: Any) -> str:  # noqa: N802 - the RLM convention
             return self._record_final(answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False),
@@ -343,6 +347,10 @@ class _Run:
                         "timeout", f"the run passed its time limit of {self.rlm.budget.timeout_s:g} s")
             except Exception as e:
                 error = e
+            except (SystemExit, GeneratorExit) as e:  # e.g. an argparse-based tool given bad arguments
+                # the tool's failure, not a reason to stop this process: the model reads it
+                error = RuntimeError(f"{tool.name}() raised {type(e).__name__}"
+                                     + (f": {e}" if str(e) else "") + " (it tried to exit)")
             clip = self.tree.writer.clip
             self._log(ToolCall, name=tool.name, arguments=clip(shown_call(args, kwargs, limit)) or "",
                       result=shown(value, limit) if error is None else None,
@@ -391,9 +399,10 @@ class _Run:
                                          settings=settings.logged(), prompt=self.tree.writer.clip(prompt),
                                          loops_requested=loops, loops_chosen=choice.loops)
             try:
-                reply = await self._subcall(backend, prompt, tokens, choice, depth, settings, kind,
-                                            start=dict(kind=kind, index=index, model=backend.name,
-                                                       loops_chosen=choice.loops))
+                self.tree.check()  # as _call does first: no start is logged for a call a limit stops
+                # one start per sub-call, paired with its SubCall (a cache hit, a refusal or a split included)
+                self._log(SubCallStart, kind=kind, index=index, model=backend.name, loops_chosen=choice.loops)
+                reply = await self._subcall(backend, prompt, tokens, choice, depth, settings, kind)
             except BudgetExceededError:
                 raise  # a spent budget stops the whole run, not just this call
             except SubCallError as e:  # refused before it was sent (the guard): the model reads why
@@ -415,34 +424,32 @@ class _Run:
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts_))))
 
     async def _subcall(self, backend: Backend, prompt: str, tokens: int, choice: LoopChoice, depth: int,
-                       settings: CallSettings, kind: CallKind, start: dict[str, Any] | None = None) -> _Reply:
+                       settings: CallSettings, kind: CallKind) -> _Reply:
         """One plain sub-call of ``tokens`` prompt tokens, through the guard (a prompt over the
-        model's window is refused, or split with ``oversize="split"``) and the cache. ``start``:
-        the fields of the ``SubCallStart`` event logged for each model call actually sent."""
+        model's window is refused, or split with ``oversize="split"``) and the cache."""
         max_tokens = settings.max_tokens if settings.max_tokens is not None else self.rlm.max_tokens_per_call
         budget = prompt_budget(backend, max_tokens, kind)
         if budget is None or tokens <= budget:
-            return await self._ask(backend, prompt, choice, depth, settings, max_tokens, start)
+            return await self._ask(backend, prompt, choice, depth, settings, max_tokens)
         if self.rlm.oversize == "error":
             raise too_long(backend, prompt, tokens, budget, kind)
         pieces = [p for p in split_prompt(prompt, budget, backend.count_tokens) if p.strip()]
-        outcomes = await asyncio.gather(*(self._ask(backend, p, choice, depth, settings, max_tokens, start)
-                                          for p in pieces), return_exceptions=True)
+        if not pieces:  # nothing but white space: nothing to ask a piece of
+            raise too_long(backend, prompt, tokens, budget, kind)
+        outcomes = await asyncio.gather(*(self._ask(backend, p, choice, depth, settings, max_tokens) for p in pieces),
+                                        return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return _Reply.joined(outcomes)  # type: ignore[arg-type]
 
     async def _ask(self, backend: Backend, prompt: str, choice: LoopChoice, depth: int, settings: CallSettings,
-                   max_tokens: int | None, start: dict[str, Any] | None = None) -> _Reply:
+                   max_tokens: int | None) -> _Reply:
         """One model call, or its cached reply when the call is greedy and the cache is on."""
         made: list[Completion] = []
 
         async def call() -> str:
             async with self.tree.calls:
-                if start is not None:
-                    self.tree.check()  # as _call does first: a start is logged only for a call that is sent
-                    self._log(SubCallStart, **start)
                 completion = await self._call(backend, [{"role": "user", "content": prompt}], choice, depth, settings)
             made.append(completion)
             return completion.text
@@ -452,8 +459,8 @@ class _Run:
         if cache is None or temperature is None or temperature != 0:
             await call()
             return _Reply.of(made[0])
-        key = CacheKey(model=backend.name, prompt=prompt, loops=choice.loops, exit_threshold=choice.exit_threshold,
-                       min_loops=choice.min_loops, temperature=0.0,
+        key = CacheKey(model=backend.cache_identity, prompt=prompt, loops=choice.loops,
+                       exit_threshold=choice.exit_threshold, min_loops=choice.min_loops, temperature=0.0,
                        max_tokens=max_tokens if max_tokens is not None else backend.default_max_tokens)
         self.tree.check()  # no call after a limit, not even a free one
         text, source = await cache.get_or_call(key, call)
@@ -463,32 +470,39 @@ class _Run:
         return _Reply(text=text, cached=True, usage={"calls": 0, "cache_hits": 1})
 
     async def _subruns(self, prompts_: Sequence[str], contexts: Sequence[Any], loops: int | None, *,
-                       model: str | None = None) -> list[str]:
+                       model: str | None = None) -> list[str | Exception]:
         """Child RLMs with their own REPLs, whose root is the named ``model`` (default: the
-        child); at the depth limit, plain calls with the context inlined."""
+        child); at the depth limit, plain calls with the context inlined. A child that fails
+        (e.g. its context is refused) is that item's error: its siblings run to their end."""
         if self.depth + 1 >= self.rlm.max_depth:
             inlined = [p if c is None else f"{p}\n\nContext:\n{c if isinstance(c, str) else json.dumps(c)}"
                        for p, c in zip(prompts_, contexts)]
-            replies = await self._children(inlined, loops, "rlm_query", model=model)
-            return [r if isinstance(r, str) else f"[error: {_error_text(r)}]" for r in replies]
+            return await self._children(inlined, loops, "rlm_query", model=model)
         alias, backend = pick_model(self.rlm.models, self.rlm.child, model, "rlm_query")
         if loops is not None:
             self._choose(backend, "rlm_query", self.depth + 1, loops, 0)  # validate early
         gate = asyncio.Semaphore(self.rlm.concurrency)
 
-        async def one(index: int, prompt: str, context: Any) -> str:
+        async def one(index: int, prompt: str, context: Any) -> str | Exception:
+            entry: dict[str, Any] = dict(kind="rlm_query", index=index, model=backend.name, alias=alias,
+                                         prompt=self.tree.writer.clip(prompt), loops_requested=loops)
             async with gate:
-                self._log(SubCallStart, kind="rlm_query", index=index, model=self.rlm.child.name)
-                env, info = await self.rlm._aopen(context)
+                self._log(SubCallStart, kind="rlm_query", index=index, model=backend.name)
+                try:
+                    env, info = await self.rlm._aopen(context)
+                except BudgetExceededError:
+                    raise
+                except Exception as e:  # a refused context fails this child only
+                    self._log(SubCall, error=f"{type(e).__name__}: {e}", **entry)
+                    return e
                 try:
                     child = _Run(self.tree, env, depth=self.depth + 1, root=backend, parent=self,
                                  explicit_loops=loops)
                     result = await child.execute(prompt, info)
                 finally:
                     await _aclose(env)
-            self._log(SubCall, kind="rlm_query", index=index, model=backend.name, alias=alias,
-                      prompt=self.tree.writer.clip(prompt), response=self.tree.writer.clip(result.answer),
-                      loops_requested=loops, child_run_id=child.run_id, usage=child.usage.total.model_dump())
+            self._log(SubCall, response=self.tree.writer.clip(result.answer), child_run_id=child.run_id,
+                      usage=child.usage.total.model_dump(), **entry)
             if result.answer is None:
                 return f"[no answer: the child run ended with {result.reason}: {result.detail}]"
             return result.answer
@@ -775,6 +789,20 @@ class _Reply(BaseModel):
 def _error_text(error: Exception) -> str:
     """A failed call as an llm_batch item shows it; refusals name their type (the model may act on it)."""
     return f"{type(error).__name__}: {error}" if isinstance(error, SubCallError) else str(error)
+
+
+def _check_cache_identities(models: list[tuple[str, Backend]]) -> None:
+    """Two different models whose cached replies would be one another's (same cache identity:
+    e.g. two scripted backends, or two servers' models, under one name) are refused."""
+    seen: dict[str, tuple[str, Backend]] = {}
+    for role, backend in models:
+        first = seen.setdefault(backend.cache_identity, (role, backend))
+        if first[1] is not backend and first[1] is not getattr(backend, "inner", None):
+            raise ConfigError(f"the {first[0]} and the {role} are different models with the same cache identity "
+                              f"({backend.name!r}): the sub-call cache would answer one with the other's replies; "
+                              "give them distinct names (name=...) or pass cache=False")
+
+
 def _can_set(env: Any) -> bool:
     """Whether ``env`` can set REPL variables (an optional method of environments)."""
     return callable(getattr(env, "set_variable", None))
@@ -891,11 +919,15 @@ class RLM:
         self.child = child_backend.for_role("child")
         self.models = build_models(models)
         self.oversize: OversizePolicy = check_oversize(oversize)
-        if not isinstance(cache, (bool, str, Path)) or (isinstance(cache, str) and not cache.strip()):
+        if not isinstance(cache, (bool, str, Path)) or (not isinstance(cache, bool) and not str(cache).strip()
+                                                         or isinstance(cache, Path) and str(cache) == "."):
             raise ConfigError(f"cache must be True, False or a folder path, got {cache!r}")
         self.cache: bool | Path = cache if isinstance(cache, bool) else Path(cache)
+        if cache is not False:
+            # the models sub-calls go to (the root is never cached)
+            _check_cache_identities([("child", self.child), *((f"model {n!r}", m) for n, m in self.models.items())])
         #: the on-disk layer, shared by every run of this RLM (and every process using the folder)
-        self._disk_cache = DiskCache(self.cache) if isinstance(self.cache, Path) else None
+        self._disk_cache = DiskCache.shared(self.cache) if isinstance(self.cache, Path) else None
         for name, value in (("max_depth", max_depth), ("max_iterations", max_iterations),
                             ("max_consecutive_errors", max_consecutive_errors), ("concurrency", concurrency)):
             check_int(value, name, minimum=1)
@@ -911,6 +943,8 @@ class RLM:
         self.max_iterations = max_iterations
         self.max_consecutive_errors = max_consecutive_errors
         self.concurrency = concurrency
+        if max_tokens_per_call is not None:
+            check_int(max_tokens_per_call, "max_tokens_per_call", minimum=1)
         self.max_tokens_per_call = max_tokens_per_call
         try:
             self.budget = budget if isinstance(budget, Budget) else Budget(**(budget or {}))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loopagent.compaction import HISTORY_VARIABLE
 from loopagent.environments import RESERVED_NAMES as ENVIRONMENT_NAMES
 from loopagent.errors import ConfigError, LoopagentError
 
@@ -43,9 +44,13 @@ REPL_FUNCTIONS: tuple[str, ...] = ("llm_query", "llm_batch", "rlm_query", "rlm_b
 #: would silently change what ordinary code does).
 _BUILTIN_NAMES = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 
-#: Names a tool may not take: the controller's functions, what the environment reserves
-#: (``context``), and Python's builtins.
-RESERVED_NAMES: frozenset[str] = frozenset(REPL_FUNCTIONS) | ENVIRONMENT_NAMES | _BUILTIN_NAMES
+#: Variables the controller sets in the REPL (compaction keeps the whole conversation in ``history``).
+REPL_VARIABLES: tuple[str, ...] = (HISTORY_VARIABLE,)
+
+#: Names a tool may not take: the controller's functions and variables, what the environment
+#: reserves (``context``), and Python's builtins.
+RESERVED_NAMES: frozenset[str] = (frozenset(REPL_FUNCTIONS) | frozenset(REPL_VARIABLES) | ENVIRONMENT_NAMES
+                                  | _BUILTIN_NAMES)
 
 #: Nesting levels of a tool's arguments or result (the sandbox refuses deeper host-call arguments too).
 MAX_DEPTH = 64
@@ -161,7 +166,9 @@ def _check_name(name: Any, argument: str) -> None:
         )
     if name in RESERVED_NAMES:
         what = ("the loaded context" if name in ENVIRONMENT_NAMES
-                else "a function the REPL already has" if name in REPL_FUNCTIONS else "a Python builtin")
+                else "a function the REPL already has" if name in REPL_FUNCTIONS
+                else "a variable the controller sets (compaction's full history)" if name in REPL_VARIABLES
+                else "a Python builtin")
         raise ToolConfigError(
             f"tool name {name!r} in {argument} would shadow {what} in the REPL; rename the tool "
             f"(e.g. 'my_{name}')"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from loopagent.errors import LoopagentError
 
@@ -198,7 +199,7 @@ class TrajectoryWriter:
         return text[: self.text_limit] + f"\n... [{len(text) - self.text_limit:,} more characters not logged]"
 
     def write(self, event: _Event) -> None:
-        line = event.model_dump_json() + "\n" if self.path is not None else ""
+        line = _json_line(event) if self.path is not None else ""
         with self._lock:
             if self._closed:
                 return
@@ -219,6 +220,16 @@ class TrajectoryWriter:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
+
+
+def _json_line(event: BaseModel) -> str:
+    """The event as one JSON line. Texts may hold lone surrogates (REPL output and model code
+    carry them through), which have no UTF-8 form: those lines escape them (``\\ud800``),
+    which reads back as the same string."""
+    try:
+        return event.model_dump_json() + "\n"
+    except PydanticSerializationError:
+        return json.dumps(event.model_dump(mode="json"), ensure_ascii=True) + "\n"
 
 
 class TrajectoryError(LoopagentError, ValueError):

@@ -86,7 +86,11 @@ def check_temperature(value: Any, *, model: str | None = None, error: ErrorFacto
         check_temperature(-1)       # raises: temperature must be a finite number >= 0 (0: greedy), got -1
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not math.isfinite(float(value)) or float(value) < 0:
+    try:
+        ok = ok and math.isfinite(float(value)) and float(value) >= 0
+    except OverflowError:  # an int too large for a float (10**400)
+        ok = False
+    if not ok:
         where = f" for {model}" if model else ""
         raise error(f"temperature must be a finite number >= 0 (0: greedy){where}, got {value!r}")
     return float(value)

@@ -496,3 +496,18 @@ def test_sandbox_close_from_another_thread_ends_a_running_cell():
         result = running.result(timeout=60)
     assert result.error_type == "SandboxCrash" and "closed" in result.error
     assert env.pid is None and not _alive(pid)
+
+
+def test_a_callback_failing_on_the_last_event_keeps_run_end_last(tmp_path, caplog):
+    class FailsAtTheEnd:
+        def on_run_end(self, event):
+            raise RuntimeError("too late")
+
+    with caplog.at_level(logging.WARNING, logger="loopagent"):
+        result = RLM(ScriptedBackend(nested_script), max_depth=2, log_dir=tmp_path,
+                     callbacks=[FailsAtTheEnd()]).run("q", context="text")
+    logged = read_trajectory(result.trajectory)
+    # the child's run_end failure is logged as a warning; the root's goes to the logger only
+    assert logged[-1].type == "run_end" and logged[-1].parent_id is None
+    assert [e.type for e in logged].count("warning") == 1
+    assert any("too late" in r.getMessage() for r in caplog.records)

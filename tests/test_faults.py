@@ -283,3 +283,17 @@ def test_a_newer_schema_is_refused_even_when_its_events_would_validate(tmp_path)
     with pytest.raises(TrajectoryError, match="upgrade loopagent") as info:
         read_trajectory(newer)
     assert info.value.version == SCHEMA_VERSION + 1
+
+
+def test_lone_surrogates_in_output_prompts_and_answers_are_logged_and_cached(tmp_path):
+    """The REPL carries lone surrogates through; the log (JSON) and the cache key escape them
+    instead of crashing the run, and the disk cache skips a reply it cannot store."""
+    from loopagent.trajectory import read_trajectory
+
+    root = ScriptedBackend(["```repl\nprint('\\ud800')\nx = llm_query('a\\ud800b')\nprint(x)\n```",
+                            "```repl\nFINAL('a\\ud800b')\n```"])
+    child = ScriptedBackend(lambda messages, loops: "re:" + messages[-1]["content"], temperature=0.0, name="c")
+    result = RLM(root, child, log_dir=tmp_path / "runs", cache=tmp_path / "cache").run("q", context="x")
+    assert result.reason == "final" and result.answer == "a\ud800b"
+    cells = [e for e in read_trajectory(result.trajectory) if e.type == "repl_exec"]
+    assert cells[0].stdout == "\ud800\nre:a\ud800b\n"  # read back as the same strings

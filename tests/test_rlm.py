@@ -514,3 +514,25 @@ def test_rlm_batch_runs_child_runs_concurrently(tmp_path):
     assert result.answer == "X-Y-Z"
     assert len(events_of(result, "run_start")) == 4
     assert elapsed < 3 * 0.4 + 0.5  # the three child runs overlapped
+
+
+def test_rlm_batch_item_whose_context_is_refused_fails_alone(tmp_path):
+    """One child context over the sandbox's limit is that item's error; its sibling child run
+    finishes (nothing keeps running after the batch), and every start is paired with its end."""
+    child = ScriptedBackend(["```repl\nFINAL('small done')\n```"], name="child")
+    root = ScriptedBackend([
+        "```repl\nout = rlm_batch(['a', 'b'], contexts=['x' * 300_000, 'small'])\nprint(out)\n```",
+        "```repl\ntry:\n    rlm_query('a', context='x' * 300_000)\nexcept Exception as e:\n    print('ERR', e)\n```",
+        "```repl\nFINAL('done')\n```",
+    ])
+    rlm = RLM(root, child, max_depth=2, sandbox=dict(max_context_mb=0.1), log_dir=tmp_path)
+    result = rlm.run("q", context="c")
+    assert result.answer == "done"
+    first, second = (root.calls[i]["messages"][-1]["content"] for i in (1, 2))
+    assert "[error:" in first and "'small done'" in first
+    assert "ERR" in second  # a single rlm_query raises it
+    events = read_trajectory(result.trajectory)
+    starts = [(e.kind, e.index) for e in events if e.type == "sub_call_start"]
+    ends = [(e.kind, e.index) for e in events if e.type == "sub_call"]
+    assert sorted(starts) == sorted(ends) and len(ends) == 3
+    assert sum(1 for e in events if e.type == "sub_call" and e.error) == 2

@@ -520,3 +520,87 @@ def test_the_viewer_counts_no_call_for_a_hit(tmp_path):
     result = RLM(root, greedy(), log_dir=tmp_path).run("q", context="x")
     tables = usage_tables(read_trajectory(result.trajectory))
     assert tables["by_model"]["child"]["calls"] == 1 == result.usage.by_model["child"].calls
+
+
+def test_models_under_one_name_are_refused_while_the_cache_is_on():
+    """Replies are cached by the model's identity: two different models that share one would be
+    answered with each other's replies, so the RLM refuses them unless the cache is off."""
+    with pytest.raises(ConfigError, match=r"the child and the model 'deep' are different models with the same "
+                                          r"cache identity \('echo'\)"):
+        RLM(echo("root"), echo("echo", temperature=0.0), models={"deep": echo("echo", temperature=0.0)})
+    RLM(echo("root"), echo("echo"), models={"deep": echo("echo")}, cache=False)  # no cache: no clash
+    same = echo("echo")
+    RLM(echo("root"), same, models={"deep": same})  # one model under two names is fine
+
+
+def test_litellm_models_with_other_options_have_other_cache_identities():
+    from loopagent.backends.litellm import LiteLLMBackend
+
+    low = LiteLLMBackend("openai/o3", temperature=0, reasoning_effort="low")
+    high = LiteLLMBackend("openai/o3", temperature=0, reasoning_effort="high")
+    assert low.name == high.name and low.cache_identity != high.cache_identity
+    one = LiteLLMBackend.served("http://127.0.0.1:8000/v1", model="a")
+    other = LiteLLMBackend.served("http://127.0.0.1:8000/v1", model="b")
+    assert one.name == other.name and one.cache_identity != other.cache_identity
+    RLM(echo("root"), low, models={"high": high})  # accepted: their replies are kept apart
+
+
+def test_every_sub_call_start_is_paired_with_its_end(tmp_path):
+    """Cache hits, refusals and split prompts included: one start and one end per sub-call."""
+    child = echo("child", temperature=0.0, context_window=40)
+    root = ScriptedBackend([
+        repl("""
+            a = llm_batch(['same', 'same', 'word ' * 100])
+            b = llm_query('same')
+            print(a[0], b)
+        """),
+        repl("FINAL('done')"),
+    ])
+    result = RLM(root, child, oversize="split", log_dir=tmp_path).run("q", context="x")
+    assert result.answer == "done"
+    events = read_trajectory(result.trajectory)
+    starts = sorted((e.run_id, e.kind, e.index) for e in events if e.type == "sub_call_start")
+    ends = sorted((e.run_id, e.kind, e.index) for e in events if e.type == "sub_call")
+    assert starts == ends and len(ends) == 4
+    assert any(e.cached for e in events if e.type == "sub_call")
+    assert any((e.parts or 0) > 1 for e in events if e.type == "sub_call")
+
+
+def test_a_white_space_prompt_over_the_window_is_refused_even_when_splitting():
+    child = echo("child", context_window=20)
+    root = ScriptedBackend([
+        repl("""
+            try:
+                llm_query(' \\n' * 400)
+            except Exception as e:
+                print(e)
+        """),
+        repl("FINAL('done')"),
+    ])
+    assert RLM(root, child, oversize="split").run("q", context="x").answer == "done"
+    assert "PromptTooLongError" in outputs(root)[0]
+    assert child.calls == []
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_a_temperature_too_large_for_a_float_is_a_setting_error(value):
+    root = ScriptedBackend([repl(f"""
+        try:
+            llm_query('p', temperature={value})
+        except Exception as e:
+            print(e)
+    """), repl("FINAL('done')")])
+    assert RLM(root, echo("child")).run("q", context="x").answer == "done"
+    assert "InvalidSettingError" in outputs(root)[0]
+
+
+@pytest.mark.parametrize("value", ["x", 0, -1, 1.5, True])
+def test_max_tokens_per_call_is_checked_at_construction(value):
+    with pytest.raises(ConfigError, match="max_tokens_per_call"):
+        RLM(echo("root"), max_tokens_per_call=value)
+
+
+def test_an_empty_cache_path_is_a_config_error():
+    for bad in ("", "  ", Path("")):
+        with pytest.raises(ConfigError, match="cache must be True, False or a folder path"):
+            RLM(echo("root"), cache=bad)

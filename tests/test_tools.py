@@ -292,6 +292,7 @@ class NotAFunction:
         ({"context": search}, r"'context' in tools would shadow the loaded context"),
         *[({name: search}, rf"'{name}' in tools would shadow a function the REPL already has")
           for name in REPL_FUNCTIONS],
+        ({"history": search}, r"'history' in tools would shadow a variable the controller sets"),
         ({"len": search}, r"'len' in tools would shadow a Python builtin"),
         ({"print": search}, r"'print' in tools would shadow a Python builtin"),
         ({"1abc": search}, r"'1abc' in tools is not a Python identifier"),
@@ -463,3 +464,22 @@ def test_an_exception_whose_message_cannot_be_read_is_still_logged(tmp_path):
     (event,) = tool_events(result)
     assert event.error == "Odd: (its message could not be read)" and event.error_type == "Odd"
     assert "odd() failed" in last_message(root, 1)
+
+
+@pytest.mark.parametrize("exc", [SystemExit(2), SystemExit("usage: tool [-h]"), GeneratorExit()])
+def test_a_tool_that_tries_to_exit_is_a_tool_error_and_the_run_goes_on(exc: BaseException) -> None:
+    def cli(args: str) -> str:
+        """A command-line tool (argparse exits on bad arguments)."""
+        raise exc
+
+    def async_cli(args: str) -> str:
+        raise exc
+
+    root = ScriptedBackend([
+        "```repl\ntry:\n    cli('--bad')\nexcept Exception as e:\n    print('ERR', e)\n```",
+        "```repl\nFINAL('still running')\n```",
+    ])
+    result = RLM(root, tools={"cli": cli, "other": async_cli}).run("q", context="x")
+    assert result.finished and result.answer == "still running"
+    seen = root.calls[1]["messages"][-1]["content"]
+    assert "ERR" in seen and f"raised {type(exc).__name__}" in seen and "tried to exit" in seen

@@ -430,3 +430,15 @@ def test_cli_errors(tmp_path: Path):
     result = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "not a directory" in flat(result)
     assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_options_added_after_the_first_sweeps_are_left_out_at_their_defaults():
+    """A sweep started before an RLM option existed must still resume: the runner drops each
+    later option from the sweep's identity while it has its default, as RLM.config() reports it."""
+    from loopagent import RLM
+    from loopagent.backends.scripted import ScriptedBackend
+    from loopagent.evals import runner
+
+    config = RLM(ScriptedBackend(["x"])).config()
+    for name, default in runner._LATER_DEFAULTS.items():
+        assert config[name] == default, name

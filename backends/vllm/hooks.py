@@ -343,28 +343,54 @@ def _patch_scheduler() -> None:
 
 
 def _patch_chat_streaming() -> None:
-    """The final usage chunk of a streamed chat completion (``stream_options.include_usage``)
-    gets the loop figures: vLLM's streaming generator drops ``kv_transfer_params``, so
-    the figures are read from the request's outputs as they pass to it."""
+    """The final usage chunk of a streamed chat completion or completion
+    (``stream_options.include_usage``) gets the loop figures: vLLM's streaming generators drop
+    ``kv_transfer_params``, so the figures are read from the request's outputs as they pass."""
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+
+    _patch_stream(OpenAIServingChat, "chat_completion_stream_generator")
+    _patch_stream(OpenAIServingCompletion, "completion_stream_generator")
+
+
+def _patch_stream(cls: Any, name: str) -> None:
+    """Wrap ``cls.name(self, request, ..., result_generator, ...)``, an async generator of SSE
+    chunks: the loop figures of the outputs it sees go into its final usage chunk, when the
+    response is one request's (``n == 1`` and, where the generator takes ``num_prompts``, one
+    prompt). Its result generator yields ``RequestOutput``s, or ``(prompt index,
+    RequestOutput)`` pairs for completions."""
+    import inspect
     import json
 
-    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    original = getattr(cls, name)
+    params = list(inspect.signature(original).parameters)
 
-    original = OpenAIServingChat.chat_completion_stream_generator
+    def position(parameter: str) -> int | None:  # among the arguments after self and request
+        return params.index(parameter) - 2 if parameter in params else None
 
-    async def chat_completion_stream_generator(self: Any, request: Any, result_generator: Any, *args: Any,
-                                               **kwargs: Any) -> Any:
+    at, prompts_at = position("result_generator"), position("num_prompts")
+    assert at is not None, f"{cls.__name__}.{name} takes no result_generator: not the tested vLLM"
+
+    async def stream_generator(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         seen: list[Any] = []
 
-        async def results() -> Any:
-            async for res in result_generator:
+        async def results(source: Any) -> Any:
+            async for item in source:
+                res = item[1] if isinstance(item, tuple) else item
                 params = getattr(res, "kv_transfer_params", None)
                 if isinstance(params, dict) and STATS_KEY in params:
                     seen.append(params[STATS_KEY])
-                yield res
+                yield item
 
-        single = (getattr(request, "n", None) or 1) == 1
-        async for chunk in original(self, request, results(), *args, **kwargs):
+        args = list(args)
+        if "result_generator" in kwargs:
+            kwargs["result_generator"] = results(kwargs["result_generator"])
+        else:
+            args[at] = results(args[at])
+        prompts = kwargs.get("num_prompts", args[prompts_at] if prompts_at is not None and prompts_at < len(args)
+                             else 1)
+        single = (getattr(request, "n", None) or 1) == 1 and prompts == 1
+        async for chunk in original(self, request, *args, **kwargs):
             if seen and single and chunk.startswith("data: {") and '"usage"' in chunk:
                 try:
                     data = json.loads(chunk[len("data: "):])
@@ -377,8 +403,8 @@ def _patch_chat_streaming() -> None:
                     chunk = f"data: {json.dumps(data)}\n\n"
             yield chunk
 
-    chat_completion_stream_generator.__wrapped__ = original  # type: ignore[attr-defined]
-    OpenAIServingChat.chat_completion_stream_generator = chat_completion_stream_generator
+    stream_generator.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(cls, name, stream_generator)
 
 
 def usage_fields(counts: LoopCounts) -> dict[str, Any]:

@@ -15,9 +15,9 @@ the engine's processes load it) and :class:`LoopsMiddleware`, which
   loops: counted, not estimated), ``loops_executed_mean`` (per processed token),
   ``loops_requested`` and, with the gate, ``loop_exit_histogram`` ({depth: tokens}).
   The engine hands them over in the response's ``kv_transfer_params`` (see
-  ``hooks.py``), from which they are removed. A streamed chat completion gets them in
-  its final usage chunk (``stream_options: {"include_usage": true}``, one choice);
-  streamed ``/v1/completions`` carry none.
+  ``hooks.py``), from which they are removed. A streamed chat completion or completion
+  gets them in its final usage chunk (``stream_options: {"include_usage": true}``, one
+  prompt, one choice).
 
 Every other option is vLLM's own (``--tensor-parallel-size``, ``--max-model-len``,
 ``--api-key``, ...), passed through unchanged.

@@ -732,6 +732,17 @@ def test_serve_end_to_end_with_an_rlm(served, engines, tmp_path):
     # (the prompt may now come partly from the prefix cache: fewer tokens computed)
     assert final["choices"] == [] and 0 < final["usage"]["loop_tokens"] <= body["usage"]["loop_tokens"]
     assert final["usage"]["loops_executed_mean"] == 3.0 and final["usage"]["loop_tokens"] % 3 == 0
+    # a streamed /v1/completions too
+    request = urllib.request.Request(f"{served}/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": str(local.path), "prompt": "hello there",
+                                                      "max_tokens": 3, "loops": 2, "stream": True,
+                                                      "stream_options": {"include_usage": True}}).encode())
+    with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - 127.0.0.1
+        events = [line[len("data: "):] for line in resp.read().decode().splitlines() if line.startswith("data: {")]
+    final = json.loads(events[-1])
+    assert final["choices"] == [] and final["usage"]["loops_requested"] == 2
+    assert final["usage"]["loops_executed_mean"] == 2.0 and final["usage"]["loop_tokens"] % 2 == 0
+    assert 0 < final["usage"]["loop_tokens"] <= 2 * (final["usage"]["prompt_tokens"] + 3)
     # bad budgets: HTTP 400 with a clear message; the server keeps serving
     for bad, words in ((0, "positive integer"), (99, "max_loops=8"), ("2", "positive integer")):
         status, body = _post(f"{served}/chat/completions",

@@ -12,6 +12,9 @@
   ``loopagent serve``; per-request loop budgets in shared batches.
 - ``looped/``: the reference model ``LoopedForCausalLM`` (config, modeling, the shared tensor
   math in ``functional``), its byte tokenizer, training utilities and checkpoint converters.
+- ``looped/graphs``: ``GraphDecoder``, static-shape decoding replayed as CUDA graphs.
+- ``kernels/``: Triton kernels of the loop step (fused norms, injection, SwiGLU, the exit
+  gate's halting update, compaction), each next to its torch reference; used on CUDA.
 - ``embedded/``: the small looped models shipped with the package (``model("embedded")``).
 
 ``model(spec, loops=...)`` in :mod:`loopagent.models` builds any of them from a spec string.

@@ -6,7 +6,10 @@
   longer chains (latent depth).
 
 ``model("embedded", loops=...)`` gives a backend that becomes the root or the
-child when an RLM takes it in either place (``Backend.for_role``);
+child when an RLM takes it in either place (``Backend.for_role``). ``loops`` (alias
+``child_loops``) is the child's budget, the latent depth the demo varies; ``root_loops``
+the root's (each default: its checkpoint's ``default_loops``; each checked against that
+role's ``max_loops``);
 ``model("embedded:root")`` / ``model("embedded:child")`` pick one explicitly. The
 weights are ordinary :class:`LoopedForCausalLM` checkpoints under ``weights/``
 (see ``weights/MODEL_CARD.md``), served by the ``hf:`` backend.
@@ -20,7 +23,7 @@ from typing import Any
 
 from loopagent.backends.base import Backend, Completion, Message
 from loopagent.backends.hf import HFLoopedBackend
-from loopagent.errors import ModelSpecError
+from loopagent.errors import ConfigError, ModelSpecError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 ROLES = ("root", "child")
@@ -52,23 +55,33 @@ class EmbeddedBackend(Backend):
 
     Used directly, a conversation with a system message goes to the root, others to
     the child.
+
+    Example::
+
+        backend = EmbeddedBackend(loops=8, root_loops=4)   # child at 8 loops, root at 4
     """
 
     looped = True
 
-    def __init__(self, *, loops: int | None = None, weights: Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, loops: int | None = None, child_loops: int | None = None, root_loops: int | None = None,
+                 weights: Path | None = None, **kwargs: Any) -> None:
+        if loops is not None and child_loops is not None and loops != child_loops:
+            raise ConfigError(f"loops={loops} and child_loops={child_loops} both set the embedded child's budget; "
+                              "give one of them")
         self.name = "embedded"
-        self._loops = loops
+        self._loops = {"child": child_loops if child_loops is not None else loops, "root": root_loops}
         self._weights = weights
         self._kwargs = kwargs
         self._roles: dict[str, HFLoopedBackend] = {}
-        self.child_backend = self._role("child")  # fails early if the weights are missing
-        self.default_loops = loops if loops is not None else self.child_backend.default_loops
+        self.child_backend = self._role("child")  # fails early if the weights are missing (or loops are bad)
+        if root_loops is not None:
+            self._role("root")  # a bad root budget fails here too, naming the root's maximum
+        self.default_loops = self.child_backend.default_loops
         self.max_loops = self.child_backend.max_loops
 
     def _role(self, role: str) -> HFLoopedBackend:
         if role not in self._roles:
-            self._roles[role] = embedded_role(role, loops=self._loops, weights=self._weights, **self._kwargs)
+            self._roles[role] = embedded_role(role, loops=self._loops[role], weights=self._weights, **self._kwargs)
         return self._roles[role]
 
     def for_role(self, role: str) -> Backend:

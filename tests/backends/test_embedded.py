@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from loopagent import RLM, model  # noqa: E402
-from loopagent.backends.embedded import WEIGHTS, EmbeddedBackend  # noqa: E402
+from loopagent import RLM, ConfigError, InvalidLoopsError, model  # noqa: E402
+from loopagent.backends.embedded import WEIGHTS, EmbeddedBackend, embedded_role  # noqa: E402
 from loopagent.evals.base import get_task  # noqa: E402
 from loopagent.training.data import random_root_question, root_program  # noqa: E402
 from loopagent.training.quality import HELD_OUT_SEED  # noqa: E402
@@ -106,3 +106,18 @@ def test_demo_runs_small(tmp_path):
     # 4-hop questions: one child loop is too shallow, eight resolve them all
     assert report.table[0].correct < report.table[1].correct == report.table[1].total
     assert len(report.examples) == 2 and all(e["trajectory"] for e in report.examples)
+
+
+def test_embedded_loops_set_the_child_and_root_loops_the_root():
+    """loops (the demo's knob, alias child_loops) is the child's budget only: a budget past the
+    root's maximum is fine for the child; root_loops sets the root's, each checked against its role."""
+    backend = model("embedded", loops=12)
+    rlm = RLM(root=backend)
+    assert rlm.child.default_loops == 12
+    assert rlm.root.default_loops == embedded_role("root").default_loops  # the root keeps its default
+    both = RLM(root=model("embedded", child_loops=6, root_loops=2))
+    assert (both.child.default_loops, both.root.default_loops) == (6, 2)
+    with pytest.raises(InvalidLoopsError, match="embedded:root"):
+        model("embedded", root_loops=99)
+    with pytest.raises(ConfigError, match="both set the embedded child's budget"):
+        model("embedded", loops=4, child_loops=6)

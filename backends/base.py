@@ -77,6 +77,9 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     loops: LoopStats | None = None
     finish_reason: str | None = None
+    #: The text the model read, after its chat template, where the backend renders it itself
+    #: (local looped models): a template may leave out or cut parts of the messages.
+    model_input: str | None = None
 
 
 class Backend(ABC):

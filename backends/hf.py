@@ -144,8 +144,8 @@ class HFLoopedBackend(LocalLoopedBackend):
         start = time.perf_counter()
         tok = self.tokenizer
         exit_threshold, min_loops = (gate.exit_threshold, gate.min_loops) if gate is not None else (None, None)
-        enc = tok(self._prompts(conversations), return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(self.device)
+        prompts = self._prompts(conversations)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         prompt_lens = mask.sum(1).tolist()
         graph_loops = self._graph_loops(budgets, gate, max_new, temperature)
@@ -173,6 +173,7 @@ class HFLoopedBackend(LocalLoopedBackend):
                                 exit_histogram=histogram, computed_loop_tokens=computed, counted=True,
                                 min_loops=min_loops, exit_threshold=exit_threshold),
                 finish_reason="stop" if bool(done[row]) else "length",
+                model_input=prompts[row],
             ))
         return completions
 

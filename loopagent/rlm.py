@@ -250,7 +250,7 @@ class _Run:
         self._log(RootTurn, iteration=iteration, prompt=clip(prompt) or "", completion=clip(completion.text) or "",
                   model=completion.model, loops_chosen=choice.loops,
                   loops_executed=completion.loops.executed_mean if completion.loops else None,
-                  usage=completion.usage.model_dump())
+                  usage=completion.usage.model_dump(), model_input=clip(completion.model_input))
 
     def _capped(self, answer: str) -> str:
         """``answer`` cut to ``max_answer_chars`` and marked where it was cut.

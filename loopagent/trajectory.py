@@ -52,6 +52,9 @@ class RootTurn(_Event):
     loops_chosen: int | None = None
     loops_executed: float | None = None
     usage: dict[str, Any] = Field(default_factory=dict)
+    model_input: str | None = Field(
+        default=None, description="What the model read, after its chat template, where the backend reports it (local "
+                                  "models): a template may drop the system prompt or cut turns.")
 
 
 class ReplExec(_Event):

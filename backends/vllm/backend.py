@@ -150,7 +150,8 @@ class VLLMBackend(LocalLoopedBackend):
         engine = await self._aloaded()
         start = time.perf_counter()
         tok = engine.tokenizer
-        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in self._prompts(conversations)]
+        prompts = self._prompts(conversations)
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         futures = [engine.loop.submit(i, self._params(n, max_new, gate, temperature)) for i, n in zip(ids, budgets)]
         try:
             outputs = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
@@ -159,7 +160,7 @@ class VLLMBackend(LocalLoopedBackend):
         wall = time.perf_counter() - start
         completions = []
         eos = tok.eos_token_id
-        for prompt_ids, n, out in zip(ids, budgets, outputs):
+        for prompt_text, prompt_ids, n, out in zip(prompts, ids, budgets, outputs):
             gen = out.outputs[0]
             new = list(gen.token_ids)
             if new and gen.finish_reason == "stop" and new[-1] == eos:
@@ -173,6 +174,7 @@ class VLLMBackend(LocalLoopedBackend):
                 usage=Usage(prompt_tokens=p, completion_tokens=c, loop_tokens=loop_tokens, wall_s=wall),
                 loops=stats,
                 finish_reason=gen.finish_reason,
+                model_input=prompt_text,
             ))
         return completions
 

@@ -121,3 +121,17 @@ def test_embedded_loops_set_the_child_and_root_loops_the_root():
         model("embedded", root_loops=99)
     with pytest.raises(ConfigError, match="both set the embedded child's budget"):
         model("embedded", loops=4, child_loops=6)
+
+
+def test_root_turns_log_what_the_root_read(tmp_path):
+    """The trajectory logs the root's input after its chat template: the embedded root's
+    template leaves out the system prompt and cuts user turns, and the log says so."""
+    from loopagent.trajectory import read_trajectory
+
+    question = "What is the special magic number for calm-river-123?"
+    result = RLM(model("embedded"), max_iterations=2, log_dir=tmp_path).run(question, context="x " * 1000)
+    turns = [e for e in read_trajectory(result.trajectory) if e.type == "root_turn"]
+    assert turns[0].model_input == f"<|user|>{question}<|eos|><|assistant|>"
+    assert "REPL" not in turns[0].model_input  # the system prompt was not read
+    if len(turns) > 1:  # the whole conversation, rendered: the newest message last
+        assert turns[1].model_input.endswith(f"<|user|>{turns[1].prompt[:400]}<|eos|><|assistant|>")

@@ -41,6 +41,7 @@ import pprint
 import string
 import sys
 import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -701,6 +702,18 @@ def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., 
     return decorator
 
 
+def _get_origin(tp: Any) -> Any:
+    """typing.get_origin reads ``tp.__origin__`` natively: ``get_origin(typing.Type[int])`` was
+    the real ``type``, whose three-argument call builds classes past the class statement's
+    checks (any base, ``_root=True``, any dunder). What it returns is vetted like a read."""
+    return _vet(typing.get_origin(tp))
+
+
+def _get_args(tp: Any) -> Any:
+    """typing.get_args reads ``tp.__args__`` natively: each argument is vetted like a read."""
+    return tuple([_vet(x) for x in arg] if type(arg) is list else _vet(arg) for arg in typing.get_args(tp))
+
+
 def _attrgetter(*names: str) -> Callable[[Any], Any]:
     for name in names:
         if type(name) is not str:
@@ -767,11 +780,11 @@ def _build_module_proxies() -> None:
     _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass"),
                                              "replace": _dataclass_replace}
     _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
-    import typing
 
     _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
                                         "no_type_check": _own_object_decorator(typing.no_type_check,
-                                                                               "typing.no_type_check")}
+                                                                               "typing.no_type_check"),
+                                        "get_origin": _get_origin, "get_args": _get_args}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     _build_identity_tables()

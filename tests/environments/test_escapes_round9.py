@@ -1,0 +1,102 @@
+"""Escape corpus, ninth review: values that reach model code as call results, not reads; the parent's
+side of a host call.
+
+Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_escape_helpers``).
+
+- ``typing.get_origin`` reads ``tp.__origin__`` natively and its result, a call's, is not vetted:
+  ``typing.get_origin(typing.Type[int])`` was the real ``type``. Its three-argument call builds
+  classes past ``_ClassStatement``: any base (``type(typing.List[int])`` with ``_root=True``, a
+  typing alias forwarding every read to an origin of the caller's choice, counted as the sandbox's
+  own: ``m._create_fn`` exec'd source under dataclasses' real globals, ``os.environ``), any dunder
+  (``__getattribute__``, ``__del__``), ``PrettyPrinter`` subclasses holding the worker's stdout.
+  ``get_origin`` and ``get_args`` are replaced by versions whose results are vetted as a read's
+  (the metaclass ``type`` is refused).
+- A user tool's arguments are checked by ``loopagent.tools.to_plain``, which built the path of
+  every item (``['key'][3]``) eagerly, for the error message it might need: a copy of all the
+  keys above it per item. One 8 MB key over a list of 100,000 numbers (an 8 MB host call) held the
+  parent's event loop for ~20 s (800 GB of copying); 30 MB over a million, hours, while the run's time limit
+  could not fire. The path is built only when an error names it now.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from _escape_helpers import corpus as _corpus
+
+from loopagent.environments import SandboxREPL
+from loopagent.tools import Tool
+
+attack = _corpus.attack
+check_refused = _corpus.check_refused
+assert_healthy = _corpus.assert_healthy
+WIN = _corpus.WIN
+ANY_ERROR = _corpus.ANY_ERROR
+# fixtures (pytest finds them by name in this module)
+secret_env = _corpus.secret_env
+fresh = _corpus.fresh
+repl = _corpus.repl
+
+_CREATE_FN_ENV = ("f = m._create_fn\ng = f('g', [], ['return __import__(\"os\").environ'])\nenv = g()\n"
+                  "print(env)\nif 'PATH' in env:\n    ")
+_REAL_TYPE = "import typing\nt = typing.get_origin(typing.Type[int])\n"
+
+ROUND9 = [
+    attack("review9", "get_origin_hands_out_type_alias_subclass_forwards_privates",
+           _REAL_TYPE + "import dataclasses\nG = t('G', (type(typing.List[int]),), {}, _root=True)\n"
+           "m = G(dataclasses, (), name='x')\n" + _CREATE_FN_ENV + WIN,
+           forbid=(_corpus.SECRET_VALUE,)),
+    attack("review9", "get_origin_from_import_hands_out_type",
+           "import typing\nfrom typing import get_origin\nt = get_origin(typing.Type)\n"
+           "X = t('X', (), {'__getattribute__': lambda s, n: n})\n" + WIN),
+    attack("review9", "get_origin_type_builds_pretty_printer_subclass",
+           _REAL_TYPE + "import pprint\nP = t('P', (pprint.PrettyPrinter,), {})\nout = P()._stream\n" + WIN),
+    attack("review9", "get_origin_type_builds_metaclass",
+           _REAL_TYPE + "M = t('M', (t,), {})\n" + WIN),
+    attack("review9", "get_origin_read_with_getattr",
+           "import typing\nt = getattr(typing, 'get_origin')(typing.Type[int])\nt('X', (), {})\n" + WIN),
+]
+
+
+@pytest.mark.parametrize("a", ROUND9)
+def test_round9_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+def test_get_origin_and_get_args_still_work(repl):
+    res = repl.execute(
+        "import typing\nfrom typing import get_origin, get_args\n"
+        "print(get_origin(list[int]), typing.get_origin(typing.List[int]), get_origin(int),\n"
+        "      get_args(typing.Callable[[int], str]), get_args(typing.Dict[str, int]), typing.get_args(int))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "<class 'list'> <class 'list'> None ([<class 'int'>], <class 'str'>) " \
+                         "(<class 'str'>, <class 'int'>) ()\n"
+
+
+def test_tool_arguments_with_a_long_key_over_many_items_are_checked_quickly(secret_env):
+    seen = []
+
+    def count(data):
+        seen.append(len(data))
+        return len(data)
+
+    tool = Tool.of("count", count)
+
+    async def host_count(*args, **kwargs):
+        return await tool.invoke(args, kwargs)
+
+    with SandboxREPL(timeout_s=30) as r:
+        r.register("count", host_count)
+        start = time.perf_counter()
+        res = r.execute("print(count({'k' * 8_000_000: [0] * 100_000}))")
+        took = time.perf_counter() - start
+        assert res.error is None, res.error
+        assert res.stdout == "1\n"
+        assert took < 5, f"checking the arguments took {took:.1f} s"
+        # the path is still named where an argument is not plain data
+        res = r.execute("x = 0\nfor _ in range(70):\n    x = [x]\ncount({'a': [1, {'b': x}]})")
+        path = "['a'][1]['b']" + "[0]" * 61
+        assert res.error is not None and f"argument 1 of count(){path} nests deeper than 64" in res.error, res.error
+        assert_healthy(r)

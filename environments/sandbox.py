@@ -670,7 +670,8 @@ class SandboxREPL:
 
         ``context``, host function names and names starting with ``_`` cannot be set
         (``ValueError``); a value that is not JSON-like raises ``TypeError``, one larger than the
-        context limit :class:`ContextTooLargeError`.
+        context limit :class:`ContextTooLargeError`. Host functions may call this while their
+        cell is running (the cell sees the variable from then on).
 
         Example::
 
@@ -690,13 +691,29 @@ class SandboxREPL:
                 f"the value of {name!r} takes {len(payload) / 2**20:,.1f} MB, more than the "
                 f"{self.limits.max_context_bytes / 2**20:,.1f} MB the sandbox accepts at once"
             )
-        with self._lock:
-            self._ensure_started()
-            assert self._chan is not None
-            self._chan.send({"op": "set", "name": name}, payload)
-            reply = self._recv_reply()
+        if self._serving_call:
+            # From a host function while its cell waits on it (as get_variable for FINAL_VAR): the
+            # cell's thread holds the lock, so waiting for it would never end (an async host function
+            # runs on another thread), and the worker answers this request while it waits.
+            if self._chan is None:
+                raise SandboxError(f"the sandbox could not set {name!r}: the worker is gone")
+            reply = self._send_set(name, payload)
+            if reply.get("op") not in ("ok", "error"):
+                self._stop_worker()
+                self._nested_failure = f"it answered {reply.get('op')!r} when asked to set a variable"
+                raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked to set {name!r}; "
+                                   "it is restarted")
+        else:
+            with self._lock:
+                self._ensure_started()
+                reply = self._send_set(name, payload)
         if reply.get("op") != "ok":
             raise SandboxError(f"the sandbox could not set {name!r}: {reply.get('message')}")
+
+    def _send_set(self, name: str, payload: bytes) -> dict[str, Any]:
+        assert self._chan is not None
+        self._chan.send({"op": "set", "name": name}, payload)
+        return self._recv_reply()
 
     def reset(self) -> None:
         """Forget every variable; the context and host functions stay."""

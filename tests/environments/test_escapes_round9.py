@@ -16,6 +16,12 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   keys above it per item. One 8 MB key over a list of 100,000 numbers (an 8 MB host call) held the
   parent's event loop for ~20 s (800 GB of copying); 30 MB over a million, hours, while the run's time limit
   could not fire. The path is built only when an error names it now.
+- ``set_variable`` from a host function while its cell waited on it: the worker, waiting for the
+  host's answer, raised "unexpected message" into the cell; the parent took the cell's result
+  for the set's answer (the cell's output lost, the next answer sent to a worker no longer
+  waiting). From an async host function (``aexecute``) the cell's thread held the lock the set
+  waited for: a deadlock of the parent. A set made during a host call is served by the waiting
+  worker now, without the lock, as ``get_variable`` (``FINAL_VAR``) always was.
 """
 
 from __future__ import annotations
@@ -99,4 +105,48 @@ def test_tool_arguments_with_a_long_key_over_many_items_are_checked_quickly(secr
         res = r.execute("x = 0\nfor _ in range(70):\n    x = [x]\ncount({'a': [1, {'b': x}]})")
         path = "['a'][1]['b']" + "[0]" * 61
         assert res.error is not None and f"argument 1 of count(){path} nests deeper than 64" in res.error, res.error
+        assert_healthy(r)
+
+
+def test_set_variable_from_a_host_function_while_its_cell_waits(secret_env):
+    with SandboxREPL(timeout_s=10) as r:
+
+        def store(value):
+            r.set_variable("stored", value)
+            return "stored"
+
+        r.register("store", store)
+        res = r.execute("print(store([1, 2]))\nprint(stored)")
+        # before: the worker took the request for the host's answer (RuntimeError in the cell), the
+        # parent took the cell's result for the set's answer and the cell's output was lost
+        assert res.error is None, res.error
+        assert res.stdout == "stored\n[1, 2]\n"
+        res = r.execute("store({'a': None})\nprint(stored)")
+        assert res.error is None and res.stdout == "{'a': None}\n", res
+        assert_healthy(r)
+
+
+def test_set_variable_from_an_async_host_function_does_not_deadlock(secret_env):
+    import asyncio
+
+    with SandboxREPL(timeout_s=10) as r:
+
+        async def store(value):
+            # before: the cell's thread held the lock while it waited on this call: a deadlock
+            await asyncio.to_thread(r.set_variable, "stored", value)
+            r.set_variable("also", value + 1)
+            return "stored"
+
+        r.register("store", store)
+
+        async def run():
+            return await asyncio.wait_for(r.aexecute("print(store(3), stored, also)"), 20)
+
+        res = asyncio.run(run())
+        assert res.error is None, res.error
+        assert res.stdout == "stored 3 4\n"
+        # a reserved name is refused mid-call as it is outside one
+        r.register("bad", lambda: r.set_variable("bad", 1))
+        res = r.execute("bad()")
+        assert res.error is not None and "reserved" in res.error, res.error
         assert_healthy(r)

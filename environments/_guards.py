@@ -360,7 +360,58 @@ def _vet(value: Any) -> Any:
             if func[1] is _DENY:
                 raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
             return types.MethodType(func[1], value.__self__)  # a replaced method, bound as it was
+    elif type(value) is types.FunctionType:
+        return _checked_method(value)
     return value
+
+
+#: id(function) -> (function, what reads hand out: the function itself or its self-checking version)
+_METHODS: dict[int, tuple[Any, Any]] = {}
+
+
+def _checked_method(func: types.FunctionType) -> Any:
+    """A host class's method read unbound (``re.Scanner.scan``, ``Sub.__init__`` off a class of the
+    sandbox deriving from a host class, a property's ``fget``) takes any object as ``self``, unlike
+    the methods of C types: ``Scanner.__init__(re, ...)`` and ``UserDict.__init__(typing)`` wrote
+    attributes of modules, ``JSONEncoder.__init__(JSONEncoder, default=f)`` replaced the default
+    of the worker's JSON encoders. Handed out checking that ``self`` is an instance of the class
+    (by its MRO, as C methods check), which is all ordinary code passes."""
+    entry = _METHODS.get(id(func))
+    if entry is not None and entry[0] is func:
+        return entry[1]
+    owner = _method_owner(func)
+    checked: Any = func
+    if owner is not None:
+        def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if owner not in type(self).__mro__:
+                raise TypeError(f"{owner.__qualname__}.{func.__name__}() needs a {owner.__qualname__} object as "
+                                f"self, not a {type(self).__name__}")
+            return func(self, *args, **kwargs)
+
+        method.__name__, method.__qualname__, method.__doc__ = func.__name__, func.__qualname__, func.__doc__
+        checked = method
+    _METHODS[id(func)] = (func, checked)
+    return checked
+
+
+def _method_owner(func: types.FunctionType) -> type | None:
+    """The host class ``func`` is a method of (found by its qualified name, in the class's own dict:
+    raw, or as a property's accessor), or None for a module's function, a static method, or the
+    sandbox's own functions."""
+    module, qualname = func.__module__, func.__qualname__
+    if type(module) is not str or type(qualname) is not str or module == SANDBOX_MODULE or "." not in qualname \
+            or "<locals>" in qualname or func.__globals__.get("__name__") == SANDBOX_MODULE:
+        return None
+    *path, name = qualname.split(".")
+    owner: Any = sys.modules.get(module)
+    for part in path:
+        owner = getattr(owner, part, None)
+    if not isinstance(owner, type):
+        return None
+    raw = vars(owner).get(name)
+    if raw is func or (isinstance(raw, property) and func in (raw.fget, raw.fset, raw.fdel)):
+        return owner
+    return None
 
 
 def _super_resolves_to_str(proxy: super, name: str) -> bool:
@@ -891,6 +942,17 @@ def _harden_copy() -> None:
         return original(x, memo, build, checked_args, state, listiter, dictiter, deepcopy=deepcopy)
 
     copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
+
+    def _deepcopy_method(x: Any, memo: Any) -> Any:
+        # copy rebinds a bound method's function to the deep copy of its self, which a model
+        # __deepcopy__ chooses: a host class's method bound to any object (see _checked_method)
+        self = copy.deepcopy(x.__self__, memo)
+        if type(self) is not type(x.__self__) and not _defined_in_sandbox(self):
+            raise copy.Error(f"copying a method of {type(x.__self__).__name__} gave a {type(self).__name__} as "
+                             "its self; refused in the sandbox")
+        return types.MethodType(x.__func__, self)
+
+    copy._deepcopy_dispatch[types.MethodType] = _deepcopy_method  # type: ignore[attr-defined]
 
 
 def _check_module_name(kwargs: dict[str, Any], what: str) -> None:

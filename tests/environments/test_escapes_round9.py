@@ -1,5 +1,5 @@
-"""Escape corpus, ninth review: values that reach model code as call results, not reads; the parent's
-side of a host call.
+"""Escape corpus, ninth review: values that reach model code as call results, not reads; host methods
+with a foreign self; the parent's side of a host call.
 
 Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_escape_helpers``).
 
@@ -11,6 +11,16 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   (``__getattribute__``, ``__del__``), ``PrettyPrinter`` subclasses holding the worker's stdout.
   ``get_origin`` and ``get_args`` are replaced by versions whose results are vetted as a read's
   (the metaclass ``type`` is refused).
+- A host class's method read unbound (``calendar.Calendar.setfirstweekday``, ``Sub.__init__`` off a
+  class of the sandbox deriving from a host class, a property's ``fget``/``fset``, a read through
+  a typing alias) is a Python function, which unlike a C type's method takes any object as
+  ``self``: ``UserDict.__init__(typing)`` and ``Calendar.setfirstweekday(typing, 3)`` wrote
+  attributes of modules, ``re.Scanner.scan(re, ...)`` replaced the worker's ``re.match`` with a
+  Match object, ``JSONEncoder.__init__(JSONEncoder, default=f)`` made a model function the default
+  of every JSON encoder of the worker without its own. Nothing found led out from there, but
+  guarded writes refuse all of it. Such methods are handed out checking ``self`` by its MRO, as
+  C methods do; ``copy.deepcopy`` of a bound method (which rebinds it to the copy of its self, a
+  model ``__deepcopy__``'s choice) must keep the self's type or give one of the sandbox's objects.
 - A user tool's arguments are checked by ``loopagent.tools.to_plain``, which built the path of
   every item (``['key'][3]``) eagerly, for the error message it might need: a copy of all the
   keys above it per item. One 8 MB key over a list of 100,000 numbers (an 8 MB host call) held the
@@ -62,12 +72,61 @@ ROUND9 = [
            _REAL_TYPE + "M = t('M', (t,), {})\n" + WIN),
     attack("review9", "get_origin_read_with_getattr",
            "import typing\nt = getattr(typing, 'get_origin')(typing.Type[int])\nt('X', (), {})\n" + WIN),
+    # host methods read unbound take any self: module and host-class attributes written
+    attack("review9", "unbound_host_method_writes_a_module_attribute",
+           "import calendar, typing\ncalendar.Calendar.setfirstweekday(typing, 3)\nprint(typing.firstweekday)\n" + WIN,
+           errors=("TypeError",)),
+    attack("review9", "unbound_host_dunder_off_an_own_subclass_writes_a_module",
+           "import collections, typing\nclass U(collections.UserDict):\n    pass\nU.__init__(typing)\n"
+           "U.__setitem__(typing, 'k', 1)\nprint(typing.data)\n" + WIN, errors=("TypeError",)),
+    attack("review9", "unbound_scanner_methods_replace_re_match",
+           "import re\nclass S(re.Scanner):\n    pass\nS.__init__(re, [('a', lambda s, t: t)])\n"
+           "re.Scanner.scan(re, 'a')\nprint(re.match)\n" + WIN, errors=("TypeError",)),
+    attack("review9", "unbound_json_encoder_init_replaces_the_default_class_wide",
+           "import json\nclass J(json.JSONEncoder):\n    pass\n"
+           "J.__init__(json.JSONEncoder, default=lambda self, o: 'planted')\nprint(json.dumps(object()))\n" + WIN,
+           errors=("TypeError",)),
+    attack("review9", "property_setter_of_a_host_class_writes_a_module",
+           "import calendar, typing\ncalendar.Calendar.firstweekday.fset(typing, 3)\n" + WIN, errors=("TypeError",)),
+    attack("review9", "host_method_read_through_a_forwarding_alias",
+           "import calendar, typing\nA = type(typing.List[int])(calendar.Calendar, (), name='x')\n"
+           "A.setfirstweekday(typing, 3)\n" + WIN, errors=("TypeError",)),
+    attack("review9", "deepcopy_rebinds_a_host_method_to_any_self",
+           "import copy, collections, typing\nclass U(collections.UserDict):\n"
+           "    def __deepcopy__(self, memo):\n        return typing\n"
+           "m = copy.deepcopy(U().__init__)\nm()\nprint(typing.data)\n" + WIN, errors=("Error",)),
 ]
 
 
 @pytest.mark.parametrize("a", ROUND9)
 def test_round9_findings_are_refused(fresh, a):
     check_refused(fresh, a, fresh.execute(a.code))
+
+
+def test_host_modules_keep_their_attributes_after_the_attempts(repl):
+    for a in ROUND9:
+        repl.execute(a.values[0].code)
+    res = repl.execute("import typing, re, json\n"
+                       "planted = ((typing, 'firstweekday'), (typing, 'data'), (re, 'lexicon'))\n"
+                       "print([hasattr(m, n) for m, n in planted], re.match('a', 'a') is not None,"
+                       " json.JSONEncoder().encode([1]))")
+    assert res.error is None, res.error
+    assert res.stdout == "[False, False, False] True [1]\n"
+
+
+def test_host_methods_still_work_on_their_own_instances(repl):
+    res = repl.execute(
+        "import calendar, collections, copy, re, string\n"
+        "c = calendar.Calendar()\ncalendar.Calendar.setfirstweekday(c, 2)\n"
+        "class U(collections.UserDict):\n    pass\nu = U()\nU.__init__(u, {'a': 1})\nU.__setitem__(u, 'b', 2)\n"
+        "s = re.Scanner([('[a-z]+', lambda sc, t: t.upper()), (' ', None)])\n"
+        "class T(string.Template):\n    delimiter = '%'\n"
+        "v = copy.deepcopy(u.get)\n"
+        "print(c.firstweekday, dict(u), re.Scanner.scan(s, 'ab cd')[0], string.Template.substitute(T('%x'), x=1),"
+        " calendar.Calendar.firstweekday.fget(c), v('a'))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "2 {'a': 1, 'b': 2} ['AB', 'CD'] 1 2 1\n"
 
 
 def test_get_origin_and_get_args_still_work(repl):

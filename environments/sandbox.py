@@ -150,6 +150,10 @@ class SandboxREPL:
         self._stderr: Any = None
         self._lock = threading.RLock()
         self._serving_call = False
+        # Held by a request a host function makes while its cell waits on it (get_variable, set_variable)
+        # and by _serve_call while it ends the call: no such request is still on the channel when the
+        # cell's thread uses it again (a request from another thread at that time goes to the lock).
+        self._call_lock = threading.Lock()
         self._nested_failure: str | None = None  # why a request made from inside a host call stopped the worker
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
@@ -449,7 +453,8 @@ class SandboxREPL:
                 message = "(its message could not be read)"
             reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {message}"}
         finally:
-            self._serving_call = False
+            with self._call_lock:
+                self._serving_call = False
         if self._chan is None:
             # the function's own request to the worker (get_variable, as FINAL_VAR does) found it
             # dead or out of turn and stopped it: nobody is left to answer; _execute reports it
@@ -630,12 +635,7 @@ class SandboxREPL:
         ``as_text=True`` returns ``str(value)`` for any value. Host functions may
         call this while their cell is running (that is how ``FINAL_VAR`` works).
         """
-        if self._serving_call:
-            reply = self._request({"op": "get", "name": name, "as_text": as_text})
-        else:
-            with self._lock:
-                self._ensure_started()
-                reply = self._request({"op": "get", "name": name, "as_text": as_text})
+        reply = self._in_call_or_locked(lambda: self._request({"op": "get", "name": name, "as_text": as_text}))
         if reply.get("op") != "value":
             # the worker answered out of turn (model code it ran to read the variable misbehaved)
             self._stop_worker()
@@ -691,29 +691,32 @@ class SandboxREPL:
                 f"the value of {name!r} takes {len(payload) / 2**20:,.1f} MB, more than the "
                 f"{self.limits.max_context_bytes / 2**20:,.1f} MB the sandbox accepts at once"
             )
-        if self._serving_call:
-            # From a host function while its cell waits on it (as get_variable for FINAL_VAR): the
-            # cell's thread holds the lock, so waiting for it would never end (an async host function
-            # runs on another thread), and the worker answers this request while it waits.
-            if self._chan is None:
-                raise SandboxError(f"the sandbox could not set {name!r}: the worker is gone")
-            reply = self._send_set(name, payload)
-            if reply.get("op") not in ("ok", "error"):
-                self._stop_worker()
-                self._nested_failure = f"it answered {reply.get('op')!r} when asked to set a variable"
-                raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked to set {name!r}; "
-                                   "it is restarted")
-        else:
-            with self._lock:
-                self._ensure_started()
-                reply = self._send_set(name, payload)
+        def send() -> dict[str, Any]:
+            assert self._chan is not None
+            self._chan.send({"op": "set", "name": name}, payload)
+            return self._recv_reply()
+
+        reply = self._in_call_or_locked(send)
+        if reply.get("op") not in ("ok", "error"):
+            # the worker answered out of turn (as in get_variable)
+            self._stop_worker()
+            self._nested_failure = f"it answered {reply.get('op')!r} when asked to set a variable"
+            raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked to set {name!r}; it is restarted")
         if reply.get("op") != "ok":
             raise SandboxError(f"the sandbox could not set {name!r}: {reply.get('message')}")
 
-    def _send_set(self, name: str, payload: bytes) -> dict[str, Any]:
-        assert self._chan is not None
-        self._chan.send({"op": "set", "name": name}, payload)
-        return self._recv_reply()
+    def _in_call_or_locked(self, request: Any) -> dict[str, Any]:
+        """``request()`` (a request to the worker and its reply) from a host function while its cell
+        waits on it, else under the lock. The cell's thread holds the lock then, so waiting for it would
+        never end (an async host function runs on another thread); the worker answers while it waits."""
+        with self._call_lock:
+            if self._serving_call:
+                if self._chan is None:
+                    raise SandboxError(f"the sandbox worker is gone ({self._nested_failure or 'stopped'})")
+                return request()
+        with self._lock:
+            self._ensure_started()
+            return request()
 
     def reset(self) -> None:
         """Forget every variable; the context and host functions stay."""

@@ -415,7 +415,8 @@ class SandboxREPL:
         numbers, bool, None, lists, dicts). ``fn`` may be a coroutine function; it
         then runs on the loop that awaits :meth:`aexecute` (or a private loop for
         :meth:`execute`), so a batch helper can fan out concurrently. An exception
-        in ``fn`` reaches the code as ``HostFunctionError`` with its message.
+        in ``fn`` reaches the code as ``HostFunctionError`` with its type and message
+        (cut to ``max_output_chars``), never its traceback.
         """
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"host function name {name!r} must be a public Python identifier")
@@ -451,6 +452,11 @@ class SandboxREPL:
                 message = str(e)
             except Exception:  # an exception whose __str__ fails must not take the exec down with it
                 message = "(its message could not be read)"
+            # The message may quote the arguments (a key, a prompt): up to max_message_mb, several
+            # times over once repr'd and escaped. The model sees no more than its output limit of it.
+            limit = self.limits.max_output_chars
+            if len(message) > limit:
+                message = f"{message[:limit]}... [{len(message) - limit:,} more characters of the message not shown]"
             reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {message}"}
         finally:
             with self._call_lock:

@@ -31,7 +31,11 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   for the set's answer (the cell's output lost, the next answer sent to a worker no longer
   waiting). From an async host function (``aexecute``) the cell's thread held the lock the set
   waited for: a deadlock of the parent. A set made during a host call is served by the waiting
-  worker now, without the lock, as ``get_variable`` (``FINAL_VAR``) always was.
+  worker now, without the lock, as ``get_variable`` (``FINAL_VAR``) always was; such requests and
+  the end of the host call are serialised, so one from another thread is never left on the channel.
+- A host function's error message went to the cell whole, and it may quote the arguments: a
+  5 MB key of NUL characters became a 20 MB message (a JSON frame of 40 MB), several times the
+  call that caused it. It is cut to the output limit (``max_output_chars``), all the model sees.
 """
 
 from __future__ import annotations
@@ -208,4 +212,19 @@ def test_set_variable_from_an_async_host_function_does_not_deadlock(secret_env):
         r.register("bad", lambda: r.set_variable("bad", 1))
         res = r.execute("bad()")
         assert res.error is not None and "reserved" in res.error, res.error
+        assert_healthy(r)
+
+
+def test_a_host_error_quoting_huge_arguments_reaches_the_cell_cut(secret_env):
+    def strict(**kwargs):
+        raise TypeError(f"unexpected arguments: {list(kwargs)!r}")
+
+    with SandboxREPL(timeout_s=30, max_output_chars=1000) as r:
+        r.register("strict", strict)
+        res = r.execute("try:\n    strict(**{'\\x00' * 5_000_000: 1})\nexcept Exception as e:\n"
+                        "    print(type(e).__name__, len(str(e)), str(e)[-60:])")
+        assert res.error is None, res.error
+        kind, size, tail = res.stdout.split(" ", 2)
+        assert kind == "HostFunctionError" and int(size) < 1200, res.stdout
+        assert "more characters of the message not shown]" in tail
         assert_healthy(r)

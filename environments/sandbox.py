@@ -692,6 +692,8 @@ class SandboxREPL:
             payload = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError) as e:
             raise TypeError(f"the value of {name!r} is not JSON-like: {e}") from None
+        except RecursionError:
+            raise TypeError(f"the value of {name!r} is nested too deeply to send") from None
         if len(payload) > self.limits.max_context_bytes:
             raise ContextTooLargeError(
                 f"the value of {name!r} takes {len(payload) / 2**20:,.1f} MB, more than the "

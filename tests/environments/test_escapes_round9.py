@@ -36,6 +36,8 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
 - A host function's error message went to the cell whole, and it may quote the arguments: a
   5 MB key of NUL characters became a 20 MB message (a JSON frame of 40 MB), several times the
   call that caused it. It is cut to the output limit (``max_output_chars``), all the model sees.
+- Low: ``set_variable`` of a value nested too deeply raised ``RecursionError`` (documented:
+  ``TypeError``), past the callers that catch what it documents (compaction's).
 """
 
 from __future__ import annotations
@@ -228,3 +230,12 @@ def test_a_host_error_quoting_huge_arguments_reaches_the_cell_cut(secret_env):
         assert kind == "HostFunctionError" and int(size) < 1200, res.stdout
         assert "more characters of the message not shown]" in tail
         assert_healthy(r)
+
+
+def test_set_variable_refuses_a_value_nested_too_deeply_with_type_error(repl):
+    value: list = []
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(TypeError, match="nested too deeply"):
+        repl.set_variable("deep", value)
+    assert_healthy(repl)

@@ -365,7 +365,7 @@ def _vet(value: Any) -> Any:
     return value
 
 
-#: id(function) -> (function, what reads hand out: the function itself or its self-checking version)
+#: id(host class's method) -> (method, its self-checking version, what reads hand out)
 _METHODS: dict[int, tuple[Any, Any]] = {}
 
 
@@ -376,22 +376,25 @@ def _checked_method(func: types.FunctionType) -> Any:
     attributes of modules, ``JSONEncoder.__init__(JSONEncoder, default=f)`` replaced the default
     of the worker's JSON encoders. Handed out checking that ``self`` is an instance of the class
     (by its MRO, as C methods check), which is all ordinary code passes."""
+    module, qualname = func.__module__, func.__qualname__
+    if module == SANDBOX_MODULE or type(qualname) is not str or "." not in qualname or "<locals>" in qualname:
+        return func  # not a method of a module's class (and not kept: the sandbox makes functions without end)
     entry = _METHODS.get(id(func))
     if entry is not None and entry[0] is func:
         return entry[1]
     owner = _method_owner(func)
-    checked: Any = func
-    if owner is not None:
-        def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-            if owner not in type(self).__mro__:
-                raise TypeError(f"{owner.__qualname__}.{func.__name__}() needs a {owner.__qualname__} object as "
-                                f"self, not a {type(self).__name__}")
-            return func(self, *args, **kwargs)
+    if owner is None:
+        return func  # not kept either: namedtuple's methods name a class their module lacks
 
-        method.__name__, method.__qualname__, method.__doc__ = func.__name__, func.__qualname__, func.__doc__
-        checked = method
-    _METHODS[id(func)] = (func, checked)
-    return checked
+    def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if owner not in type(self).__mro__:
+            raise TypeError(f"{owner.__qualname__}.{func.__name__}() needs a {owner.__qualname__} object as "
+                            f"self, not a {type(self).__name__}")
+        return func(self, *args, **kwargs)
+
+    method.__name__, method.__qualname__, method.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    _METHODS[id(func)] = (func, method)  # the methods of the modules' classes: a bounded set
+    return method
 
 
 def _method_owner(func: types.FunctionType) -> type | None:
@@ -399,8 +402,7 @@ def _method_owner(func: types.FunctionType) -> type | None:
     raw, or as a property's accessor), or None for a module's function, a static method, or the
     sandbox's own functions."""
     module, qualname = func.__module__, func.__qualname__
-    if type(module) is not str or type(qualname) is not str or module == SANDBOX_MODULE or "." not in qualname \
-            or "<locals>" in qualname or func.__globals__.get("__name__") == SANDBOX_MODULE:
+    if type(module) is not str or func.__globals__.get("__name__") == SANDBOX_MODULE:
         return None
     *path, name = qualname.split(".")
     owner: Any = sys.modules.get(module)

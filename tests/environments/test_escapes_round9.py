@@ -239,3 +239,19 @@ def test_set_variable_refuses_a_value_nested_too_deeply_with_type_error(repl):
     with pytest.raises(TypeError, match="nested too deeply"):
         repl.set_variable("deep", value)
     assert_healthy(repl)
+
+
+def test_checked_methods_are_kept_for_host_classes_only():
+    import calendar
+
+    from loopagent.environments import _guards
+
+    first = _guards._vet(calendar.Calendar.setfirstweekday)
+    assert first is _guards._vet(calendar.Calendar.setfirstweekday)  # one stand-in per method: `is` holds
+    assert first is not calendar.Calendar.setfirstweekday
+    before = len(_guards._METHODS)
+    for i in range(200):
+        ns = {"__name__": _guards.SANDBOX_MODULE}
+        exec(f"class A{i}:\n    def f(self):\n        return {i}\ng = lambda: 0", ns)
+        assert _guards._vet(ns[f"A{i}"].f) is ns[f"A{i}"].f and _guards._vet(ns["g"]) is ns["g"]
+    assert len(_guards._METHODS) == before  # the sandbox's functions are never kept (they would pile up)

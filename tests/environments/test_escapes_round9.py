@@ -24,7 +24,7 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
 - A user tool's arguments are checked by ``loopagent.tools.to_plain``, which built the path of
   every item (``['key'][3]``) eagerly, for the error message it might need: a copy of all the
   keys above it per item. One 8 MB key over a list of 100,000 numbers (an 8 MB host call) held the
-  parent's event loop for ~20 s (800 GB of copying); 30 MB over a million, hours, while the run's time limit
+  parent's event loop for ~15 s (800 GB of copying); 30 MB over a million, hours, while the run's time limit
   could not fire. The path is built only when an error names it now.
 - ``set_variable`` from a host function while its cell waited on it: the worker, waiting for the
   host's answer, raised "unexpected message" into the cell; the parent took the cell's result

@@ -41,6 +41,7 @@ import pprint
 import string
 import sys
 import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -359,7 +360,60 @@ def _vet(value: Any) -> Any:
             if func[1] is _DENY:
                 raise SandboxPolicyError(f"{_DENIED_NAMES[id(func[0])]} is not available in the sandbox")
             return types.MethodType(func[1], value.__self__)  # a replaced method, bound as it was
+    elif type(value) is types.FunctionType:
+        return _checked_method(value)
     return value
+
+
+#: id(host class's method) -> (method, its self-checking version, what reads hand out)
+_METHODS: dict[int, tuple[Any, Any]] = {}
+
+
+def _checked_method(func: types.FunctionType) -> Any:
+    """A host class's method read unbound (``re.Scanner.scan``, ``Sub.__init__`` off a class of the
+    sandbox deriving from a host class, a property's ``fget``) takes any object as ``self``, unlike
+    the methods of C types: ``Scanner.__init__(re, ...)`` and ``UserDict.__init__(typing)`` wrote
+    attributes of modules, ``JSONEncoder.__init__(JSONEncoder, default=f)`` replaced the default
+    of the worker's JSON encoders. Handed out checking that ``self`` is an instance of the class
+    (by its MRO, as C methods check), which is all ordinary code passes."""
+    module, qualname = func.__module__, func.__qualname__
+    if module == SANDBOX_MODULE or type(qualname) is not str or "." not in qualname or "<locals>" in qualname:
+        return func  # not a method of a module's class (and not kept: the sandbox makes functions without end)
+    entry = _METHODS.get(id(func))
+    if entry is not None and entry[0] is func:
+        return entry[1]
+    owner = _method_owner(func)
+    if owner is None:
+        return func  # not kept either: namedtuple's methods name a class their module lacks
+
+    def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if owner not in type(self).__mro__:
+            raise TypeError(f"{owner.__qualname__}.{func.__name__}() needs a {owner.__qualname__} object as "
+                            f"self, not a {type(self).__name__}")
+        return func(self, *args, **kwargs)
+
+    method.__name__, method.__qualname__, method.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    _METHODS[id(func)] = (func, method)  # the methods of the modules' classes: a bounded set
+    return method
+
+
+def _method_owner(func: types.FunctionType) -> type | None:
+    """The host class ``func`` is a method of (found by its qualified name, in the class's own dict:
+    raw, or as a property's accessor), or None for a module's function, a static method, or the
+    sandbox's own functions."""
+    module, qualname = func.__module__, func.__qualname__
+    if type(module) is not str or func.__globals__.get("__name__") == SANDBOX_MODULE:
+        return None
+    *path, name = qualname.split(".")
+    owner: Any = sys.modules.get(module)
+    for part in path:
+        owner = getattr(owner, part, None)
+    if not isinstance(owner, type):
+        return None
+    raw = vars(owner).get(name)
+    if raw is func or (isinstance(raw, property) and func in (raw.fget, raw.fset, raw.fdel)):
+        return owner
+    return None
 
 
 def _super_resolves_to_str(proxy: super, name: str) -> bool:
@@ -701,6 +755,18 @@ def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., 
     return decorator
 
 
+def _get_origin(tp: Any) -> Any:
+    """typing.get_origin reads ``tp.__origin__`` natively: ``get_origin(typing.Type[int])`` was
+    the real ``type``, whose three-argument call builds classes past the class statement's
+    checks (any base, ``_root=True``, any dunder). What it returns is vetted like a read."""
+    return _vet(typing.get_origin(tp))
+
+
+def _get_args(tp: Any) -> Any:
+    """typing.get_args reads ``tp.__args__`` natively: each argument is vetted like a read."""
+    return tuple([_vet(x) for x in arg] if type(arg) is list else _vet(arg) for arg in typing.get_args(tp))
+
+
 def _attrgetter(*names: str) -> Callable[[Any], Any]:
     for name in names:
         if type(name) is not str:
@@ -767,11 +833,11 @@ def _build_module_proxies() -> None:
     _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass"),
                                              "replace": _dataclass_replace}
     _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
-    import typing
 
     _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
                                         "no_type_check": _own_object_decorator(typing.no_type_check,
-                                                                               "typing.no_type_check")}
+                                                                               "typing.no_type_check"),
+                                        "get_origin": _get_origin, "get_args": _get_args}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     _build_identity_tables()
@@ -878,6 +944,17 @@ def _harden_copy() -> None:
         return original(x, memo, build, checked_args, state, listiter, dictiter, deepcopy=deepcopy)
 
     copy._reconstruct = _reconstruct  # type: ignore[attr-defined]
+
+    def _deepcopy_method(x: Any, memo: Any) -> Any:
+        # copy rebinds a bound method's function to the deep copy of its self, which a model
+        # __deepcopy__ chooses: a host class's method bound to any object (see _checked_method)
+        self = copy.deepcopy(x.__self__, memo)
+        if type(self) is not type(x.__self__) and not _defined_in_sandbox(self):
+            raise copy.Error(f"copying a method of {type(x.__self__).__name__} gave a {type(self).__name__} as "
+                             "its self; refused in the sandbox")
+        return types.MethodType(x.__func__, self)
+
+    copy._deepcopy_dispatch[types.MethodType] = _deepcopy_method  # type: ignore[attr-defined]
 
 
 def _check_module_name(kwargs: dict[str, Any], what: str) -> None:

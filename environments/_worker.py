@@ -7,10 +7,10 @@ the sandbox needs, confines itself (see ``_hardening``), says ``ready`` and then
 serves requests from the parent over the socket ``FD`` until it closes.
 
 Requests (parent -> worker): ``exec``, ``load_context``, ``register``, ``get``,
-``reset``, ``ping``. While a cell runs, the worker sends ``call`` (a host
+``set``, ``reset``, ``ping``. While a cell runs, the worker sends ``call`` (a host
 function) or ``open`` (a file of a directory context) and waits for the answer;
-while it waits it also serves nested ``get`` requests, which lets a host
-function such as ``FINAL_VAR`` read a variable mid-call.
+while it waits it also serves nested ``get`` and ``set`` requests, which let a host
+function such as ``FINAL_VAR`` read (or set) a variable mid-call.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ class Worker:
     def _request(self, msg: dict[str, Any], *, max_bytes: int | None = None) -> Any:
         self.chan.send(msg, default=_jsonable, max_bytes=max_bytes)
         while True:
-            reply, _ = self.chan.recv()
+            reply, payload = self.chan.recv()
             op = reply["op"]
             if op == "return":
                 return reply.get("value")
@@ -261,6 +261,13 @@ class Worker:
                 raise HostFunctionError(reply.get("message", "host function failed"))
             if op == "get":
                 self.chan.send(self._op_get(reply, None))
+            elif op == "set":  # a host function setting a variable (the parent waits for the answer)
+                try:
+                    answer = self._op_set(reply, payload)
+                except BaseException as e:  # a bad payload must not end up in the cell as its own error
+                    answer = _error_reply(type(e).__name__, _describe(e))
+                del payload
+                self.chan.send(answer)
             else:
                 raise RuntimeError(f"unexpected message while waiting for the host: {op}")
 

@@ -150,6 +150,10 @@ class SandboxREPL:
         self._stderr: Any = None
         self._lock = threading.RLock()
         self._serving_call = False
+        # Held by a request a host function makes while its cell waits on it (get_variable, set_variable)
+        # and by _serve_call while it ends the call: no such request is still on the channel when the
+        # cell's thread uses it again (a request from another thread at that time goes to the lock).
+        self._call_lock = threading.Lock()
         self._nested_failure: str | None = None  # why a request made from inside a host call stopped the worker
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
@@ -411,7 +415,8 @@ class SandboxREPL:
         numbers, bool, None, lists, dicts). ``fn`` may be a coroutine function; it
         then runs on the loop that awaits :meth:`aexecute` (or a private loop for
         :meth:`execute`), so a batch helper can fan out concurrently. An exception
-        in ``fn`` reaches the code as ``HostFunctionError`` with its message.
+        in ``fn`` reaches the code as ``HostFunctionError`` with its type and message
+        (cut to ``max_output_chars``), never its traceback.
         """
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"host function name {name!r} must be a public Python identifier")
@@ -447,9 +452,15 @@ class SandboxREPL:
                 message = str(e)
             except Exception:  # an exception whose __str__ fails must not take the exec down with it
                 message = "(its message could not be read)"
+            # The message may quote the arguments (a key, a prompt): up to max_message_mb, several
+            # times over once repr'd and escaped. The model sees no more than its output limit of it.
+            limit = self.limits.max_output_chars
+            if len(message) > limit:
+                message = f"{message[:limit]}... [{len(message) - limit:,} more characters of the message not shown]"
             reply = {"op": "raise", "message": f"{name}() failed: {type(e).__name__}: {message}"}
         finally:
-            self._serving_call = False
+            with self._call_lock:
+                self._serving_call = False
         if self._chan is None:
             # the function's own request to the worker (get_variable, as FINAL_VAR does) found it
             # dead or out of turn and stopped it: nobody is left to answer; _execute reports it
@@ -630,12 +641,7 @@ class SandboxREPL:
         ``as_text=True`` returns ``str(value)`` for any value. Host functions may
         call this while their cell is running (that is how ``FINAL_VAR`` works).
         """
-        if self._serving_call:
-            reply = self._request({"op": "get", "name": name, "as_text": as_text})
-        else:
-            with self._lock:
-                self._ensure_started()
-                reply = self._request({"op": "get", "name": name, "as_text": as_text})
+        reply = self._in_call_or_locked(lambda: self._request({"op": "get", "name": name, "as_text": as_text}))
         if reply.get("op") != "value":
             # the worker answered out of turn (model code it ran to read the variable misbehaved)
             self._stop_worker()
@@ -670,7 +676,8 @@ class SandboxREPL:
 
         ``context``, host function names and names starting with ``_`` cannot be set
         (``ValueError``); a value that is not JSON-like raises ``TypeError``, one larger than the
-        context limit :class:`ContextTooLargeError`.
+        context limit :class:`ContextTooLargeError`. Host functions may call this while their
+        cell is running (the cell sees the variable from then on).
 
         Example::
 
@@ -685,18 +692,39 @@ class SandboxREPL:
             payload = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError) as e:
             raise TypeError(f"the value of {name!r} is not JSON-like: {e}") from None
+        except RecursionError:
+            raise TypeError(f"the value of {name!r} is nested too deeply to send") from None
         if len(payload) > self.limits.max_context_bytes:
             raise ContextTooLargeError(
                 f"the value of {name!r} takes {len(payload) / 2**20:,.1f} MB, more than the "
                 f"{self.limits.max_context_bytes / 2**20:,.1f} MB the sandbox accepts at once"
             )
-        with self._lock:
-            self._ensure_started()
+        def send() -> dict[str, Any]:
             assert self._chan is not None
             self._chan.send({"op": "set", "name": name}, payload)
-            reply = self._recv_reply()
+            return self._recv_reply()
+
+        reply = self._in_call_or_locked(send)
+        if reply.get("op") not in ("ok", "error"):
+            # the worker answered out of turn (as in get_variable)
+            self._stop_worker()
+            self._nested_failure = f"it answered {reply.get('op')!r} when asked to set a variable"
+            raise SandboxError(f"the sandbox answered {reply.get('op')!r} when asked to set {name!r}; it is restarted")
         if reply.get("op") != "ok":
             raise SandboxError(f"the sandbox could not set {name!r}: {reply.get('message')}")
+
+    def _in_call_or_locked(self, request: Any) -> dict[str, Any]:
+        """``request()`` (a request to the worker and its reply) from a host function while its cell
+        waits on it, else under the lock. The cell's thread holds the lock then, so waiting for it would
+        never end (an async host function runs on another thread); the worker answers while it waits."""
+        with self._call_lock:
+            if self._serving_call:
+                if self._chan is None:
+                    raise SandboxError(f"the sandbox worker is gone ({self._nested_failure or 'stopped'})")
+                return request()
+        with self._lock:
+            self._ensure_started()
+            return request()
 
     def reset(self) -> None:
         """Forget every variable; the context and host functions stay."""

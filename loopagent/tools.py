@@ -229,7 +229,11 @@ def to_plain(value: Any, where: str, *, max_chars: int | None = None, result: bo
                     "the REPL (the sandbox's max_message_mb): return less, e.g. a slice, a page or a summary"
                 )
 
-    def walk(v: Any, path: str, depth: int) -> Any:
+    def at(path: tuple[Any, ...]) -> str:
+        # Built only for an error: built per item, a long key would be copied once for every item below it
+        return where + "".join(f"[{part!r}]" for part in path)
+
+    def walk(v: Any, path: tuple[Any, ...], depth: int) -> Any:
         if v is None or v is True or v is False:
             spend(1)
             return v
@@ -244,20 +248,20 @@ def to_plain(value: Any, where: str, *, max_chars: int | None = None, result: bo
             return v if type(v) is float else float.__float__(v)
         if isinstance(v, (list, tuple, dict)):
             if depth >= MAX_DEPTH:
-                raise NotPlainDataError(f"{where}{path} nests deeper than {MAX_DEPTH} levels (or contains itself)")
+                raise NotPlainDataError(f"{at(path)} nests deeper than {MAX_DEPTH} levels (or contains itself)")
             spend(1)
             if isinstance(v, dict):
                 out = {}
                 for key, item in list(v.items()):
                     if not isinstance(key, str):
                         raise NotPlainDataError(
-                            f"{where}{path} has the key {_short(key)} ({type(key).__name__}): dict keys must be str"
+                            f"{at(path)} has the key {_short(key)} ({type(key).__name__}): dict keys must be str"
                         )
                     key = key if type(key) is str else str.__str__(key)
                     spend(len(key))
-                    out[key] = walk(item, f"{path}[{key!r}]", depth + 1)
+                    out[key] = walk(item, (*path, key), depth + 1)
                 return out
-            items = [walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(list(v))]
+            items = [walk(item, (*path, i), depth + 1) for i, item in enumerate(list(v))]
             # a namedtuple is a tuple subclass: rebuilt as a plain tuple
             return items if isinstance(v, list) else tuple(items)
         kind = type(v)
@@ -269,11 +273,11 @@ def to_plain(value: Any, where: str, *, max_chars: int | None = None, result: bo
             hint = "return dataclasses.asdict(value)"
         what = "tools return" if result else "tools take"
         raise NotPlainDataError(
-            f"{where}{path} is a {name}, which is not plain data: {what} {_PLAIN_NAMES}"
+            f"{at(path)} is a {name}, which is not plain data: {what} {_PLAIN_NAMES}"
             + (f" ({hint})" if hint else "")
         )
 
-    return walk(value, "", 0)
+    return walk(value, (), 0)
 
 
 def _short(value: Any) -> str:

@@ -36,29 +36,16 @@ the pattern reads the keyword attributes natively, past the guards.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _escape_helpers import corpus as _corpus
 
 from loopagent.environments import SandboxREPL
 
-
-def _load_corpus():
-    name = "_escape_corpus_round6_helpers"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_escapes.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_corpus = _load_corpus()
 attack = _corpus.attack
 check_refused = _corpus.check_refused
 assert_healthy = _corpus.assert_healthy

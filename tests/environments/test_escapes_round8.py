@@ -22,25 +22,9 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded fro
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from _escape_helpers import corpus as _corpus
 
-
-def _load_corpus():
-    name = "_escape_corpus_round8_helpers"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_escapes.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_corpus = _load_corpus()
 attack = _corpus.attack
 check_refused = _corpus.check_refused
 assert_healthy = _corpus.assert_healthy

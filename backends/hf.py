@@ -10,10 +10,11 @@ prefill and decode (exit gates stop tokens early, and a stopped token computes n
 
 On a CUDA device, greedy calls with one budget for the batch and no exit gate decode through
 ``looped.graphs.GraphDecoder``: each token is one CUDA graph replay of the whole step (one
-graph per batch bucket and budget, cached on the loaded model). There every row of the batch
-runs every loop of every step until the batch stops, finished or not, and ``loop_tokens``
-counts exactly that (padded bucket rows are nobody's). Sampling, mixed budgets, the gate,
-the CPU, and ``LOOPAGENT_KERNELS=off`` keep the eager loop.
+graph per batch bucket and budget, cached on the loaded model). There every row of the bucket
+runs every loop of every step until the batch stops; a row's ``loop_tokens`` is what eager
+decoding computes for it (its prompt, and its loops for each token fed while it is live), and
+what ran for finished and padded rows is idle work, nobody's. Sampling, mixed budgets, the
+gate, the CPU, and ``LOOPAGENT_KERNELS=off`` keep the eager loop.
 """
 from __future__ import annotations
 

@@ -177,6 +177,7 @@ def preload_modules() -> None:
     _harden_copy()
     _harden_enum()
     _harden_wraps()
+    _harden_dataclasses()
     _build_module_proxies()
     # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
     # (and exec's its generated methods there). An empty module, not the namespace.
@@ -700,12 +701,38 @@ def _wraps(wrapped: Any, assigned: Any = _WRAPS_ASSIGNED, updated: Any = ("__dic
     return decorator
 
 
+def _check_native_read(obj: Any, name: str, what: str) -> None:
+    """Trusted code is about to read ``obj.<name>`` natively, ``name`` being model code's choice
+    (a dataclass field's): what it gets must be what a guarded read would hand out. Read off a
+    class, a name its MRO lacks comes from the metaclass: a field named ``_convert_`` on an Enum
+    made ``EnumType._convert_`` the field's default, which turns any module's globals into
+    members (the real ``open``) and writes them into that module; off an instance, a private
+    name a host base class defines (``Random._randbelow``) was handed to the model's code."""
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        return
+    try:
+        guarded_getattr(obj, name)  # the rules for the name: private, dunder, a metaclass's, ABC.register
+        vetted = _vet(value)
+    except AttributeError:
+        return
+    except SandboxPolicyError as e:
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: {e}") from None
+    if vetted is not value:
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: it is a host object "
+                                 "handed out only in a checked version")
+
+
 def _check_dataclass_body(cls: type) -> None:
     """dataclasses builds field names into source code it exec's without the policy: each
-    must be a plain identifier, and each field spec exactly a dataclasses.Field."""
+    must be a plain identifier, and each field spec exactly a dataclasses.Field. It takes
+    each field's default with the real ``getattr(cls, name)``: that must be a read the
+    guards allow (see ``_check_native_read``)."""
     for name in vars(cls).get("__annotations__", {}):
         if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
             raise SandboxPolicyError(f"dataclass field name {name!r} is not a plain identifier")
+        _check_native_read(cls, name, "dataclass field")
     for name, value in vars(cls).items():
         if isinstance(value, dataclasses.Field) and type(value) is not dataclasses.Field:
             raise SandboxPolicyError(f"dataclass field {name!r} must be made with dataclasses.field()")
@@ -739,6 +766,7 @@ def _dataclass_replace(obj: Any, /, **changes: Any) -> Any:
         raise SandboxPolicyError("dataclasses.replace works on instances of classes defined in the sandbox only")
     if "__dataclass_fields__" in getattr(obj, "__dict__", {}):
         raise SandboxPolicyError("dataclasses.replace: the instance shadows its class's fields")
+    dataclasses.fields(obj)  # the worker's checked version (see _harden_dataclasses): replace reads each
     return dataclasses.replace(obj, **changes)
 
 
@@ -1004,6 +1032,27 @@ def _harden_wraps() -> None:
     update_wrapper.__doc__ = original.__doc__
     functools.update_wrapper = update_wrapper
     _HARDENED[original] = update_wrapper
+
+
+def _harden_dataclasses() -> None:
+    """dataclasses.asdict, astuple (and replace) read every field of an instance with the real
+    getattr, by the names ``fields(obj)`` gives: those of the class, or of a dict planted in the
+    instance's ``__dict__``. A name the guards refuse on that instance (a private attribute a host
+    base class defines) was read natively and its value handed to model code (a ``dict_factory``,
+    the class's ``__init__``). Patched in the worker's dataclasses module, whose functions look
+    ``fields`` up there on each call: each field of an instance is checked as a guarded read."""
+    original = dataclasses.fields
+
+    def fields(class_or_instance: Any) -> Any:
+        result = original(class_or_instance)
+        if not isinstance(class_or_instance, type):
+            for f in result:
+                _check_native_read(class_or_instance, f.name, "dataclass field")
+        return result
+
+    fields.__doc__ = original.__doc__
+    dataclasses.fields = fields
+    _HARDENED[original] = fields
 
 
 def _harden_enum() -> None:

@@ -1,0 +1,158 @@
+"""Escape corpus, tenth review: what functions of allowed modules read natively, by names model code chose.
+
+Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_escape_helpers``).
+
+- ``dataclasses.dataclass`` takes each field's default with the real ``getattr(cls, name)``. Read off
+  a class, a name its MRO lacks comes from the metaclass, which the guards refuse for a read
+  (``_private_allowed``) but dataclasses did not ask: ``@dataclass class E(enum.Enum): _convert_: int``
+  made ``EnumType._convert_`` bound to ``E`` the field's default, handed out by
+  ``dataclasses.fields(E)[0].default``. ``_convert_('X', 'builtins', filter)`` turns a module's
+  globals into members, so ``list(X)[0].value`` was the real ``open`` (and it writes the members
+  into that module: ``builtins.getattr`` replaced in the worker). The same read gave
+  ``ABCMeta.register`` bound to a class of the sandbox deriving from a host ABC (a class it
+  registers passes ``isinstance`` for the host ABC too), and a host base class's private attributes
+  (``Random._randbelow``). Each field's default must now be what a guarded read of that name gives
+  (``_check_native_read``): refused, or a host object handed out only in a checked version, is an error.
+- ``dataclasses.asdict``/``astuple``/``replace`` read each field of an instance with the real
+  ``getattr``, by the names ``fields(obj)`` gives: those of its class, or of a field dict planted in
+  the instance's ``__dict__``. An instance of a class deriving from a dataclass and a host class,
+  without the instance attribute, gave the host class's private attribute to a ``dict_factory``,
+  the result, or (``replace``) the class's ``__init__``. The worker's ``dataclasses.fields`` checks
+  each field of an instance as a guarded read now; ``asdict``/``astuple`` look it up there, the
+  sandbox's ``replace`` calls it first.
+
+Probed and found contained (kept below as regression tests): ``typing.get_overloads``,
+``TypeVar``/``NewType``/``ForwardRef`` internals (dunders and ``_evaluate`` refused), ``typing.cast``;
+``dataclasses.fields``/``Field`` attributes; ``functools.reduce``/``cmp_to_key``/``lru_cache``;
+``operator.itemgetter``; ``collections.ChainMap.maps``; ``contextlib`` context managers' ``gen``/``func``
+and ``ExitStack`` callbacks (a traceback they get is opaque); ``hashlib.file_digest`` (3.11 hands
+``readinto`` a bytearray, not a memoryview); ``AttributeError.obj``; typing aliases forwarding reads to an
+own ABC or Enum (``register`` and privates refused); ``super()`` over a class (no metaclass lookup);
+``json`` decoder hooks and ``parse_object``; ``re.Scanner``; ``time.get_clock_info``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _escape_helpers import corpus as _corpus
+
+attack = _corpus.attack
+check_refused = _corpus.check_refused
+assert_healthy = _corpus.assert_healthy
+WIN = _corpus.WIN
+LEAK_ONLY = _corpus.LEAK_ONLY
+# fixtures (pytest finds them by name in this module)
+secret_env = _corpus.secret_env
+fresh = _corpus.fresh
+repl = _corpus.repl
+
+_HOST_PRIVATE = ("import dataclasses, random\n@dataclasses.dataclass(match_args=False)\nclass C:\n"
+                 "    _randbelow: int\n")
+
+ROUND10 = [
+    attack("review10", "dataclass_default_is_enum_metaclass_convert_real_open",
+           "import dataclasses, enum\n@dataclasses.dataclass\nclass E(enum.Enum):\n    _convert_: int\n"
+           "conv = dataclasses.fields(E)[0].default\nX = conv('X', 'builtins', lambda n: n == 'open')\n"
+           "o = list(X)[0].value\no('/proc/self/status').read()\n" + WIN),
+    attack("review10", "dataclass_default_through_the_decorator_form",
+           "import dataclasses, enum\nclass E(enum.Enum):\n    _convert_: int\n"
+           "E = dataclasses.dataclass(eq=False)(E)\n" + WIN),
+    attack("review10", "dataclass_default_is_abc_register_bound_to_own_abc",
+           "import dataclasses, collections.abc\n@dataclasses.dataclass\nclass M(collections.abc.Sized):\n"
+           "    register: int\n    def __len__(self):\n        return 0\n"
+           "for r in dataclasses.asdict(M()).values():\n    r(int)\n"
+           "if isinstance(3, collections.abc.Sized):\n    " + WIN),
+    attack("review10", "dataclass_default_is_a_host_base_private",
+           "import dataclasses, random\n@dataclasses.dataclass\nclass D(random.Random):\n    _randbelow: int\n"
+           "f = dataclasses.fields(D)[0].default\n" + WIN),
+    attack("review10", "replace_hands_a_host_base_private_to_init",
+           _HOST_PRIVATE + "    def __init__(self, **kw):\n        self.kw = kw\n"
+           "class D(C, random.Random):\n    pass\nr = dataclasses.replace(D())\n"
+           "if r.kw:\n    " + WIN),
+    attack("review10", "asdict_reads_an_inherited_field_from_a_host_base",
+           _HOST_PRIVATE + "class D(C, random.Random):\n    def __deepcopy__(self, memo):\n        return self\n"
+           "d = D(1)\ndel d._randbelow\nout = dataclasses.asdict(d, dict_factory=lambda kv: kv)\n" + WIN),
+    attack("review10", "astuple_reads_planted_fields",
+           "import dataclasses, random\n@dataclasses.dataclass(match_args=False)\nclass B:\n    _randbelow: int = 0\n"
+           "@dataclasses.dataclass(match_args=False)\nclass A:\n    x: int = 0\n"
+           "class D(A, random.Random):\n    def __deepcopy__(self, memo):\n        return self\n"
+           "d = D()\nd.__dict__['__dataclass_fields__'] = {f.name: f for f in dataclasses.fields(B)}\n"
+           "out = dataclasses.astuple(d, tuple_factory=lambda v: v)\n" + WIN),
+]
+
+# Probed and contained: kept so they stay so. LEAK_ONLY where ordinary code may run.
+CONTAINED = [
+    attack("review10", "typevar_constraints", "import typing\nT = typing.TypeVar('T', int, str)\n"
+           "T.__constraints__\n" + WIN),
+    attack("review10", "newtype_supertype", "import typing\nN = typing.NewType('N', int)\nN.__supertype__\n" + WIN),
+    attack("review10", "forward_ref_evaluate", "import typing\ntyping.ForwardRef('x')._evaluate\n" + WIN),
+    attack("review10", "alias_forwards_register_of_an_own_abc",
+           "import typing, collections.abc\nclass M(collections.abc.Sized):\n    def __len__(self):\n        return 0\n"
+           "A = type(typing.List[int])(M, (), name='x')\nA.register(int)\n" + WIN),
+    attack("review10", "alias_forwards_enum_convert",
+           "import typing, enum\nclass E(enum.Enum):\n    a = 1\nA = type(typing.List[int])(E, (), name='x')\n"
+           "A._convert_\n" + WIN),
+    attack("review10", "super_over_an_own_enum_class_reads_no_metaclass",
+           "import enum\nclass E(enum.Enum):\n    a = 1\nsuper(E, E)._convert_\n" + WIN,
+           errors=("AttributeError", *_corpus.POLICY)),
+    attack("review10", "exit_stack_callback_traceback_is_opaque",
+           "import contextlib\ngot = []\ntry:\n    with contextlib.ExitStack() as s:\n"
+           "        s.push(lambda t, e, tb: got.append(tb))\n        1 / 0\nexcept ZeroDivisionError:\n    pass\n"
+           "got[0].tb_frame\n" + WIN),
+    attack("review10", "exit_stack_traceback_read_with_getattr",
+           "import contextlib\ngot = []\ntry:\n    with contextlib.ExitStack() as s:\n"
+           "        s.push(lambda t, e, tb: got.append(tb))\n        1 / 0\nexcept ZeroDivisionError:\n    pass\n"
+           "getattr(got[0], 'tb_' + 'frame')\n" + WIN),
+    attack("review10", "contextmanager_generator_frame",
+           "import contextlib\ndef g():\n    yield 1\ncm = contextlib.contextmanager(g)()\n"
+           "getattr(cm.gen, 'gi_' + 'frame')\n" + WIN),
+    attack("review10", "file_digest_hands_no_memoryview",
+           "import hashlib\ngot = []\nclass F:\n    def readable(self):\n        return True\n"
+           "    def readinto(self, v):\n        got.append(type(v).__name__)\n        return 0\n"
+           "hashlib.file_digest(F(), 'sha256')\nif got != ['bytearray']:\n    " + WIN, errors=LEAK_ONLY),
+    attack("review10", "itemgetter_over_a_module_attribute_path",
+           "import operator, calendar\noperator.itemgetter('sys')(calendar.__dict__)\n" + WIN),
+    attack("review10", "get_overloads_of_host_functions",
+           "import typing, json\nif typing.get_overloads(json.dumps):\n    " + WIN, errors=LEAK_ONLY),
+]
+
+
+@pytest.mark.parametrize("a", ROUND10)
+def test_round10_findings_are_refused(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+@pytest.mark.parametrize("a", CONTAINED)
+def test_round10_probes_stay_contained(fresh, a):
+    check_refused(fresh, a, fresh.execute(a.code))
+
+
+def test_builtins_keep_their_names_after_the_attempts(repl):
+    for a in ROUND10:
+        repl.execute(a.values[0].code)
+    res = repl.execute("print(getattr(1, 'real'), sorted(set('ba')))")
+    assert res.error is None, res.error
+    assert res.stdout == "1 ['a', 'b']\n"
+    assert_healthy(repl)
+
+
+def test_dataclasses_still_work(repl):
+    res = repl.execute(
+        "import dataclasses, json, random, collections.abc, enum\n"
+        "@dataclasses.dataclass\nclass P:\n    x: int\n    _y: int = 2\n"
+        "    tags: list = dataclasses.field(default_factory=list)\n"
+        "    key: object = len\n"
+        "@dataclasses.dataclass\nclass Q(P):\n    z: str = 'z'\n"
+        "@dataclasses.dataclass\nclass R(random.Random):\n    seed_value: int = 3\n"
+        "@dataclasses.dataclass(frozen=True, slots=True)\nclass S:\n    a: int = 1\n"
+        "class Color(enum.Enum):\n    RED = 1\n"
+        "@dataclasses.dataclass\nclass T:\n    c: Color = Color.RED\n"
+        "q = Q(1, tags=['t'])\n"
+        "print(dataclasses.asdict(q)['_y'], dataclasses.astuple(q)[:3], dataclasses.replace(q, _y=5)._y,\n"
+        "      [f.name for f in dataclasses.fields(q)], R().seed_value, S(), T().c.name,\n"
+        "      dataclasses.asdict(q, dict_factory=lambda kv: [k for k, _ in kv]), q.key('ab'))"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == ("2 (1, 2, ['t']) 5 ['x', '_y', 'tags', 'key', 'z'] 3 S(a=1) RED "
+                          "['x', '_y', 'tags', 'key', 'z'] 2\n")
+

@@ -783,6 +783,12 @@ def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., 
     return decorator
 
 
+def _dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:
+    """typing.dataclass_transform: its decorator sets ``__dataclass_transform__`` on whatever it is
+    given (``dataclass_transform()(json)`` wrote a module's attribute): the sandbox's own objects only."""
+    return _own_object_decorator(typing.dataclass_transform(**kwargs), "typing.dataclass_transform")
+
+
 def _get_origin(tp: Any) -> Any:
     """typing.get_origin reads ``tp.__origin__`` natively: ``get_origin(typing.Type[int])`` was
     the real ``type``, whose three-argument call builds classes past the class statement's
@@ -865,7 +871,12 @@ def _build_module_proxies() -> None:
     _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
                                         "no_type_check": _own_object_decorator(typing.no_type_check,
                                                                                "typing.no_type_check"),
-                                        "get_origin": _get_origin, "get_args": _get_args}
+                                        "get_origin": _get_origin, "get_args": _get_args,
+                                        # they set an attribute on their argument (a host class, a module)
+                                        "runtime_checkable": _own_object_decorator(typing.runtime_checkable,
+                                                                                   "typing.runtime_checkable"),
+                                        "dataclass_transform": _dataclass_transform}
+    _REPLACED_MODULE_ATTRS["abc"] = {"abstractmethod": _own_object_decorator(abc.abstractmethod, "abc.abstractmethod")}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     _build_identity_tables()

@@ -13,6 +13,12 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   registers passes ``isinstance`` for the host ABC too), and a host base class's private attributes
   (``Random._randbelow``). Each field's default must now be what a guarded read of that name gives
   (``_check_native_read``): refused, or a host object handed out only in a checked version, is an error.
+- Low: ``abc.abstractmethod``, ``typing.runtime_checkable`` and the decorator of
+  ``typing.dataclass_transform(...)`` set an attribute on whatever they are given:
+  ``dataclass_transform()(json)`` wrote ``json.__dataclass_transform__`` (a dict of the model's
+  values), ``abstractmethod(json.dumps)`` flagged a host function abstract, ``runtime_checkable(
+  typing.Protocol)`` made every protocol of the worker runtime-checkable. Nothing led out from
+  there; like ``typing.final`` they now take the sandbox's own functions and classes only.
 - ``dataclasses.asdict``/``astuple``/``replace`` read each field of an instance with the real
   ``getattr``, by the names ``fields(obj)`` gives: those of its class, or of a field dict planted in
   the instance's ``__dict__``. An instance of a class deriving from a dataclass and a host class,
@@ -72,6 +78,15 @@ ROUND10 = [
     attack("review10", "asdict_reads_an_inherited_field_from_a_host_base",
            _HOST_PRIVATE + "class D(C, random.Random):\n    def __deepcopy__(self, memo):\n        return self\n"
            "d = D(1)\ndel d._randbelow\nout = dataclasses.asdict(d, dict_factory=lambda kv: kv)\n" + WIN),
+    # Low: decorators that set an attribute on whatever they are given wrote host objects
+    attack("review10", "abstractmethod_writes_a_host_function",
+           "import abc, json\nabc.abstractmethod(json.dumps)\n" + WIN),
+    attack("review10", "abstractmethod_reexported_by_numbers",
+           "from numbers import abstractmethod\nimport json\nabstractmethod(json.loads)\n" + WIN),
+    attack("review10", "dataclass_transform_writes_a_module",
+           "import typing, json\ntyping.dataclass_transform(field_specifiers=(1,))(json)\n" + WIN),
+    attack("review10", "runtime_checkable_writes_a_host_class",
+           "import typing\ntyping.runtime_checkable(typing.Protocol)\n" + WIN),
     attack("review10", "astuple_reads_planted_fields",
            "import dataclasses, random\n@dataclasses.dataclass(match_args=False)\nclass B:\n    _randbelow: int = 0\n"
            "@dataclasses.dataclass(match_args=False)\nclass A:\n    x: int = 0\n"
@@ -156,3 +171,18 @@ def test_dataclasses_still_work(repl):
     assert res.stdout == ("2 (1, 2, ['t']) 5 ['x', '_y', 'tags', 'key', 'z'] 3 S(a=1) RED "
                           "['x', '_y', 'tags', 'key', 'z'] 2\n")
 
+
+def test_abstract_methods_protocols_and_dataclass_transform_still_work(repl):
+    res = repl.execute(
+        "import abc, typing\nfrom abc import abstractmethod\n"
+        "class A(abc.ABC):\n    @property\n    @abstractmethod\n    def x(self): ...\n"
+        "    @classmethod\n    @abc.abstractmethod\n    def y(cls): ...\n"
+        "class B(A):\n    x = 1\n    @classmethod\n    def y(cls):\n        return 2\n"
+        "@typing.runtime_checkable\nclass P(typing.Protocol):\n    def f(self): ...\n"
+        "class Q:\n    def f(self):\n        return 0\n"
+        "@typing.dataclass_transform(kw_only_default=True)\ndef mk(cls):\n    return cls\n"
+        "try:\n    A()\nexcept TypeError as e:\n    print('abstract' in str(e))\n"
+        "print(B().x, B.y(), isinstance(B(), P), isinstance(Q(), P), mk(Q) is Q)"
+    )
+    assert res.error is None, res.error
+    assert res.stdout == "True\n1 2 False True True\n"

@@ -707,7 +707,12 @@ def _check_native_read(obj: Any, name: str, what: str) -> None:
     class, a name its MRO lacks comes from the metaclass: a field named ``_convert_`` on an Enum
     made ``EnumType._convert_`` the field's default, which turns any module's globals into
     members (the real ``open``) and writes them into that module; off an instance, a private
-    name a host base class defines (``Random._randbelow``) was handed to the model's code."""
+    name a host base class defines (``Random._randbelow``) was handed to the model's code.
+
+    The read as it stands now is checked, and so is what it would reach once the sandbox's own
+    dicts lack the name (``_check_host_fallback``): model code runs between this check and the
+    native read (a descriptor or property of another field) and may delete its own attributes."""
+    _check_host_fallback(obj, name, what)
     try:
         value = getattr(obj, name)
     except AttributeError:
@@ -722,6 +727,32 @@ def _check_native_read(obj: Any, name: str, what: str) -> None:
     if vetted is not value:
         raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: it is a host object "
                                  "handed out only in a checked version")
+
+
+def _check_host_fallback(obj: Any, name: str, what: str) -> None:
+    """What a native ``getattr(obj, name)`` finds in the host's classes, with every dict of the
+    sandbox's own left out (instance, own classes): the first host class in the MRO defining the
+    name, else (off a class) the metaclass. Host classes and metaclasses cannot be changed from
+    the sandbox, so this holds whatever model code deletes. Refused: a private name there, a raw
+    function read off a class (a host method taking any ``self``), an object the guards replace
+    or deny, and off a class any name but a dunder that a metaclass other than ``type`` defines."""
+    is_class = isinstance(obj, type)
+    for klass in obj.__mro__ if is_class else type(obj).__mro__:
+        if getattr(klass, "__module__", None) == SANDBOX_MODULE:
+            continue
+        raw = vars(klass).get(name, _MISSING)
+        if raw is _MISSING:
+            continue
+        entry = _BY_ID.get(id(raw))
+        if (name.startswith("_") and name != "_" and not _is_dunder(name)) or (
+            is_class and type(raw) is types.FunctionType) or (entry is not None and entry[0] is raw):
+            raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: the host class "
+                                     f"{klass.__name__} defines it")
+        return
+    if is_class and not _is_dunder(name) and any(
+            name in vars(meta) for meta in type(obj).__mro__ if meta is not type and meta is not object):
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: the metaclass "
+                                 f"{type(obj).__name__} defines it")
 
 
 def _check_dataclass_body(cls: type) -> None:

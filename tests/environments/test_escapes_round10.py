@@ -13,6 +13,10 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   registers passes ``isinstance`` for the host ABC too), and a host base class's private attributes
   (``Random._randbelow``). Each field's default must now be what a guarded read of that name gives
   (``_check_native_read``): refused, or a host object handed out only in a checked version, is an error.
+  That check and dataclasses' read are two reads, and model code runs in between (a descriptor of
+  another field deleting the class's own attribute made the read fall through to ``Random``'s): what
+  the read would reach with the sandbox's own dicts left out (host classes and metaclasses, which
+  the sandbox cannot change) is checked too (``_check_host_fallback``).
 - Low: ``abc.abstractmethod``, ``typing.runtime_checkable`` and the decorator of
   ``typing.dataclass_transform(...)`` set an attribute on whatever they are given:
   ``dataclass_transform()(json)`` wrote ``json.__dataclass_transform__`` (a dict of the model's
@@ -78,6 +82,21 @@ ROUND10 = [
     attack("review10", "asdict_reads_an_inherited_field_from_a_host_base",
            _HOST_PRIVATE + "class D(C, random.Random):\n    def __deepcopy__(self, memo):\n        return self\n"
            "d = D(1)\ndel d._randbelow\nout = dataclasses.asdict(d, dict_factory=lambda kv: kv)\n" + WIN),
+    # the check and dataclasses' own read are two reads: model code in between deletes its own attribute
+    attack("review10", "dataclass_default_own_attribute_deleted_after_the_check",
+           "import dataclasses, random\nn = []\nclass Del:\n    def __get__(self, inst, owner):\n"
+           "        n.append(1)\n        if len(n) == 3:\n            del owner._randbelow\n        return 1\n"
+           "class D(random.Random):\n    a: int = Del()\n    _randbelow: int = 0\n"
+           "D = dataclasses.dataclass(match_args=False)(D)\nd = D()\nfor v in d.__dict__.values():\n"
+           "    if callable(v):\n        " + WIN),
+    attack("review10", "asdict_own_attribute_deleted_after_the_check",
+           "import dataclasses, random\nn = []\nclass Del:\n    def __get__(self, inst, owner):\n"
+           "        if inst is not None:\n            n.append(1)\n            if len(n) == 3:\n"
+           "                del C._randbelow\n                del inst._randbelow\n        return 1\n"
+           "@dataclasses.dataclass(match_args=False)\nclass C:\n    a: int = 0\n    _randbelow: int = 0\n"
+           "class D(C, random.Random):\n    a = Del()\n    def __deepcopy__(self, memo):\n        return self\n"
+           "d = D.__new__(D)\nd._randbelow = 5\n"
+           "for k, v in dataclasses.asdict(d, dict_factory=lambda kv: kv):\n    if callable(v):\n        " + WIN),
     # Low: decorators that set an attribute on whatever they are given wrote host objects
     attack("review10", "abstractmethod_writes_a_host_function",
            "import abc, json\nabc.abstractmethod(json.dumps)\n" + WIN),

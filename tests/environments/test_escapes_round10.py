@@ -23,6 +23,11 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   values), ``abstractmethod(json.dumps)`` flagged a host function abstract, ``runtime_checkable(
   typing.Protocol)`` made every protocol of the worker runtime-checkable. Nothing led out from
   there; like ``typing.final`` they now take the sandbox's own functions and classes only.
+- ``type(context)`` of a directory context is the worker's ``ContextDir``, whose constructor took
+  any ``opener``: ``type(context)('x', [['a', 0]], lambda i: fd, 100)['a']`` ran ``os.fstat``,
+  ``os.read`` and ``os.close`` on a descriptor of the model's choice (the worker's channel to the
+  parent, its stderr; fd 0 read and closed), and ``ContextDir.__init__(context, ...)`` re-made the
+  real context that way. Only the worker makes one now (a token model code cannot reach).
 - ``dataclasses.asdict``/``astuple``/``replace`` read each field of an instance with the real
   ``getattr``, by the names ``fields(obj)`` gives: those of its class, or of a field dict planted in
   the instance's ``__dict__``. An instance of a class deriving from a dataclass and a host class,
@@ -45,6 +50,8 @@ from __future__ import annotations
 
 import pytest
 from _escape_helpers import corpus as _corpus
+
+from loopagent.environments import SandboxREPL
 
 attack = _corpus.attack
 check_refused = _corpus.check_refused
@@ -205,3 +212,19 @@ def test_abstract_methods_protocols_and_dataclass_transform_still_work(repl):
     )
     assert res.error is None, res.error
     assert res.stdout == "True\n1 2 False True True\n"
+
+
+def test_a_directory_context_cannot_be_remade_with_another_opener(secret_env, tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    with SandboxREPL(timeout_s=10) as r:
+        r.load_context(tmp_path)
+        for code in ("CD = type(context)\nc = CD('x', [['a', 0]], lambda i: 0, 100)\nc.read_bytes('a')\n" + WIN,
+                     "CD = type(context)\nm = CD.__init__\nm(context, 'x', [['a.txt', 0]], lambda i: 0, 100)\n" + WIN,
+                     "CD = type(context)\nc = CD('x', [['a', 0]], lambda i: 0, 100, maker=object())\n" + WIN):
+            res = r.execute(code)
+            assert "ESCAPED" not in res.stdout
+            assert res.error_type in ("TypeError", "SandboxPolicyError"), res.error
+        res = r.execute("print(context['a.txt'], context.files, type(context).__name__)")
+        assert res.error is None, res.error
+        assert res.stdout == "hello ['a.txt'] ContextDir\n"
+        assert_healthy(r)

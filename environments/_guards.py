@@ -899,9 +899,14 @@ def _build_module_proxies() -> None:
                                              "replace": _dataclass_replace}
     _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
 
+    # typing.no_type_check_decorator calls typing's own no_type_check on whatever the model's
+    # decorator returns (a module, a host class): patched in the worker's typing module, which
+    # that function looks it up in on each call
+    no_type_check = _own_object_decorator(typing.no_type_check, "typing.no_type_check")
+    _HARDENED[typing.no_type_check] = no_type_check
+    typing.no_type_check = no_type_check  # type: ignore[assignment]
     _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
-                                        "no_type_check": _own_object_decorator(typing.no_type_check,
-                                                                               "typing.no_type_check"),
+                                        "no_type_check": no_type_check,
                                         "get_origin": _get_origin, "get_args": _get_args,
                                         # they set an attribute on their argument (a host class, a module)
                                         "runtime_checkable": _own_object_decorator(typing.runtime_checkable,

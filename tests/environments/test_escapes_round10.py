@@ -23,6 +23,8 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures come from ``_e
   values), ``abstractmethod(json.dumps)`` flagged a host function abstract, ``runtime_checkable(
   typing.Protocol)`` made every protocol of the worker runtime-checkable. Nothing led out from
   there; like ``typing.final`` they now take the sandbox's own functions and classes only.
+  ``typing.no_type_check_decorator`` called typing's own ``no_type_check`` (the unchecked one) on
+  whatever the model's decorator returned (a module); it is patched in the worker's typing module.
 - ``type(context)`` of a directory context is the worker's ``ContextDir``, whose constructor took
   any ``opener``: ``type(context)('x', [['a', 0]], lambda i: fd, 100)['a']`` ran ``os.fstat``,
   ``os.read`` and ``os.close`` on a descriptor of the model's choice (the worker's channel to the
@@ -113,6 +115,8 @@ ROUND10 = [
            "import typing, json\ntyping.dataclass_transform(field_specifiers=(1,))(json)\n" + WIN),
     attack("review10", "runtime_checkable_writes_a_host_class",
            "import typing\ntyping.runtime_checkable(typing.Protocol)\n" + WIN),
+    attack("review10", "no_type_check_decorator_applies_typing_s_own_no_type_check",
+           "import typing, json\ntyping.no_type_check_decorator(lambda f: json)(1)\n" + WIN),
     attack("review10", "astuple_reads_planted_fields",
            "import dataclasses, random\n@dataclasses.dataclass(match_args=False)\nclass B:\n    _randbelow: int = 0\n"
            "@dataclasses.dataclass(match_args=False)\nclass A:\n    x: int = 0\n"

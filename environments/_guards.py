@@ -177,6 +177,7 @@ def preload_modules() -> None:
     _harden_copy()
     _harden_enum()
     _harden_wraps()
+    _harden_dataclasses()
     _build_module_proxies()
     # Trusted code looks up a class's module: dataclasses reads sys.modules[cls.__module__]
     # (and exec's its generated methods there). An empty module, not the namespace.
@@ -700,12 +701,69 @@ def _wraps(wrapped: Any, assigned: Any = _WRAPS_ASSIGNED, updated: Any = ("__dic
     return decorator
 
 
+def _check_native_read(obj: Any, name: str, what: str) -> None:
+    """Trusted code is about to read ``obj.<name>`` natively, ``name`` being model code's choice
+    (a dataclass field's): what it gets must be what a guarded read would hand out. Read off a
+    class, a name its MRO lacks comes from the metaclass: a field named ``_convert_`` on an Enum
+    made ``EnumType._convert_`` the field's default, which turns any module's globals into
+    members (the real ``open``) and writes them into that module; off an instance, a private
+    name a host base class defines (``Random._randbelow``) was handed to the model's code.
+
+    The read as it stands now is checked, and so is what it would reach once the sandbox's own
+    dicts lack the name (``_check_host_fallback``): model code runs between this check and the
+    native read (a descriptor or property of another field) and may delete its own attributes."""
+    _check_host_fallback(obj, name, what)
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        return
+    try:
+        guarded_getattr(obj, name)  # the rules for the name: private, dunder, a metaclass's, ABC.register
+        vetted = _vet(value)
+    except AttributeError:
+        return
+    except SandboxPolicyError as e:
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: {e}") from None
+    if vetted is not value:
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: it is a host object "
+                                 "handed out only in a checked version")
+
+
+def _check_host_fallback(obj: Any, name: str, what: str) -> None:
+    """What a native ``getattr(obj, name)`` finds in the host's classes, with every dict of the
+    sandbox's own left out (instance, own classes): the first host class in the MRO defining the
+    name, else (off a class) the metaclass. Host classes and metaclasses cannot be changed from
+    the sandbox, so this holds whatever model code deletes. Refused: a private name there, a raw
+    function read off a class (a host method taking any ``self``), an object the guards replace
+    or deny, and off a class any name but a dunder that a metaclass other than ``type`` defines."""
+    is_class = isinstance(obj, type)
+    for klass in obj.__mro__ if is_class else type(obj).__mro__:
+        if getattr(klass, "__module__", None) == SANDBOX_MODULE:
+            continue
+        raw = vars(klass).get(name, _MISSING)
+        if raw is _MISSING:
+            continue
+        entry = _BY_ID.get(id(raw))
+        if (name.startswith("_") and name != "_" and not _is_dunder(name)) or (
+            is_class and type(raw) is types.FunctionType) or (entry is not None and entry[0] is raw):
+            raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: the host class "
+                                     f"{klass.__name__} defines it")
+        return
+    if is_class and not _is_dunder(name) and any(
+            name in vars(meta) for meta in type(obj).__mro__ if meta is not type and meta is not object):
+        raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: the metaclass "
+                                 f"{type(obj).__name__} defines it")
+
+
 def _check_dataclass_body(cls: type) -> None:
     """dataclasses builds field names into source code it exec's without the policy: each
-    must be a plain identifier, and each field spec exactly a dataclasses.Field."""
+    must be a plain identifier, and each field spec exactly a dataclasses.Field. It takes
+    each field's default with the real ``getattr(cls, name)``: that must be a read the
+    guards allow (see ``_check_native_read``)."""
     for name in vars(cls).get("__annotations__", {}):
         if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
             raise SandboxPolicyError(f"dataclass field name {name!r} is not a plain identifier")
+        _check_native_read(cls, name, "dataclass field")
     for name, value in vars(cls).items():
         if isinstance(value, dataclasses.Field) and type(value) is not dataclasses.Field:
             raise SandboxPolicyError(f"dataclass field {name!r} must be made with dataclasses.field()")
@@ -739,6 +797,7 @@ def _dataclass_replace(obj: Any, /, **changes: Any) -> Any:
         raise SandboxPolicyError("dataclasses.replace works on instances of classes defined in the sandbox only")
     if "__dataclass_fields__" in getattr(obj, "__dict__", {}):
         raise SandboxPolicyError("dataclasses.replace: the instance shadows its class's fields")
+    dataclasses.fields(obj)  # the worker's checked version (see _harden_dataclasses): replace reads each
     return dataclasses.replace(obj, **changes)
 
 
@@ -753,6 +812,12 @@ def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., 
     decorator.__name__ = decorator.__qualname__ = getattr(real, "__name__", what)
     decorator.__doc__ = getattr(real, "__doc__", None)
     return decorator
+
+
+def _dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:
+    """typing.dataclass_transform: its decorator sets ``__dataclass_transform__`` on whatever it is
+    given (``dataclass_transform()(json)`` wrote a module's attribute): the sandbox's own objects only."""
+    return _own_object_decorator(typing.dataclass_transform(**kwargs), "typing.dataclass_transform")
 
 
 def _get_origin(tp: Any) -> Any:
@@ -834,10 +899,20 @@ def _build_module_proxies() -> None:
                                              "replace": _dataclass_replace}
     _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
 
+    # typing.no_type_check_decorator calls typing's own no_type_check on whatever the model's
+    # decorator returns (a module, a host class): patched in the worker's typing module, which
+    # that function looks it up in on each call
+    no_type_check = _own_object_decorator(typing.no_type_check, "typing.no_type_check")
+    _HARDENED[typing.no_type_check] = no_type_check
+    typing.no_type_check = no_type_check  # type: ignore[assignment]
     _REPLACED_MODULE_ATTRS["typing"] = {"final": _own_object_decorator(typing.final, "typing.final"),
-                                        "no_type_check": _own_object_decorator(typing.no_type_check,
-                                                                               "typing.no_type_check"),
-                                        "get_origin": _get_origin, "get_args": _get_args}
+                                        "no_type_check": no_type_check,
+                                        "get_origin": _get_origin, "get_args": _get_args,
+                                        # they set an attribute on their argument (a host class, a module)
+                                        "runtime_checkable": _own_object_decorator(typing.runtime_checkable,
+                                                                                   "typing.runtime_checkable"),
+                                        "dataclass_transform": _dataclass_transform}
+    _REPLACED_MODULE_ATTRS["abc"] = {"abstractmethod": _own_object_decorator(abc.abstractmethod, "abc.abstractmethod")}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     _build_identity_tables()
@@ -1004,6 +1079,27 @@ def _harden_wraps() -> None:
     update_wrapper.__doc__ = original.__doc__
     functools.update_wrapper = update_wrapper
     _HARDENED[original] = update_wrapper
+
+
+def _harden_dataclasses() -> None:
+    """dataclasses.asdict, astuple (and replace) read every field of an instance with the real
+    getattr, by the names ``fields(obj)`` gives: those of the class, or of a dict planted in the
+    instance's ``__dict__``. A name the guards refuse on that instance (a private attribute a host
+    base class defines) was read natively and its value handed to model code (a ``dict_factory``,
+    the class's ``__init__``). Patched in the worker's dataclasses module, whose functions look
+    ``fields`` up there on each call: each field of an instance is checked as a guarded read."""
+    original = dataclasses.fields
+
+    def fields(class_or_instance: Any) -> Any:
+        result = original(class_or_instance)
+        if not isinstance(class_or_instance, type):
+            for f in result:
+                _check_native_read(class_or_instance, f.name, "dataclass field")
+        return result
+
+    fields.__doc__ = original.__doc__
+    dataclasses.fields = fields
+    _HARDENED[original] = fields
 
 
 def _harden_enum() -> None:

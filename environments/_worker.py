@@ -59,6 +59,10 @@ class HostFunctionError(RuntimeError):
 HostFunctionError.__module__ = "builtins"
 
 
+#: What the worker passes to make a ContextDir: model code holds the class (``type(context)``) but not this.
+_CONTEXT_MAKER = object()
+
+
 class ContextDir(collections.abc.Mapping):
     """A directory given as context: a read-only mapping of relative path -> text.
 
@@ -70,7 +74,12 @@ class ContextDir(collections.abc.Mapping):
     gives any file's bytes.
     """
 
-    def __init__(self, name: str, entries: list[list[Any]], opener: Callable[[int], int], cache_bytes: int) -> None:
+    def __init__(self, name: str, entries: list[list[Any]], opener: Callable[[int], int], cache_bytes: int,
+                 *, maker: object = None) -> None:
+        if maker is not _CONTEXT_MAKER:
+            # type(context)(name, [[path, 0]], lambda i: fd, n)[path] read any descriptor of the worker
+            # (its channel to the parent too) with os.read and closed it; the sandbox makes its context only
+            raise TypeError("a directory context is made by the sandbox only; use `context`")
         self.name = name
         self.files = [e[0] for e in entries]
         self.sizes = {e[0]: int(e[1]) for e in entries}
@@ -346,7 +355,8 @@ class Worker:
                         "message": f"NotUTF8: byte 0x{data[e.start]:02x} at offset {e.start:,} is not UTF-8 text"}
         elif kind == "dir":
             cache = int(self.limits["memory_mb"]) * 1024 * 1024 // 4
-            self.context = ContextDir(msg["name"], msg["files"], self._open_context_file, cache)
+            self.context = ContextDir(msg["name"], msg["files"], self._open_context_file, cache,
+                                      maker=_CONTEXT_MAKER)
         else:
             raise ValueError(f"unknown context kind {kind!r}")
         self.has_context = kind != "none"

@@ -1,8 +1,9 @@
 """The helpers and fixtures of ``test_escapes.py``, loaded once for the later review rounds' files.
 
 ``test_escapes.py`` is a test file, which the others cannot import under pytest's
-``--import-mode=importlib``; it is loaded here by path, under one name, and each round file takes
-what it needs: ``from _escape_helpers import corpus``.
+``--import-mode=importlib``; it is loaded here by path, under one name, and each round file imports
+what it needs from here: ``from _escape_helpers import attack, check_refused, ...``; the folder's
+``conftest.py`` gives them the fixtures (``repl``, ``fresh``, ``secret_env``).
 """
 
 import importlib.util
@@ -23,3 +24,23 @@ def _load():
 
 
 corpus = _load()
+
+attack = corpus.attack
+check_refused = corpus.check_refused
+assert_healthy = corpus.assert_healthy
+assert_nothing_leaked = corpus.assert_nothing_leaked
+WIN = corpus.WIN
+ANY_ERROR = corpus.ANY_ERROR
+LEAK_ONLY = corpus.LEAK_ONLY
+POLICY = corpus.POLICY
+SECRET_NAME = corpus.SECRET_NAME
+SECRET_VALUE = corpus.SECRET_VALUE
+# fixtures (conftest.py makes them the folder's)
+secret_env = corpus.secret_env
+fresh = corpus.fresh
+repl = corpus.repl
+
+#: The tail of an attack holding ``m``, an object whose ``_create_fn`` is dataclasses' own (it
+#: exec's generated source under dataclasses' real globals): reaching ``os.environ`` is a win.
+CREATE_FN_ENV = ("f = m._create_fn\ng = f('g', [], ['return __import__(\"os\").environ'])\nenv = g()\n"
+                 "print(env)\nif 'PATH' in env:\n    ")

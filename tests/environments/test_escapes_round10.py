@@ -51,19 +51,9 @@ own ABC or Enum (``register`` and privates refused); ``super()`` over a class (n
 from __future__ import annotations
 
 import pytest
-from _escape_helpers import corpus as _corpus
+from _escape_helpers import LEAK_ONLY, POLICY, WIN, assert_healthy, attack, check_refused
 
 from loopagent.environments import SandboxREPL
-
-attack = _corpus.attack
-check_refused = _corpus.check_refused
-assert_healthy = _corpus.assert_healthy
-WIN = _corpus.WIN
-LEAK_ONLY = _corpus.LEAK_ONLY
-# fixtures (pytest finds them by name in this module)
-secret_env = _corpus.secret_env
-fresh = _corpus.fresh
-repl = _corpus.repl
 
 _HOST_PRIVATE = ("import dataclasses, random\n@dataclasses.dataclass(match_args=False)\nclass C:\n"
                  "    _randbelow: int\n")
@@ -139,7 +129,7 @@ CONTAINED = [
            "A._convert_\n" + WIN),
     attack("review10", "super_over_an_own_enum_class_reads_no_metaclass",
            "import enum\nclass E(enum.Enum):\n    a = 1\nsuper(E, E)._convert_\n" + WIN,
-           errors=("AttributeError", *_corpus.POLICY)),
+           errors=("AttributeError", *POLICY)),
     attack("review10", "exit_stack_callback_traceback_is_opaque",
            "import contextlib\ngot = []\ntry:\n    with contextlib.ExitStack() as s:\n"
            "        s.push(lambda t, e, tb: got.append(tb))\n        1 / 0\nexcept ZeroDivisionError:\n    pass\n"

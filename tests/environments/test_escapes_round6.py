@@ -42,22 +42,18 @@ import time
 from pathlib import Path
 
 import pytest
-from _escape_helpers import corpus as _corpus
+from _escape_helpers import (
+    ANY_ERROR,
+    LEAK_ONLY,
+    SECRET_NAME,
+    WIN,
+    assert_healthy,
+    assert_nothing_leaked,
+    attack,
+    check_refused,
+)
 
 from loopagent.environments import SandboxREPL
-
-attack = _corpus.attack
-check_refused = _corpus.check_refused
-assert_healthy = _corpus.assert_healthy
-assert_nothing_leaked = _corpus.assert_nothing_leaked
-WIN = _corpus.WIN
-ANY_ERROR = _corpus.ANY_ERROR
-LEAK_ONLY = _corpus.LEAK_ONLY
-SECRET_NAME = _corpus.SECRET_NAME
-# fixtures (pytest finds them by name in this module)
-secret_env = _corpus.secret_env
-fresh = _corpus.fresh
-repl = _corpus.repl
 
 # The `match` below reads __match_args__ twice: once in _check_match_class (answer: nothing)
 # and once natively (answer: two dunders that are never readable on a foreign class).

@@ -21,20 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from _escape_helpers import corpus as _corpus
+from _escape_helpers import ANY_ERROR, SECRET_VALUE, WIN, assert_healthy, attack, check_refused
 
 ENV_DIR = Path(__file__).resolve().parents[2] / "environments"
 
 
-attack = _corpus.attack
-check_refused = _corpus.check_refused
-assert_healthy = _corpus.assert_healthy
-WIN = _corpus.WIN
-ANY_ERROR = _corpus.ANY_ERROR
-# fixtures (pytest finds them by name in this module)
-secret_env = _corpus.secret_env
-fresh = _corpus.fresh
-repl = _corpus.repl
 
 
 # -- patterns: captured values are vetted ---------------------------------------------------
@@ -132,7 +123,7 @@ ROUND7 = [
     *[attack("review7", f"host_class_dict_copied_by_{name}_{method}",
              "import contextlib, functools, typing\n@contextlib.contextmanager\ndef cm():\n    yield\n"
              f"h = {expr}\nenv = h.{method}({args})\nprint(env)\nif 'PATH' in env:\n    " + WIN, errors=ANY_ERROR,
-             forbid=(_corpus.SECRET_VALUE,))
+             forbid=(SECRET_VALUE,))
       for name, expr in (("lru_cache", "functools.lru_cache(str)"), ("cache", "functools.cache(str)"),
                          ("contextmanager", "contextlib.contextmanager(str)"),
                          ("context_decorator", "cm()(str)"),

@@ -23,32 +23,18 @@ Same conventions as ``test_escapes.py`` (its helpers and fixtures are loaded fro
 from __future__ import annotations
 
 import pytest
-from _escape_helpers import corpus as _corpus
-
-attack = _corpus.attack
-check_refused = _corpus.check_refused
-assert_healthy = _corpus.assert_healthy
-WIN = _corpus.WIN
-ANY_ERROR = _corpus.ANY_ERROR
-# fixtures (pytest finds them by name in this module)
-secret_env = _corpus.secret_env
-fresh = _corpus.fresh
-repl = _corpus.repl
-
-
-_CREATE_FN_ENV = ("f = m._create_fn\ng = f('g', [], ['return __import__(\"os\").environ'])\nenv = g()\n"
-                  "print(env)\nif 'PATH' in env:\n    ")
+from _escape_helpers import ANY_ERROR, CREATE_FN_ENV, SECRET_VALUE, WIN, attack, check_refused
 
 ROUND8 = [
     attack("review8", "enum_functional_api_mixin_generic_alias_forwards_privates",
            "import enum, dataclasses\nE = enum.Enum('E', [], type=type(list[int]))\n"
-           "m = E._new_member_(E, dataclasses, ())\n" + _CREATE_FN_ENV + WIN,
-           forbid=(_corpus.SECRET_VALUE,)),
+           "m = E._new_member_(E, dataclasses, ())\n" + CREATE_FN_ENV + WIN,
+           forbid=(SECRET_VALUE,)),
     # held before the fix too (int and GenericAlias layouts conflict), kept for coverage
     attack("review8", "int_enum_functional_api_mixin_generic_alias",
            "import enum, dataclasses\nE = enum.IntEnum('E', [], type=type(list[int]))\n"
-           "m = E._new_member_(E, dataclasses, ())\n" + _CREATE_FN_ENV + WIN,
-           errors=ANY_ERROR, forbid=(_corpus.SECRET_VALUE,)),
+           "m = E._new_member_(E, dataclasses, ())\n" + CREATE_FN_ENV + WIN,
+           errors=ANY_ERROR, forbid=(SECRET_VALUE,)),
     attack("review8", "enum_functional_api_mixin_typing_alias",
            "import enum, typing, dataclasses\nE = enum.Enum('E', [], type=type(typing.List[int]))\n" + WIN),
     attack("review8", "enum_functional_api_mixin_super",
@@ -65,7 +51,7 @@ ROUND8 = [
              f"import enum\nclass E(enum.{base}):\n    pass\n"
              "X = E._convert_('X', 'builtins', lambda n: n in ('eval', 'open'))\nev = X['eval'].value\n"
              "env = ev('__import__(\"os\").environ', {})\nprint(env)\nif 'PATH' in env:\n    " + WIN,
-             forbid=(_corpus.SECRET_VALUE,))
+             forbid=(SECRET_VALUE,))
       for name, base in (("convert_enum", "Enum"), ("convert_int_enum", "IntEnum"), ("convert_flag", "Flag"))],
     attack("review8", "metaclass_private_read_with_getattr",
            "import enum\nclass E(enum.Enum):\n    A = 1\nc = getattr(E, '_convert_')\n" + WIN),

@@ -45,30 +45,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from _escape_helpers import corpus as _corpus
+from _escape_helpers import CREATE_FN_ENV, SECRET_VALUE, WIN, assert_healthy, attack, check_refused
 
 from loopagent.environments import SandboxREPL
 from loopagent.tools import Tool
 
-attack = _corpus.attack
-check_refused = _corpus.check_refused
-assert_healthy = _corpus.assert_healthy
-WIN = _corpus.WIN
-ANY_ERROR = _corpus.ANY_ERROR
-# fixtures (pytest finds them by name in this module)
-secret_env = _corpus.secret_env
-fresh = _corpus.fresh
-repl = _corpus.repl
-
-_CREATE_FN_ENV = ("f = m._create_fn\ng = f('g', [], ['return __import__(\"os\").environ'])\nenv = g()\n"
-                  "print(env)\nif 'PATH' in env:\n    ")
 _REAL_TYPE = "import typing\nt = typing.get_origin(typing.Type[int])\n"
 
 ROUND9 = [
     attack("review9", "get_origin_hands_out_type_alias_subclass_forwards_privates",
            _REAL_TYPE + "import dataclasses\nG = t('G', (type(typing.List[int]),), {}, _root=True)\n"
-           "m = G(dataclasses, (), name='x')\n" + _CREATE_FN_ENV + WIN,
-           forbid=(_corpus.SECRET_VALUE,)),
+           "m = G(dataclasses, (), name='x')\n" + CREATE_FN_ENV + WIN,
+           forbid=(SECRET_VALUE,)),
     attack("review9", "get_origin_from_import_hands_out_type",
            "import typing\nfrom typing import get_origin\nt = get_origin(typing.Type)\n"
            "X = t('X', (), {'__getattribute__': lambda s, n: n})\n" + WIN),

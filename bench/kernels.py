@@ -185,19 +185,21 @@ def _bench_chain_at(rows: int, cfg: dict[str, Any], device: Any, dtype: Any) -> 
     cdf, survive = torch.zeros(rows, device=device), torch.ones(rows, device=device)
     budget = torch.full((rows,), 8, device=device, dtype=torch.long)
 
-    def fused() -> Any:
-        h, n = K.inject_rms_norm(s, c, w1, eps, decay)
-        h, n = K.add_rms_norm(h, attn, w2, eps)
-        act = K.silu_mul(gate, up)
-        h, n = K.add_rms_norm(h, mlp_out, w3, eps)
-        return K.halt_step(h, gw, gb, cdf, survive, budget, 2, 1, 0.9, norm_weight=final, eps=eps), act, n
+    def chain(suffix: str) -> Callable[[], Any]:
+        """The step through the kernels (``""``) or their torch references (``"_ref"``)."""
+        inject, add, silu_mul, halt = (getattr(K, name + suffix)
+                                       for name in ("inject_rms_norm", "add_rms_norm", "silu_mul", "halt_step"))
 
-    def eager() -> Any:
-        h, n = K.inject_rms_norm_ref(s, c, w1, eps, decay)
-        h, n = K.add_rms_norm_ref(h, attn, w2, eps)
-        act = K.silu_mul_ref(gate, up)
-        h, n = K.add_rms_norm_ref(h, mlp_out, w3, eps)
-        return K.halt_step_ref(h, gw, gb, cdf, survive, budget, 2, 1, 0.9, norm_weight=final, eps=eps), act, n
+        def step() -> Any:
+            h, n = inject(s, c, w1, eps, decay)
+            h, n = add(h, attn, w2, eps)
+            act = silu_mul(gate, up)
+            h, n = add(h, mlp_out, w3, eps)
+            return halt(h, gw, gb, cdf, survive, budget, 2, 1, 0.9, norm_weight=final, eps=eps), act, n
+
+        return step
+
+    fused, eager = chain(""), chain("_ref")
 
     entry: dict[str, Any] = {"rows": rows, "hidden": d}
     try:

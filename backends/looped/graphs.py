@@ -48,7 +48,7 @@ import torch
 from loopagent.errors import ConfigError, InvalidLoopsError
 
 from .functional import initial_state
-from .modeling_looped import LoopedDecoderLayer, LoopedForCausalLM, _rope
+from .modeling_looped import LoopedForCausalLM, _rope
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
@@ -99,19 +99,6 @@ class _Bucket:
         self.graph: torch.cuda.CUDAGraph | None = None
 
 
-def _layer(module: LoopedDecoderLayer, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-           mask: torch.Tensor, slot: StaticSlot, fused: bool) -> torch.Tensor:
-    """A prelude/coda layer, called as ``LoopedModel._run`` calls it."""
-    if fused:
-        from .. import kernels
-
-        norm = module.input_layernorm
-        h, _, _ = module.forward_fused(h, kernels.rms_norm(h, norm.weight, norm.eps), rope, mask, slot, None, None,
-                                       None)
-        return h
-    return module(h, rope, mask, slot, None)[0]
-
-
 def _static_step(model: LoopedForCausalLM, bucket: _Bucket, loops: int) -> None:
     """One decode step on ``bucket``'s static tensors: reads ``input_ids``, ``position_ids``,
     ``pos`` and ``key_mask``, writes every layer's K/V column ``pos`` and the ``logits``.
@@ -130,7 +117,7 @@ def _static_step(model: LoopedForCausalLM, bucket: _Bucket, loops: int) -> None:
     rope = _rope(c, bucket.position_ids, x.dtype)
     fused = m.uses_kernels(x.device)
     for i, module in enumerate(m.prelude):
-        x = _layer(module, x, rope, mask, bucket.slots["prelude", i], fused)
+        x = module.forward_stack(x, rope, mask, bucket.slots["prelude", i], fused)[0]
     e = x
     s = initial_state(e, c.initial_state, c.initial_state_std)
     shared = c.kv_cache == "shared"
@@ -151,7 +138,7 @@ def _static_step(model: LoopedForCausalLM, bucket: _Bucket, loops: int) -> None:
             s = normed if fused else m.loop_norm(s)
     h = m.norm(s) if c.norm_before_coda else s
     for i, module in enumerate(m.coda):
-        h = _layer(module, h, rope, mask, bucket.slots["coda", i], fused)
+        h = module.forward_stack(h, rope, mask, bucket.slots["coda", i], fused)[0]
     bucket.logits.copy_(model.lm_head(m.norm(h)[:, -1]).float())
 
 

@@ -285,6 +285,22 @@ class LoopedDecoderLayer(nn.Module):
         x = x + (self.mlp_out_norm(mlp) if self.sandwich else mlp)
         return x, kv
 
+    def forward_stack(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        past: Any,
+        fused: bool,
+    ) -> tuple[torch.Tensor, LayerKV]:
+        """A prelude or coda layer (no loop, all tokens): :meth:`forward`, or through the kernels
+        (its input norm, then :meth:`forward_fused`) when ``fused``."""
+        if not fused:
+            return self(x, rope, mask, past, None)
+        norm = self.input_layernorm
+        x, _, kv = self.forward_fused(x, kernels.rms_norm(x, norm.weight, norm.eps), rope, mask, past, None, None, None)
+        return x, kv
+
     def forward_fused(
         self,
         x: torch.Tensor,
@@ -577,13 +593,7 @@ class LoopedModel(LoopedPreTrainedModel):
         fused = self.uses_kernels(x.device)
 
         def layer(module: LoopedDecoderLayer, h: torch.Tensor, key: tuple[Any, ...]) -> torch.Tensor:
-            prior = cache.get(key) if cache is not None else None
-            if fused:
-                norm = module.input_layernorm
-                h, _, kv = module.forward_fused(h, kernels.rms_norm(h, norm.weight, norm.eps), rope, mask, prior, None,
-                                                None, None)
-            else:
-                h, kv = module(h, rope, mask, prior, None)
+            h, kv = module.forward_stack(h, rope, mask, cache.get(key) if cache is not None else None, fused)
             if cache is not None:
                 cache.set(key, (kv.keys, kv.values))
             return h

@@ -336,6 +336,14 @@ class VLoopedDecoderLayer(nn.Module):
         m = self.mlp(self.post_attention_layernorm(x), loop)
         return x + (self.mlp_out_norm(m) if self.sandwich else m)
 
+    def forward_stack(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention,
+                      fused: bool) -> torch.Tensor:
+        """A prelude or coda layer: :meth:`forward`, or through the kernels when ``fused``."""
+        if not fused:
+            return self(x, rope, attn)
+        norm = self.input_layernorm
+        return self.forward_fused(x, kernels.rms_norm(x, norm.weight, norm.eps), rope, attn, None, None, None, None)[0]
+
     def forward_fused(self, x: torch.Tensor, normed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                       attn: Attention, loop: int | None, rows: _Rows | None, kv: _KV | None,
                       next_norm: LoopedRMSNorm | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -408,7 +416,7 @@ class VLoopedModel(nn.Module):
         residual = self.config.sandwich_norm and self.config.sandwich_style == "residual"
         fused = kernels.enabled(x.device) and not residual
         for module, attn in zip(self.prelude, self.prelude_attn):
-            x = self._layer(module, x, rope, attn, fused)
+            x = module.forward_stack(x, rope, attn, fused)
         e = x
         s = initial_state(e, self.config.initial_state, self.config.initial_state_std)
         invariant = self.injection.loop_invariant(e) if fused else None
@@ -469,18 +477,9 @@ class VLoopedModel(nn.Module):
             self.loop_depths = gate.depths
         h = self.norm(s) if self.config.norm_before_coda else s
         for module, attn in zip(self.coda, self.coda_attn):
-            h = self._layer(module, h, rope, attn, fused)
+            h = module.forward_stack(h, rope, attn, fused)
         return self.norm(h)
 
-    @staticmethod
-    def _layer(module: VLoopedDecoderLayer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-               attn: Attention, fused: bool) -> torch.Tensor:
-        """A prelude or coda layer (plain, or through the kernels)."""
-        if not fused:
-            return module(x, rope, attn)
-        norm = module.input_layernorm
-        return module.forward_fused(x, kernels.rms_norm(x, norm.weight, norm.eps), rope, attn, None, None, None,
-                                    None)[0]
 
 
 class _GateState:

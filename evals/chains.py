@@ -12,6 +12,10 @@ variable follows its chain to a digit: ``q -> a -> c -> 5`` is 3 hops. Questions
 - ``count``: "In sections 3 to 12, how many times does q equal 5?" (a batch over
   sections; every section in the range defines q)
 
+``phrasing``, ``case`` and ``facts`` (statements, or English fact sentences in training or
+held-out templates: ``Section 17: q equals a. Set c to 5. ...``) are described in
+:mod:`loopagent.evals.phrasings`.
+
 Small models read a statement as one token (see the embedded model's tokenizer),
 so these sections are the child's native input: ``"q=a; c=5; ... ?q"``.
 """
@@ -25,6 +29,7 @@ from typing import Any
 from loopagent.errors import ConfigError
 
 from .base import Item, ItemSlot, Task, register
+from .phrasings import FACT_STYLES, phrase, phrasings, recase, render_facts
 
 NAMES = string.ascii_lowercase
 DIGITS = string.digits
@@ -96,13 +101,19 @@ class ChainsTask(Task):
     name = "chains"
     description = "In section N, what is the value of v? (chains of `hops` links; exact match)"
 
-    def __init__(self, hops: int | str = 4, statements: int = 8, kind: str = "value", count_span: int = 10) -> None:
+    def __init__(self, hops: int | str = 4, statements: int = 8, kind: str = "value", count_span: int = 10,
+                 phrasing: str = "canonical", case: str = "keep", facts: str = "statements") -> None:
         self.hops = [int(h) for h in str(hops).split(",")] if isinstance(hops, str) else [int(hops)]
         self.statements = int(statements)
         if kind not in ("value", "count"):
             raise ConfigError(f"kind must be 'value' or 'count', got {kind!r}")
         self.kind = kind
         self.count_span = int(count_span)
+        phrasings(kind, phrasing)  # a bad split or case fails here, not at the first item
+        recase(random.Random(0), "", case)
+        if facts not in FACT_STYLES:
+            raise ConfigError(f"facts must be one of {', '.join(FACT_STYLES)}, got {facts!r}")
+        self.phrasing, self.case, self.facts = phrasing, case, facts
 
     def item_rng(self, slot: ItemSlot) -> random.Random:
         # this task's own seed format, older than ItemSlot's: the same seeds keep their items
@@ -116,7 +127,8 @@ class ChainsTask(Task):
         size = 0
         number = 0
         var = rng.choice(NAMES)
-        approx = len(format_section(999, ["a=b"] * self.statements)) + 1
+        # a typical line's length, from a fixed draw: the item's own random stream stays untouched
+        approx = len(f"Section 999: {render_facts(random.Random(0), ['a=b'] * self.statements, self.facts)}") + 1
         total = max(1, length_chars // approx)
         if self.kind == "value":
             target_section = rng.randint(1, total)
@@ -132,20 +144,22 @@ class ChainsTask(Task):
                 values[number] = value
             else:
                 statements, _, _ = make_section(rng, self.statements, rng.randint(1, 3))
-            line = format_section(number, statements)
+            line = f"Section {number}: {render_facts(rng, statements, self.facts)}"
             sections.append(line)
             size += len(line) + 1
             if number >= total and size >= length_chars:
                 break
         context = "\n".join(sections)
-        meta: dict[str, Any] = {"hops": hops, "sections": number, "variable": var}
+        meta: dict[str, Any] = {"hops": hops, "sections": number, "variable": var, "phrasing": self.phrasing,
+                                "case": self.case, "facts": self.facts}
         if self.kind == "value":
-            question = f"In section {target_section}, what is the value of {var}?"
+            question = phrase(rng, "value", self.phrasing, self.case, section=target_section, var=var)
             answer: Any = values[target_section]  # type: ignore[index]
             meta["section"] = target_section
         else:
             digit = rng.choice(DIGITS)
-            question = f"In sections {span.start} to {span.stop - 1}, how many times does {var} equal {digit}?"
+            question = phrase(rng, "count", self.phrasing, self.case, first=span.start, last=span.stop - 1, var=var,
+                              digit=digit)
             answer = str(sum(1 for s in span if values.get(s) == digit))
             meta.update(first=span.start, last=span.stop - 1, digit=digit)
         return slot.item(question=question, context=context, answer=answer, answer_type="exact", meta=meta,

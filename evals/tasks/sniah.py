@@ -3,6 +3,11 @@
 One sentence "The special magic number for <key> is <7-digit number>." sits at a seeded depth
 in prose filler; the question asks for the number. ``distractors=k`` adds ``k`` needles for
 other keys (RULER's multi-key variant), so finding *a* magic number is not enough.
+
+Off the training distribution of the embedded root (see :mod:`loopagent.evals.phrasings`):
+``keys="words"`` (the default; a vocabulary no training key uses) or ``"chars"`` (random
+letters and digits), ``phrasing="canonical"`` (RULER's question), ``"train"`` or
+``"heldout"``, and ``case="keep"`` or ``"mixed"``.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import random
 import re
 
+from loopagent.errors import ConfigError
 from loopagent.evals.base import Item, ItemSlot, Task, register
+from loopagent.evals.phrasings import KEY_STYLES, char_key, phrase, phrasings, recase
 from loopagent.evals.scorers import exact_match
 from loopagent.evals.tasks._common import scatter, task_filler
 from loopagent.validation import check_int
@@ -26,8 +33,11 @@ _KEY_NOUNS = [
     "saffron", "tundra", "violet", "walnut", "anchor", "bramble", "cinder", "dune", "fjord", "grove",
 ]
 
+#: Every word a ``keys="words"`` key is made of: the embedded root never trained on one.
+KEY_VOCABULARY = frozenset(_KEY_ADJECTIVES + _KEY_NOUNS)
+
 NEEDLE = "The special magic number for {key} is {value}."
-QUESTION = "What is the special magic number for {key} mentioned in the provided text? Answer with the number only."
+QUESTION = phrasings("needle", "canonical")[0]
 _SEVEN_DIGITS = re.compile(r"(?<!\d)\d{7}(?!\d)")
 
 
@@ -43,13 +53,20 @@ class SNIAH(Task):
     name = "sniah"
     description = "RULER single needle: a 7-digit 'special magic number' for a key, hidden at a seeded depth in prose"
 
-    def __init__(self, distractors: int = 0) -> None:
+    def __init__(self, distractors: int = 0, keys: str = "words", phrasing: str = "canonical",
+                 case: str = "keep") -> None:
         self.distractors = check_int(distractors, "distractors", minimum=0)
+        if keys not in KEY_STYLES:
+            raise ConfigError(f"keys must be one of {', '.join(KEY_STYLES)}, got {keys!r}")
+        phrasings("needle", phrasing)  # a bad split fails here, not at the first item
+        recase(random.Random(0), "", case)
+        self.keys, self.phrasing, self.case = keys, phrasing, case
 
     def make_item(self, rng: random.Random, slot: ItemSlot) -> Item:
+        make_key = needle_key if self.keys == "words" else char_key
         keys = set()
         while len(keys) < 1 + self.distractors:
-            keys.add(needle_key(rng))
+            keys.add(make_key(rng))
         keys = sorted(keys)
         rng.shuffle(keys)
         values: list[str] = []
@@ -64,12 +81,12 @@ class SNIAH(Task):
         units, _ = scatter(rng, units, needles, positions)
         context = "".join(units)
         return slot.item(
-            question=QUESTION.format(key=keys[0]),
+            question=phrase(rng, "needle", self.phrasing, self.case, key=keys[0]),
             context=context,
             answer=values[0],
             answer_type="exact",
             meta={"key": keys[0], "depth": round(depth, 4), "needle_offset": context.index(needles[0]),
-                  "distractors": self.distractors},
+                  "distractors": self.distractors, "keys": self.keys, "phrasing": self.phrasing, "case": self.case},
         )
 
     def score(self, item: Item, prediction: str | None) -> float:

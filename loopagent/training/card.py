@@ -12,6 +12,8 @@ from typing import Any
 
 from loopagent.backends.embedded import WEIGHTS
 
+from .quality import FAMILY_RUNS, FOREIGN_TASKS
+
 
 def _run_summary(run: Path) -> dict[str, Any]:
     config = json.loads((run / "train_config.json").read_text())
@@ -55,6 +57,10 @@ def _loop_summary(hops: dict[str, dict[str, float]], loops: list[int], trained: 
     return out
 
 
+def _accuracy(by_config: dict[str, float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in by_config.values())
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
 
@@ -77,8 +83,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
     for h, row in sorted(hops.items(), key=lambda kv: int(kv[0][4:])):
         table.append(f"| {h[4:]} | " + " | ".join(f"{row[f'L{n}']:.2f}" for n in loops) + " |")
     chains = quality.get("chains_4hop_200k", {})
-    needle = quality.get("needle_1m", {})
-    programs = quality.get("root_programs", {})
+    cells, foreign = quality.get("root_cells", {}), quality.get("root_cells_foreign", {})
     lines = [
         "# loopagent embedded models",
         "",
@@ -124,10 +129,14 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "  (`q=a; a=c; c=5 ?q`: `a` after 1 loop, `c` after 2, `5` from 3 on), for every `k` up to",
         f"  {child['config']['loops_max']}, so each loop of the core resolves one hop.",
         "- root: questions of three families (needle in a document, a section's variable, counting a value",
-        "  over a range of sections; section numbers of 1-5 digits), the REPL program for each, the REPL",
-        "  output, and `FINAL('...')` (a child reply that is a variable name is passed on as is).",
+        "  over a range of sections; section numbers of 1-5 digits) in the training phrasings of",
+        "  `loopagent.evals.phrasings` (8-14 per family), lower-, upper-, title- or unchanged case, and",
+        "  questions of none of them; the REPL program for each (for the last: a look at the context), the",
+        "  REPL output, and `FINAL('...')` (a child reply that is a variable name is passed on as is).",
+        "  Needle keys are random characters or made-up words, never a word of the `sniah` task's key",
+        "  vocabulary; held-out phrasings and that vocabulary are kept for the evaluation below.",
         "",
-        "## Held-out quality (seed 10000; `python -m loopagent.training.quality`)",
+        "## Quality (seed 10000; `python -m loopagent.training.quality`)",
         "",
         "Child alone, first-turn accuracy on held-out sections by chain length and loop budget:",
         "",
@@ -135,20 +144,28 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         *_loop_summary(hops, loops, child["config"]["loops_max"]),
         "",
-        (f"- Single needle in a 1M-character document, root and child embedded (evals runner, `sniah`): "
-         f"{json.dumps(needle)}"),
+        "Root and child embedded, through the evals runner, training distribution and held-out apart:",
+        "",
+        "| run | distribution | accuracy |",
+        "|---|---|---|",
+        *(f"| `{key}` | {distribution} | {_accuracy(quality[key])} |"
+          for key, _, _, _, distribution in FAMILY_RUNS if key in quality),
+        "",
         (f"- 4-hop questions over a 200K-character document by child loops (evals runner, `chains`): "
          f"{json.dumps(chains)}"),
-        (f"- Root programs that ran without error: {programs.get('ok_rate', 0):.0%} of {programs.get('cells', 0)} "
-         "REPL cells."),
+        (f"- Root REPL cells over all runs above: {cells.get('ok_rate', 0):.0%} of {cells.get('cells', 0)} ran "
+         f"without error, {cells.get('syntax_error_rate', 0):.1%} had a syntax error."),
+        (f"- On questions of tasks it never trained on ({', '.join(FOREIGN_TASKS)}): "
+         f"{foreign.get('cells', 0)} cells, {foreign.get('syntax_error_rate', 0):.1%} with a syntax error."),
         "",
         "## What it can and cannot do",
         "",
-        "- It handles the three trained question families exactly as phrased by the generators",
-        "  (`What is the special magic number for KEY?`, `In section N, what is the value of v?`,",
-        "  `In sections A to B, how many times does v equal d?`) over documents in those formats.",
-        "- Anything else gets a well-formed run that ends with some answer or a limit reason; the answer is",
-        "  not meaningful. It does not read free text, follow instructions or know any facts.",
+        "- It handles the three trained question families (`What is the special magic number for KEY?`,",
+        "  `In section N, what is the value of v?`, `In sections A to B, how many times does v equal d?`) in",
+        "  the phrasings above and rewordings near them, with keys of any letters and digits, over documents",
+        "  in those formats; the table above shows how much holds off the training phrasings.",
+        "- Any other question gets a look at the context (`print(context[:100])`) and `FINAL('not found')`.",
+        "  It does not read free text, follow instructions or know any facts.",
         "- The child needs at least as many loops as its chain has hops. With fewer it answers the",
         "  variable the chain has reached (`a`, `c`), which is wrong as an answer; a chain of `h` hops is",
         "  exact from `h` loops on. It was trained on 1-8 loops and chains of up to 6 hops; the table",

@@ -15,7 +15,6 @@ output, answer with ``FINAL('...')``. The programs are the ones
 from __future__ import annotations
 
 import random
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +22,8 @@ from typing import Any
 
 from loopagent import prompts
 from loopagent.evals.chains import DIGITS, NAMES, make_section, pointer_steps
-from loopagent.evals.tasks.sniah import NEEDLE, needle_key  # noqa: F401 - NEEDLE: the sentence the root finds
+from loopagent.evals.phrasings import char_key, made_up_key, phrase, recase, render_facts
+from loopagent.evals.tasks.sniah import KEY_VOCABULARY, NEEDLE  # noqa: F401 - NEEDLE: the sentence the root finds
 
 IGNORE = -100
 
@@ -46,18 +46,6 @@ ROOT_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# The short form, and the RULER-style form of the sniah eval task.
-NEEDLE_QUESTIONS = (
-    "What is the special magic number for {key}?",
-    "What is the special magic number for {key} mentioned in the provided text? Answer with the number only.",
-)
-VALUE_QUESTION = "In section {section}, what is the value of {var}?"
-COUNT_QUESTION = "In sections {first} to {last}, how many times does {var} equal {digit}?"
-_KEY_WORDS = ("amber", "basil", "cobalt", "delta", "ember", "fjord", "granite", "harbor", "indigo", "juniper",
-              "kestrel", "lumen", "maple", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra",
-              "umber", "velvet", "willow", "xenon", "yarrow", "zephyr")
-
-
 @dataclass
 class Example:
     """Token ids and next-token labels (``labels[i]`` is predicted at ``i - 1``).
@@ -73,9 +61,19 @@ class Example:
 # -- child ----------------------------------------------------------------------------------------
 
 
-def child_prompt(statements: Sequence[str], var: str) -> str:
-    """What the root's program sends: a section's statements and a query."""
-    return "; ".join(statements) + f" ?{var}"
+def child_prompt(statements: Sequence[str], var: str, facts: str = "statements",
+                 rng: random.Random | None = None) -> str:
+    """What the root's program sends: a section as the document writes it (``facts``, see
+    :func:`~loopagent.evals.phrasings.render_facts`) and a query."""
+    return render_facts(rng or random.Random(0), list(statements), facts) + f" ?{var}"
+
+
+def _section_pieces(rng: random.Random, stmts: Sequence[str], facts: str) -> list[str]:
+    """A section as the document writes it, in pieces that tokenize apart: statements
+    (``"q=a"``, ``"; c=5"``) or sentences (``"q equals a."``, ``" Set c to 5."``)."""
+    if facts == "statements":
+        return [("; " if i else "") + s for i, s in enumerate(stmts)]
+    return [(" " if i else "") + render_facts(rng, [s], facts) for i, s in enumerate(stmts)]
 
 
 def child_example(
@@ -86,6 +84,7 @@ def child_example(
     hops: Sequence[int] = (1, 2, 3, 4),
     depths: int = 8,
     queries: int = 4,
+    facts: str = "statements",
 ) -> Example:
     """One section, then ``queries`` variables asked (the chain's head first).
 
@@ -97,6 +96,8 @@ def child_example(
     where the chain stands after ``k`` lookups (:func:`pointer_steps`), so row ``k - 1``
     of ``depth_labels`` is ``a``, ``c``, ``5``, ``5``... at ``?q``. The last query is
     followed by a one-token reply and the end token, as a generated reply would be.
+    ``facts="sentences"`` writes the statements as English fact sentences
+    (``q equals a. Set c to 5. ...``, :func:`~loopagent.evals.phrasings.render_facts`).
     """
     n = rng.choice(list(statements))
     stmts, head, _ = make_section(rng, n, rng.choice([h for h in hops if h <= n]))
@@ -106,8 +107,8 @@ def child_example(
     piece = _child_pieces(tok)
 
     ids: list[int] = []
-    for i, statement in enumerate(stmts):
-        ids += piece(("; " if i else "") + statement)
+    for text in _section_pieces(rng, stmts, facts):
+        ids += piece(text)
     rows = [[IGNORE] * len(ids) for _ in range(depths)]
     for var in asked:
         ids += piece(f" ?{var}")
@@ -139,60 +140,136 @@ def _child_pieces(tok: Any) -> Any:
 
 # -- root ---------------------------------------------------------------------------------------------
 
+#: The root's question families and how often each is drawn in training.
+FAMILIES = {"needle": 0.35, "value": 0.25, "count": 0.25, "other": 0.15}
+#: What the root's training program for a question outside its families prints.
+LOOK_CHARS = 100
 
-def root_program(question: str) -> str | None:
-    """The REPL program the root writes for a question of a trained family (None otherwise)."""
-    import re
 
-    if m := re.fullmatch(r"What is the special magic number for (\S+?)"
-                         r"(\?| mentioned in the provided text\? Answer with the number only\.)", question):
-        return f"import re\nh = re.findall(r'magic number for {m[1]} is (\\d+)', context)\nprint(h)"
+@dataclass(frozen=True)
+class RootQuestion:
+    """A question the root is trained on: its family, the fields its program copies, what the
+    program prints, and the final answer."""
+
+    question: str
+    family: str
+    fields: dict[str, Any]
+    output: str
+    answer: str
+
+    @property
+    def program(self) -> str:
+        return root_program(self.family, **self.fields)
+
+
+def root_program(family: str, **fields: Any) -> str:
+    """The REPL program the root writes for a question of ``family``.
+
+    A needle's key is matched without regard to case (the question may be upper-cased) and
+    escaped (a key may hold any character); a question outside the families gets a look at
+    the context, a valid program rather than a guess.
+
+    Example::
+
+        root_program("value", section=12, var="q")
+    """
+    if family == "needle":
+        return ("import re\nh = re.findall(r'magic number for ' + re.escape('" + fields["key"]
+                + "') + r' is (\\d+)', context, re.I)\nprint(h)")
     head = "import re\ns = dict(re.findall(r'Section (\\d+): (.*)', context))\n"
-    if m := re.fullmatch(r"In section (\d+), what is the value of ([a-z])\?", question):
-        return head + f"print(llm_query(s['{m[1]}'] + ' ?{m[2]}'))"
-    if m := re.fullmatch(r"In sections (\d+) to (\d+), how many times does ([a-z]) equal (\d)\?", question):
-        return head + (f"v = llm_batch([s[str(i)] + ' ?{m[3]}' for i in range({m[1]}, {m[2]} + 1)])\n"
-                       f"print(sum(x.strip() == '{m[4]}' for x in v))")
-    return None
+    if family == "value":
+        return head + f"print(llm_query(s['{fields['section']}'] + ' ?{fields['var']}'))"
+    if family == "count":
+        return head + (f"v = llm_batch([s[str(i)] + ' ?{fields['var']}' for i in range({fields['first']}, "
+                       f"{fields['last']} + 1)])\nprint(sum(x.strip() == '{fields['digit']}' for x in v))")
+    if family == "other":
+        return f"print(len(context))\nprint(context[:{LOOK_CHARS}])"
+    raise ValueError(f"unknown family {family!r}")
 
 
-def root_turns(question: str, output: str, answer: str) -> list[dict[str, str]]:
+def root_turns(q: RootQuestion) -> list[dict[str, str]]:
     """A whole root conversation: program, REPL output, final answer."""
-    program = root_program(question)
-    assert program is not None, question
     return [
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": f"```repl\n{program}\n```"},
-        {"role": "user", "content": prompts.repl_feedback([output])},
-        {"role": "assistant", "content": f"FINAL('{answer}')"},
+        {"role": "user", "content": q.question},
+        {"role": "assistant", "content": f"```repl\n{q.program}\n```"},
+        {"role": "user", "content": prompts.repl_feedback([q.output])},
+        {"role": "assistant", "content": f"FINAL('{q.answer}')"},
     ]
 
 
-def _needle_key(rng: random.Random) -> str:
-    """Keys in the styles of the demo ("amber-qxz") and of the sniah task ("calm-river-123")."""
-    if rng.random() < 0.5:
-        return rng.choice(_KEY_WORDS) + "-" + "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6)))
-    return needle_key(rng)
+def training_key(rng: random.Random) -> str:
+    """A needle key for training: random characters or made-up words, never a word of the
+    ``sniah`` task's key vocabulary (those stay held out)."""
+    while True:
+        key = char_key(rng) if rng.random() < 0.5 else made_up_key(rng)
+        if not any(part.lower() in KEY_VOCABULARY for part in key.split("-")):
+            return key
 
 
-def random_root_question(rng: random.Random) -> tuple[str, str, str]:
-    """(question, REPL output the program prints, final answer) for a random family."""
-    family = rng.choice(("needle", "value", "count"))
+def random_root_question(rng: random.Random, split: str = "train", case: str = "mixed",
+                         families: Sequence[str] | None = None) -> RootQuestion:
+    """A random question of one family in a phrasing from ``split``, with what its program
+    prints and the answer. Keys are :func:`training_key` s; ``split="heldout"`` keeps the
+    training keys (the eval tasks hold out key vocabularies themselves)."""
+    family = rng.choice(list(families)) if families else rng.choices(list(FAMILIES), list(FAMILIES.values()))[0]
     if family == "needle":
-        key = _needle_key(rng)
+        key = training_key(rng)
         value = str(rng.randint(1_000_000, 9_999_999))
         found = [value] if rng.random() < 0.95 else []
-        return rng.choice(NEEDLE_QUESTIONS).format(key=key), f"{found!r}\n", value if found else "not found"
+        question = phrase(rng, "needle", split, case, key=key)
+        # the question may be recased: the program copies the key as the question spells it
+        spelled = question[question.lower().index(key.lower()):][: len(key)]
+        return RootQuestion(question, family, {"key": spelled}, f"{found!r}\n", value if found else "not found")
     if family == "value":
         # a child given too few loops replies with a variable name: the root passes it on as is
         value = rng.choice(DIGITS) if rng.random() < 0.8 else rng.choice(NAMES)
-        question = VALUE_QUESTION.format(section=_section_number(rng), var=rng.choice(NAMES))
-        return question, f"{value}\n", value
-    first = _section_number(rng)
-    last = first + rng.randint(1, 19)
-    count = str(rng.randint(0, min(9, last - first + 1)))
-    question = COUNT_QUESTION.format(first=first, last=last, var=rng.choice(NAMES), digit=rng.choice(DIGITS))
-    return question, f"{count}\n", count
+        section, var = _section_number(rng), rng.choice(NAMES)
+        question = phrase(rng, "value", split, case, section=section, var=var)
+        return RootQuestion(question, family, {"section": section, "var": var}, f"{value}\n", value)
+    if family == "count":
+        first = _section_number(rng)
+        last = first + rng.randint(1, 19)
+        count = str(rng.randint(0, min(9, last - first + 1)))
+        fields = {"first": first, "last": last, "var": rng.choice(NAMES), "digit": rng.choice(DIGITS)}
+        return RootQuestion(phrase(rng, "count", split, case, **fields), family, fields, f"{count}\n", count)
+    question = recase(rng, _other_question(rng), case)
+    look = _look(rng)
+    return RootQuestion(question, family, {}, f"{len(look) * rng.randint(50, 5000)}\n{look[:LOOK_CHARS]}\n",
+                        "not found")
+
+
+_WH = ("Who", "What", "Which", "Where", "When", "Why", "How")
+_NOUNS = ("letter", "author", "company", "river", "report", "city", "function", "meeting", "list", "user",
+          "file", "character", "price", "date", "team", "book", "error", "message", "village", "answer")
+_VERBS = ("wrote", "signed", "mentioned", "sent", "called", "lost", "visited", "changed", "returned", "built")
+_BASE_VERBS = ("write", "sign", "mention", "send", "call", "lose", "visit", "change", "return", "build")
+
+
+def _other_question(rng: random.Random) -> str:
+    """A question of none of the root's families (free text, other benchmarks' styles)."""
+    noun, other = rng.sample(_NOUNS, 2)
+    form = rng.randrange(6)
+    if form == 0:
+        return f"{rng.choice(_WH)} {rng.choice(_VERBS)} the {noun}?"
+    if form == 1:
+        return f"What is the {noun} of the {other}?"
+    if form == 2:
+        return f"How many {noun}s are in the {other}?"
+    if form == 3:
+        return f"Summarize the {noun}."
+    if form == 4:
+        return f"Which {noun} {rng.choice(_VERBS)} the {other} first? Give its name."
+    return f"{rng.choice(_WH)} did the {noun} {rng.choice(_BASE_VERBS)} the {other}?"
+
+
+def _look(rng: random.Random) -> str:
+    """The head of some context: prose, sections or code."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return " ".join(f"The {rng.choice(_NOUNS)} {rng.choice(_VERBS)} the {rng.choice(_NOUNS)}." for _ in range(12))
+    if kind == 1:
+        return "\n".join(f"Section {i}: " + "; ".join(make_section(rng, 6, 2)[0]) for i in range(1, 9))
+    return "\n".join(f"def {rng.choice(_NOUNS)}_{i}(x):\n    return x + {i}" for i in range(10))
 
 
 def _section_number(rng: random.Random) -> int:
@@ -203,8 +280,7 @@ def _section_number(rng: random.Random) -> int:
 
 def root_example(tok: Any, rng: random.Random) -> Example:
     """One root conversation, labels on the assistant turns only."""
-    question, output, answer = random_root_question(rng)
-    messages = root_turns(question, output, answer)
+    messages = root_turns(random_root_question(rng))
     ids: list[int] = []
     labels: list[int] = []
     user, asst, eos = (tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|eos|>"))

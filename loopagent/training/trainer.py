@@ -49,7 +49,6 @@ from .data import (
     collate,
     random_root_question,
     root_example,
-    root_program,
 )
 
 Role = Literal["child", "root"]
@@ -83,6 +82,8 @@ class TrainConfig(BaseModel):
     statements: list[int] = Field(default_factory=lambda: [8])
     train_hops: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
     queries: int = Field(4, gt=0)
+    #: child: share of sections written as English fact sentences (training templates)
+    fact_sentences: float = Field(0.0, ge=0.0, le=1.0)
     checkpoint_every: int = Field(100, gt=0)
     eval_every: int = Field(250, gt=0)
     eval_items: int = Field(256, gt=0)
@@ -99,9 +100,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                   intermediate_size=512, injection="concat", objective="stepwise", default_loops=8, max_loops=16,
                   loops_min=1, loops_max=8, statements=[5, 6, 7, 8, 9, 10], train_hops=[1, 2, 3, 4, 5, 6], queries=4,
                   eval_every=500, checkpoint_every=250),
-    "root": dict(role="root", steps=3000, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
+    # the child that also reads English fact sentences (bytes: a section is ~5x longer); a GPU run
+    "child-facts": dict(role="child", steps=3000, batch_size=512, lr=2e-3, warmup=200, hidden_size=128,
+                        intermediate_size=512, num_prelude_layers=2, injection="concat", objective="stepwise",
+                        default_loops=8, max_loops=16, loops_min=1, loops_max=8, statements=[5, 6, 7, 8, 9, 10],
+                        train_hops=[1, 2, 3, 4, 5, 6], queries=4, fact_sentences=0.5, eval_every=500,
+                        checkpoint_every=250),
+    "root": dict(role="root", steps=4000, batch_size=32, lr=2e-3, hidden_size=96, intermediate_size=256,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
-                 eval_every=400),
+                 eval_every=500),
     # a few seconds on a laptop: for tests and smoke runs
     "tiny-child": dict(role="child", steps=12, batch_size=8, hidden_size=32, intermediate_size=64, loops_max=4,
                        objective="stepwise", checkpoint_every=4, eval_every=12, eval_items=16),
@@ -225,7 +232,10 @@ def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train")
         # "final": every label is the fully resolved value (the chain after its last hop)
         depths = config.loops_max if config.objective == "stepwise" else max(config.train_hops)
         examples = [child_example(tok, rng, statements=config.statements, hops=config.train_hops, depths=depths,
-                                  queries=config.queries) for _ in range(config.batch_size)]
+                                  queries=config.queries,
+                                  facts="sentences" if config.fact_sentences and rng.random() < config.fact_sentences
+                                  else "statements")
+                    for _ in range(config.batch_size)]
         if config.objective == "final":
             for e in examples:
                 e.depth_labels = None
@@ -238,8 +248,9 @@ def make_batch(config: TrainConfig, tok: Any, step: int, *, salt: str = "train")
 
 
 def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[int], hops: list[int],
-                   statements: int = 8) -> dict[str, dict[str, float]]:
-    """First-turn answer accuracy by loops and hops on held-out sections."""
+                   statements: int = 8, facts: str = "statements") -> dict[str, dict[str, float]]:
+    """First-turn answer accuracy by loops and hops on held-out sections, written as
+    ``facts`` (statements, or fact sentences in training or held-out templates)."""
     model.eval()
     out: dict[str, dict[str, float]] = {}
     with torch.no_grad():
@@ -248,7 +259,7 @@ def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[i
             prompts, answers = [], []
             for _ in range(items):
                 stmts, head, value = make_section(rng, statements, h)
-                text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head)}],
+                text = tok.apply_chat_template([{"role": "user", "content": child_prompt(stmts, head, facts, rng)}],
                                                add_generation_prompt=True, tokenize=False)
                 prompts.append(text)
                 answers.append(tok.convert_tokens_to_ids(value))
@@ -262,20 +273,29 @@ def evaluate_child(model: Any, tok: Any, *, items: int, seed: int, loops: list[i
 
 
 def evaluate_root(model: Any, tok: Any, *, items: int, seed: int, loops: int) -> dict[str, float]:
-    """Share of held-out questions whose generated first turn is exactly the right program."""
+    """Share of unseen questions whose generated first turn is exactly the right program: in
+    training phrasings (``program_exact``) and in held-out ones (``program_exact_heldout``)."""
     model.eval()
-    rng = random.Random(f"eval-root/{seed}")
-    questions = [random_root_question(rng)[0] for _ in range(items)]
+    out = {}
+    for split, name in (("train", "program_exact"), ("heldout", "program_exact_heldout")):
+        rng = random.Random(f"eval-root/{seed}/{split}")
+        questions = [random_root_question(rng, split) for _ in range(items)]
+        replies = generate_replies(model, tok, [q.question for q in questions], loops=loops)
+        out[name] = sum(r.strip() == f"```repl\n{q.program}\n```" for q, r in zip(questions, replies)) / items
+    model.train()
+    return out
+
+
+def generate_replies(model: Any, tok: Any, questions: list[str], *, loops: int, max_new_tokens: int = 220) -> list[str]:
+    """The root's greedy first turn for each question."""
     texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
              for q in questions]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
-        out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], loops=loops, max_new_tokens=220,
-                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model.train()
-    replies = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    exact = sum(r.strip() == f"```repl\n{root_program(q)}\n```" for q, r in zip(questions, replies))
-    return {"program_exact": exact / len(questions)}
+        out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], loops=loops,
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 # -- the loop ---------------------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def test_every_generator_checks_the_request(name):
 # --- independent checkers ------------------------------------------------------------------------
 
 def check_sniah(it: Item) -> None:
-    key = re.search(r"magic number for (\S+) mentioned", it.question).group(1)
+    key = it.meta["key"]
+    assert key.lower() in it.question.lower()
     found = re.findall(r"The special magic number for (\S+) is (\d{7})\.", it.context)
     values = [v for k, v in found if k == key]
     assert values == [it.answer]
@@ -302,6 +303,7 @@ def test_gold_answer_is_derivable_from_the_context(name, length):
     "name, options",
     [
         ("sniah", {"distractors": 4}),
+        ("sniah", {"distractors": 2, "keys": "chars", "phrasing": "heldout", "case": "mixed"}),
         ("oolong", {"with_labels": True}),
         ("oolong_pairs", {"with_labels": True}),
         ("multihop", {"hops": 1, "distractors": 0}),
@@ -313,6 +315,52 @@ def test_options_keep_answers_derivable(name, options):
         CHECKERS[name](it)
         if name == "multihop":
             assert it.meta["hops"] == options["hops"]
+
+
+def test_held_out_variants_of_the_embedded_root_families():
+    """keys, phrasing and case change the question, never the answer's derivation."""
+    from loopagent.evals.phrasings import phrasings
+
+    canonical = get_task("sniah").generate(4, 5_000, seed=0)
+    assert all(it.question == phrasings("needle", "canonical")[0].format(key=it.meta["key"]) for it in canonical)
+    chars = get_task("sniah", keys="chars", phrasing="heldout", case="mixed").generate(40, 5_000, seed=0)
+    assert all(re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", it.meta["key"]) for it in chars)
+    templates = [re.escape(t).replace(r"\{key\}", "(.+)") for t in phrasings("needle", "heldout")]
+    assert all(any(re.fullmatch(t, it.question, re.I) for t in templates) for it in chars)
+    assert {it.question.isupper() for it in chars} == {True, False}
+    for kind in ("value", "count"):
+        items = get_task("chains", kind=kind, hops=2, phrasing="heldout", case="mixed").generate(12, 5_000, seed=1)
+        plain = get_task("chains", kind=kind, hops=2).generate(12, 5_000, seed=1)
+        assert [it.answer for it in items] == [it.answer for it in plain]  # the same documents and answers
+        assert all(it.context == p.context for it, p in zip(items, plain))
+        assert len({it.question.lower() for it in items}) == 12
+        assert all(it.meta["variable"] in it.question.lower() for it in items)
+    for options in ({"keys": "emoji"}, {"phrasing": "other"}, {"case": "random"}):
+        with pytest.raises(ConfigError, match=next(iter(options))):
+            get_task("sniah", **options)
+    with pytest.raises(ConfigError, match="phrasing"):
+        get_task("chains", phrasing="held-out")
+
+
+@pytest.mark.parametrize("facts", ["sentences", "heldout_sentences"])
+def test_fact_sentences_state_the_same_chains(facts):
+    """Sentences in any template read back to the statements, and the answer resolves from them."""
+    from loopagent.evals.chains import resolve
+    from loopagent.evals.phrasings import fact_templates
+
+    split = "train" if facts == "sentences" else "heldout"
+    readers = [re.compile(re.escape(t).replace(r"\{a\}", "(?P<a>[a-z])").replace(r"\{b\}", "(?P<b>[a-z0-9])"))
+               for t in fact_templates(split)]
+    for it in get_task("chains", facts=facts, hops=3).generate(4, 20_000, seed=4):
+        line = it.context.split("\n")[it.meta["section"] - 1]
+        body = line.split(": ", 1)[1]
+        sentences = re.split(r"(?<=\.) ", body)
+        statements = []
+        for sentence in sentences:
+            m = next(r.fullmatch(sentence) for r in readers if r.fullmatch(sentence))
+            statements.append(f"{m['a']}={m['b']}")
+        assert resolve(statements, it.meta["variable"]) == (it.answer, 3)
+        assert 15_000 < len(it.context) < 25_000
 
 
 def test_every_question_kind_appears():

@@ -18,7 +18,9 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
     train(preset("tiny-child", steps=2), tmp_path / "child", progress=False)
     quality = {
         "child_alone": {f"hops{h}": {f"L{n}": float(n >= h) for n in (1, 4, 12)} for h in (1, 4)},
-        "needle_1m": {"rlm": 1.0}, "chains_4hop_200k": {"rlm": 1.0}, "root_programs": {"cells": 10, "ok_rate": 0.9},
+        "needle_1m": {"rlm": 1.0}, "value_heldout_phrasings": {"rlm": 0.85}, "chains_4hop_200k": {"rlm": 1.0},
+        "root_cells": {"cells": 10, "ok_rate": 0.9, "syntax_error_rate": 0.1},
+        "root_cells_foreign": {"cells": 4, "ok_rate": 1.0, "syntax_error_rate": 0.0},
     }
     card = render(tmp_path / "root", tmp_path / "child", quality)
     names = [json.loads((tmp_path / r / "train_runs.jsonl").read_text())["device_name"] for r in ("root", "child")]
@@ -26,4 +28,9 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
     assert "latent-step supervision at every depth 1-4" in card  # tiny-child trains loops 1-4
     assert "| 4 | 0.00 | 1.00 | 1.00 |" in card
     assert "lowest accuracy over all chain lengths is 1.00 at 12 loops" in card
-    assert "90% of 10 REPL cells" in card
+    assert "90% of 10 ran without error, 10.0% had a syntax error" in card
+    # training distribution and held-out apart, each run with what it holds out
+    assert "| `needle_1m` | held-out key vocabulary, RULER's question | 1.00 |" in card
+    assert "| `value_heldout_phrasings` | held-out phrasings, mixed case (child 8 loops) | 0.85 |" in card
+    assert "needle_1m_training_style" not in card  # not measured: no row
+    assert "4 cells, 0.0% with a syntax error" in card

@@ -11,15 +11,19 @@ pytest.importorskip("torch")
 
 from loopagent.environments import SandboxREPL  # noqa: E402
 from loopagent.evals.chains import NAMES, ChainsTask, make_section, pointer_steps, resolve  # noqa: E402
+from loopagent.evals.phrasings import phrasings  # noqa: E402
+from loopagent.evals.tasks.sniah import KEY_VOCABULARY  # noqa: E402
 from loopagent.training.data import (  # noqa: E402
     IGNORE,
     NEEDLE,
+    RootQuestion,
     child_example,
     child_prompt,
     random_root_question,
     root_example,
     root_program,
     root_turns,
+    training_key,
 )
 from loopagent.training.trainer import make_tokenizer  # noqa: E402
 
@@ -38,12 +42,16 @@ def repl():
         yield r
 
 
-def test_needle_program_finds_the_needle(repl):
+@pytest.mark.parametrize("key, asked", [("amber-qx", "amber-qx"), ("Xq7.L+p", "Xq7.L+p"),
+                                        ("calm-river-123", "CALM-RIVER-123")])
+def test_needle_program_finds_the_needle(repl, key, asked):
+    """Any key, also one with regex characters, and asked in another case than the text spells it."""
     doc = ChainsTask().generate(1, 20_000, seed=3)[0].context
     lines = doc.split("\n")
-    lines.insert(len(lines) // 2, NEEDLE.format(key="amber-qx", value="4821937"))
+    lines.insert(len(lines) // 2, NEEDLE.format(key=key, value="4821937"))
+    lines.insert(len(lines) // 3, NEEDLE.format(key=key + "9", value="1111111"))  # a longer key is another key
     repl.load_context("\n".join(lines))
-    result = repl.execute(root_program("What is the special magic number for amber-qx?"))
+    result = repl.execute(root_program("needle", key=asked))
     assert result.error is None, result.error
     assert result.stdout == "['4821937']\n"
 
@@ -51,7 +59,7 @@ def test_needle_program_finds_the_needle(repl):
 def test_value_program_answers_from_the_right_section(repl):
     item = ChainsTask(hops=4).generate(1, 30_000, seed=5)[0]
     repl.load_context(item.context)
-    result = repl.execute(root_program(item.question))
+    result = repl.execute(root_program("value", section=item.meta["section"], var=item.meta["variable"]))
     assert result.error is None, result.error
     assert result.stdout.strip() == item.answer
 
@@ -59,21 +67,57 @@ def test_value_program_answers_from_the_right_section(repl):
 def test_count_program_batches_over_sections(repl):
     item = ChainsTask(kind="count", hops=3, count_span=12).generate(1, 30_000, seed=2)[0]
     repl.load_context(item.context)
-    result = repl.execute(root_program(item.question))
+    m = item.meta
+    result = repl.execute(root_program("count", first=m["first"], last=m["last"], var=m["variable"], digit=m["digit"]))
     assert result.error is None, result.error
     assert result.stdout.strip() == item.answer
+
+
+def test_other_questions_get_a_look_at_the_context(repl):
+    repl.load_context("Dear Bob, the meeting moved to Tuesday.")
+    result = repl.execute(root_program("other"))
+    assert result.error is None and result.stdout.startswith("39\nDear Bob")
+    with pytest.raises(ValueError, match="unknown family"):
+        root_program("poetry")
 
 
 def test_root_questions_name_sections_of_every_length():
     # a 1M-character document has about 19,000 sections: the root must copy 5-digit numbers too
     rng = random.Random(0)
-    numbers = [int(n) for q, _, _ in (random_root_question(rng) for _ in range(600))
-               for n in re.findall(r"sections? (\d+)", q)]
+    numbers = [int(n) for q in (random_root_question(rng) for _ in range(600))
+               for n in re.findall(r"sections? (\d+)", q.question, re.I)]
     assert {len(str(n)) for n in numbers} == {1, 2, 3, 4, 5}
 
 
-def test_questions_outside_the_families_get_no_program():
-    assert root_program("Who wrote the letter?") is None
+def test_training_keys_never_use_the_held_out_vocabulary():
+    rng = random.Random(0)
+    keys = [training_key(rng) for _ in range(3000)]
+    assert not {part.lower() for k in keys for part in k.split("-")} & KEY_VOCABULARY
+    assert len(set(keys)) > 2900  # random keys, not a list the model could memorize
+    assert any(k.isalnum() and not k.isalpha() for k in keys) and any("-" in k for k in keys)
+
+
+def test_training_questions_use_training_phrasings_only():
+    """Held-out phrasings stay held out: no training question is one of them, in any case."""
+    rng = random.Random(1)
+    held = [re.compile(re.escape(t).replace(r"\{key\}", ".+").replace(r"\{section\}", r"\d+")
+                       .replace(r"\{var\}", "[a-z]").replace(r"\{first\}", r"\d+").replace(r"\{last\}", r"\d+")
+                       .replace(r"\{digit\}", r"\d"), re.I)
+            for family in ("needle", "value", "count") for t in phrasings(family, "heldout")]
+    questions = [random_root_question(rng) for _ in range(2000)]
+    assert not [q.question for q in questions if any(h.fullmatch(q.question) for h in held)]
+    assert {q.family for q in questions} == {"needle", "value", "count", "other"}
+    cases = {"upper" if q.question.isupper() else "lower" if q.question.islower() else "other" for q in questions}
+    assert cases == {"upper", "lower", "other"}
+    held_rng = random.Random(1)
+    assert any(h.fullmatch(random_root_question(held_rng, "heldout", families=["value"]).question) for h in held)
+
+
+def test_recased_questions_copy_the_key_as_asked():
+    rng = random.Random(3)
+    for q in (random_root_question(rng, families=["needle"]) for _ in range(200)):
+        assert q.fields["key"] in q.question
+        assert re.search(r"magic number", q.question, re.I)
 
 
 def test_child_example_first_query_is_what_inference_sees():
@@ -118,13 +162,14 @@ def test_child_batches_carry_labels_for_every_depth():
 def test_root_example_matches_the_root_chat_template():
     tok = make_tokenizer("root")
     rng = random.Random(1)
-    question, output, answer = random_root_question(random.Random(1))
+    q = random_root_question(random.Random(1))
+    assert isinstance(q, RootQuestion)
     example = root_example(tok, rng)
-    rendered = tok.apply_chat_template(root_turns(question, output, answer), tokenize=False)
+    rendered = tok.apply_chat_template(root_turns(q), tokenize=False)
     assert example.input_ids == tok(rendered, add_special_tokens=False)["input_ids"]
     labelled = tok.decode([t for t in example.labels if t != IGNORE])
-    assert root_program(question) in labelled and f"FINAL('{answer}')" in labelled
-    assert question not in labelled  # the question is input, not a target
+    assert q.program in labelled and f"FINAL('{q.answer}')" in labelled
+    assert q.question not in labelled  # the question is input, not a target
 
 
 def test_child_prompt_format():

@@ -54,7 +54,7 @@ def test_batches_from_worker_processes_are_the_same_batches(tmp_path):
 @pytest.mark.slow
 def test_tiny_root_trains(tmp_path):
     result = train(preset("tiny-root"), tmp_path, progress=False)
-    assert "program_exact" in result.evaluation
+    assert {"program_exact", "program_exact_heldout"} <= set(result.evaluation)
     assert (tmp_path / "model" / "tokenizer.json").is_file()
 
 
@@ -62,3 +62,20 @@ def test_a_run_directory_with_another_configuration_is_refused(tmp_path):
     (tmp_path / "train_config.json").write_text(preset("tiny-child", seed=1).model_dump_json())
     with pytest.raises(ValueError, match="another configuration"):
         train(preset("tiny-child", seed=2), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_a_child_trains_on_fact_sentences_and_is_evaluated_on_held_out_templates(tmp_path):
+    from loopagent.training.trainer import evaluate_child, make_batch, make_tokenizer
+
+    config = preset("tiny-child", steps=4, fact_sentences=0.5)
+    tok = make_tokenizer("child")
+    texts = [tok.decode(row) for row in make_batch(config, tok, 0)["input_ids"]]
+    assert any(". " in t for t in texts) and any("; " in t for t in texts)  # both forms in one batch
+    assert not any(". " in tok.decode(row) for row in make_batch(preset("tiny-child"), tok, 0)["input_ids"])
+    result = train(config, tmp_path, progress=False)
+    served = model(f"hf:{tmp_path / 'model'}", loops=2, max_new_tokens=2)
+    acc = evaluate_child(served.model, served.tokenizer, items=8, seed=1, loops=[1, 2], hops=[1, 2],
+                         facts="heldout_sentences")
+    assert set(acc) == {"hops1", "hops2"} and all(0.0 <= v <= 1.0 for row in acc.values() for v in row.values())
+    assert result.steps == 4

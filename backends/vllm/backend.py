@@ -180,7 +180,7 @@ class VLLMBackend(LocalLoopedBackend):
 
     def _loop_stats(self, loops: int, gate: Gate | None, counts: hooks.LoopCounts | None) -> LoopStats:
         """What the engine counted for one request (``counted=True``), or, where it reported
-        nothing (a request the front end finished itself), the budget as an estimate."""
+        nothing (the engine's hooks did not run), the budget as an estimate."""
         threshold = min_loops = None
         if gate is not None:  # the effective options, as the admission hook resolves them
             threshold = gate.exit_threshold

@@ -38,7 +38,9 @@ one (:data:`TESTED_VLLM`) unless ``LOOPAGENT_VLLM_UNTESTED=1``.
    pickled whole by the multiprocess executor), are summed per request by the scheduler
    (``Scheduler.update_from_output``) and, when the request finishes
    (``Scheduler._free_request``), are put in the ``kv_transfer_params`` it returns,
-   under :data:`STATS_KEY`. That field already travels, serialized by vLLM, from the
+   under :data:`STATS_KEY`; every earlier output of the request carries the sums so far
+   the same way, since a request the front end finishes on a stop string (aborting it in
+   the engine) ends with whichever step's output held the stop. That field already travels, serialized by vLLM, from the
    engine core (its own process under ``vllm serve``) to ``RequestOutput`` and to the
    OpenAI server's (non-streaming) response body; it is ``None`` unless a KV connector
    is configured, and a connector's own keys are kept. Patching vLLM's msgspec
@@ -327,7 +329,18 @@ def _patch_scheduler() -> None:
                 request = self.requests.get(req_id)
                 if request is not None:
                     request._loopagent_loops = _add(getattr(request, "_loopagent_loops", None), counts)
-        return update(self, scheduler_output, model_runner_output)
+        outputs = update(self, scheduler_output, model_runner_output)
+        if step:
+            # Every output of a still-running request carries the figures so far: the front end
+            # finishes a request on a stop string itself (and aborts it here), so the output it
+            # turns into the final one may be any step's.
+            for client in outputs.values():
+                for out in getattr(client, "outputs", ()):
+                    request = self.requests.get(out.request_id) if out.kv_transfer_params is None else None
+                    counts = getattr(request, "_loopagent_loops", None)
+                    if counts is not None:
+                        out.kv_transfer_params = {STATS_KEY: _as_output(counts)}
+        return outputs
 
     def _free_request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         kv_params, ec_params = free(self, request, *args, **kwargs)
@@ -468,8 +481,10 @@ class LoopCounts:
 
 
 def request_loop_stats(output: Any) -> LoopCounts | None:
-    """The loop figures of a finished ``RequestOutput`` (None when the engine did not
-    report them, e.g. a request the front end finished itself on a stop string)."""
+    """The loop figures of a finished ``RequestOutput`` (None when the engine reported none:
+    a model that is not looped). A request finished on a stop string has those through the
+    step that produced the stop: a step the engine had already scheduled after it, its
+    output discarded, is not in them."""
     params = getattr(output, "kv_transfer_params", None)
     data = params.get(STATS_KEY) if isinstance(params, dict) else None
     return loop_counts(data)

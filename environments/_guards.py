@@ -53,6 +53,8 @@ from RestrictedPython.Guards import (
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 SANDBOX_MODULE = "repl"
+#: The file name cells are compiled under (``_policy.FILENAME``): code of it went through the rewrite.
+CELL_FILENAME = "<repl>"
 
 #: Modules model code may import. They are imported before the worker drops its
 #: privileges (afterwards it could not read the standard library), so an import
@@ -315,7 +317,10 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         if default is _MISSING:
             raise
         return default
-    return _vet(value)
+    value = _vet(value)
+    if _is_dunder(name) and _unbound_host_method(obj, name, value):
+        return _own_class_method(obj, name, value)
+    return value
 
 
 #: Types whose values are never a denied or replaced object (the common case, checked first).
@@ -334,7 +339,13 @@ def _vet(value: Any) -> Any:
     """The value a guarded read hands to model code: denied objects raise, replaced ones
     (and the types ``type()`` stands in for) come back as the sandbox's version."""
     if type(value) in _PLAIN_TYPES:
-        return value
+        if type(value) is not dict:
+            return value
+        # a plain dict may still be a denied one (copy.dispatch_table, copyreg's global table), read
+        # by another way than off its module: a GenericAlias or typing alias forwards reads to it
+        entry = _BY_ID.get(id(value))
+        if entry is None or entry[0] is not value:
+            return value
     entry = _BY_ID.get(id(value))
     if entry is not None and entry[0] is value:
         if entry[1] is _DENY:
@@ -396,6 +407,67 @@ def _checked_method(func: types.FunctionType) -> Any:
     method.__name__, method.__qualname__, method.__doc__ = func.__name__, func.__qualname__, func.__doc__
     _METHODS[id(func)] = (func, method)  # the methods of the modules' classes: a bounded set
     return method
+
+
+#: What reading a method off a class (not an instance) gives without binding it: it takes any ``self``.
+_UNBOUND_TYPES = (types.WrapperDescriptorType, types.MethodDescriptorType, types.FunctionType)
+
+
+def _own_class_of(obj: Any) -> type | None:
+    """The sandbox's class a dunder read off ``obj`` is unbound from: ``obj`` itself, or the class
+    a ``super()`` over a class (``super(P, P)``) proxies; None where the read binds to an instance."""
+    if type(obj) is super:
+        return obj.__self_class__ if isinstance(obj.__self__, type) else None
+    return obj if isinstance(obj, type) and _defined_in_sandbox(obj) else None
+
+
+def _cell_function(obj: Any) -> bool:
+    """A function compiled from a cell: its body went through the rewrite (every attribute it writes
+    goes through ``guarded_write``). Not the methods dataclasses exec's from source in the
+    placeholder module: they count as the sandbox's own (``_sandbox_function``) but write natively."""
+    return _sandbox_function(obj) and obj.__code__.co_filename == CELL_FILENAME
+
+
+def _unbound_host_method(obj: Any, name: str, value: Any) -> bool:
+    """Whether ``value``, read as ``obj.<name>`` (a dunder), is a method not compiled from a cell,
+    left unbound by a read off a class of the sandbox: a host base class's ``ModuleType.__init__``
+    (renames any module), ``property.__init__`` / ``__set__`` (rewrites or calls any host property's
+    accessors), ``object.__new__`` (makes an instance of any class, past its ``__init__``), and the
+    ``__init__`` dataclasses generates (``self.<field> = value`` natively, on any object: a module's
+    functions replaced)."""
+    if _own_class_of(obj) is None:
+        return False
+    if name == "__new__":
+        return type(value) is types.BuiltinFunctionType or (
+            type(value) is types.FunctionType and not _cell_function(value))
+    return type(value) in _UNBOUND_TYPES and not _cell_function(value)
+
+
+def _own_class_method(obj: Any, name: str, method: Any) -> Any:
+    """An unbound ``method`` not compiled from a cell, read off a class of the sandbox (``class
+    M(ModuleType)``, ``M.__init__``; a dataclass's generated ``__init__``): what the sandbox holds it
+    by is its own class, so it takes an instance of that class as ``self`` (``__new__``: a subclass
+    of it), as a read off an instance would bind it. The host class itself would refuse the read."""
+    own = _own_class_of(obj)
+    assert own is not None
+
+    if name == "__new__":
+        def checked(cls: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if not (isinstance(cls, type) and own in cls.__mro__):
+                raise TypeError(f"{own.__qualname__}.__new__() needs a subclass of {own.__qualname__}, "
+                                f"not {cls!r}")
+            return method(cls, *args, **kwargs)
+    else:
+        def checked(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if own not in type(self).__mro__:
+                raise TypeError(f"{own.__qualname__}.{name}() needs a {own.__qualname__} object as self, "
+                                f"not a {type(self).__name__}")
+            return method(self, *args, **kwargs)
+
+    checked.__name__ = name
+    checked.__qualname__ = f"{own.__qualname__}.{name}"
+    checked.__doc__ = getattr(method, "__doc__", None)
+    return checked
 
 
 def _method_owner(func: types.FunctionType) -> type | None:
@@ -512,6 +584,11 @@ def _check_base(base: Any) -> None:
         # holds the worker's stdout in its instance dict (PrettyPrinter._stream) or
         # names a field in the source dataclasses exec's natively (Field)
         raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
+    if issubclass(base, typing._Final):  # type: ignore[attr-defined]
+        # typing refuses these itself unless a private keyword says otherwise, which the class
+        # statement's keywords may not, but an own base's __init_subclass__ passed on to typing's
+        # (super().__init_subclass__(_root=True)) did: TypeVar, ForwardRef, the aliases
+        raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox: a special typing class")
     module = getattr(base, "__module__", None)
     if type(module) is not str or module.partition(".")[0] not in _BASE_MODULES:
         raise SandboxPolicyError(
@@ -724,7 +801,7 @@ def _check_native_read(obj: Any, name: str, what: str) -> None:
         return
     except SandboxPolicyError as e:
         raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: {e}") from None
-    if vetted is not value:
+    if vetted is not value or (_is_dunder(name) and _unbound_host_method(obj, name, vetted)):
         raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: it is a host object "
                                  "handed out only in a checked version")
 
@@ -745,7 +822,9 @@ def _check_host_fallback(obj: Any, name: str, what: str) -> None:
             continue
         entry = _BY_ID.get(id(raw))
         if (name.startswith("_") and name != "_" and not _is_dunder(name)) or (
-            is_class and type(raw) is types.FunctionType) or (entry is not None and entry[0] is raw):
+            is_class and type(raw) is types.FunctionType) or (entry is not None and entry[0] is raw) or (
+            # a host class's slot method (property.__get__), handed out off a class only self-checked
+            is_class and _is_dunder(name) and type(raw) in (*_UNBOUND_TYPES, types.BuiltinFunctionType)):
             raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: the host class "
                                      f"{klass.__name__} defines it")
         return

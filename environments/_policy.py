@@ -31,7 +31,7 @@ OWN_DUNDERS = _guards.OWN_DUNDERS
 SAFE_DUNDERS = _guards.SAFE_DUNDERS
 WRITABLE_DUNDERS = _guards.WRITABLE_DUNDERS
 
-FILENAME = "<repl>"
+FILENAME = _guards.CELL_FILENAME
 
 
 # -- compiling --------------------------------------------------------------------------

@@ -165,17 +165,17 @@ class RootQuestion:
 def root_program(family: str, **fields: Any) -> str:
     """The REPL program the root writes for a question of ``family``.
 
-    A needle's key is matched without regard to case (the question may be upper-cased) and
-    escaped (a key may hold any character); a question outside the families gets a look at
-    the context, a valid program rather than a guess.
+    A needle program lists every magic number with its key, and the root answers with the one
+    whose key the question names (a key of any characters, asked in any case, is never copied
+    into code); a question outside the families gets a look at the context, a valid program
+    rather than a guess.
 
     Example::
 
         root_program("value", section=12, var="q")
     """
     if family == "needle":
-        return ("import re\nh = re.findall(r'magic number for ' + re.escape('" + fields["key"]
-                + "') + r' is (\\d+)', context, re.I)\nprint(h)")
+        return "import re\nprint(re.findall(r'magic number for (\\S+) is (\\d+)', context))"
     head = "import re\ns = dict(re.findall(r'Section (\\d+): (.*)', context))\n"
     if family == "value":
         return head + f"print(llm_query(s['{fields['section']}'] + ' ?{fields['var']}'))"
@@ -215,11 +215,14 @@ def random_root_question(rng: random.Random, split: str = "train", case: str = "
     if family == "needle":
         key = training_key(rng)
         value = str(rng.randint(1_000_000, 9_999_999))
-        found = [value] if rng.random() < 0.95 else []
+        # the needle among 0-3 others (RULER's multi-key variant), or none found
+        others = [(training_key(rng), str(rng.randint(1_000_000, 9_999_999)))
+                  for _ in range(rng.choice((0, 0, 1, 2, 3)))]
+        found = [] if rng.random() < 0.05 else [(key, value)]
+        listed = found + [(k, v) for k, v in others if k.lower() != key.lower()]
+        rng.shuffle(listed)
         question = phrase(rng, "needle", split, case, key=key)
-        # the question may be recased: the program copies the key as the question spells it
-        spelled = question[question.lower().index(key.lower()):][: len(key)]
-        return RootQuestion(question, family, {"key": spelled}, f"{found!r}\n", value if found else "not found")
+        return RootQuestion(question, family, {}, f"{listed!r}\n", value if found else "not found")
     if family == "value":
         # a child given too few loops replies with a variable name: the root passes it on as is
         value = rng.choice(DIGITS) if rng.random() < 0.8 else rng.choice(NAMES)

@@ -6,9 +6,9 @@ apart (:mod:`loopagent.evals.phrasings`):
 
 1. the child alone on one section: accuracy by loop budget (including budgets past
    the 1-8 it was trained on) and by chain length (1-6 hops);
-2. single needle in a 1M-character document: keys like the training ones (random
-   characters, training phrasings), keys of a vocabulary no training key uses, and
-   held-out phrasings in mixed case;
+2. a needle in a 1M-character document: keys like the training ones (random characters,
+   training phrasings), keys of a vocabulary no training key uses (alone, and among three
+   other needles), and held-out phrasings in mixed case;
 3. a section's variable and a count over sections asked in held-out phrasings;
 4. 4-hop questions over a long document, child loops 1, 2, 4, 8;
 5. the root's REPL cells: the share that failed, and that did not parse, over every run
@@ -37,6 +37,8 @@ FAMILY_RUNS: tuple[tuple[str, str, dict[str, Any], str, str], ...] = (
     ("needle_1m_training_style", "sniah", {"keys": "chars", "phrasing": "train"}, "1m",
      "training: random-character keys, training phrasings"),
     ("needle_1m", "sniah", {"keys": "words"}, "1m", "held-out key vocabulary, RULER's question"),
+    ("needle_1m_distractors", "sniah", {"keys": "words", "distractors": 3}, "1m",
+     "held-out key vocabulary, 3 other needles in the document (RULER's multi-key)"),
     ("needle_1m_heldout_phrasings", "sniah", {"keys": "words", "phrasing": "heldout", "case": "mixed"}, "1m",
      "held-out key vocabulary, held-out phrasings, mixed case"),
     ("value_heldout_phrasings", "chains", {"hops": 4, "phrasing": "heldout", "case": "mixed"}, "200k",

@@ -89,6 +89,20 @@ def test_single_needle_in_a_million_characters():
     assert correct >= 3
 
 
+@pytest.mark.parametrize("task, options", [
+    ("sniah", {"keys": "words"}),                                             # a key vocabulary never trained on
+    ("sniah", {"keys": "chars", "phrasing": "heldout", "case": "mixed"}),     # random keys, held-out phrasings
+    ("chains", {"hops": 3, "phrasing": "heldout", "case": "mixed"}),          # the value family reworded
+])
+def test_held_out_keys_and_phrasings_are_answered(task, options):
+    """Off the training distribution, root and child embedded (a small sample of the model card's runs)."""
+    task_obj = get_task(task, **options)
+    items = task_obj.generate(8, 20_000, seed=HELD_OUT_SEED + 4)
+    rlm = RLM(root=model("embedded"), max_iterations=4)
+    scores = [task_obj.score(it, rlm.run(it.question, it.context).answer) for it in items]
+    assert sum(scores) >= 7, [(it.question, s) for it, s in zip(items, scores)]
+
+
 def test_questions_outside_the_families_end_cleanly():
     result = RLM(root=model("embedded"), max_iterations=3).run("Who wrote the first letter, and why?",
                                                                context="Dear Bob, ...")

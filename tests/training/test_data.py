@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 
@@ -42,18 +43,27 @@ def repl():
         yield r
 
 
-@pytest.mark.parametrize("key, asked", [("amber-qx", "amber-qx"), ("Xq7.L+p", "Xq7.L+p"),
-                                        ("calm-river-123", "CALM-RIVER-123")])
-def test_needle_program_finds_the_needle(repl, key, asked):
-    """Any key, also one with regex characters, and asked in another case than the text spells it."""
+def test_needle_program_lists_every_magic_number_with_its_key(repl):
+    """Keys of any characters (regex ones too) are listed as written; the root picks by key."""
     doc = ChainsTask().generate(1, 20_000, seed=3)[0].context
     lines = doc.split("\n")
-    lines.insert(len(lines) // 2, NEEDLE.format(key=key, value="4821937"))
-    lines.insert(len(lines) // 3, NEEDLE.format(key=key + "9", value="1111111"))  # a longer key is another key
+    lines.insert(len(lines) // 2, NEEDLE.format(key="Xq7.L+p", value="4821937"))
+    lines.insert(len(lines) // 3, NEEDLE.format(key="calm-river-123", value="1111111"))
     repl.load_context("\n".join(lines))
-    result = repl.execute(root_program("needle", key=asked))
+    result = repl.execute(root_program("needle"))
     assert result.error is None, result.error
-    assert result.stdout == "['4821937']\n"
+    assert result.stdout == "[('calm-river-123', '1111111'), ('Xq7.L+p', '4821937')]\n"
+
+
+def test_needle_answers_pick_the_asked_key_among_others():
+    rng = random.Random(3)
+    seen_others = False
+    for q in (random_root_question(rng, families=["needle"]) for _ in range(300)):
+        listed = ast.literal_eval(q.output)
+        asked = [v for k, v in listed if k.lower() in q.question.lower()]
+        assert (asked[:1] or ["not found"])[0] == q.answer
+        seen_others |= len(listed) > 1
+    assert seen_others
 
 
 def test_value_program_answers_from_the_right_section(repl):
@@ -111,13 +121,6 @@ def test_training_questions_use_training_phrasings_only():
     assert cases == {"upper", "lower", "other"}
     held_rng = random.Random(1)
     assert any(h.fullmatch(random_root_question(held_rng, "heldout", families=["value"]).question) for h in held)
-
-
-def test_recased_questions_copy_the_key_as_asked():
-    rng = random.Random(3)
-    for q in (random_root_question(rng, families=["needle"]) for _ in range(200)):
-        assert q.fields["key"] in q.question
-        assert re.search(r"magic number", q.question, re.I)
 
 
 def test_child_example_first_query_is_what_inference_sees():

@@ -202,6 +202,14 @@ def _sandbox_function(obj: Any) -> bool:
     return type(obj) is types.FunctionType and obj.__globals__.get("__name__") == SANDBOX_MODULE
 
 
+#: Private names EnumType sets in the own dict of every enum class, to host callables the guards
+#: would hand out as the sandbox's own: ``_new_member_`` is the ``__new__`` members are made with
+#: (``object.__new__``: an instance of any class past its ``__init__``; a builtin, so it does not bind
+#: when read off a member either), ``_value_repr_`` the data type's raw ``__repr__`` (a dataclass
+#: mixin's generated one takes any ``self`` and reads its fields natively: ``random._os``).
+_ENUM_INTERNALS = frozenset({"_new_member_", "_value_repr_"})
+
+
 def _private_allowed(obj: Any, name: str) -> bool:
     """``obj._x``: only where the sandbox put ``_x`` itself (its instance dict, or
     a class of its own that comes first in the MRO), never a private attribute of
@@ -221,6 +229,9 @@ def _private_allowed(obj: Any, name: str) -> bool:
         # data descriptors come first): a class of the sandbox reached EnumType._convert_, which
         # turns any module's globals (builtins.eval, open) into members. Metaclasses are never the
         # sandbox's own (a class statement cannot define one).
+        return False
+    if name in _ENUM_INTERNALS and enum.Enum in mro:
+        # EnumType puts these host callables into each enum class's own dict (see _ENUM_INTERNALS)
         return False
     for cls in mro:
         if name in cls.__dict__:
@@ -635,12 +646,46 @@ class _ClassStatement:
         return meta.__prepare__(name, bases, **kwargs)
 
     def __call__(self, name: str, bases: tuple[Any, ...], namespace: Any, **kwargs: Any) -> Any:
+        new = namespace.get("__new__", _MISSING)
+        if new is not _MISSING:
+            namespace["__new__"] = _checked_new(new, namespace.get("__qualname__", name))
         cls = _metaclass_of(bases)(name, bases, namespace, **kwargs)
         _check_inherited_match_args(cls)
         return cls
 
 
 _CLASS_STATEMENT = _ClassStatement()
+
+#: What a ``__new__`` of a class statement may return besides an instance of the class it was called
+#: for and an object of the sandbox's own: immutable plain data (no attributes to set, no state an
+#: ``__init__`` could change).
+_NEW_RESULT_TYPES = frozenset({int, float, complex, bool, str, bytes, tuple, frozenset, type(None)})
+
+
+def _checked_new(new: Any, qualname: Any) -> Callable[..., Any]:
+    """The ``__new__`` a class statement defines, checking what it returns. Host code makes objects
+    with ``cls.__new__`` and then treats the result as the new instance, natively: Enum sets
+    ``_value_`` / ``_name_`` on each member and calls ``member.__init__(*value)`` (a class returned made
+    that an unbound ``__init__`` on any object: a dataclass's generated one wrote a module's function;
+    a module returned was renamed), ``Flag._missing_`` names what the mixin's ``__new__`` gives, and
+    ``Fraction.__new__`` writes ``_numerator`` onto what ``super().__new__(cls)`` returns (a class of
+    the sandbox later in the MRO chooses it). Accepted: an instance of ``cls`` (its subclasses too),
+    an instance of a class of the sandbox, immutable plain data."""
+
+    def __new__(cls: Any, /, *args: Any, **kwargs: Any) -> Any:
+        get = getattr(type(new), "__get__", None)  # as the class would bind it: staticmethod, classmethod
+        result = (new if get is None else get(new, None, cls))(cls, *args, **kwargs)
+        kind = type(result)
+        if (isinstance(cls, type) and cls in kind.__mro__) or kind in _NEW_RESULT_TYPES or (
+                not isinstance(result, type) and _defined_in_sandbox(result)):
+            return result
+        raise SandboxPolicyError(f"{getattr(cls, '__qualname__', '?')}.__new__() returned a {kind.__name__}: in "
+                                 "the sandbox __new__ returns an instance of the class, an object of the sandbox's "
+                                 "own or plain immutable data")
+
+    __new__.__qualname__ = f"{qualname}.__new__" if type(qualname) is str else "__new__"
+    __new__.__doc__ = getattr(new, "__doc__", None)
+    return __new__
 
 
 class _PatternValue:

@@ -57,6 +57,16 @@ def _loop_summary(hops: dict[str, dict[str, float]], loops: list[int], trained: 
     return out
 
 
+def _fact_lines(facts: dict[str, dict[str, float]]) -> list[str]:
+    """The child on 4-hop sections written as English sentences (``q equals a. Set c to 5.``)."""
+    if not facts:
+        return []
+    split = {"sentences": "training", "heldout_sentences": "held-out"}
+    shown = "; ".join(f"{split.get(name, name)} templates: {row.get('L1', 0):.2f} at 1 loop, "
+                      f"{row.get('L8', 0):.2f} at 8" for name, row in facts.items())
+    return [f"Child alone on 4-hop sections written as fact sentences ({shown}).", ""]
+
+
 def _accuracy(by_config: dict[str, float]) -> str:
     return ", ".join(f"{v:.2f}" for v in by_config.values())
 
@@ -147,6 +157,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "",
         *_loop_summary(hops, loops, child["config"]["loops_max"]),
         "",
+        *_fact_lines(quality.get("child_fact_sentences", {})),
         "Root and child embedded, through the evals runner, training distribution and held-out apart:",
         "",
         "| run | distribution | accuracy |",

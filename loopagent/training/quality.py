@@ -5,7 +5,8 @@ runner with root and child both embedded, the training distribution and the held
 apart (:mod:`loopagent.evals.phrasings`):
 
 1. the child alone on one section: accuracy by loop budget (including budgets past
-   the 1-8 it was trained on) and by chain length (1-6 hops);
+   the 1-8 it was trained on) and by chain length (1-6 hops); and on 4-hop sections
+   written as fact sentences, in training and in held-out templates;
 2. a needle in a 1M-character document: keys like the training ones (random characters,
    training phrasings), keys of a vocabulary no training key uses (alone, and among three
    other needles), and held-out phrasings in mixed case;
@@ -81,6 +82,10 @@ def evaluate(out: str | Path, *, needle_items: int = 20, chain_items: int = 20, 
     started = time.monotonic()
     options: dict[str, Any] = {"progress": False, "seed": HELD_OUT_SEED, "rlm_options": {"max_iterations": 4}}
     report: dict[str, Any] = {"child_alone": child_alone(items=child_items)}
+    child = embedded_role("child")
+    report["child_fact_sentences"] = {
+        facts: evaluate_child(child.model, child.tokenizer, items=child_items // 4, seed=HELD_OUT_SEED, loops=[1, 8],
+                              hops=[4], facts=facts)["hops4"] for facts in ("sentences", "heldout_sentences")}
     for key, task, task_options, length, _ in FAMILY_RUNS:
         chains = task == "chains"
         summary = run_eval(task, root="embedded", child="embedded", child_loops=[8] if chains else [None],

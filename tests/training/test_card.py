@@ -21,6 +21,7 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
         "needle_1m": {"rlm": 1.0}, "value_heldout_phrasings": {"rlm": 0.85}, "chains_4hop_200k": {"rlm": 1.0},
         "root_cells": {"cells": 10, "ok_rate": 0.9, "syntax_error_rate": 0.1},
         "root_cells_foreign": {"cells": 4, "ok_rate": 1.0, "syntax_error_rate": 0.0},
+        "child_fact_sentences": {"sentences": {"L1": 0.0, "L8": 0.25}, "heldout_sentences": {"L1": 0.0, "L8": 0.125}},
     }
     card = render(tmp_path / "root", tmp_path / "child", quality)
     names = [json.loads((tmp_path / r / "train_runs.jsonl").read_text())["device_name"] for r in ("root", "child")]
@@ -34,3 +35,5 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
     assert "| `value_heldout_phrasings` | held-out phrasings, mixed case (child 8 loops) | 0.85 |" in card
     assert "needle_1m_training_style" not in card  # not measured: no row
     assert "4 cells, 0.0% with a syntax error" in card
+    assert ("fact sentences (training templates: 0.00 at 1 loop, 0.25 at 8; held-out templates: 0.00 at 1 loop, "
+            "0.12 at 8)") in card

@@ -19,7 +19,7 @@ training distribution can be measured (``sniah`` and ``chains`` take ``phrasing=
 Example::
 
     rng = random.Random(0)
-    phrase(rng, "value", "heldout", section=12, var="q")   # 'What is the value of q in section 12?'
+    phrase(rng, "value", "heldout", section=12, var="q")   # e.g. 'What is the value of q in section 12?'
 """
 
 from __future__ import annotations

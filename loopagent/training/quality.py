@@ -52,11 +52,11 @@ FOREIGN_TASKS = ("oolong", "multihop", "codeqa", "browsecomp")
 _SYNTAX = ("SyntaxError", "IndentationError", "TabError")
 
 
-def child_alone(*, items: int = 256, loops: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
-                hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> dict[str, dict[str, float]]:
-    backend = embedded_role("child")
+def child_alone(backend: Any, *, items: int = 256, loops: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
+                hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6), facts: str = "statements") -> dict[str, dict[str, float]]:
+    """The child ``backend`` on held-out sections written as ``facts``, by hops and loops."""
     return evaluate_child(backend.model, backend.tokenizer, items=items, seed=HELD_OUT_SEED, loops=list(loops),
-                          hops=list(hops))
+                          hops=list(hops), facts=facts)
 
 
 def root_cells(out: Path) -> dict[str, float]:
@@ -81,11 +81,11 @@ def evaluate(out: str | Path, *, needle_items: int = 20, chain_items: int = 20, 
     out = Path(out)
     started = time.monotonic()
     options: dict[str, Any] = {"progress": False, "seed": HELD_OUT_SEED, "rlm_options": {"max_iterations": 4}}
-    report: dict[str, Any] = {"child_alone": child_alone(items=child_items)}
     child = embedded_role("child")
+    report: dict[str, Any] = {"child_alone": child_alone(child, items=child_items)}
     report["child_fact_sentences"] = {
-        facts: evaluate_child(child.model, child.tokenizer, items=child_items // 4, seed=HELD_OUT_SEED, loops=[1, 8],
-                              hops=[4], facts=facts)["hops4"] for facts in ("sentences", "heldout_sentences")}
+        facts: child_alone(child, items=child_items // 4, loops=(1, 8), hops=(4,), facts=facts)["hops4"]
+        for facts in ("sentences", "heldout_sentences")}
     for key, task, task_options, length, _ in FAMILY_RUNS:
         chains = task == "chains"
         summary = run_eval(task, root="embedded", child="embedded", child_loops=[8] if chains else [None],

@@ -1,6 +1,10 @@
 """Write ``backends/embedded/weights/MODEL_CARD.md`` from the training runs and ``quality.json``.
 
-``python -m loopagent.training.card ROOT_RUN CHILD_RUN QUALITY_JSON``
+``python -m loopagent.training.card ROOT CHILD QUALITY_JSON``
+
+``ROOT`` and ``CHILD``: training runs (``loopagent train --out``) or exported models carrying
+their ``training.json`` (the shipped ``backends/embedded/weights/child``, when only the root
+was retrained).
 """
 
 from __future__ import annotations
@@ -11,20 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from loopagent.backends.embedded import WEIGHTS
+from loopagent.errors import ConfigError
 
 from .quality import FAMILY_RUNS, FOREIGN_TASKS
+from .trainer import TRAINING_SUMMARY, run_summary
 
 
-def _run_summary(run: Path) -> dict[str, Any]:
-    config = json.loads((run / "train_config.json").read_text())
-    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    last = log[-1]
-    evals = [r for r in log if "eval" in r]
-    starts = run / "train_runs.jsonl"
-    devices = [json.loads(line) for line in starts.read_text().splitlines() if line.strip()] if starts.exists() else []
-    hardware = ", ".join(dict.fromkeys(d["device_name"] for d in devices)) or "not recorded"
-    return {"config": config, "steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
-            "eval": evals[-1]["eval"] if evals else {}, "hardware": hardware}
+def _summary(path: Path) -> dict[str, Any]:
+    """How a model trained: from a run directory, or from the ``training.json`` its export
+    (a shipped ``weights/<role>`` folder) carries, so one model can be retrained alone."""
+    if (path / TRAINING_SUMMARY).is_file():
+        return json.loads((path / TRAINING_SUMMARY).read_text())
+    if (path / "train_config.json").is_file():
+        return run_summary(path)
+    raise ConfigError(f"{path} is neither a training run (train_config.json) nor an exported model "
+                      f"({TRAINING_SUMMARY}); pass a `loopagent train --out` folder or a weights/<role> folder")
 
 
 def _params(path: Path) -> int:
@@ -86,7 +91,7 @@ def _objective(config: dict[str, Any]) -> str:
 
 
 def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
-    root, child = _run_summary(root_run), _run_summary(child_run)
+    root, child = _summary(root_run), _summary(child_run)
     hops = quality["child_alone"]
     loops = sorted({int(k[1:]) for row in hops.values() for k in row}, key=int)
     table = ["| hops | " + " | ".join(f"L={n}" for n in loops) + " |", "|---|" + "---|" * len(loops)]

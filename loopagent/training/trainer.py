@@ -405,7 +405,7 @@ def train(
     if not evaluation:
         evaluation = evaluate(config.steps)
     seconds = time.monotonic() - began
-    export(model, tok, out / "model")
+    export(model, tok, out / "model", summary=run_summary(out))
     return TrainResult(out=out, steps=config.steps, seconds=seconds, final_loss=loss, evaluation=evaluation)
 
 
@@ -448,11 +448,40 @@ def _lr(config: TrainConfig, step: int) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def export(model: Any, tok: Any, path: Path) -> None:
-    """Save a servable checkpoint: plain embedding table, safetensors, tokenizer."""
+def export(model: Any, tok: Any, path: Path, summary: dict[str, Any] | None = None) -> None:
+    """Save a servable checkpoint: plain embedding table, safetensors, tokenizer, and the
+    run's :func:`run_summary` as ``training.json`` (what the model card reads)."""
     plain = plain_model(copy.deepcopy(model)).cpu().eval()
     plain.save_pretrained(path)
     tok.save_pretrained(path)
+    if summary is not None:
+        (path / TRAINING_SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+
+#: The file next to an exported model that says how it was trained.
+TRAINING_SUMMARY = "training.json"
+
+
+def run_summary(out: str | Path) -> dict[str, Any]:
+    """How a run trained: its configuration, last step, seconds, loss and evaluation, and the
+    hardware of each stretch (``train_runs.jsonl``).
+
+    Example::
+
+        run_summary("runs/root")["steps"]
+    """
+    out = Path(out)
+    config = json.loads((out / "train_config.json").read_text())
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    if not log:
+        raise ConfigError(f"{out} has no training steps logged yet; train it first")
+    last = log[-1]
+    evals = [r for r in log if "eval" in r]
+    starts = out / "train_runs.jsonl"
+    devices = [json.loads(line) for line in starts.read_text().splitlines() if line.strip()] if starts.exists() else []
+    hardware = ", ".join(dict.fromkeys(d["device_name"] for d in devices)) or "not recorded"
+    return {"config": config, "steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
+            "eval": evals[-1]["eval"] if evals else {}, "hardware": hardware}
 
 
 def export_run(out: str | Path) -> Path:
@@ -463,5 +492,5 @@ def export_run(out: str | Path) -> Path:
     model = make_model(config, tok)
     state = torch.load(out / "train_state.pt", weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"])
-    export(model, tok, out / "model")
+    export(model, tok, out / "model", summary=run_summary(out))
     return out / "model"

@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from loopagent.errors import ConfigError  # noqa: E402
 from loopagent.training.card import render  # noqa: E402
 from loopagent.training.trainer import preset, train  # noqa: E402
 
@@ -37,3 +38,7 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
     assert "4 cells, 0.0% with a syntax error" in card
     assert ("fact sentences (training templates: 0.00 at 1 loop, 0.25 at 8; held-out templates: 0.00 at 1 loop, "
             "0.12 at 8)") in card
+    # an exported model carries its run's summary: the card renders the same from the shipped folder alone
+    assert render(tmp_path / "root", tmp_path / "child" / "model", quality) == card
+    with pytest.raises(ConfigError, match="neither a training run"):
+        render(tmp_path / "root", tmp_path, quality)

@@ -330,8 +330,73 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         return default
     value = _vet(value)
     if _is_dunder(name) and _unbound_host_method(obj, name, value):
-        return _own_class_method(obj, name, value)
+        value = _own_class_method(obj, name, value)
+    if name == "__get__":
+        return _classmethod_get(obj, value)
     return value
+
+
+def _is_classmethod(obj: Any) -> bool:
+    return classmethod in type(obj).__mro__  # by the real type: an own class cannot lie about it here
+
+
+def _check_classmethod_chain(cm: Any, instance: Any, owner: Any) -> None:
+    """``classmethod.__get__(instance, owner)`` calls the wrapped object's own ``__get__(owner, owner)``
+    when it has one (Python 3.9 to 3.12), with ``owner`` (else ``type(instance)``) as the instance.
+    Read off an own subclass of classmethod, ``C(d).__get__(None, x)`` was any host descriptor's
+    ``__get__`` on any object ``x``: a host property's getter on a module (``NormalDist.mean`` read
+    ``_mu``: round 11's ``property.__get__`` by another door) and a ``functools.cached_property``
+    writing ``x.__dict__[name] = f(x)`` for a name ``x`` lacks: a module's globals, where a name shadows
+    a builtin for that module's code (``repr`` in dataclasses: its result is the source text of a
+    frozen dataclass's ``__setattr__``, exec'd natively: the real ``os.environ``). Allowed where the
+    native access does the same: ``owner`` a class of the sandbox (``A.m`` finds ``C(d)`` in ``A``'s
+    dict); else the chain is followed as CPython does (a classmethod in a classmethod, own or not,
+    passes ``x`` on natively) and must end in a function (it binds), an object with no ``__get__``,
+    or one whose ``__get__`` the sandbox wrote."""
+    target = type(instance) if owner is None else owner
+    if isinstance(target, type) and _defined_in_sandbox(target):
+        return
+    inner = cm.__func__
+    for _ in range(sys.getrecursionlimit()):
+        kind = type(inner)
+        if kind is types.FunctionType or not hasattr(kind, "__get__"):
+            return
+        if classmethod in kind.__mro__:
+            inner = inner.__func__  # its __get__ (C) is called natively with (x, x): the chain goes on
+            continue
+        definer = next((klass for klass in kind.__mro__ if "__get__" in vars(klass)), None)
+        if definer is not None and getattr(definer, "__module__", None) == SANDBOX_MODULE:
+            return  # the model's own __get__ (guarded code) gets x
+        break
+    raise SandboxPolicyError(f"classmethod.__get__ of a {type(inner).__name__} is available in the sandbox for "
+                             "its own classes only")
+
+
+def _classmethod_get(obj: Any, get: Any) -> Any:
+    """``__get__`` read off an own classmethod subclass (bound to an instance, or unbound off the class),
+    handed out checking the chain it would start (see ``_check_classmethod_chain``)."""
+    own = _own_class_of(obj, "__get__")
+    if own is not None:
+        if classmethod not in own.__mro__:
+            return get
+
+        def unbound(self: Any, instance: Any = None, owner: Any = None, /) -> Any:
+            if _is_classmethod(self):
+                _check_classmethod_chain(self, instance, owner)
+            return get(self, instance, owner)
+
+        unbound.__name__, unbound.__qualname__ = "__get__", f"{own.__qualname__}.__get__"
+        return unbound
+    cm = obj.__self__ if type(obj) is super else obj
+    if not _is_classmethod(cm):
+        return get
+
+    def bound(instance: Any = None, owner: Any = None, /) -> Any:
+        _check_classmethod_chain(cm, instance, owner)
+        return get(instance, owner)
+
+    bound.__name__ = bound.__qualname__ = "__get__"
+    return bound
 
 
 #: Types whose values are never a denied or replaced object (the common case, checked first).
@@ -424,12 +489,18 @@ def _checked_method(func: types.FunctionType) -> Any:
 _UNBOUND_TYPES = (types.WrapperDescriptorType, types.MethodDescriptorType, types.FunctionType)
 
 
-def _own_class_of(obj: Any) -> type | None:
+def _own_class_of(obj: Any, name: str | None = None) -> type | None:
     """The sandbox's class a dunder read off ``obj`` is unbound from: ``obj`` itself, or the class
-    a ``super()`` over a class (``super(P, P)``) proxies; None where the read binds to an instance."""
+    a ``super()`` over a class (``super(P, P)``) proxies; None where the read binds to an instance.
+    ``__new__`` never binds (a static method; ``object.__new__`` is a builtin): read off an instance of
+    the sandbox (``A().__new__``, ``super().__new__`` in an ordinary method) it is as unbound as off the
+    class, and was the real ``object.__new__``, an instance of any class past its ``__init__``
+    (round 11's ``A.__new__(json.JSONEncoder)`` by the instance): the instance's class is the own one."""
     if type(obj) is super:
-        return obj.__self_class__ if isinstance(obj.__self__, type) else None
-    return obj if isinstance(obj, type) and _defined_in_sandbox(obj) else None
+        return obj.__self_class__ if isinstance(obj.__self__, type) or name == "__new__" else None
+    if isinstance(obj, type):
+        return obj if _defined_in_sandbox(obj) else None
+    return type(obj) if name == "__new__" and _defined_in_sandbox(obj) else None
 
 
 def _cell_function(obj: Any) -> bool:
@@ -446,7 +517,7 @@ def _unbound_host_method(obj: Any, name: str, value: Any) -> bool:
     accessors), ``object.__new__`` (makes an instance of any class, past its ``__init__``), and the
     ``__init__`` dataclasses generates (``self.<field> = value`` natively, on any object: a module's
     functions replaced)."""
-    if _own_class_of(obj) is None:
+    if _own_class_of(obj, name) is None:
         return False
     if name == "__new__":
         return type(value) is types.BuiltinFunctionType or (
@@ -459,7 +530,7 @@ def _own_class_method(obj: Any, name: str, method: Any) -> Any:
     M(ModuleType)``, ``M.__init__``; a dataclass's generated ``__init__``): what the sandbox holds it
     by is its own class, so it takes an instance of that class as ``self`` (``__new__``: a subclass
     of it), as a read off an instance would bind it. The host class itself would refuse the read."""
-    own = _own_class_of(obj)
+    own = _own_class_of(obj, name)
     assert own is not None
 
     if name == "__new__":
@@ -846,7 +917,8 @@ def _check_native_read(obj: Any, name: str, what: str) -> None:
         return
     except SandboxPolicyError as e:
         raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: {e}") from None
-    if vetted is not value or (_is_dunder(name) and _unbound_host_method(obj, name, vetted)):
+    if vetted is not value or (_is_dunder(name) and _unbound_host_method(obj, name, vetted)) or (
+            name == "__get__" and _classmethod_get(obj, vetted) is not vetted):
         raise SandboxPolicyError(f"{what} {name!r} is not readable in the sandbox: it is a host object "
                                  "handed out only in a checked version")
 

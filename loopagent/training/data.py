@@ -141,7 +141,7 @@ def _child_pieces(tok: Any) -> Any:
 # -- root ---------------------------------------------------------------------------------------------
 
 #: The root's question families and how often each is drawn in training.
-FAMILIES = {"needle": 0.35, "value": 0.25, "count": 0.25, "other": 0.15}
+FAMILIES = {"needle": 0.25, "value": 0.3, "count": 0.3, "other": 0.15}
 #: What the root's training program for a question outside its families prints.
 LOOK_CHARS = 100
 

@@ -86,7 +86,8 @@ ROUND13 = [
            "import json\nclass A:\n    def make(self, cls):\n        return super().__new__(cls)\n"
            "x = A().make(json.JSONEncoder)\n" + WIN, errors=("TypeError",)),
     attack("review13", "object_new_through_super_over_an_instance",
-           "import json\nclass A:\n    pass\nclass B(A):\n    pass\nx = super(B, B()).__new__(json.JSONEncoder)\n" + WIN,
+           "import json\nclass A:\n    pass\nclass B(A):\n    pass\n"
+           "x = super(B, B()).__new__(json.JSONEncoder)\n" + WIN,
            errors=("TypeError",)),
     attack("review13", "fraction_new_off_an_own_instance",
            "import fractions\nclass F(fractions.Fraction):\n    pass\nx = F(1).__new__(fractions.Fraction, 3)\n" + WIN,

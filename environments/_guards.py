@@ -208,6 +208,18 @@ def _sandbox_function(obj: Any) -> bool:
 #: when read off a member either), ``_value_repr_`` the data type's raw ``__repr__`` (a dataclass
 #: mixin's generated one takes any ``self`` and reads its fields natively: ``random._os``).
 _ENUM_INTERNALS = frozenset({"_new_member_", "_value_repr_"})
+#: The bookkeeping EnumType puts in the own dict of every enum class and its native code then trusts:
+#: a member is made as ``cls._new_member_(cls, *args)`` (or ``cls._member_type_(*args)``, by
+#: ``_use_args_``), and whatever that returns gets ``_value_``, ``_name_`` and ``__objclass__`` set and
+#: its ``__init__(*args)`` called, natively (``_proto_member.__set_name__``); ``Flag._missing_`` makes
+#: ``cls._member_type_.__new__(cls, value)`` and sets the same on it; the maps and lists are appended
+#: to. An enum class is the sandbox's own, so model code could assign these on it: a member's
+#: ``__init__`` setting ``type(self)._new_member_`` made the next member whatever that returned (an own
+#: dataclass's class: its generated ``__init__``, unbound, ran on ``(dataclasses, f)`` and set
+#: ``dataclasses.repr``, round 13's way to the real ``os.environ``; a module: renamed). Not assignable
+#: or deletable in the sandbox (on any object: the compiler cannot tell an enum class from another).
+ENUM_BOOKKEEPING = frozenset({"_new_member_", "_use_args_", "_member_type_", "_member_names_", "_member_map_",
+                              "_value2member_map_", "_unhashable_values_", "_value_repr_"})
 
 
 def _private_allowed(obj: Any, name: str) -> bool:
@@ -293,6 +305,8 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
         raise TypeError("attribute name must be a string")
     if name in SAFE_DUNDERS:
         return _vet(getattr(obj, name) if default is _MISSING else getattr(obj, name, default))
+    if name == "__new__" and type(obj) is type and obj in _BUILTIN_NEWS:
+        return _BUILTIN_NEWS[obj]
     if name.startswith("_") and name != "_":
         if not (_dunder_allowed(obj, name) if _is_dunder(name) else _private_allowed(obj, name)):
             _refuse_attr(obj, name)
@@ -552,6 +566,30 @@ def _own_class_method(obj: Any, name: str, method: Any) -> Any:
     return checked
 
 
+#: Builtin types whose ``__new__`` model code calls by name in a subclass (``int.__new__(cls, v)``,
+#: ``str.__new__(cls, s)``, ``bytes.__new__(cls, [v])`` in an Enum mixin, ``tuple.__new__(cls, xs)``).
+_NEWABLE_BUILTINS = frozenset({object, int, float, complex, str, bytes, bytearray, tuple, list, dict, set,
+                               frozenset})
+
+
+def _builtin_new(base: type) -> Callable[..., Any]:
+    """``base.__new__`` for a class of the sandbox only: what ``super().__new__(cls)`` in that class
+    gives. Unrestricted, ``object.__new__`` is an instance of any class past its ``__init__``."""
+    new = base.__new__
+
+    def checked(cls: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if not (isinstance(cls, type) and _defined_in_sandbox(cls) and base in cls.__mro__):
+            raise SandboxPolicyError(f"{base.__name__}.__new__() takes a class defined in the sandbox that "
+                                     f"subclasses {base.__name__}, not {cls!r}; call the class itself instead")
+        return new(cls, *args, **kwargs)
+
+    checked.__name__, checked.__qualname__, checked.__doc__ = "__new__", f"{base.__name__}.__new__", new.__doc__
+    return checked
+
+
+_BUILTIN_NEWS = {base: _builtin_new(base) for base in _NEWABLE_BUILTINS}
+
+
 def _method_owner(func: types.FunctionType) -> type | None:
     """The host class ``func`` is a method of (found by its qualified name, in the class's own dict:
     raw, or as a property's accessor), or None for a module's function, a static method, or the
@@ -617,7 +655,7 @@ def guarded_write(obj: Any) -> Any:
 def _check_set_name(name: Any, verb: str) -> None:
     if type(name) is not str or (
         name.startswith("_") and name != "_" and _is_dunder(name) and name not in WRITABLE_DUNDERS
-    ):
+    ) or name in ENUM_BOOKKEEPING:
         raise SandboxPolicyError(f'{verb} "{name}" is not allowed')
 
 
@@ -1337,6 +1375,23 @@ def _harden_enum() -> None:
         return original(cls, class_name, checked, **kwargs)
 
     enum.EnumType._create_ = _create_  # type: ignore[attr-defined]
+
+    # EnumType wraps each member's value in a _proto_member, whose __set_name__ (which type.__new__
+    # calls for every value in a class's dict) turns it into a member by the class's own bookkeeping
+    # (see ENUM_BOOKKEEPING). A model class gets hold of one (``type(self).B`` in a member's __init__
+    # while B is still one; then ``type(it)(value)``) and puts it in an ordinary class whose body
+    # defines ``_new_member_``, ``_use_args_`` and the rest: the same native writes and ``__init__``
+    # call on whatever that returns. Only an enum class, whose bookkeeping EnumType wrote, may own one.
+    proto = enum._proto_member  # type: ignore[attr-defined]
+    set_name = proto.__set_name__
+
+    def __set_name__(self: Any, enum_class: Any, member_name: Any) -> None:
+        if not isinstance(enum_class, enum.EnumType):
+            raise SandboxPolicyError("an enum member can be made only in an enum class")
+        set_name(self, enum_class, member_name)
+
+    __set_name__.__doc__ = set_name.__doc__
+    proto.__set_name__ = __set_name__
 
 
 # -- imports ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ _FUTURE = _guards._FUTURE
 _PRELOAD_EXTRA = frozenset(_guards._PRELOAD_EXTRA)
 _is_dunder = _guards._is_dunder
 DEFINABLE_DUNDERS = _guards.DEFINABLE_DUNDERS
+ENUM_BOOKKEEPING = _guards.ENUM_BOOKKEEPING
 OWN_DUNDERS = _guards.OWN_DUNDERS
 SAFE_DUNDERS = _guards.SAFE_DUNDERS
 WRITABLE_DUNDERS = _guards.WRITABLE_DUNDERS
@@ -125,6 +126,8 @@ class _Transformer(RestrictingNodeTransformer):
     def _attribute_error(self, attr: str, value: ast.expr, store: bool) -> str | None:
         if attr.endswith("__roles__") or attr in _BLOCKED_ATTRS:
             return f'"{attr}" is a restricted name: frames and code objects are off limits'
+        if store and attr in ENUM_BOOKKEEPING:
+            return f'"{attr}" cannot be assigned in the sandbox: enum classes keep their members by it'
         if not _is_dunder(attr):
             return None  # private names are checked when the code runs (the sandbox's own objects only)
         if store:

@@ -536,6 +536,30 @@ p = Point(1, 2)
 p.x += 10
 print(p.x, p.y, Unhashable.count, Unhashable.__hash__ is None)
 """,
+    "builtin_new_called_by_name_in_subclasses": """
+import enum
+class Money(float):
+    def __new__(cls, value):
+        return float.__new__(cls, round(value, 2))
+class Tag(str):
+    def __new__(cls, s):
+        return str.__new__(cls, s.lower())
+class Pair(tuple):
+    def __new__(cls, a, b):
+        return tuple.__new__(cls, (a, b))
+class Code(int, enum.Enum):
+    OK = (200, "fine")
+    def __new__(cls, value, label):
+        obj = int.__new__(cls, value)
+        obj._value_ = value
+        obj.label = label
+        return obj
+class Blank:
+    def __init__(self):
+        raise RuntimeError("not called")
+b = object.__new__(Blank)
+print(Money(2.345), Tag("ABC"), Pair(1, 2), Code.OK.label, Code(200).name, type(b).__name__)
+""",
 }
 
 
@@ -574,6 +598,13 @@ def test_async_is_refused_with_a_clear_message(repl, code):
 def test_except_star_stays_refused(repl):
     res = repl.execute("try:\n    pass\nexcept* ValueError:\n    pass\n")
     assert res.error_type == "PolicyViolation"
+
+
+@pytest.mark.parametrize("code", ["import json\nobject.__new__(json.JSONEncoder)\n", "object.__new__(int)\n",
+                                  "int.__new__(bool, 1)\n", "str.__new__(str, 'a')\n"])
+def test_builtin_new_makes_classes_of_the_sandbox_only(repl, code):
+    res = repl.execute(code)
+    assert res.error is not None and "takes a class defined in the sandbox" in res.error, res.error
 
 
 def test_trailing_expression_of_own_repr(repl):

@@ -22,10 +22,10 @@ depth, and it runs no projection or MLP any more: a loop computes only the still
 (gathered). **KV rule** (Ouro's "reuse last", also the reference's): a token that stopped at
 depth ``d`` has, in every deeper (loop, core layer) cache, its keys/values of loop ``d - 1``;
 they are kept per core layer for every token of the batch and written into each loop's cache
-for the stopped rows. With vLLM's CPU attention, a loop attends for the requests that still
-have a looping token only (``_Subset``: the step's attention metadata sliced to them, built
-once per loop level); other backends run the attention call over the whole batch, stopped
-rows with zero queries. Once no token of the batch is
+for the stopped rows. With vLLM's CPU attention, a loop attends for the still-looping rows
+only (``_Subset``: the step's attention metadata sliced to them, a request whose tokens the
+gate stopped in part attended row by row); other backends run the attention call over the
+whole batch, stopped rows with zero queries. Once no token of the batch is
 active, the remaining loops up to the batch's largest budget only write those caches (later
 tokens of the same request may loop deeper and read them). The model records each token's
 depth (``loop_depths``) for a gated batch; the hook turns it into per-request counts.
@@ -85,17 +85,22 @@ def _write_cache(attn: Attention, k: torch.Tensor, v: torch.Tensor) -> None:
         attn(k.new_zeros(k.shape[0], attn.num_heads * attn.head_size), k, v)
 
 class _Subset:
-    """The requests of the batch that still have a looping token, when some have none: attention
-    is run for their tokens only (CPU attention backend; elsewhere ``None`` is used, and the
-    attention call spans the whole batch with zero queries for stopped rows).
+    """What a loop attends for when not every request of the batch has a looping token, or not
+    every token of such a request loops (CPU attention backend; elsewhere ``None`` is used, and
+    the attention call spans the whole batch with zero queries for stopped rows).
 
-    ``tokens``: the tokens of those requests (ascending); ``pos``: where the active rows sit
-    in ``tokens`` (None when they are exactly ``tokens``). The sliced attention metadata is
-    built once per metadata object (one per KV-cache group) and reused by every layer."""
+    Each looping row is one query: ``tokens`` (ascending, the batch's rows) are attended for
+    and nothing else. While every token of a request loops (budgets are per request), its rows
+    stay one query run of its request (``qlens``); once the gate stops some of a request's
+    tokens, each looping row of it is a query run of length one over its request's keys up to
+    its own position (``back``: how many of the request's positions of this step come after
+    it), so the attention work follows the rows still looping. ``reqs``: the request (block
+    table row) of each query run. The sliced attention metadata is built once per metadata
+    object (one per KV-cache group) and reused by every layer."""
 
-    def __init__(self, sel: torch.Tensor, qlens: torch.Tensor, tokens: torch.Tensor,
-                 pos: torch.Tensor | None) -> None:
-        self.sel, self.qlens, self.tokens, self.pos = sel, qlens, tokens, pos
+    def __init__(self, reqs: torch.Tensor, qlens: torch.Tensor, tokens: torch.Tensor,
+                 back: torch.Tensor | None) -> None:
+        self.reqs, self.qlens, self.tokens, self.back = reqs, qlens, tokens, back
         self._metadata: dict[int, tuple[Any, Any]] = {}
 
     def metadata(self, attn: Attention, md: Any, dtype: torch.dtype) -> Any:
@@ -108,44 +113,45 @@ class _Subset:
         from vllm import envs
 
         impl = attn.impl
-        qsl = torch.zeros(self.sel.numel() + 1, dtype=md.query_start_loc.dtype, device=md.query_start_loc.device)
+        runs = int(self.reqs.numel())
+        qsl = torch.zeros(runs + 1, dtype=md.query_start_loc.dtype, device=md.query_start_loc.device)
         torch.cumsum(self.qlens, 0, out=qsl[1:])
-        seq_lens = md.seq_lens.index_select(0, self.sel)
+        seq_lens = md.seq_lens.index_select(0, self.reqs)
+        if self.back is not None:
+            seq_lens = seq_lens - self.back.to(seq_lens.dtype)
         scheduler_metadata = ops.cpu_attn_get_scheduler_metadata(
-            num_reqs=int(self.sel.numel()), num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
+            num_reqs=runs, num_heads=impl.num_heads, num_kv_heads=impl.num_kv_heads,
             head_dim=impl.head_size, seq_lens=seq_lens, dtype=dtype, query_start_loc=qsl, causal=md.causal,
             sliding_window_size=impl.sliding_window, isa=attn.isa, enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
             dynamic_causal=None, kv_cache_dtype=impl.kv_cache_dtype)
         sliced = dataclasses.replace(
             md, num_actual_tokens=int(self.tokens.numel()), max_query_len=int(self.qlens.max()), query_start_loc=qsl,
-            max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=md.block_table.index_select(0, self.sel),
+            max_seq_len=int(seq_lens.max()), seq_lens=seq_lens, block_table=md.block_table.index_select(0, self.reqs),
             slot_mapping=md.slot_mapping.index_select(0, self.tokens), scheduler_metadata=scheduler_metadata)
         self._metadata[id(md)] = (md, sliced)
         return sliced
 
     def attend(self, attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention of the active rows (queries ``q``) over ``attn``'s cache, which already holds
-        this call's keys/values of every token (``k``/``v``: the whole batch's)."""
+        """Attention of the looping rows (queries ``q``, one per row of ``tokens``) over ``attn``'s
+        cache, which already holds this call's keys/values of every token (``k``/``v``: the whole
+        batch's)."""
         from vllm.model_executor.layers.attention.attention import get_attention_context
 
         md, _, kv_cache, _ = get_attention_context(attn.layer_name)
         n, heads, hd = self.tokens.numel(), attn.num_heads, attn.head_size
-        if self.pos is None:
-            q_sub = q
-        else:
-            q_sub = q.new_zeros(n, q.shape[1]).index_copy_(0, self.pos, q)
         out = q.new_empty(n, heads * attn.head_size_v)
-        attn.impl.forward(attn, q_sub.view(n, heads, hd),
-                          k.index_select(0, self.tokens).view(n, attn.num_kv_heads, hd),
-                          v.index_select(0, self.tokens).view(n, attn.num_kv_heads, attn.head_size_v),
-                          kv_cache, self.metadata(attn, md, q.dtype), output=out.view(n, heads, attn.head_size_v))
-        return out if self.pos is None else out.index_select(0, self.pos)
+        # The decoder path of the CPU backend reads keys/values from the cache only (written
+        # above): these views stand for the arguments it takes, no rows are gathered for them.
+        attn.impl.forward(attn, q.view(n, heads, hd), k[:n].view(n, attn.num_kv_heads, hd),
+                          v[:n].view(n, attn.num_kv_heads, attn.head_size_v), kv_cache,
+                          self.metadata(attn, md, q.dtype), output=out.view(n, heads, attn.head_size_v))
+        return out
 
 
 def _subset(attn: Attention, alive: torch.Tensor) -> tuple[_Subset | None, torch.Tensor]:
-    """The requests to attend for the tokens ``alive`` (see ``_Subset``), or None when every request
-    has an active token or the backend is not vLLM's CPU attention; and ``alive`` without padding
-    tokens (past the last request's, never read) when a subset is used."""
+    """What to attend for the tokens ``alive`` (see ``_Subset``), or None when every token is
+    alive or the backend is not vLLM's CPU attention; and ``alive`` without padding tokens (past
+    the last request's, never read) when a subset is used."""
     if attn.attn_backend.get_name() != "CPU_ATTN":  # CUDA etc.: the whole-batch call (not implemented there)
         return None, alive
     try:
@@ -166,18 +172,18 @@ def _subset(attn: Attention, alive: torch.Tensor) -> tuple[_Subset | None, torch
     req_of_token = torch.repeat_interleave(torch.arange(num_reqs, device=alive.device), qlens, output_size=n_real)
     counts = torch.zeros(num_reqs, dtype=torch.long, device=alive.device)
     counts.index_add_(0, req_of_token, alive[:n_real].long())
-    live = counts > 0
-    if bool(live.all()):
+    whole = counts == qlens  # every token of the request loops
+    if bool(whole.all()):
         return None, alive
     alive = alive.clone()
     alive[n_real:] = False
-    sel = live.nonzero().squeeze(1)
-    mask = torch.zeros_like(alive)
-    mask[:n_real] = live.index_select(0, req_of_token)
-    tokens = mask.nonzero().squeeze(1)
-    n_active = int(alive.sum())
-    pos = None if n_active == tokens.numel() else (mask.long().cumsum(0) - 1)[alive]
-    return _Subset(sel, qlens.index_select(0, sel), tokens, pos), alive
+    if bool((whole | (counts == 0)).all()):  # whole requests or none: one query run per request
+        reqs = whole.nonzero().squeeze(1)
+        return _Subset(reqs, qlens.index_select(0, reqs), alive.nonzero().squeeze(1), None), alive
+    tokens = alive.nonzero().squeeze(1)
+    reqs = req_of_token.index_select(0, tokens)
+    back = qsl[1:].index_select(0, reqs) - 1 - tokens  # the request's positions after the row's
+    return _Subset(reqs, torch.ones_like(reqs), tokens, back), alive
 
 
 # q/k/v and gate/up are stored separately in checkpoints and fused here.
@@ -280,9 +286,9 @@ class VLoopedAttention(nn.Module):
             index, total, subset = rows
             assert kv is not None, "compacted rows need the kept keys/values"
             kept, layer = kv
-            k = kept.k[layer].index_copy(0, index, k)  # type: ignore[union-attr]
-            v = kept.v[layer].index_copy(0, index, v)  # type: ignore[union-attr]
-            kept.k[layer], kept.v[layer] = k, v
+            # in place: the kept tensors were written into the caches of the loops before
+            k = kept.k[layer].index_copy_(0, index, k)  # type: ignore[union-attr]
+            v = kept.v[layer].index_copy_(0, index, v)  # type: ignore[union-attr]
             if subset is not None:
                 _write_cache(attn, k, v)
                 out = subset.attend(attn, q, k, v)
@@ -470,7 +476,8 @@ class VLoopedModel(nn.Module):
             if self.loop_norm is not None:
                 h = normed if fused else self.loop_norm(h)
             # A stopped token keeps its state: its coda sees the state at its depth.
-            s = h if rows is None else s.index_copy(0, rows[0], h)
+            # (in place past loop 0, where s is some loop's output; loop 0 runs every row)
+            s = h if rows is None else s.index_copy_(0, rows[0], h) if loop else s.index_copy(0, rows[0], h)
             if gate is not None:
                 gate.step(loop, h, rows[0] if rows is not None else None)
         if gate is not None:

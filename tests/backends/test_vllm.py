@@ -639,7 +639,7 @@ def test_attention_runs_for_the_still_looping_requests_only(engines, monkeypatch
     attend = vmodel._Subset.attend
 
     def spy(self, attn, q, k, v):
-        calls["exact" if self.pos is None else "partial"] += 1
+        calls["exact" if self.back is None else "partial"] += 1
         calls["attended"].append(self.tokens.numel())
         calls["batch"].append(k.shape[0])
         return attend(self, attn, q, k, v)

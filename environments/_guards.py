@@ -90,8 +90,10 @@ _DENIED_MODULE_ATTRS: dict[str, frozenset[str]] = {
     "typing": frozenset({"get_type_hints", "ABCMeta", "NamedTupleMeta"}),
     # make_dataclass: any bases, namespace and field names (they end up in exec'd source)
     "dataclasses": frozenset({"make_dataclass"}),
-    # global_enum writes members into sys.modules[cls.__module__], a module the functional API names
-    "enum": frozenset({"EnumType", "EnumMeta", "global_enum"}),
+    # global_enum writes members into sys.modules[cls.__module__], a module the functional API names;
+    # pickle_by_enum_name(member, proto) returns ``(getattr, ...)``: the real getattr, in a call's
+    # result no guard sees (``g, _ = enum.pickle_by_enum_name(E.A, 2)``: every dunder, os.environ)
+    "enum": frozenset({"EnumType", "EnumMeta", "global_enum", "pickle_by_enum_name"}),
     # ABCMeta builds classes from a dict; update_abstractmethods writes to any class
     "abc": frozenset({"ABCMeta", "update_abstractmethods"}),
     # they assign sys.stdout / call os.chdir; MethodType and GenericAlias come from `types`
@@ -1048,6 +1050,22 @@ def _own_object_decorator(real: Callable[..., Any], what: str) -> Callable[..., 
     return decorator
 
 
+def _own_abstract(real: type) -> type:
+    """abc.abstractclassmethod / abstractstaticmethod: their ``__init__`` sets ``__isabstractmethod__ =
+    True`` natively on what they wrap (``abc.abstractclassmethod(json)`` planted it on a host module, a
+    host function, a host class). A subclass taking the sandbox's own functions and objects only, named
+    as the original (subclassing it in the sandbox keeps working; the original is handed out as this)."""
+
+    def __init__(self: Any, callable: Any, /) -> None:
+        if not (_sandbox_function(callable) or _defined_in_sandbox(callable)):
+            raise SandboxPolicyError(f"abc.{real.__name__} works on functions and classes defined in the sandbox only")
+        real.__init__(self, callable)
+
+    __init__.__qualname__ = f"{real.__qualname__}.__init__"
+    return type(real.__name__, (real,), {"__init__": __init__, "__module__": real.__module__,
+                                         "__qualname__": real.__qualname__, "__doc__": real.__doc__})
+
+
 def _dataclass_transform(**kwargs: Any) -> Callable[[Any], Any]:
     """typing.dataclass_transform: its decorator sets ``__dataclass_transform__`` on whatever it is
     given (``dataclass_transform()(json)`` wrote a module's attribute): the sandbox's own objects only."""
@@ -1146,7 +1164,9 @@ def _build_module_proxies() -> None:
                                         "runtime_checkable": _own_object_decorator(typing.runtime_checkable,
                                                                                    "typing.runtime_checkable"),
                                         "dataclass_transform": _dataclass_transform}
-    _REPLACED_MODULE_ATTRS["abc"] = {"abstractmethod": _own_object_decorator(abc.abstractmethod, "abc.abstractmethod")}
+    _REPLACED_MODULE_ATTRS["abc"] = {"abstractmethod": _own_object_decorator(abc.abstractmethod, "abc.abstractmethod"),
+                                     "abstractclassmethod": _own_abstract(abc.abstractclassmethod),
+                                     "abstractstaticmethod": _own_abstract(abc.abstractstaticmethod)}
     _REPLACED_MODULE_ATTRS["functools"]["total_ordering"] = _own_class_decorator(
         functools.total_ordering, "total_ordering")
     _build_identity_tables()
@@ -1197,6 +1217,16 @@ def _build_identity_tables() -> None:
                 _BY_ID[id(value)] = (value, replacement)
     for real, stand_in in _STAND_INS.items():
         _BY_ID[id(real)] = (real, stand_in)
+    # The real builtins the sandbox's builtins replace or refuse, wherever host code holds them (a
+    # host function's result, a host container): a guarded read hands out the sandbox's version
+    # (``enum.pickle_by_enum_name(m, 2)[0]`` was the real getattr).
+    sandbox_builtins = _build_builtins()
+    for name in ("getattr", "hasattr", "setattr", "delattr", "__import__", *_REFUSED_BUILTINS):
+        real = getattr(builtins, name, _MISSING)
+        if real is _MISSING:
+            continue  # exit, quit, help: put there by site, which may not have run
+        _BY_ID[id(real)] = (real, _DENY if name in _REFUSED_BUILTINS else sandbox_builtins[name])
+        _DENIED_NAMES[id(real)] = f"builtins.{name}"
     # the unbound str methods, wherever they are read from (a class dict copied by update_wrapper):
     # guarded_getattr hands out the guarded ones only when it sees them read off str
     _BY_ID[id(str.format)] = (str.format, _safe_format)

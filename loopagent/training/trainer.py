@@ -106,7 +106,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                         default_loops=8, max_loops=16, loops_min=1, loops_max=8, statements=[5, 6, 7, 8, 9, 10],
                         train_hops=[1, 2, 3, 4, 5, 6], queries=4, fact_sentences=0.5, eval_every=500,
                         checkpoint_every=250),
-    "root": dict(role="root", steps=2600, batch_size=32, lr=2e-3, hidden_size=128, intermediate_size=384,
+    "root": dict(role="root", steps=4600, batch_size=32, lr=2e-3, hidden_size=128, intermediate_size=384,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
                  eval_every=500),
     # a few seconds on a laptop: for tests and smoke runs

@@ -48,9 +48,10 @@ def test_each_child_loop_resolves_one_hop():
     assert all(r.finish_reason == "stop" for r in replies)
 
 
-#: The shipped root predates the held-out training pipeline (issue #19): it was trained on the
-#: canonical phrasings and word-list keys, and fails off them (MODEL_CARD.md, "Status").
-PREDATES_HELD_OUT = "the shipped root was trained before the held-out pipeline; see MODEL_CARD.md, Status"
+#: Where the shipped root (retrained by the held-out pipeline, issue #19) is still below the bar:
+#: a value or count asked in held-out phrasings (MODEL_CARD.md, "Status").
+HELD_OUT_PHRASINGS_SHORT = ("the shipped root copies a variable or digit from held-out value and count phrasings "
+                            "less often than the bar asks; see MODEL_CARD.md, Status")
 
 
 def _canonical_questions(rng: random.Random, n: int) -> list[tuple[str, set[int]]]:
@@ -98,7 +99,7 @@ def test_root_programs_run_without_error():
     assert ok / len(replies) >= 0.9, [r.text for r in replies]
 
 
-@pytest.mark.xfail(strict=True, reason=PREDATES_HELD_OUT)
+@pytest.mark.xfail(strict=True, reason=HELD_OUT_PHRASINGS_SHORT)
 def test_root_programs_run_on_held_out_phrasings():
     """Quality bar of issue #19: programs that run on >= 95% of held-out phrasings, mixed case,
     random keys and questions of no family."""
@@ -126,10 +127,10 @@ def test_single_needle_in_a_million_characters():
     assert correct >= 3
 
 
-@pytest.mark.xfail(strict=True, reason=PREDATES_HELD_OUT)
 @pytest.mark.parametrize("task, options", [
     ("sniah", {"keys": "chars", "phrasing": "heldout", "case": "mixed"}),     # random keys, held-out phrasings
-    ("chains", {"hops": 3, "phrasing": "heldout", "case": "mixed"}),          # the value family reworded
+    pytest.param("chains", {"hops": 3, "phrasing": "heldout", "case": "mixed"},  # the value family reworded
+                 marks=pytest.mark.xfail(strict=True, reason=HELD_OUT_PHRASINGS_SHORT)),
 ])
 def test_held_out_keys_and_phrasings_are_answered(task, options):
     """Off the training distribution, root and child embedded (a small sample of the model card's runs)."""

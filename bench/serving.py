@@ -71,8 +71,9 @@ DEFAULT_OUT = RESULTS_DIR / "serving.json"
 COMPUTE_OUT = RESULTS_DIR / "serving_compute.json"
 SPEEDUP_TARGET = 5.0
 MIXED_SLACK = 1.05
-#: --compute: requests, prompt tokens, new tokens, untimed and timed rounds (about 4 minutes on 2 quiet CPU cores)
-COMPUTE = {"requests": 32, "prompt_tokens": 256, "new_tokens": 64, "warmup": 2, "rounds": 3}
+#: --compute: requests, prompt tokens, new tokens, untimed and timed rounds (about 6 minutes on 2 quiet CPU cores;
+#: a round of this machine varies by up to 7%: the best of 5 per case)
+COMPUTE = {"requests": 32, "prompt_tokens": 256, "new_tokens": 64, "warmup": 2, "rounds": 5}
 GATE_THRESHOLD = 0.5
 MIXED_TARGET = 0.70
 GATE_SLACK = 0.15
@@ -134,12 +135,38 @@ def make_compute_model(folder: Path) -> Path:
     return folder
 
 
+class _PhaseClock:
+    """Wall time of the model's forwards, prefill steps (more than one token per request) and
+    decode steps apart: where a case's time goes. The engine runs in this process."""
+
+    def __init__(self) -> None:
+        from loopagent.backends.vllm import model as vllm_model
+
+        self.seconds = {"prefill": 0.0, "decode": 0.0}
+        cls, real, clock = vllm_model.VLoopedModel, vllm_model.VLoopedModel.forward, self
+
+        def forward(model: Any, input_ids: Any, positions: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = real(model, input_ids, positions, *args, **kwargs)
+            phase = "decode" if positions.numel() <= COMPUTE["requests"] else "prefill"
+            clock.seconds[phase] += time.perf_counter() - t0
+            return out
+
+        cls.forward = forward  # type: ignore[method-assign]
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {"prefill": 0.0, "decode": 0.0}
+        return out
+
+
 def compute_bound(out_path: Path) -> int:
     """--compute: mixed budgets and the exit gate on a compute-bound model (vLLM only)."""
     from vllm import SamplingParams
 
     from loopagent import model
     from loopagent.backends.vllm import hooks
+
+    clock = _PhaseClock()
 
     wall0 = time.perf_counter()
     n, p, new, rounds = (COMPUTE[k] for k in ("requests", "prompt_tokens", "new_tokens", "rounds"))
@@ -165,14 +192,17 @@ def compute_bound(out_path: Path) -> int:
                 backend.generate(ids, case)
         walls: dict[str, list[float]] = {name: [] for name in cases}
         cpus: dict[str, list[float]] = {name: [] for name in cases}
+        phases: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         counts: dict[str, list[Any]] = {}
         for _ in range(rounds):
             for name, case in cases.items():
                 # the engine runs in this process: its CPU time is also the CPU time of the work
+                clock.take()
                 t0, c0 = time.perf_counter(), time.process_time()
                 outs = backend.generate(ids, case)
                 walls[name].append(time.perf_counter() - t0)
                 cpus[name].append(time.process_time() - c0)
+                phases[name].append(clock.take())
                 counts[name] = [hooks.request_loop_stats(o) for o in outs]
         backend.close()
     for name in cases:
@@ -182,8 +212,10 @@ def compute_bound(out_path: Path) -> int:
         for c in counts[name]:
             for depth, k in (c.exit_histogram or {}).items():
                 histogram[depth] = histogram.get(depth, 0) + k
+        best = walls[name].index(min(walls[name]))
         results[name] = {"wall_s": min(walls[name]), "walls_s": walls[name], "cpu_s": min(cpus[name]),
-                         "cpus_s": cpus[name], "tokens": tokens,
+                         "cpus_s": cpus[name], "prefill_s": phases[name][best]["prefill"],
+                         "decode_s": phases[name][best]["decode"], "tokens": tokens,
                          "computed_loop_tokens": computed, "executed_mean": computed / tokens,
                          "exit_histogram": dict(sorted(histogram.items())) or None}
     base = results["uniform8"]["wall_s"]
@@ -200,6 +232,9 @@ def compute_bound(out_path: Path) -> int:
             target=f"<= {depth_share + GATE_SLACK:.3f}", passed=gated_ratio <= depth_share + GATE_SLACK,
             peer_note="-", comparable=False),
         Row(metric="gated: mean executed loops / 8", ours=depth_share, peer=None, peer_note="-", comparable=False),
+        *(Row(metric=f"gated {phase} / all at 8 {phase}", ours=results["gated"][f"{phase}_s"]
+              / results["uniform8"][f"{phase}_s"], peer=None, peer_note="-", comparable=False)
+          for phase in ("prefill", "decode")),
         Row(metric="CPU time: mixed / all at 8", ours=results["mixed"]["cpu_s"] / cpu_base, peer=None, peer_note="-",
             comparable=False),
         Row(metric="CPU time: gated / all at 8", ours=results["gated"]["cpu_s"] / cpu_base, peer=None, peer_note="-",

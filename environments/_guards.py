@@ -104,6 +104,11 @@ _DENIED_MODULE_ATTRS: dict[str, frozenset[str]] = {
     "shlex": frozenset({"shlex"}),
     # uuid1/getnode run ifconfig & co. to find a MAC address
     "uuid": frozenset({"uuid1", "getnode"}),
+    # pthread_getcpuclockid(t) hands the int to glibc as a `struct pthread *` and reads its `tid` field:
+    # ``time.pthread_getcpuclockid(id(b) + 32 - 0x2d0)`` read any 4 bytes of the worker's memory (the
+    # clock id is ``~tid << 3``), a bad address was a SIGSEGV. clock_settime sets the host's clock (only
+    # the dropped privileges stop it). Linux-only names: where the module lacks one, nothing to deny.
+    "time": frozenset({"pthread_getcpuclockid", "clock_settime", "clock_settime_ns"}),
 }
 
 _BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {
@@ -1200,7 +1205,9 @@ def _build_identity_tables() -> None:
     for modname, names in _DENIED_MODULE_ATTRS.items():
         module = sys.modules[modname]
         for attr in names:
-            value = getattr(module, attr)
+            value = getattr(module, attr, _MISSING)
+            if value is _MISSING:
+                continue  # a platform's function this one lacks (time.pthread_getcpuclockid)
             _BY_ID[id(value)] = (value, _DENY)
             # named where it is defined, not after whichever re-export came first
             home, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)

@@ -1227,12 +1227,11 @@ def _build_identity_tables() -> None:
     # The real builtins the sandbox's builtins replace or refuse, wherever host code holds them (a
     # host function's result, a host container): a guarded read hands out the sandbox's version
     # (``enum.pickle_by_enum_name(m, 2)[0]`` was the real getattr).
-    sandbox_builtins = _build_builtins()
-    for name in ("getattr", "hasattr", "setattr", "delattr", "__import__", *_REFUSED_BUILTINS):
+    for name in (*_GUARDED_BUILTINS, *_REFUSED_BUILTINS):
         real = getattr(builtins, name, _MISSING)
         if real is _MISSING:
             continue  # exit, quit, help: put there by site, which may not have run
-        _BY_ID[id(real)] = (real, _DENY if name in _REFUSED_BUILTINS else sandbox_builtins[name])
+        _BY_ID[id(real)] = (real, _GUARDED_BUILTINS.get(name, _DENY))
         _DENIED_NAMES[id(real)] = f"builtins.{name}"
     # the unbound str methods, wherever they are read from (a class dict copied by update_wrapper):
     # guarded_getattr hands out the guarded ones only when it sees them read off str
@@ -1494,6 +1493,12 @@ def _refuser(message: str) -> Callable[..., Any]:
     return refuse
 
 
+#: The builtins the sandbox's own functions stand in for (also where host code hands the real ones out).
+_GUARDED_BUILTINS: dict[str, Any] = {"__import__": guarded_import, "getattr": guarded_getattr,
+                                     "hasattr": guarded_hasattr, "setattr": _guarded_setattr,
+                                     "delattr": _guarded_delattr}
+
+
 def _build_builtins() -> dict[str, Any]:
     b = dict(safe_builtins)
     for name in (
@@ -1507,15 +1512,7 @@ def _build_builtins() -> dict[str, Any]:
         "super", "object",
     ):
         b[name] = getattr(builtins, name)
-    b.update(
-        __import__=guarded_import,
-        getattr=guarded_getattr,
-        hasattr=guarded_hasattr,
-        setattr=_guarded_setattr,
-        delattr=_guarded_delattr,
-        type=_one_arg_type,
-        SandboxPolicyError=SandboxPolicyError,
-    )
+    b.update(_GUARDED_BUILTINS, type=_one_arg_type, SandboxPolicyError=SandboxPolicyError)
     for name, message in _REFUSED_BUILTINS.items():
         b[name] = _refuser(message)
     return b

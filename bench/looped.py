@@ -138,8 +138,8 @@ def build_models(cfg: Config) -> dict[str, Any]:
 
 
 def clone_cache(cache: Any) -> Any:
-    """A copy of a LoopedCache that can be extended without touching the original
-    (``append`` replaces its tensors with new ones; it never writes into them)."""
+    """A fork of a LoopedCache that can be extended without touching the original (entries
+    are immutable records; a fork that extends a shared buffer after another one did copies first)."""
     new = copy.copy(cache)
     new.entries = dict(cache.entries)
     return new

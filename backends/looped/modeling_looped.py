@@ -25,9 +25,12 @@ computed loop ``d - 1`` ("reuse last exited", as in Ouro and continuous-depth ba
 a depth-0 (masked) position holds zeros, which no query reads (it is masked).
 
 KV cache: ``per_loop`` keeps keys/values for every (loop, core layer), built for the
-largest budget of the batch; for each loop it stores exactly what the uncached forward
-read at that loop (the rule above), so cached generation equals an uncached forward
-exactly, with the gate and mixed budgets too. ``shared`` keeps one entry per core layer
+largest budget of the batch; the entries of loop ``l`` hold only the rows whose budget
+exceeds ``l`` (the only ones that ever read them), so a mixed batch keeps and reads each
+row's own loops and its still-looping rows attend without a gather. For each loop it stores
+exactly what the uncached forward read at that loop (the rule above), so cached generation
+equals an uncached forward exactly, with the gate and mixed budgets too. Entries grow in
+place into spare room (a decoded token copies that token, not the cache). ``shared`` keeps one entry per core layer
 (later positions read a position's K/V at the loop where it stopped: its last computed
 loop) and processes positions one at a time, so it also matches its own uncached
 forward exactly.
@@ -100,8 +103,8 @@ def _rope(config: LoopedConfig, positions: torch.Tensor, dtype: torch.dtype) -> 
 
 class LayerKV(NamedTuple):
     """Keys/values a layer computed for a chunk (``k``, ``v``: [b, kv_heads, t, head_dim]) and
-    the ones it attended to (``keys``, ``values``: the past then this chunk), which is what
-    its cache entry becomes: kept so that the concatenation is done once."""
+    the ones it attended to (``keys``, ``values``: the past then this chunk; with a cache, views
+    of its entry, which the layer extended in place)."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -118,6 +121,8 @@ class _Active:
     (``b'`` rows with an active token, ``m`` the most active tokens of a row) and reads
     keys/values of every position of those rows. ``latest_k``/``latest_v`` ([b, kv_heads,
     t, head_dim]) are the chunk's latest keys/values of the core layer being run.
+    ``held``: the batch rows the loop's cache entry holds (``LoopedCache.rows_at``; None: all
+    rows or no cache), and ``local``: where ``rows`` sit among those (None: they are all of them).
     """
 
     rows: torch.Tensor  # [b'] batch rows with an active token
@@ -128,6 +133,8 @@ class _Active:
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin of the active tokens: [n, 1, head_dim]
     latest_k: torch.Tensor | None = None
     latest_v: torch.Tensor | None = None
+    held: torch.Tensor | None = None
+    local: torch.Tensor | None = None
 
     @classmethod
     def of(cls, active: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> _Active:
@@ -142,6 +149,7 @@ class _Active:
         flat_pos = order[valid]
         cos, sin = rope
         return cls(rows=rows, valid=valid, flat_rows=flat_rows, flat_pos=flat_pos,
+                   local=None if rows.numel() == active.shape[0] else rows,
                    mask=mask[rows[:, None], 0, order][:, None],
                    rope=(cos[flat_rows, 0, flat_pos][:, None], sin[flat_rows, 0, flat_pos][:, None]))
 
@@ -218,11 +226,15 @@ class LoopedAttention(nn.Module):
         at = (active.flat_rows, active.flat_pos)
         chunk_k = active.latest_k.transpose(1, 2).index_put(at, k).transpose(1, 2)
         chunk_v = active.latest_v.transpose(1, 2).index_put(at, v).transpose(1, 2)
-        all_k, all_v = (chunk_k, chunk_v) if past is None else (torch.cat([past[0], chunk_k], 2),
-                                                                 torch.cat([past[1], chunk_v], 2))
+        if hasattr(past, "update"):  # a cache slot, extended in place by the rows it holds
+            held = active.held
+            all_k, all_v = past.update(*((chunk_k, chunk_v) if held is None else (chunk_k[held], chunk_v[held])))
+        else:
+            all_k, all_v = ((chunk_k, chunk_v) if past is None
+                            else (torch.cat([past[0], chunk_k], 2), torch.cat([past[1], chunk_v], 2)))
         keys, values = all_k, all_v
-        if active.rows.numel() != chunk_k.shape[0]:  # only the rows with an active token attend
-            keys, values = keys[active.rows], values[active.rows]
+        if active.local is not None:  # only the rows with an active token attend
+            keys, values = keys[active.local], values[active.local]
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
@@ -374,11 +386,73 @@ class LoopInjection(nn.Module):
         return kernels.inject_rms_norm(s, c, norm.weight, norm.eps, scale)
 
 
+class _KVStore:
+    """Key/value buffers with room to grow ([b, kv_heads, capacity, head_dim]); ``filled``: the
+    positions written so far. Forks of a cache (a shallow copy of ``entries``) share a store,
+    each with its own length: a fork that appends after another one did copies first."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        self.keys, self.values, self.filled = keys, values, filled
+
+
+class _Entry(NamedTuple):
+    store: _KVStore
+    length: int  # positions of the store this entry holds (a prefix)
+
+    def views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.store.keys[:, :, : self.length], self.store.values[:, :, : self.length]
+
+
+def _grown(entry: _Entry | None, k: torch.Tensor, v: torch.Tensor) -> _Entry:
+    """``entry`` extended by ``k``/``v`` ([b, kv_heads, t, head_dim]). Written in place into the
+    store's spare room when it is this entry's alone to extend; else (no room, another fork
+    wrote past this entry, or gradients recorded: autograd may hold views of the store) into a
+    new store with room for half as many positions again, so that decoding a token costs a
+    copy of that token, not of the whole cache (amortized)."""
+    length = 0 if entry is None else entry.length
+    need = length + k.shape[2]
+    store = None if entry is None else entry.store
+    in_place = (store is not None and store.filled == length and need <= store.keys.shape[2]
+                and not (k.requires_grad or v.requires_grad or store.keys.requires_grad)
+                and store.keys.dtype == k.dtype and store.keys.device == k.device)
+    if not in_place:
+        if k.requires_grad or v.requires_grad:  # exact size: autograd needs out-of-place tensors anyway
+            keys = k if store is None else torch.cat([store.keys[:, :, :length], k], 2)
+            values = v if store is None else torch.cat([store.values[:, :, :length], v], 2)
+            return _Entry(_KVStore(keys, values, need), need)
+        capacity = need + max(64, need // 2)
+        shape = (k.shape[0], k.shape[1], capacity, k.shape[3])
+        keys, values = k.new_empty(shape), v.new_empty(shape)
+        if store is not None and length:
+            keys[:, :, :length] = store.keys[:, :, :length]
+            values[:, :, :length] = store.values[:, :, :length]
+        store = _KVStore(keys, values, length)
+    store.keys[:, :, length:need] = k
+    store.values[:, :, length:need] = v
+    store.filled = need
+    return _Entry(store, need)
+
+
+class _CacheSlot:
+    """One cache entry as attention's ``past``: :meth:`update` appends a chunk in place and
+    returns the past and the chunk (views of the entry's store)."""
+
+    def __init__(self, cache: LoopedCache, key: tuple[Any, ...]) -> None:
+        self.cache, self.key = cache, key
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.append(self.key, (k, v))
+
+
 class LoopedCache:
     """Keys and values of a looped model: one entry per prelude/coda layer, and per
     (loop, core layer) or per core layer (``shared``). Built for one loop budget, or one
     per row (``loops`` a sequence): ``loops`` is then the largest, the number of loops
-    the per-loop layout holds, and ``budgets`` the rows' budgets (None: all ``loops``)."""
+    the per-loop layout holds, and ``budgets`` the rows' budgets (None: all ``loops``).
+
+    Entries grow in place into spare room (see ``_grown``); ``get`` returns views of the
+    positions an entry holds. A shallow copy of ``entries`` is a fork that can be extended
+    without changing the original (``bench/looped.py``'s ``clone_cache``)."""
 
     def __init__(self, config: LoopedConfig, loops: int | Sequence[int]) -> None:
         self.mode = config.kv_cache
@@ -387,36 +461,72 @@ class LoopedCache:
         else:
             self.budgets = tuple(int(n) for n in loops)
             self.loops = max(self.budgets)
-        self.entries: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.entries: dict[tuple[Any, ...], _Entry] = {}
         self.seen = 0
+        self._rows: dict[tuple[int, torch.device], torch.Tensor | None] = {}
 
     def row_budgets(self, b: int) -> tuple[int, ...]:
         """The budget of each of ``b`` rows."""
         return self.budgets if self.budgets is not None else (self.loops,) * b
 
+    def rows_at(self, loop: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """The batch rows the per-loop entries of ``loop`` hold: those whose budget exceeds it,
+        the only ones that ever read them (None: every row). With mixed budgets the cache thus
+        holds each row's own loops, and the rows still looping at a loop attend to its entry
+        as it is, without a gather."""
+        if self.budgets is None or self.mode == "shared":
+            return None
+        key = (loop, torch.device(device or "cpu"))
+        if key not in self._rows:
+            rows = [r for r, n in enumerate(self.budgets) if n > loop]
+            self._rows[key] = None if len(rows) == len(self.budgets) else torch.tensor(rows, device=device)
+        return self._rows[key]
+
     def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self.entries.get(key)
+        """The keys and values of entry ``key`` ([b, kv_heads, positions, head_dim] views), or None."""
+        entry = self.entries.get(key)
+        return None if entry is None else entry.views()
 
-    def append(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
-        old = self.entries.get(key)
-        self.entries[key] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+    def slot(self, key: tuple[Any, ...]) -> _CacheSlot:
+        """Entry ``key`` as a ``past`` that attention extends in place (``LoopedAttention``)."""
+        return _CacheSlot(self, key)
 
-    def set(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Replace an entry (with the past and the new positions, e.g. ``LayerKV.keys/values``)."""
-        self.entries[key] = kv
+    def append(self, key: tuple[Any, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extend entry ``key`` by a chunk of keys and values ([b, kv_heads, t, head_dim]); returns
+        the entry's keys and values now (views)."""
+        entry = self.entries[key] = _grown(self.entries.get(key), *kv)
+        return entry.views()
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
 
     def nbytes(self) -> int:
-        """Memory held by the cache (the per-loop layout grows with loops, shared does not)."""
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.entries.values())
+        """Bytes of the keys/values the entries hold (the per-loop layout grows with loops, shared
+        does not); the buffers allocated are up to 1.5x that plus 64 positions (``allocated_nbytes``)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size()
+                   for k, v in (e.views() for e in self.entries.values()))
+
+    def allocated_nbytes(self) -> int:
+        """Bytes of the buffers behind the entries, spare room included (shared stores counted once)."""
+        stores = {id(e.store): e.store for e in self.entries.values()}
+        return sum(s.keys.numel() * s.keys.element_size() + s.values.numel() * s.values.element_size()
+                   for s in stores.values())
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.entries = {key: (k.index_select(0, beam_idx), v.index_select(0, beam_idx))
-                        for key, (k, v) in self.entries.items()}
-        if self.budgets is not None:
-            self.budgets = tuple(self.budgets[int(i)] for i in beam_idx)
+        old = self.budgets
+        if old is not None:
+            self.budgets = tuple(old[int(i)] for i in beam_idx)
+            self._rows = {}
+        entries = {}
+        for key, e in self.entries.items():
+            pick = beam_idx
+            if old is not None and key[0] == "core" and len(key) == 3:  # rows held: budget > loop
+                loop = key[1]
+                local = torch.cumsum(torch.tensor([n > loop for n in old]), 0) - 1  # row -> its place
+                pick = torch.tensor([int(local[int(i)]) for i in beam_idx if old[int(i)] > loop], dtype=torch.long,
+                                    device=beam_idx.device)
+            entries[key] = _grown(None, *(x.index_select(0, pick) for x in e.views()))
+        self.entries = entries
 
 
 @dataclass
@@ -430,6 +540,8 @@ class LoopedCausalLMOutput(ModelOutput):
     ``exit_steps.sum(1)``). ``loop_states`` / ``loop_logits``: the state / logits after
     each loop (when asked for; a stopped token keeps its state). ``gate_probs`` ([loops,
     batch, seq]): the exit gate's per-loop conditional exit probabilities (training the gate).
+    ``past_key_values``: the same object as ``cache``, under the name ``generate()`` carries
+    from step to step (without it every step would rerun the whole sequence).
     """
 
     loss: torch.Tensor | None = None
@@ -440,6 +552,7 @@ class LoopedCausalLMOutput(ModelOutput):
     loop_logits: tuple[torch.Tensor, ...] | None = None
     gate_probs: torch.Tensor | None = None
     core_tokens: torch.Tensor | None = None
+    past_key_values: LoopedCache | None = None
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -593,9 +706,7 @@ class LoopedModel(LoopedPreTrainedModel):
         fused = self.uses_kernels(x.device)
 
         def layer(module: LoopedDecoderLayer, h: torch.Tensor, key: tuple[Any, ...]) -> torch.Tensor:
-            h, kv = module.forward_stack(h, rope, mask, cache.get(key) if cache is not None else None, fused)
-            if cache is not None:
-                cache.set(key, (kv.keys, kv.values))
+            h, _ = module.forward_stack(h, rope, mask, cache.slot(key) if cache is not None else None, fused)
             return h
 
         for i, module in enumerate(self.prelude):
@@ -655,7 +766,6 @@ class LoopedModel(LoopedPreTrainedModel):
             survive = torch.ones(b, t, device=device)
             cdf = torch.zeros(b, t, device=device)
         latest: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.core)
-        attended: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(self.core)  # type: ignore[list-item]
         states: list[torch.Tensor] = []
         gates: list[torch.Tensor] = []
         first_grad_loop = loops - backprop_loops if backprop_loops is not None else 0
@@ -675,7 +785,10 @@ class LoopedModel(LoopedPreTrainedModel):
             else:
                 h = self.injection(h, e if where is None else e[where])
             for i, module in enumerate(self.core):
-                past = cache.get(("core", i) if shared else ("core", loop, i)) if cache is not None else None
+                # per loop: the entry is extended in place as the layer attends; shared: read
+                # here, extended once after the last loop (with each token's final keys/values)
+                past = (None if cache is None else cache.get(("core", i)) if shared
+                        else cache.slot(("core", loop, i)))
                 if lay is not None:
                     lay.latest_k, lay.latest_v = latest[i] if latest[i] is not None else self._zero_kv(s)
                 if fused:
@@ -683,13 +796,14 @@ class LoopedModel(LoopedPreTrainedModel):
                     h, normed, kv = module.forward_fused(h, normed, rope, mask, past, loop, lay, nxt)
                 else:
                     h, kv = module(h, rope, mask, past, loop, lay)
-                latest[i], attended[i] = (kv.k, kv.v), (kv.keys, kv.values)
+                latest[i] = (kv.k, kv.v)
             if self.loop_norm is not None:
                 h = normed if fused else self.loop_norm(h)
             return h
 
         for loop in range(loops):
             n = b * t if uniform else int(active.sum())
+            held_rows = cache.rows_at(loop, device) if cache is not None and not shared else None
             grad = contextlib.nullcontext() if loop >= first_grad_loop else torch.no_grad()
             if n == b * t:  # dense: every token of the chunk runs this loop
                 with grad:
@@ -700,6 +814,10 @@ class LoopedModel(LoopedPreTrainedModel):
                 where: tuple[torch.Tensor, torch.Tensor] | None = None
             elif n > 0:  # only the active tokens run: gather their rows
                 lay = _Active.of(active, mask, rope)
+                if held_rows is not None:  # the cache entries of this loop hold only the deeper rows
+                    lay.held = held_rows
+                    same = lay.rows.numel() == held_rows.numel()
+                    lay.local = None if same else torch.searchsorted(held_rows, lay.rows)
                 where = (lay.flat_rows, lay.flat_pos)
                 with grad:
                     h = run_core(s[where], lay, where, loop)
@@ -736,12 +854,10 @@ class LoopedModel(LoopedPreTrainedModel):
                     active = active & ~done
                 else:
                     active[where] = ~done
-            if cache is not None and not shared:
+            if cache is not None and not shared and n == 0:  # no layer ran (and appended): the chunk's latest
                 for i in range(len(self.core)):
-                    if n > 0:  # what the layer attended to: the past and the chunk's latest
-                        cache.set(("core", loop, i), attended[i])
-                    else:
-                        cache.append(("core", loop, i), latest[i] if latest[i] is not None else self._zero_kv(s))
+                    k, v = latest[i] if latest[i] is not None else self._zero_kv(s)
+                    cache.append(("core", loop, i), (k, v) if held_rows is None else (k[held_rows], v[held_rows]))
             if output_loop_states:
                 states.append(s)
                 if self.exit_gate is not None:
@@ -882,7 +998,7 @@ class LoopedForCausalLM(LoopedPreTrainedModel, GenerationMixin):
         return LoopedCausalLMOutput(
             loss=loss, logits=logits, cache=kept, exit_steps=out["exit_steps"],
             loop_states=out["loop_states"] if output_loop_states else None, loop_logits=loop_logits,
-            gate_probs=out["gate_probs"], core_tokens=out["core_tokens"],
+            gate_probs=out["gate_probs"], core_tokens=out["core_tokens"], past_key_values=kept,
         )
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -90,6 +92,104 @@ def test_left_padded_batch_matches_single_sequences():
         alone_b = model.generate(b, loops=3, max_new_tokens=5, do_sample=False)
     assert torch.equal(out[0], alone_a[0])
     assert torch.equal(out[1, 3:], alone_b[0])
+
+
+def _decode(model, cache, tok, steps, **kw):
+    out_tokens = []
+    for _ in range(steps):
+        out = model(tok, cache=cache, use_cache=True, **kw)
+        cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
+        out_tokens.append(tok)
+    return torch.cat(out_tokens, 1)
+
+
+def test_decoding_extends_the_cache_in_place_and_forks_stay_independent():
+    model = gated()
+    x = ids(b=3, t=6, seed=5)
+    kw = dict(loops=[2, 5, 3], exit_threshold=0.6)
+    with torch.no_grad():
+        reference = greedy_uncached(model, x, 5, **kw)[:, 6:]
+        out = model(x, use_cache=True, **kw)
+        cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
+        stores = {key: e.store for key, e in cache.entries.items()}
+        allocated = cache.allocated_nbytes()
+        # a fork (a shallow copy of the entries, as bench/looped.py's clone_cache) decodes first...
+        fork = copy.copy(cache)
+        fork.entries = dict(cache.entries)
+        assert torch.equal(_decode(model, fork, tok, 4, **kw), reference[:, 1:])
+        # ...into the spare room of the same buffers: one token is not a copy of the whole cache
+        assert all(fork.entries[key].store is store for key, store in stores.items())
+        assert fork.allocated_nbytes() == allocated
+        # then the original, from the same state: it copies before writing where the fork wrote
+        before = {key: tuple(t.clone() for t in cache.get(key)) for key in cache.entries}
+        assert torch.equal(_decode(model, cache, tok, 4, **kw), reference[:, 1:])
+        assert all(cache.entries[key].store is not store for key, store in stores.items())
+        # and neither changed what the other holds
+        assert all(torch.equal(a, b) for key, kv in before.items()
+                   for a, b in zip(kv, (t[:, :, :6] for t in fork.get(key))))
+
+
+def test_each_loops_entries_hold_only_the_rows_that_reach_that_loop():
+    model = tiny(num_core_layers=2)
+    budgets = [1, 4, 2]
+    with torch.no_grad():
+        cache = model(ids(b=3, t=5), loops=budgets, use_cache=True).cache
+        cache = model(ids(b=3, t=1, seed=9), loops=budgets, cache=cache, use_cache=True).cache
+    for loop in range(4):
+        rows = [r for r, n in enumerate(budgets) if n > loop]
+        held = cache.rows_at(loop)
+        assert (list(range(3)) if held is None else held.tolist()) == rows
+        for i in range(2):
+            k, v = cache.get(("core", loop, i))
+            assert k.shape == v.shape == (len(rows), 2, 6, 8)
+    # memory follows each row's own loops: 1 + 4 + 2 row-loops of 2 core layers, plus prelude/coda
+    c = model.config
+    per_row_layer = 2 * c.num_key_value_heads * 6 * c.head_dim * 4
+    layers = c.num_prelude_layers + c.num_coda_layers
+    assert cache.nbytes() == per_row_layer * (3 * layers + sum(budgets) * 2)
+
+
+def test_cache_writes_keep_gradients_intact():
+    model = tiny().train()
+    x = ids(t=8)
+    first = model(x[:, :5], loops=[1, 3], use_cache=True)
+    stores = {key: e.store for key, e in first.cache.entries.items()}
+    second = model(x[:, 5:], loops=[1, 3], cache=first.cache, use_cache=True)
+    # recording gradients, entries grow into new tensors: attention backends that save their
+    # keys/values for backward (flash attention on CUDA) would see them overwritten otherwise
+    assert all(second.cache.entries[key].store is not store for key, store in stores.items())
+    (first.logits.sum() + second.logits.sum()).backward()
+    assert model.model.core[0].self_attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def _fed(model):
+    """The (input length, cache position) of every forward generate() makes."""
+    fed = []
+    model.register_forward_pre_hook(
+        lambda m, args, kw: fed.append((kw["input_ids"].shape[1], kw["cache"].seen if kw["cache"] else None)),
+        with_kwargs=True)
+    return fed
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_feeds_one_token_per_step_through_the_cache(beams):
+    model = tiny()
+    fed = _fed(model)
+    with torch.no_grad():
+        model.generate(ids(b=2, t=5), loops=2, num_beams=beams, max_new_tokens=4, do_sample=False)
+    assert fed == [(5, 0), (1, 5), (1, 6), (1, 7)]
+
+
+def test_beam_search_with_mixed_budgets_reorders_the_cache():
+    model = tiny()
+    x = ids(b=2, t=5)
+    loops = torch.tensor([1, 3])  # a tensor: generate() expands it with the beams
+    fed = _fed(model)
+    with torch.no_grad():
+        cached = model.generate(x, loops=loops, num_beams=3, max_new_tokens=6, do_sample=False)
+        assert [n for n, _ in fed] == [5] + [1] * 5
+        uncached = model.generate(x, loops=loops, num_beams=3, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
 
 
 def test_kv_memory_grows_with_loops_per_loop_and_not_shared():

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import _string  # type: ignore[import-not-found]
 import abc
+import array
 import builtins
 import collections
 import copy
 import dataclasses
 import enum
+import hashlib
 import importlib
 import keyword
 import operator
@@ -310,6 +312,10 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
     """``getattr`` for sandboxed code (also installed as the ``getattr`` builtin)."""
     if type(name) is not str:
         raise TypeError("attribute name must be a string")
+    if type(obj) is super and not _defined_in_sandbox(obj.__self__):
+        # super(T, x) reads x's attributes past T, the host's where x is not the sandbox's own:
+        # super(type(b), b).find was the real bytearray.find (see _STALE_BUFFER_TYPES)
+        raise SandboxPolicyError("super() proxies the sandbox's own objects only")
     if name in SAFE_DUNDERS:
         return _vet(getattr(obj, name) if default is _MISSING else getattr(obj, name, default))
     if name == "__new__" and type(obj) is type and obj in _BUILTIN_NEWS:
@@ -647,9 +653,6 @@ def guarded_hasattr(obj: Any, name: str) -> bool:
 
 # -- writes -----------------------------------------------------------------------------
 
-_WRITABLE_TYPES = (dict, list, set, bytearray, collections.deque)
-
-
 def guarded_write(obj: Any) -> Any:
     """Target of every ``obj.attr = v`` / ``obj[k] = v`` / ``del``: containers and
     the sandbox's own classes, instances and functions only (no monkeypatching
@@ -710,6 +713,11 @@ def _check_base(base: Any) -> None:
         # proxies a foreign one (super), walks attributes unguarded (Formatter),
         # holds the worker's stdout in its instance dict (PrettyPrinter._stream) or
         # names a field in the source dataclasses exec's natively (Field)
+        raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
+    if issubclass(base, _STALE_BUFFER_TYPES):
+        # an instance of the sandbox's own subclass is writable (``a[i] = v``, a native STORE_SUBSCR) and
+        # its inherited slots readable (``a.__setitem__``, ``b.__mod__``): the C code that runs the model's
+        # __index__ there on a size and buffer it does not reload (see _STALE_BUFFER_TYPES)
         raise SandboxPolicyError(f"{base.__name__} cannot be subclassed in the sandbox")
     if issubclass(base, typing._Final):  # type: ignore[attr-defined]
         # typing refuses these itself unless a private keyword says otherwise, which the class
@@ -1132,6 +1140,170 @@ def _setitem(obj: Any, key: Any, value: Any) -> None:
     guarded_write(obj)[key] = value
 
 
+# -- buffers whose C code runs model code on a size and address it does not reload ----------------
+
+#: bytearray and array.array: C methods of theirs call the model's hooks (``__index__``, ``__float__``,
+#: ``__bytes__``, ``write``) while they hold the buffer's old size or address; the hook resizes the buffer
+#: (``a *= 0``, ``b.clear()``: freed) and the method goes on with the stale one (CPython 3.11).
+#: ``array``: ``fromlist`` / ``a[i] = v`` wrote the value into the freed buffer (a SIGSEGV of the worker, a
+#: write into whatever reuses it), ``append`` / ``insert`` / ``extend`` grew the array by its old size
+#: (uninitialized heap memory as items), ``tofile(f)`` went on reading 64 KiB blocks past the new buffer
+#: into ``f.write`` (any memory after it, found by ``id()`` and ``buffer_info()``: round 16's read by
+#: another door). ``bytearray``: ``%`` went on parsing the freed format, ``find`` / ``count`` / ``index`` /
+#: ``rfind`` / ``rindex`` / ``endswith`` and ``in`` searched it for an ``__index__`` item or from an
+#: ``__index__`` start (a SIGSEGV; positions in freed memory). Host code calls these natively on whatever
+#: the model hands it (``UserList.append`` on ``self.data``, ``ChainMap.__contains__`` on each map,
+#: ``bisect.insort``), so the sandbox's ``bytearray`` and ``array.array`` are subclasses (below) whose
+#: methods convert such arguments before the real method holds the buffer, and whose results are of
+#: the same subclass again: the real types are not handed out (_BY_ID), nor subclassed (_check_base).
+_STALE_BUFFER_TYPES = (array.array, bytearray)
+_array_typecode = array.array.typecode.__get__  # type: ignore[attr-defined]  # TypeError for a non-array
+
+
+def _array_values(arr: Any, values: Any) -> list[Any]:
+    """``values`` as ``arr`` would store them, converted in a new array no model code can reach: the
+    model's hooks run before the real method, which then gets exact ints, floats or str."""
+    return array.array(_array_typecode(arr), values).tolist()
+
+
+def _exact_arg(x: Any) -> Any:
+    """An argument bytearray's searches would convert with the model's ``__index__`` after taking the
+    buffer, converted before (ints, buffers and tuples of buffers run no model code)."""
+    return x if x is None or isinstance(x, (int, bytes, bytearray, array.array, tuple)) else operator.index(x)
+
+
+def _safe_buffer_type(real: type, module: str, checked: dict[str, Callable[..., Any]],
+                      producers: tuple[str, ...]) -> type:
+    """A subclass of ``real`` named like it, with ``checked`` in place of the real methods, and whose
+    ``producers`` hand out what the real ones return, with each ``real`` in it made this subclass."""
+    safe: type
+
+    def rewrap(result: Any) -> Any:
+        if type(result) is real:
+            return safe(result) if real is bytearray else safe(result.typecode, result)
+        if type(result) in (list, tuple):
+            return type(result)(rewrap(x) for x in result)
+        return result
+
+    def producer(name: str) -> Callable[..., Any]:
+        method = getattr(real, name)
+
+        def produce(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return rewrap(method(self, *args, **kwargs))
+
+        produce.__name__, produce.__qualname__, produce.__doc__ = name, f"{real.__name__}.{name}", method.__doc__
+        return produce
+
+    def in_place(name: str) -> Callable[..., Any]:
+        method = getattr(real, name)
+
+        def update(self: Any, other: Any, /) -> Any:
+            return method(self, other)
+
+        update.__name__, update.__qualname__, update.__doc__ = name, f"{real.__name__}.{name}", method.__doc__
+        return update
+
+    namespace: dict[str, Any] = {name: producer(name) for name in producers}
+    for name in ("__iadd__", "__imul__"):
+        # in place, as the real ones: with a Python __add__ / __mul__, ``a += b`` would call that instead
+        namespace[name] = in_place(name)
+    for name, method in checked.items():
+        method.__name__, method.__qualname__ = name, f"{real.__name__}.{name}"
+        method.__doc__ = getattr(real, name).__doc__
+        namespace[name] = method
+    namespace.update(__module__=module, __qualname__=real.__name__, __doc__=real.__doc__, __slots__=())
+    safe = type(real.__name__, (real,), namespace)
+    return safe
+
+
+def _array_append(self: Any, value: Any, /) -> None:
+    array.array.append(self, *_array_values(self, [value]))
+
+
+def _array_insert(self: Any, i: Any, value: Any, /) -> None:
+    array.array.insert(self, i, *_array_values(self, [value]))
+
+
+def _array_extend(self: Any, iterable: Any, /) -> None:
+    if not isinstance(iterable, array.array):  # an array is copied as memory by the real method
+        iterable = array.array(_array_typecode(self), list(iterable))
+    array.array.extend(self, iterable)
+
+
+def _array_fromlist(self: Any, values: Any, /) -> None:
+    if not isinstance(values, list):
+        raise TypeError("arg must be list")
+    array.array.fromlist(self, _array_values(self, values))
+
+
+def _array_tofile(self: Any, f: Any, /) -> None:
+    array.array.tofile(array.array.__copy__(self), f)  # a copy no model code can reach: f.write may resize self
+
+
+def _array_setitem(self: Any, key: Any, value: Any, /) -> None:
+    if not isinstance(key, slice):  # a slice takes an array, copied as memory
+        value, = _array_values(self, [value])
+    array.array.__setitem__(self, key, value)
+
+
+_SafeArray = _safe_buffer_type(
+    array.array, "array",
+    {"append": _array_append, "insert": _array_insert, "extend": _array_extend, "fromlist": _array_fromlist,
+     "tofile": _array_tofile, "__setitem__": _array_setitem},
+    ("__getitem__", "__add__", "__mul__", "__rmul__", "__copy__", "__deepcopy__"))
+
+#: what ``obj[k] = v`` / ``obj.attr = v`` may write besides the sandbox's own objects (``guarded_write``):
+#: the sandbox's arrays, not the real ones (whose ``a[i] = v`` wrote into a buffer the model's
+#: ``__index__`` freed: ``_array_setitem``)
+_WRITABLE_TYPES = (dict, list, set, bytearray, collections.deque, _SafeArray)
+
+
+def _bytearray_search(name: str) -> Callable[..., Any]:
+    real = getattr(bytearray, name)
+
+    def search(self: Any, /, *args: Any) -> Any:
+        return real(self, *[_exact_arg(x) for x in args])
+
+    return search
+
+
+def _bytearray_contains(self: Any, item: Any, /) -> bool:
+    return bytearray.__contains__(self, _exact_arg(item))
+
+
+def _bytearray_mod(self: Any, args: Any, /) -> Any:
+    return _SafeBytearray(bytes(self) % args)  # formatted from an immutable copy
+
+
+_SafeBytearray = _safe_buffer_type(
+    bytearray, "builtins",
+    {**{name: _bytearray_search(name) for name in ("find", "rfind", "index", "rindex", "count", "startswith",
+                                                    "endswith")},
+     "__contains__": _bytearray_contains, "__mod__": _bytearray_mod},
+    # what returns a bytearray (or a list or tuple of them)
+    ("__getitem__", "__add__", "__mul__", "__rmul__", "capitalize", "center", "copy", "expandtabs", "join", "ljust",
+     "lower", "lstrip", "partition", "removeprefix", "removesuffix", "replace", "rjust", "rpartition", "rsplit",
+     "rstrip", "split", "splitlines", "strip", "swapcase", "title", "translate", "upper", "zfill"))
+
+
+def _file_digest(fileobj: Any, digest: Any, /, *, _bufsize: int = 2**18) -> Any:
+    """hashlib.file_digest: its ``readinto`` buffer is a real bytearray, handed to the model's file object
+    (kept, it is resizable once the function returns), and its ``update`` got memoryviews of it."""
+    digestobj = hashlib.new(digest) if isinstance(digest, str) else digest()
+    if hasattr(fileobj, "getbuffer"):
+        digestobj.update(fileobj.getbuffer())
+        return digestobj
+    if not (hasattr(fileobj, "readinto") and hasattr(fileobj, "readable") and fileobj.readable()):
+        raise ValueError(f"'{fileobj!r}' is not a file-like object in binary reading mode.")
+    buf = _SafeBytearray(_bufsize)
+    while True:
+        size = fileobj.readinto(buf)
+        if size == 0:
+            break
+        digestobj.update(bytes(buf[:size]))
+    return digestobj
+
+
 def _delitem(obj: Any, key: Any) -> None:
     del guarded_write(obj)[key]
 
@@ -1140,6 +1312,9 @@ def _delitem(obj: Any, key: Any) -> None:
 _REPLACED_MODULE_ATTRS: dict[str, dict[str, Any]] = {
     "functools": {"update_wrapper": _update_wrapper, "wraps": _wraps},
     "contextlib": {"wraps": _wraps},
+    # the real array type is not handed out (see _STALE_BUFFER_TYPES); ArrayType is array
+    "array": {"array": _SafeArray, "ArrayType": _SafeArray},
+    "hashlib": {"file_digest": _file_digest},
     "operator": {"attrgetter": _attrgetter, "methodcaller": _methodcaller, "getitem": guarded_getitem,
                  "setitem": _setitem, "delitem": _delitem},
 }
@@ -1224,6 +1399,7 @@ def _build_identity_tables() -> None:
                 _BY_ID[id(value)] = (value, replacement)
     for real, stand_in in _STAND_INS.items():
         _BY_ID[id(real)] = (real, stand_in)
+    _BY_ID[id(bytearray)] = (bytearray, _SafeBytearray)  # see _STALE_BUFFER_TYPES
     # The real builtins the sandbox's builtins replace or refuse, wherever host code holds them (a
     # host function's result, a host container): a guarded read hands out the sandbox's version
     # (``enum.pickle_by_enum_name(m, 2)[0]`` was the real getattr).
@@ -1512,7 +1688,8 @@ def _build_builtins() -> dict[str, Any]:
         "super", "object",
     ):
         b[name] = getattr(builtins, name)
-    b.update(_GUARDED_BUILTINS, type=_one_arg_type, SandboxPolicyError=SandboxPolicyError)
+    b.update(_GUARDED_BUILTINS, type=_one_arg_type, SandboxPolicyError=SandboxPolicyError,
+             bytearray=_SafeBytearray)  # see _STALE_BUFFER_TYPES
     for name, message in _REFUSED_BUILTINS.items():
         b[name] = _refuser(message)
     return b

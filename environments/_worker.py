@@ -162,21 +162,24 @@ def _decode_file(data: bytes, path: str) -> str:
 _MAX_NESTING = 100
 
 
-def _check_nesting(value: Any, limit: int = _MAX_NESTING) -> None:
-    """Refuse deeply nested host-call arguments before they are encoded (the
-    parent's JSON decoder must never hit its recursion limit)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, tuple, set, frozenset)):
-            children = item
-        elif isinstance(item, dict):
-            children = item.values()
-        else:
-            continue
-        if depth >= limit:
-            raise ValueError(f"arguments to host functions may be nested at most {limit} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+def _plain_args(value: Any, limit: int = _MAX_NESTING, depth: int = 0) -> Any:
+    """Host-call arguments as exact lists and dicts, nested at most ``limit`` levels deep (the
+    parent's JSON decoder must never hit its recursion limit). Each container of the model's is
+    read once, here, and the encoder gets the copy: checked in place, a list subclass's
+    ``__iter__`` (or a dict subclass's ``values()``) answered the check shallow and the encoder
+    (``__iter__`` again, ``items()``) 960 levels deep, which the parent could not decode: the
+    worker taken for dead and restarted, the model's variables lost."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        children = list(value)
+    elif isinstance(value, dict):
+        children = [(key, item) for key, item in value.items()]
+    else:
+        return value
+    if depth >= limit:
+        raise ValueError(f"arguments to host functions may be nested at most {limit} levels deep")
+    if isinstance(value, dict):
+        return {key: _plain_args(item, limit, depth + 1) for key, item in children}
+    return [_plain_args(item, limit, depth + 1) for item in children]
 
 
 def _describe(e: BaseException) -> str:
@@ -243,8 +246,8 @@ class Worker:
                 # the parent is waiting for a variable, not serving calls: a call now would be
                 # taken as the reply (a model __str__ or items() runs while a variable is read)
                 raise RuntimeError(f"{name}() cannot be called while the host reads a variable")
-            _check_nesting([args, kwargs])
-            msg = {"op": "call", "name": name, "args": list(args), "kwargs": kwargs}
+            plain_args, plain_kwargs = _plain_args([args, kwargs])
+            msg = {"op": "call", "name": name, "args": plain_args, "kwargs": plain_kwargs}
             try:
                 return self._request(msg, max_bytes=self.max_message)
             except FrameTooLarge:

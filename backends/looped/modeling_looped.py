@@ -135,6 +135,21 @@ class _Active:
     latest_v: torch.Tensor | None = None
     held: torch.Tensor | None = None
     local: torch.Tensor | None = None
+    runs: list[tuple[int, int, int]] | None = None
+
+    def attend_from(self, local: torch.Tensor | None) -> None:
+        """Where ``rows`` sit among the rows of the keys they attend to (None: they are all of them).
+
+        On CPU attention then reads runs of consecutive rows in place, one call per run
+        (``runs``: query row, key row, count): gathering the keys of a scattered subset copied
+        all of their cache for every (loop, layer), as much as the attention itself read. On
+        CUDA the gather is one kernel, cheaper than a launch per run."""
+        self.local = local
+        self.runs = None
+        if local is not None and local.device.type == "cpu":
+            idx = local.tolist()
+            starts = [i for i in range(len(idx)) if i == 0 or idx[i] != idx[i - 1] + 1]
+            self.runs = [(i, idx[i], end - i) for i, end in zip(starts, [*starts[1:], len(idx)])]
 
     @classmethod
     def of(cls, active: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> _Active:
@@ -148,10 +163,11 @@ class _Active:
         flat_rows = rows[:, None].expand(-1, m)[valid]
         flat_pos = order[valid]
         cos, sin = rope
-        return cls(rows=rows, valid=valid, flat_rows=flat_rows, flat_pos=flat_pos,
-                   local=None if rows.numel() == active.shape[0] else rows,
-                   mask=mask[rows[:, None], 0, order][:, None],
-                   rope=(cos[flat_rows, 0, flat_pos][:, None], sin[flat_rows, 0, flat_pos][:, None]))
+        layout = cls(rows=rows, valid=valid, flat_rows=flat_rows, flat_pos=flat_pos,
+                     mask=mask[rows[:, None], 0, order][:, None],
+                     rope=(cos[flat_rows, 0, flat_pos][:, None], sin[flat_rows, 0, flat_pos][:, None]))
+        layout.attend_from(None if rows.numel() == active.shape[0] else rows)
+        return layout
 
 
 class LoopedAttention(nn.Module):
@@ -199,13 +215,15 @@ class LoopedAttention(nn.Module):
             keys, values = past.update(k, v)
         else:
             keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        kv = LayerKV(k, v, keys, values)
+        out = self._attend(q, keys, values, mask).transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out, loop), LayerKV(k, v, keys, values)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention, keys/values repeated for grouped-query heads."""
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), kv
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def _forward_active(
         self,
@@ -232,15 +250,16 @@ class LoopedAttention(nn.Module):
         else:
             all_k, all_v = ((chunk_k, chunk_v) if past is None
                             else (torch.cat([past[0], chunk_k], 2), torch.cat([past[1], chunk_v], 2)))
-        keys, values = all_k, all_v
-        if active.local is not None:  # only the rows with an active token attend
-            keys, values = keys[active.local], values[active.local]
-        if self.num_kv_heads != self.num_heads:
-            groups = self.num_heads // self.num_kv_heads
-            keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
         rows, m = active.valid.shape
-        queries = q.new_zeros(rows, m, self.num_heads, self.head_dim).index_put((active.valid,), q)
-        out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, attn_mask=active.mask)
+        queries = q.new_zeros(rows, m, self.num_heads, self.head_dim).index_put((active.valid,), q).transpose(1, 2)
+        # only the rows with an active token attend (see _Active.attend_from)
+        if active.runs is not None:
+            out = torch.cat([self._attend(queries[i : i + c], all_k[r : r + c], all_v[r : r + c],
+                                          active.mask[i : i + c]) for i, r, c in active.runs])
+        elif active.local is not None:
+            out = self._attend(queries, all_k[active.local], all_v[active.local], active.mask)
+        else:
+            out = self._attend(queries, all_k, all_v, active.mask)
         out = out.transpose(1, 2)[active.valid].reshape(n, self.num_heads * self.head_dim)
         return self.o_proj(out, loop), LayerKV(chunk_k, chunk_v, all_k, all_v)
 
@@ -817,7 +836,7 @@ class LoopedModel(LoopedPreTrainedModel):
                 if held_rows is not None:  # the cache entries of this loop hold only the deeper rows
                     lay.held = held_rows
                     same = lay.rows.numel() == held_rows.numel()
-                    lay.local = None if same else torch.searchsorted(held_rows, lay.rows)
+                    lay.attend_from(None if same else torch.searchsorted(held_rows, lay.rows))
                 where = (lay.flat_rows, lay.flat_pos)
                 with grad:
                     h = run_core(s[where], lay, where, loop)

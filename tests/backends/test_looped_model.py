@@ -379,6 +379,38 @@ def test_gated_greedy_decoding_of_a_padded_mixed_batch_equals_uncached():
     assert torch.equal(cached, seq)
 
 
+def test_attention_over_runs_of_rows_equals_the_gathered_rows(monkeypatch):
+    """On CPU the active rows attend in place, run by run; the gather (CUDA's way) gives the same."""
+    from loopagent.backends.looped import modeling_looped
+
+    model = gated()
+    x, mask = padded_batch()
+    kw = dict(loops=[5, 2, 7], exit_threshold=0.6)
+    runs = []
+    real = modeling_looped._Active.attend_from
+
+    def spy(self, local):
+        real(self, local)
+        runs.append(self.runs)
+
+    with torch.no_grad():
+        monkeypatch.setattr(modeling_looped._Active, "attend_from", spy)
+        by_runs = model.generate(x, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, **kw)
+        assert any(r is not None and len(r) > 1 for r in runs), "some loop must attend in several runs"
+
+        def gather_only(self, local):
+            real(self, local)
+            self.runs = None
+
+        monkeypatch.setattr(modeling_looped._Active, "attend_from", gather_only)
+        gathered = model.generate(x, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True, **kw)
+    assert torch.equal(by_runs.sequences, gathered.sequences)
+    for a, b in zip(by_runs.logits, gathered.logits):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_a_stopped_token_keeps_the_keys_of_its_last_computed_loop():
     model = gated(num_core_layers=2)
     x, mask = padded_batch()

@@ -343,7 +343,7 @@ class ComputeConfig:
             return cls(hidden_size=64, num_attention_heads=4, num_core_layers=2, vocab_size=256, max_loops=4,
                        requests=4, prompt_tokens=16, new_tokens=4, reps=1, exit_threshold=0.5)
         return cls(hidden_size=512, num_attention_heads=8, num_core_layers=4, vocab_size=512, max_loops=8,
-                   requests=32, prompt_tokens=128, new_tokens=32, reps=5, exit_threshold=0.5)
+                   requests=32, prompt_tokens=128, new_tokens=32, reps=7, exit_threshold=0.5)
 
 
 def build_gated_model(cc: ComputeConfig) -> Any:

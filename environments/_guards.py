@@ -37,6 +37,7 @@ import dataclasses
 import enum
 import hashlib
 import importlib
+import importlib.util
 import keyword
 import operator
 import pprint
@@ -356,6 +357,13 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             raise
         return default
     value = _vet(value)
+    if name == "__setitem__" and getattr(value, "__objclass__", None) is list:
+        # list's own store, read off an own list subclass or through super() (see _list_setitem)
+        if type(value) is types.WrapperDescriptorType:
+            value = _list_setitem
+        else:
+            target = value.__self__
+            value = lambda key, item, /: _list_setitem(target, key, item)  # noqa: E731
     if _is_dunder(name) and _unbound_host_method(obj, name, value):
         value = _own_class_method(obj, name, value)
     if name == "__get__":
@@ -657,7 +665,11 @@ def guarded_write(obj: Any) -> Any:
     """Target of every ``obj.attr = v`` / ``obj[k] = v`` / ``del``: containers and
     the sandbox's own classes, instances and functions only (no monkeypatching
     modules, the context directory or host functions)."""
+    if type(obj) is list:  # the most common target first
+        return _list_writer(obj)  # l[::2] = <model iterable> (see _list_setitem)
     if isinstance(obj, _WRITABLE_TYPES) or _defined_in_sandbox(obj) or _sandbox_function(obj):
+        if isinstance(obj, list) and type(obj).__setitem__ is list.__setitem__:
+            return _list_writer(obj)
         return obj
     raise SandboxPolicyError(f"cannot modify {type(obj).__name__} objects in the sandbox")
 
@@ -1168,8 +1180,14 @@ def _array_values(arr: Any, values: Any) -> list[Any]:
 
 def _exact_arg(x: Any) -> Any:
     """An argument bytearray's searches would convert with the model's ``__index__`` after taking the
-    buffer, converted before (ints, buffers and tuples of buffers run no model code)."""
-    return x if x is None or isinstance(x, (int, bytes, bytearray, array.array, tuple)) else operator.index(x)
+    buffer, converted before. Passed as they are: what runs no model code there (ints, whose own
+    subclasses CPython reads without ``__index__``; exact tuples of buffers; buffers whose type has no
+    ``__index__``: CPython takes any object with one for an int, an own ``bytes`` subclass's too)."""
+    if x is None or isinstance(x, int) or type(x) is tuple:
+        return x
+    if isinstance(x, (bytes, bytearray, array.array)) and not hasattr(type(x), "__index__"):
+        return x
+    return operator.index(x)
 
 
 def _safe_buffer_type(real: type, module: str, checked: dict[str, Callable[..., Any]],
@@ -1304,6 +1322,92 @@ def _file_digest(fileobj: Any, digest: Any, /, *, _bufsize: int = 2**18) -> Any:
     return digestobj
 
 
+#: list_ass_subscript (CPython 3.11) takes an extended slice's length (``l[::2]``) from the list, then turns
+#: a value that is not a list or tuple into one, which runs the model's ``__iter__`` / ``__next__`` (a generator,
+#: ``map`` of a model function): that shrinks the list (``del l[10:]``) and the items are then swapped in at the
+#: old positions of the new, smaller buffer: a write of object pointers past it and a read of what lies there as
+#: objects (a SIGSEGV of the worker). Such values are made a list first, before the real store takes the length:
+#: the cells' ``l[k] = v`` (``_ListWriter``), ``super().__setitem__`` / ``L.__setitem__`` of an own list subclass
+#: (``guarded_getattr``) and ``UserList.__setitem__`` (its ``self.data[i] = item``) all store through here.
+def _list_setitem(lst: Any, key: Any, value: Any, /) -> None:
+    if type(key) is slice and type(value) not in (list, tuple):
+        value = list(value)
+    list.__setitem__(lst, key, value)
+
+
+class _ListWriter:
+    """What ``guarded_write`` hands out for a list: its stores go through ``_list_setitem``'s check.
+    Made by ``_list_writer`` (every ``l[i] = v`` of a cell makes one: kept to a slot write and one call)."""
+
+    __slots__ = ("_target",)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # _list_setitem's check, inlined: this is every list store of a cell (a call more cost 30%)
+        if type(key) is slice and type(value) not in (list, tuple):
+            value = list(value)
+        list.__setitem__(self._target, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        del self._target[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._target, name)
+
+
+_new_writer = object.__new__
+_set_writer_target = _ListWriter._target.__set__  # type: ignore[attr-defined]
+
+
+def _list_writer(target: list[Any]) -> _ListWriter:
+    writer = _new_writer(_ListWriter)
+    _set_writer_target(writer, target)
+    return writer
+
+
+def _userlist_setitem(self: Any, i: Any, item: Any) -> None:
+    if isinstance(self.data, list) and type(self.data).__setitem__ is list.__setitem__:
+        _list_setitem(self.data, i, item)  # see _list_setitem
+    else:
+        self.data[i] = item
+
+
+def _pure_ordered_dict() -> type:
+    """collections' pure-Python ``OrderedDict`` (the module's source, run with ``_collections`` lacking the C one).
+
+    The C OrderedDict (CPython 3.11) looks a key up in the dict and then indexes its node table by the slot
+    found; the lookup runs the model's ``__eq__`` for a key of the same hash, which clears the dict (freeing
+    the table) or refills it: ``o.move_to_end(k)``, ``o.pop(k)``, ``del o[k]``, ``o[k] = v`` then read a
+    freed or stale node (a SIGSEGV of the worker). The pure one keeps its links in a plain dict, whose lookup
+    survives such a hook. Its methods are named after the class, kept in collections as
+    ``_SandboxOrderedDict``, so that ``_checked_method`` finds their owner."""
+    import _collections  # type: ignore[import-not-found]
+
+    stand_in = types.ModuleType("_collections")
+    stand_in.__dict__.update({k: v for k, v in vars(_collections).items() if k != "OrderedDict"})
+    source = importlib.util.find_spec("collections").loader.get_source("collections")  # type: ignore[union-attr]
+    namespace: dict[str, Any] = {"__name__": "collections", "__builtins__": builtins}
+    saved = sys.modules["_collections"]
+    sys.modules["_collections"] = stand_in
+    try:
+        exec(compile(source, collections.__file__ or "collections", "exec"), namespace)  # noqa: S102
+    finally:
+        sys.modules["_collections"] = saved
+    pure = namespace["OrderedDict"]
+    assert pure is not collections.OrderedDict and "move_to_end" in vars(pure)
+    for value in vars(pure).values():
+        func = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+        if type(func) is types.FunctionType:
+            func.__qualname__ = f"_SandboxOrderedDict.{func.__name__}"
+    collections._SandboxOrderedDict = pure  # type: ignore[attr-defined]
+    return pure
+
+
+_SafeOrderedDict = _pure_ordered_dict()
+
+
 def _delitem(obj: Any, key: Any) -> None:
     del guarded_write(obj)[key]
 
@@ -1329,7 +1433,8 @@ def _build_module_proxies() -> None:
 
     _REPLACED_MODULE_ATTRS["dataclasses"] = {"dataclass": _own_class_decorator(dataclasses.dataclass, "dataclass"),
                                              "replace": _dataclass_replace}
-    _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple}
+    _REPLACED_MODULE_ATTRS["collections"] = {"namedtuple": _namedtuple, "OrderedDict": _SafeOrderedDict}
+    collections.UserList.__setitem__ = _userlist_setitem  # type: ignore[method-assign]  # see _list_setitem
 
     # typing.no_type_check_decorator calls typing's own no_type_check on whatever the model's
     # decorator returns (a module, a host class): patched in the worker's typing module, which
@@ -1343,7 +1448,10 @@ def _build_module_proxies() -> None:
                                         # they set an attribute on their argument (a host class, a module)
                                         "runtime_checkable": _own_object_decorator(typing.runtime_checkable,
                                                                                    "typing.runtime_checkable"),
-                                        "dataclass_transform": _dataclass_transform}
+                                        "dataclass_transform": _dataclass_transform,
+                                        # typing.OrderedDict() calls its origin: the C one (see _pure_ordered_dict)
+                                        "OrderedDict": typing._alias(  # type: ignore[attr-defined]
+                                            _SafeOrderedDict, 2, name="OrderedDict")}
     _REPLACED_MODULE_ATTRS["abc"] = {"abstractmethod": _own_object_decorator(abc.abstractmethod, "abc.abstractmethod"),
                                      "abstractclassmethod": _own_abstract(abc.abstractclassmethod),
                                      "abstractstaticmethod": _own_abstract(abc.abstractstaticmethod)}

@@ -30,10 +30,10 @@ exceeds ``l`` (the only ones that ever read them), so a mixed batch keeps and re
 row's own loops and its still-looping rows attend without a gather. For each loop it stores
 exactly what the uncached forward read at that loop (the rule above), so cached generation
 equals an uncached forward exactly, with the gate and mixed budgets too. Entries grow in
-place into spare room (a decoded token copies that token, not the cache). ``shared`` keeps one entry per core layer
-(later positions read a position's K/V at the loop where it stopped: its last computed
-loop) and processes positions one at a time, so it also matches its own uncached
-forward exactly.
+place into spare room (a decoded token copies that token, not the cache). ``shared`` keeps
+one entry per core layer (later positions read a position's K/V at the loop where it
+stopped: its last computed loop) and processes positions one at a time, so it also matches
+its own uncached forward exactly.
 
 Kernels: on CUDA (with Triton, no gradient recorded) a forward runs its loop step through
 ``loopagent.backends.kernels``: the injection fused with the first core layer's pre-norm (its

@@ -668,7 +668,7 @@ def guarded_write(obj: Any) -> Any:
     if type(obj) is list:  # the most common target first
         return _list_writer(obj)  # l[::2] = <model iterable> (see _list_setitem)
     if isinstance(obj, _WRITABLE_TYPES) or _defined_in_sandbox(obj) or _sandbox_function(obj):
-        if isinstance(obj, list) and type(obj).__setitem__ is list.__setitem__:
+        if _stores_as_list(obj):
             return _list_writer(obj)
         return obj
     raise SandboxPolicyError(f"cannot modify {type(obj).__name__} objects in the sandbox")
@@ -1367,8 +1367,13 @@ def _list_writer(target: list[Any]) -> _ListWriter:
     return writer
 
 
+def _stores_as_list(obj: Any) -> bool:
+    """Whether ``obj[k] = v`` is list's own store (a list, or a subclass that keeps it)."""
+    return isinstance(obj, list) and type(obj).__setitem__ is list.__setitem__
+
+
 def _userlist_setitem(self: Any, i: Any, item: Any) -> None:
-    if isinstance(self.data, list) and type(self.data).__setitem__ is list.__setitem__:
+    if _stores_as_list(self.data):
         _list_setitem(self.data, i, item)  # see _list_setitem
     else:
         self.data[i] = item

@@ -102,14 +102,12 @@ def _rope(config: LoopedConfig, positions: torch.Tensor, dtype: torch.dtype) -> 
 
 
 class LayerKV(NamedTuple):
-    """Keys/values a layer computed for a chunk (``k``, ``v``: [b, kv_heads, t, head_dim]) and
-    the ones it attended to (``keys``, ``values``: the past then this chunk; with a cache, views
-    of its entry, which the layer extended in place)."""
+    """Keys/values a layer computed for a chunk (``k``, ``v``: [b, kv_heads, t, head_dim]; with
+    ``_Active``, the chunk's latest: stopped tokens keep their last computed loop's). A cache
+    entry passed as ``past`` was extended by them in place."""
 
     k: torch.Tensor
     v: torch.Tensor
-    keys: torch.Tensor
-    values: torch.Tensor
 
 
 @dataclass
@@ -216,7 +214,7 @@ class LoopedAttention(nn.Module):
         else:
             keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         out = self._attend(q, keys, values, mask).transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), LayerKV(k, v, keys, values)
+        return self.o_proj(out, loop), LayerKV(k, v)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product attention, keys/values repeated for grouped-query heads."""
@@ -261,7 +259,7 @@ class LoopedAttention(nn.Module):
         else:
             out = self._attend(queries, all_k, all_v, active.mask)
         out = out.transpose(1, 2)[active.valid].reshape(n, self.num_heads * self.head_dim)
-        return self.o_proj(out, loop), LayerKV(chunk_k, chunk_v, all_k, all_v)
+        return self.o_proj(out, loop), LayerKV(chunk_k, chunk_v)
 
 
 class LoopedMLP(nn.Module):

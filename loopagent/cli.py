@@ -208,13 +208,17 @@ def train(
     role: Annotated[str, typer.Argument(help="Which embedded model: child or root.")],
     out: Annotated[Path, typer.Option(help="Run directory; rerun the same command to resume.")],
     preset_name: Annotated[
-        str | None, typer.Option("--preset", help="child, root, tiny-child, tiny-root (default: ROLE).")
+        str | None,
+        typer.Option("--preset", help="child, child-facts, root, root-tune, tiny-child, tiny-root (default: ROLE)."),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Total optimizer steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the data and the initial weights.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a run found in --out.")] = True,
     device: Annotated[str, typer.Option(help="Torch device to train on: cpu, cuda, cuda:1, ...")] = "cpu",
     workers: Annotated[int, typer.Option(min=0, help="Processes generating batches ahead (0: none).")] = 0,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Fine-tune: start from this exported model (a run's OUT/model).")
+    ] = None,
 ) -> None:
     """Train an embedded looped model on the synthetic task families (resumable, deterministic by seed).
 
@@ -227,7 +231,8 @@ def train(
     if role not in ("child", "root"):
         _fail(f"ROLE must be child or root, got {role!r}")
     try:
-        config = preset(preset_name or role, steps=steps, seed=seed)
+        config = preset(preset_name or role, steps=steps, seed=seed,
+                        init_from=str(init_from) if init_from is not None else None)
         if config.role != role:
             _fail(f"preset {preset_name!r} trains the {config.role}, not the {role}")
         if device.startswith("cuda"):

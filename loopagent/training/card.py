@@ -80,6 +80,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
+def _training(summary: dict[str, Any]) -> str:
+    """Steps, batch and time of a run; a fine-tune shows the run it started from first."""
+    this = f"{summary['steps']} steps, batch {summary['config']['batch_size']}, {_duration(summary['seconds'])}"
+    if "init" not in summary:
+        return this
+    return f"{_training(summary['init'])}, then a fine-tune of {this}"
+
+
 def _span(values: list[int]) -> str:
     return f"{min(values)}-{max(values)}" if len(set(values)) > 1 else str(values[0])
 
@@ -120,14 +128,15 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
          f"| {child['config']['default_loops']} / {child['config']['max_loops']} "
          f"/ {child['config']['loops_min']}-{child['config']['loops_max']} |"),
         "| tokenizer | bytes + chat markers | bytes + one token per statement `x=y` and query `?x` |",
-        (f"| training | {root['steps']} steps, batch {root['config']['batch_size']}, {_duration(root['seconds'])} "
-         f"| {child['steps']} steps, batch {child['config']['batch_size']}, {_duration(child['seconds'])} |"),
+        f"| training | {_training(root)} | {_training(child)} |",
         f"| final training loss | {root['loss']:.2g} | {child['loss']:.2g} |",
         (f"| objective | next-token loss on the assistant turns, loops sampled per step "
          f"| {_objective(child['config'])} |"),
         f"| hardware | {root['hardware']} | {child['hardware']} |",
         "",
         "Commands: `loopagent train root --out runs/embedded-root` and",
+        *(["(then the fine-tune: `loopagent train root --preset root-tune --init-from runs/embedded-root/model",
+           "--out runs/embedded-root-tune`)"] if "init" in root else []),
         "`loopagent train child --out runs/embedded-child --device cuda --workers 12` (presets in",
         "`loopagent/training/trainer.py`; deterministic by seed, resumable; `--device cpu` runs the same",
         "steps, at about 6 s a step on 2 CPU cores). The data are a function of the seed; GPU kernels",
@@ -146,7 +155,9 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "- root: questions of three families (needle in a document, a section's variable, counting a value",
         "  over a range of sections; section numbers of 1-5 digits) in the training phrasings of",
         "  `loopagent.evals.phrasings` (8-14 per family), lower-, upper-, title- or unchanged case, and",
-        "  questions of none of them; the REPL program for each (for the last: a look at the context), the",
+        "  questions of none of them (short ones, and long ones with a preamble, ids or code names, answer",
+        "  options and an instruction, in wordings of none of the eval tasks); the REPL program for each (for",
+        "  the last: a look at the context), the",
         "  REPL output, and `FINAL('...')` (a child reply that is a variable name is passed on as is).",
         "  A needle program lists every magic number with its key (`re.findall`), up to three other",
         "  needles among them; the root answers with the one whose key the question names, so no key is",
@@ -183,7 +194,7 @@ def render(root_run: Path, child_run: Path, quality: dict[str, Any]) -> str:
         "  `In section N, what is the value of v?`, `In sections A to B, how many times does v equal d?`) in",
         "  the phrasings above and rewordings near them, with keys of any letters and digits, over documents",
         "  in those formats; the table above shows how much holds off the training phrasings.",
-        "- Any other question is meant to get a look at the context (`print(context[:100])`) and",
+        "- Any other question is meant to get a look at the context (`print(str(context)[:100])`) and",
         "  `FINAL('not found')`; the syntax-error share on other tasks' questions above shows how often",
         "  its program does not parse there. It does not read free text, follow instructions or know any facts.",
         "- The child needs at least as many loops as its chain has hops. With fewer it answers the",

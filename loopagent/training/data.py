@@ -141,7 +141,7 @@ def _child_pieces(tok: Any) -> Any:
 # -- root ---------------------------------------------------------------------------------------------
 
 #: The root's question families and how often each is drawn in training.
-FAMILIES = {"needle": 0.25, "value": 0.3, "count": 0.3, "other": 0.15}
+FAMILIES = {"needle": 0.25, "value": 0.27, "count": 0.27, "other": 0.21}
 #: What the root's training program for a question outside its families prints.
 LOOK_CHARS = 100
 
@@ -183,7 +183,8 @@ def root_program(family: str, **fields: Any) -> str:
         return head + (f"v = llm_batch([s[str(i)] + ' ?{fields['var']}' for i in range({fields['first']}, "
                        f"{fields['last']} + 1)])\nprint(sum(x.strip() == '{fields['digit']}' for x in v))")
     if family == "other":
-        return f"print(len(context))\nprint(context[:{LOOK_CHARS}])"
+        # str(): a look that runs on any context, a dict or list of documents too
+        return f"print(len(context))\nprint(str(context)[:{LOOK_CHARS}])"
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -243,14 +244,49 @@ def random_root_question(rng: random.Random, split: str = "train", case: str = "
 
 _WH = ("Who", "What", "Which", "Where", "When", "Why", "How")
 _NOUNS = ("letter", "author", "company", "river", "report", "city", "function", "meeting", "list", "user",
-          "file", "character", "price", "date", "team", "book", "error", "message", "village", "answer")
-_VERBS = ("wrote", "signed", "mentioned", "sent", "called", "lost", "visited", "changed", "returned", "built")
+          "file", "character", "price", "date", "team", "book", "error", "message", "village", "answer",
+          "record", "entry", "tag", "class", "module", "painter", "station", "product", "review", "topic")
+_VERBS = ("wrote", "signed", "mentioned", "sent", "called", "lost", "visited", "changed", "returned", "built",
+          "founded", "imported", "posted", "defined", "joined")
 _BASE_VERBS = ("write", "sign", "mention", "send", "call", "lose", "visit", "change", "return", "build")
+#: Closing instructions of other benchmarks' kind, in wordings of our own: the eval tasks'
+#: questions (``oolong``, ``codeqa``, ``multihop``, ``browsecomp``) stay unseen.
+_INSTRUCTIONS = ("Reply with the number alone.", "Respond with just one word.", "Use the format 'Result: <{noun}>'.",
+                 "Return only the letter.", "State the {noun} and nothing else.", "Be brief.",
+                 "Write your reply as '{Noun}: <value>'.", "Pick one option.", "Explain in one sentence.",
+                 "If there is none, say so.", "Output a single integer.", "Think step by step, then reply.")
+_PREAMBLES = ("The context is a collection of {noun}s.", "Each line of the data is one {noun} with its {other}.",
+              "The document lists {noun}s like '{example}' and '{example2}'.", "You are given {n} {noun}s.",
+              "Below, every {noun} has a {other} and an id such as {ident}.",
+              "The text mixes {noun}s, {other}s and notes written in {year}.",
+              "Consider the {noun}s in the file `{module}`.")
 
 
 def _other_question(rng: random.Random) -> str:
-    """A question of none of the root's families (free text, other benchmarks' styles)."""
+    """A question of none of the root's families (free text, other benchmarks' styles): short,
+    or a preamble, a question with names, numbers, ids or code, answer options and an instruction,
+    up to a few hundred characters, so a long or odd question still gets a valid program."""
     noun, other = rng.sample(_NOUNS, 2)
+    if rng.random() < 0.35:
+        return _short_question(rng, noun, other)
+    fields = {"noun": noun, "Noun": noun.title(), "other": other, "n": rng.randint(2, 5000),
+              "year": rng.randint(1500, 2030), "ident": _ident(rng), "module": _module(rng),
+              "example": _example(rng), "example2": _example(rng)}
+    parts = [p.format(**fields) for p in rng.sample(_PREAMBLES, rng.choice((0, 1, 1, 2)))]
+    parts.append(_long_question(rng, fields))
+    text = " ".join(parts)
+    if rng.random() < 0.4:
+        choices = [rng.choice((_ident(rng), _word(rng), str(rng.randint(0, 9999)), repr(_word(rng)), "None"))
+                   for _ in range(rng.choice((2, 3, 4, 5)))]
+        style = rng.randrange(3)
+        text += "".join(f"\n({chr(65 + i)}) {c}" if style == 0 else f"\n{chr(65 + i)}. {c}" if style == 1
+                        else f"\n- {c}" for i, c in enumerate(choices))
+    if rng.random() < 0.6:
+        text += ("\n" if rng.random() < 0.3 else " ") + rng.choice(_INSTRUCTIONS).format(**fields)
+    return text
+
+
+def _short_question(rng: random.Random, noun: str, other: str) -> str:
     form = rng.randrange(6)
     if form == 0:
         return f"{rng.choice(_WH)} {rng.choice(_VERBS)} the {noun}?"
@@ -263,6 +299,45 @@ def _other_question(rng: random.Random) -> str:
     if form == 4:
         return f"Which {noun} {rng.choice(_VERBS)} the {other} first? Give its name."
     return f"{rng.choice(_WH)} did the {noun} {rng.choice(_BASE_VERBS)} the {other}?"
+
+
+def _long_question(rng: random.Random, f: dict[str, Any]) -> str:
+    name = f"{_word(rng).title()} {_word(rng).title()}"
+    form = rng.randrange(8)
+    if form == 0:
+        return f"Which {f['noun']} was {rng.choice(_VERBS)} by {name} in {f['year']}?"
+    if form == 1:
+        return f"What is the {f['other']} of the {f['noun']} whose id is {f['ident']}?"
+    if form == 2:
+        return f"How often does the {f['noun']} '{_word(rng)}' appear, compared with '{_word(rng)}'?"
+    if form == 3:
+        return f"In `{f['module']}`, what does `{_ident(rng)}` {rng.choice(_BASE_VERBS)} when given {f['n']}?"
+    if form == 4:
+        return (f"A {f['noun']} was {rng.choice(_VERBS)} in {f['year']} by someone from {_word(rng).title()}. "
+                f"In which {f['other']} is it kept?")
+    if form == 5:
+        return f"What is the value of {f['ident']} after every {f['noun']} is applied? Follow each step."
+    if form == 6:
+        return f"List every {f['noun']} that {rng.choice(_VERBS)} a {f['other']} more than {f['n']} times."
+    return f"{rng.choice(_WH)} {rng.choice(_VERBS)} the {f['noun']} that {name} {rng.choice(_VERBS)}?"
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice("aeiou" if i % 2 else "bcdfghklmnprstvz") for i in range(rng.randint(3, 8)))
+
+
+def _ident(rng: random.Random) -> str:
+    return rng.choice((f"{_word(rng)[:2]}{rng.randint(0, 999)}", f"{_word(rng)}_{_word(rng)}", f"{_word(rng)}()",
+                       f"#{rng.randint(1, 99999)}"))
+
+
+def _module(rng: random.Random) -> str:
+    return ".".join(_word(rng) for _ in range(rng.randint(1, 3)))
+
+
+def _example(rng: random.Random) -> str:
+    return rng.choice((f"{_word(rng)[:2]}{rng.randint(0, 99)} = {rng.randint(0, 9)}", f"{_word(rng)}: {_word(rng)}",
+                       f"{_word(rng).title()} {rng.choice(_VERBS)} {rng.randint(1, 99)}"))
 
 
 def _look(rng: random.Random) -> str:

@@ -84,6 +84,9 @@ class TrainConfig(BaseModel):
     queries: int = Field(4, gt=0)
     #: child: share of sections written as English fact sentences (training templates)
     fact_sentences: float = Field(0.0, ge=0.0, le=1.0)
+    #: an exported model (``DIR/model`` of a run, or a ``weights/<role>`` folder) to start from
+    #: instead of fresh weights: a fine-tune (the architecture fields must match it)
+    init_from: str | None = None
     checkpoint_every: int = Field(100, gt=0)
     eval_every: int = Field(250, gt=0)
     eval_items: int = Field(256, gt=0)
@@ -109,6 +112,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "root": dict(role="root", steps=4600, batch_size=32, lr=2e-3, hidden_size=128, intermediate_size=384,
                  injection="additive", default_loops=2, max_loops=8, loops_min=1, loops_max=3, eval_items=32,
                  eval_every=500),
+    # a fine-tune of a trained root (``--init-from``) on the current data: fewer steps at a lower rate
+    "root-tune": dict(role="root", steps=1500, batch_size=32, lr=5e-4, warmup=50, seed=1, hidden_size=128,
+                      intermediate_size=384, injection="additive", default_loops=2, max_loops=8, loops_min=1,
+                      loops_max=3, eval_items=32, eval_every=500),
     # a few seconds on a laptop: for tests and smoke runs
     "tiny-child": dict(role="child", steps=12, batch_size=8, hidden_size=32, intermediate_size=64, loops_max=4,
                        objective="stepwise", checkpoint_every=4, eval_every=12, eval_items=16),
@@ -117,14 +124,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Presets that continue a trained model (``init_from``) rather than start from fresh weights.
+FINE_TUNES = frozenset({"root-tune"})
+
+
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """A named configuration with ``overrides`` (None values keep the preset's)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     try:
-        return TrainConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+        config = TrainConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as e:
         raise ConfigError(f"preset {name!r}: {e}") from None
+    if name in FINE_TUNES and config.init_from is None:
+        raise ConfigError(f"preset {name!r} fine-tunes a trained model: pass init_from (--init-from DIR/model, "
+                          "e.g. the model of `loopagent train root`)")
+    return config
 
 
 # -- model and data --------------------------------------------------------------------------------
@@ -152,6 +167,33 @@ def make_model(config: TrainConfig, tok: Any) -> Any:
     if config.role == "child":
         model.model.embed_tokens = FactoredEmbedding.for_child(model.model.embed_tokens, tok)
     return model
+
+
+def load_initial(model: Any, path: Path) -> None:
+    """Start ``model`` (from :func:`make_model`) from the exported model at ``path``.
+
+    A child's factored embedding starts as the exported table with zero parts, the same function.
+
+    Example::
+
+        load_initial(model, Path("runs/embedded-root/model"))
+    """
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"init_from: {path} holds no exported model (config.json); pass a run's DIR/model "
+                          "or a weights/<role> folder")
+    source = LoopedForCausalLM.from_pretrained(path).state_dict()
+    target = model.state_dict()
+    embedding = model.model.embed_tokens
+    if isinstance(embedding, FactoredEmbedding):
+        source = {("model.embed_tokens.base.weight" if k == "model.embed_tokens.weight" else k): v
+                  for k, v in source.items()}
+        source.update({k: torch.zeros_like(v) for k, v in target.items() if k.startswith("model.embed_tokens.tables.")})
+    mismatched = sorted(k for k in target.keys() | source.keys()
+                        if k not in source or k not in target or source[k].shape != target[k].shape)
+    if mismatched:
+        raise ConfigError(f"init_from: {path} has another architecture than this configuration "
+                          f"(differs in {', '.join(mismatched[:4])}); match its hidden size, layers and role")
+    model.load_state_dict(source)
 
 
 class FactoredEmbedding(nn.Module):
@@ -337,11 +379,16 @@ def train(
         saved = TrainConfig.model_validate_json(config_file.read_text())
         if saved.model_dump(exclude={"steps"}) != config.model_dump(exclude={"steps"}):
             raise ConfigError(f"{out} holds a run with another configuration; use a new --out or --no-resume")
-    config_file.write_text(config.model_dump_json(indent=2))
+    state_file = out / "train_state.pt"
+    resuming = resume and state_file.exists()
     # One thread: small models gain nothing from a second, and lose 10x when a core is busy.
     torch.set_num_threads(1)
     tok = make_tokenizer(config.role)
-    model = make_model(config, tok).to(device)
+    model = make_model(config, tok)
+    if config.init_from is not None and not resuming:
+        load_initial(model, Path(config.init_from))  # first: a wrong path leaves no run behind
+    model = model.to(device)
+    config_file.write_text(config.model_dump_json(indent=2))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
@@ -349,9 +396,8 @@ def train(
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
     sampler = LoopSampler(max_loops=config.loops_max, min_loops=config.loops_min, distribution="uniform",
                           seed=config.seed)
-    state_file = out / "train_state.pt"
     start, elapsed = 0, 0.0
-    if resume and state_file.exists():
+    if resuming:
         state = torch.load(state_file, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -463,8 +509,9 @@ TRAINING_SUMMARY = "training.json"
 
 
 def run_summary(out: str | Path) -> dict[str, Any]:
-    """How a run trained: its configuration, last step, seconds, loss and evaluation, and the
-    hardware of each stretch (``train_runs.jsonl``).
+    """How a run trained: its configuration, last step, seconds, loss and evaluation, the
+    hardware of each stretch (``train_runs.jsonl``) and, for a fine-tune, the summary of the
+    model it started from (``init``).
 
     Example::
 
@@ -480,8 +527,13 @@ def run_summary(out: str | Path) -> dict[str, Any]:
     starts = out / "train_runs.jsonl"
     devices = [json.loads(line) for line in starts.read_text().splitlines() if line.strip()] if starts.exists() else []
     hardware = ", ".join(dict.fromkeys(d["device_name"] for d in devices)) or "not recorded"
-    return {"config": config, "steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
-            "eval": evals[-1]["eval"] if evals else {}, "hardware": hardware}
+    summary = {"config": config, "steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
+               "eval": evals[-1]["eval"] if evals else {}, "hardware": hardware}
+    init = Path(config["init_from"]) / TRAINING_SUMMARY if config.get("init_from") else None
+    if init is not None and init.is_file():
+        # a fine-tune: how the model it started from trained (the card shows both stages)
+        summary["init"] = json.loads(init.read_text())
+    return summary
 
 
 def export_run(out: str | Path) -> Path:

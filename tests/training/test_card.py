@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -42,3 +43,17 @@ def test_model_card_reads_the_runs_and_the_measurements(tmp_path):
     assert render(tmp_path / "root", tmp_path / "child" / "model", quality) == card
     with pytest.raises(ConfigError, match="neither a training run"):
         render(tmp_path / "root", tmp_path, quality)
+
+
+@pytest.mark.slow
+def test_model_card_shows_both_stages_of_a_fine_tune(tmp_path):
+    train(preset("tiny-root", steps=2), tmp_path / "root", progress=False)
+    train(preset("tiny-root", steps=3, seed=4, init_from=str(tmp_path / "root" / "model")), tmp_path / "tune",
+          progress=False)
+    train(preset("tiny-child", steps=2), tmp_path / "child", progress=False)
+    quality = {"child_alone": {"hops1": {"L1": 1.0}}}
+    card = render(tmp_path / "tune", tmp_path / "child", quality)
+    assert re.search(r"\| training \| 2 steps, batch 4, \d+ s, then a fine-tune of 3 steps, batch 4, \d+ s \| 2 steps",
+                     card)
+    assert "--preset root-tune --init-from" in card
+    assert "root-tune" not in render(tmp_path / "root", tmp_path / "child", quality)

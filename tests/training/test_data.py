@@ -87,8 +87,42 @@ def test_other_questions_get_a_look_at_the_context(repl):
     repl.load_context("Dear Bob, the meeting moved to Tuesday.")
     result = repl.execute(root_program("other"))
     assert result.error is None and result.stdout.startswith("39\nDear Bob")
+    # the look runs on every context shape a task loads (browsecomp's is a dict of pages)
+    for context, head in (({"page-1": "Dear Bob"}, "1\n{'page-1'"), (["a", "b"], "2\n['a', 'b']")):
+        repl.load_context(context)
+        result = repl.execute(root_program("other"))
+        assert result.error is None and result.stdout.startswith(head), (context, result)
     with pytest.raises(ValueError, match="unknown family"):
         root_program("poetry")
+
+
+def test_other_questions_are_long_and_odd_too():
+    """Questions outside the families come in the shapes other benchmarks ask in (preambles,
+    answer options, instructions, ids and code names, a few hundred characters), so a long
+    question still gets the look at the context, not a garbled family program."""
+    rng = random.Random(0)
+    questions = [random_root_question(rng, families=["other"]).question for _ in range(1000)]
+    lengths = sorted(len(q) for q in questions)
+    assert lengths[100] < 60 and lengths[-100] > 180 and lengths[-1] <= 400  # the root reads 400 characters
+    assert any("\n(A) " in q for q in questions) and any("\nB. " in q for q in questions)
+    assert any("`" in q for q in questions) and any(re.search(r"[a-z]{2}\d+", q) for q in questions)
+    # the family programs' cues never occur: such a question is one of the families
+    assert not [q for q in questions if re.search(r"magic number|section", q, re.I)]
+
+
+def test_other_questions_keep_the_eval_tasks_unseen():
+    """No sentence of a question of the tasks the root is evaluated on as never seen (the quality
+    report's foreign tasks) occurs in its questions outside the families. (RULER's needle question,
+    a training phrasing, shares one with ``multihop``: "Answer with the number only.")"""
+    from loopagent.evals.base import get_task
+    from loopagent.training.quality import FOREIGN_TASKS
+
+    rng = random.Random(0)
+    training = "\n".join(random_root_question(rng, families=["other"]).question.lower() for _ in range(5000))
+    sentences = {s.strip().lower() for task in FOREIGN_TASKS for item in get_task(task).generate(20, 20_000, seed=3)
+                 for s in re.split(r"(?<=[.?!])\s+|\n", item.question) if len(s.strip()) > 12}
+    assert len(sentences) > 20
+    assert not [s for s in sentences if s in training]
 
 
 def test_root_questions_name_sections_of_every_length():

@@ -79,3 +79,57 @@ def test_a_child_trains_on_fact_sentences_and_is_evaluated_on_held_out_templates
                          facts="heldout_sentences")
     assert set(acc) == {"hops1", "hops2"} and all(0.0 <= v <= 1.0 for row in acc.values() for v in row.values())
     assert result.steps == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["root", "child"])
+def test_a_fine_tune_starts_from_the_exported_model(tmp_path, role):
+    from loopagent.backends.looped import LoopedForCausalLM
+    from loopagent.training.trainer import load_initial, make_model, make_tokenizer, run_summary
+
+    train(preset(f"tiny-{role}", steps=2), tmp_path / "base", progress=False)
+    exported = tmp_path / "base" / "model"
+    config = preset(f"tiny-{role}", steps=2, seed=5, init_from=str(exported))
+    tok = make_tokenizer(role)
+    start = make_model(config, tok)
+    load_initial(start, exported)
+    ids = torch.randint(0, 120, (2, 12))
+    reference = LoopedForCausalLM.from_pretrained(exported)
+    # the same function as the exported model (a child's factored embedding starts with zero parts)
+    assert torch.allclose(start(ids, loops=2).logits, reference(ids, loops=2).logits, atol=1e-5)
+    assert not torch.allclose(make_model(config, tok)(ids, loops=2).logits, reference(ids, loops=2).logits, atol=1e-3)
+
+    tuned = train(config, tmp_path / "tune", progress=False)
+    summary = run_summary(tmp_path / "tune")
+    assert summary["init"]["steps"] == 2 and summary["config"]["init_from"] == str(exported)
+    assert json.loads((tuned.out / "model" / "training.json").read_text())["init"]["config"]["seed"] == 0
+
+
+def test_a_fine_tune_needs_a_matching_model_to_start_from(tmp_path):
+    from loopagent.errors import ConfigError
+    from loopagent.training.trainer import load_initial, make_model, make_tokenizer
+
+    with pytest.raises(ConfigError, match="--init-from"):
+        preset("root-tune")
+    tok = make_tokenizer("root")
+    small = make_model(preset("tiny-root"), tok)
+    with pytest.raises(ConfigError, match="holds no exported model"):
+        load_initial(small, tmp_path)
+    # the shipped root is hidden 128: a tiny root (hidden 32) cannot start from it
+    from loopagent.backends.embedded import WEIGHTS
+
+    with pytest.raises(ConfigError, match="another architecture"):
+        load_initial(small, WEIGHTS / "root")
+
+
+def test_the_cli_fine_tune_asks_for_the_model_to_start_from(tmp_path):
+    from typer.testing import CliRunner
+
+    from loopagent.cli import app
+
+    result = CliRunner().invoke(app, ["train", "root", "--preset", "root-tune", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--init-from" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["train", "root", "--preset", "root-tune", "--out", str(tmp_path / "run"),
+                                      "--init-from", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no exported model" in " ".join(result.output.split())
+    assert not (tmp_path / "run" / "train_config.json").exists()  # so the corrected command is not refused

@@ -357,6 +357,22 @@ def guarded_getattr(obj: Any, name: str, default: Any = _MISSING) -> Any:
             raise
         return default
     value = _vet(value)
+    if name == "mro" and isinstance(obj, type) and type(value) is types.BuiltinMethodType:
+        # type.mro() lists the real bases in a call's result, which no guard sees: the real array.array and
+        # bytearray past the sandbox's subclasses (``next(iter(type(a).mro()[1:]))``, see _STALE_BUFFER_TYPES)
+        # (each replaced once: the sandbox's subclass then stands where CPython's view has the one class)
+        mro = value
+
+        def vetted_mro() -> list[Any]:
+            out: list[Any] = []
+            for klass in mro():
+                klass = _vet(klass)
+                if not any(seen is klass for seen in out):
+                    out.append(klass)
+            return out
+
+        vetted_mro.__name__ = vetted_mro.__qualname__ = "mro"
+        return vetted_mro
     if name == "__setitem__" and getattr(value, "__objclass__", None) is list:
         # list's own store, read off an own list subclass or through super() (see _list_setitem)
         if type(value) is types.WrapperDescriptorType:
@@ -785,6 +801,11 @@ class _ClassStatement:
         new = namespace.get("__new__", _MISSING)
         if new is not _MISSING:
             namespace["__new__"] = _checked_new(new, namespace.get("__qualname__", name))
+        qualname = namespace.get("__qualname__", name)
+        for op in _RICH_COMPARISONS:
+            hook = namespace.get(op, _MISSING)
+            if hook is not _MISSING and hook is not None:  # see _operand_keeping
+                namespace[op] = _operand_keeping(hook, f"{qualname if type(qualname) is str else '?'}.{op}")
         cls = _metaclass_of(bases)(name, bases, namespace, **kwargs)
         _check_inherited_match_args(cls)
         return cls
@@ -824,6 +845,62 @@ def _checked_new(new: Any, qualname: Any) -> Callable[..., Any]:
     return __new__
 
 
+#: The rich comparison hooks a class statement defines (see ``_operand_keeping``).
+_RICH_COMPARISONS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
+_getrefcount = sys.getrefcount
+#: Operands of the model's comparison hooks that would have died when the hook returned NotImplemented,
+#: kept alive until the cell ends (``release_kept_operands``): see ``_operand_keeping``.
+_KEPT_OPERANDS: list[Any] = []
+
+
+def _operand_keeping(hook: Any, qualname: str) -> Callable[..., Any]:
+    """A comparison hook of a class statement, keeping its operands alive when it returns NotImplemented.
+
+    C code compares objects it holds borrowed (``list_richcompare`` compares the first differing items
+    again with the ordering operator as ``PyObject_RichCompare(vl->ob_item[i], wl->ob_item[i], op)``, no
+    reference taken, CPython 3.11.7; gh-120298). The model's ``__lt__`` clears the list (``v.clear()``): its
+    item, ``self``, dies as the hook returns, and on NotImplemented ``do_richcompare`` goes on with the
+    reflected operation on it: the dead object handed to the other item's ``__gt__`` as ``other`` (kept
+    there, its memory reused by the next allocation: a SIGSEGV of the worker, a type confusion), or its
+    freed memory read for the error message. An operand only this call holds (its reference count) is
+    kept in ``_KEPT_OPERANDS`` then, until the cell ends; ordinary code (whose operands the caller
+    holds) keeps nothing."""
+    get = getattr(type(hook), "__get__", None)
+    plain = type(hook) is types.FunctionType
+
+    def compare(self: Any, other: Any, /) -> Any:
+        result = hook(self, other) if plain else (hook if get is None else get(hook, self, type(self)))(other)
+        if result is NotImplemented:
+            # 2: this frame's reference and getrefcount's argument (3: the same object twice)
+            least = 3 if self is other else 2
+            if _getrefcount(self) <= least or _getrefcount(other) <= least:
+                _KEPT_OPERANDS.append((self, other))
+        return result
+
+    compare.__name__ = qualname.rpartition(".")[2]
+    compare.__qualname__ = qualname
+    compare.__doc__ = hook.__doc__ if plain else None  # (no read of a model object's attributes here)
+    return compare
+
+
+#: The code of every ``_operand_keeping`` wrapper: what tells one apart (an attribute could be set by the model).
+_OPERAND_KEEPING_CODE = _operand_keeping(len, "x.__eq__").__code__
+
+
+def _keep_compared_operands(cls: type) -> None:
+    """The comparison hooks a host decorator added to a class of the sandbox (``functools.total_ordering``'s
+    ``_gt_from_lt`` calls the model's ``__lt__`` and returns its NotImplemented), made ``_operand_keeping``."""
+    for op in _RICH_COMPARISONS:
+        hook = vars(cls).get(op)
+        if type(hook) is types.FunctionType and hook.__code__ is not _OPERAND_KEEPING_CODE:
+            type.__setattr__(cls, op, _operand_keeping(hook, f"{cls.__qualname__}.{op}"))
+
+
+def release_kept_operands() -> None:
+    """Called by the worker when a cell ends: no C code of the cell still holds the kept operands."""
+    _KEPT_OPERANDS.clear()
+
+
 class _PatternValue:
     """Holds a value a pattern reads natively (a class, a dotted value, a mapping key):
     the transformer evaluates it once through the guards, before the ``match``, and the
@@ -853,8 +930,10 @@ def _check_match_class(cls: Any) -> None:
     for klass in cls.__mro__:
         # The pattern reads the keyword attributes natively, past _vet: a foreign class that
         # forwards reads to an object of the caller's choice (GenericAlias(functools, ()), in C;
-        # typing's aliases, in Python) would hand out whatever that object holds.
-        if klass is types.GenericAlias or (klass.__module__ != SANDBOX_MODULE and any(
+        # typing's aliases, in Python) would hand out whatever that object holds. super too (C):
+        # ``case super(find=f)`` on ``super(type(ba), ba)`` read the real bytearray.find past the
+        # check guarded_getattr makes of a super over a host object (see _STALE_BUFFER_TYPES).
+        if klass is types.GenericAlias or klass is super or (klass.__module__ != SANDBOX_MODULE and any(
                 isinstance(vars(klass).get(hook), types.FunctionType) for hook in ("__getattr__", "__getattribute__"))):
             raise SandboxPolicyError(f"{cls.__name__} cannot be used in a class pattern in the sandbox: "
                                      f"{klass.__name__} forwards attribute reads")
@@ -1041,10 +1120,15 @@ def _own_class_decorator(real: Callable[..., Any], what: str) -> Callable[..., A
             _check_dataclass_body(cls)
         return cls
 
+    def done(cls: Any) -> Any:
+        if what == "total_ordering" and isinstance(cls, type) and _defined_in_sandbox(cls):
+            _keep_compared_operands(cls)  # see _operand_keeping
+        return cls
+
     def decorator(cls: Any = None, /, **kwargs: Any) -> Any:
         if cls is None:
-            return lambda c: real(check(c), **kwargs)
-        return real(check(cls), **kwargs) if kwargs else real(check(cls))
+            return lambda c: done(real(check(c), **kwargs))
+        return done(real(check(cls), **kwargs) if kwargs else real(check(cls)))
 
     decorator.__name__ = decorator.__qualname__ = getattr(real, "__name__", what)
     decorator.__doc__ = getattr(real, "__doc__", None)
@@ -1775,6 +1859,71 @@ def _stand_in(real: type) -> type:
 _STAND_INS = {real: _stand_in(real) for real in (types.FunctionType, types.CodeType, types.MethodType, types.CellType)}
 
 
+class _SuperType(type):
+    """The metaclass of the sandbox's ``super``: ``isinstance(x, super)`` and ``issubclass`` ask the real one."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, super)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return sub is cls or issubclass(sub, super)
+
+    def __repr__(cls) -> str:
+        return repr(super)
+
+
+class _Super(metaclass=_SuperType):
+    """The sandbox's ``super``: the real one, over the sandbox's own objects only.
+
+    ``super(T, x)`` proxies ``x``'s attributes past ``T``: over a host object, the host's methods that the
+    sandbox's own classes override for safety (``super(type(a), a).insert`` is the real ``array.insert``, see
+    _STALE_BUFFER_TYPES). guarded_getattr refuses to read them off such a proxy, but host code calls methods on
+    whatever the model hands it, natively: ``bisect.insort(super(type(a), a), I(), 0, 0)`` called the real
+    ``array.insert`` with a resizing ``__index__`` (round 17's SIGSEGV again), and a class pattern read them
+    too. So no such proxy is made: two arguments need a second that is the sandbox's own; the zero-argument
+    form (``super()`` in a method, whose first argument is always the sandbox's own there) is what CPython's
+    does, from the caller's frame; the one-argument (unbound) form is refused."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any) -> Any:
+        if not args:
+            proxy = _zero_arg_super(sys._getframe(1))
+        elif len(args) == 1:
+            raise SandboxPolicyError("super() with one argument (an unbound super) is not available in the sandbox")
+        else:
+            proxy = super(*args)
+        if not _defined_in_sandbox(proxy.__self__):
+            raise SandboxPolicyError("super() proxies the sandbox's own objects only")
+        return proxy
+
+
+_Super.__name__ = _Super.__qualname__ = "super"
+_Super.__module__ = "builtins"
+_Super.__doc__ = super.__doc__
+_STAND_INS[super] = _Super  # type(super()) is the sandbox's super; the real one, read anywhere, is replaced (_BY_ID)
+
+
+def _zero_arg_super(frame: types.FrameType) -> super:
+    """What CPython's ``super()`` without arguments does (``super_init_without_args``), for ``frame``: its
+    ``__class__`` cell and first argument."""
+    code = frame.f_code
+    if not code.co_argcount:
+        raise RuntimeError("super(): no arguments")
+    values = frame.f_locals
+    first = values.get(code.co_varnames[0], _MISSING)
+    if first is _MISSING:
+        raise RuntimeError("super(): arg[0] deleted")
+    if "__class__" not in code.co_freevars:
+        raise RuntimeError("super(): __class__ cell not found")
+    klass = values.get("__class__", _MISSING)
+    if klass is _MISSING:
+        raise RuntimeError("super(): empty __class__ cell")
+    if not isinstance(klass, type):
+        raise RuntimeError(f"super(): __class__ is not a type ({type(klass).__name__})")
+    return super(klass, first)
+
+
 def _refuser(message: str) -> Callable[..., Any]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise SandboxPolicyError(message)
@@ -1796,13 +1945,13 @@ def _build_builtins() -> dict[str, Any]:
         "reversed", "set", "sorted", "sum", "tuple", "zip", "property", "staticmethod",
         "classmethod", "NotImplemented", "StopAsyncIteration", "RecursionError",
         "TimeoutError", "ConnectionError", "PermissionError", "FileNotFoundError",
-        # super() proxies the sandbox's own objects only (see _dunder_allowed); object's
-        # dunders are foreign like every other host class's
-        "super", "object",
+        # object's dunders are foreign like every other host class's
+        "object",
     ):
         b[name] = getattr(builtins, name)
     b.update(_GUARDED_BUILTINS, type=_one_arg_type, SandboxPolicyError=SandboxPolicyError,
-             bytearray=_SafeBytearray)  # see _STALE_BUFFER_TYPES
+             bytearray=_SafeBytearray,  # see _STALE_BUFFER_TYPES
+             super=_Super)  # super() proxies the sandbox's own objects only (see _Super, _dunder_allowed)
     for name, message in _REFUSED_BUILTINS.items():
         b[name] = _refuser(message)
     return b

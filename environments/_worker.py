@@ -478,7 +478,12 @@ class Worker:
                 # released when this handler ends, so report without formatting them.
                 return type(e).__name__, f"{type(e).__name__} (no traceback: the sandbox memory limit was reached)"
         finally:
-            sys.stdout, sys.stderr = saved
+            # the cell's C code is done with them (see _guards._operand_keeping); released while the cell's
+            # output is still in place: a kept generator's finally clause may run as it goes
+            try:
+                _guards.release_kept_operands()
+            finally:
+                sys.stdout, sys.stderr = saved
         return None, None
 
 
